@@ -1,0 +1,1 @@
+"""The `mrcnn` command line (installed as `mrcnn.cli`). Thin: parses, calls library functions, prints."""

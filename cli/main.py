@@ -1,0 +1,173 @@
+"""`mrcnn` command line. Every command calls one library function; MrcnnError -> one line on stderr, exit 1."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mrcnn.errors import MrcnnError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Mask R-CNN training and deployment toolchain.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets.")
+convert_app = typer.Typer(no_args_is_help=True, help="Import weights from other frameworks.")
+app.add_typer(data_app, name="data")
+app.add_typer(convert_app, name="convert")
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    raise typer.Exit(code)
+
+
+def handled(fn):
+    """One clear line for expected errors; no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MrcnnError as e:
+            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except FileNotFoundError as e:
+            _fail(f"{e.filename}: no such file or directory")
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+    return wrapper
+
+
+@app.command()
+@handled
+def info() -> None:
+    """Versions, GPU visibility and which optional backends work here."""
+    from mrcnn.info import backend_info
+
+    rows = backend_info()
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+@data_app.command("synth")
+@handled
+def data_synth(
+    out: Path = typer.Argument(..., help="output folder (train2017/, val2017/, annotations/)"),
+    train: int = typer.Option(200, "--train", help="training images"),
+    val: int = typer.Option(50, "--val", help="validation images"),
+    size: int = typer.Option(256, "--size", help="image side in pixels"),
+    seed: int = typer.Option(0, "--seed", help="random seed (same seed -> identical files)"),
+) -> None:
+    """Generate the deterministic synthetic COCO-format shapes dataset."""
+    from mrcnn.data.synth import generate_synthetic
+    from mrcnn.engine.progress import reporter
+
+    if train < 0 or val < 0 or size < 32:
+        raise MrcnnError("--train/--val must be >= 0 and --size >= 32")
+    with reporter(train + val, "synth", log=_log) as rep:
+        summary = generate_synthetic(out, n_train=train, n_val=val, size=size, seed=seed,
+                                     progress=lambda d, t: rep.update(d))
+    print(f"wrote {out}: {summary}")
+
+
+@app.command()
+@handled
+def train(
+    data: Path = typer.Option(..., "--data", help="COCO-format folder (train2017/, val2017/, annotations/)"),
+    out: Path = typer.Option(..., "--out", help="run folder (checkpoints, metrics.jsonl)"),
+    config: str = typer.Option("r50-fpn", "--config", help="named config: r50-fpn, r18-fpn, shapes-tiny, ..."),
+    amp: str = typer.Option(None, "--amp", help="bf16 | fp16 | off"),
+    accum: int = typer.Option(None, "--accum", help="gradient accumulation steps"),
+    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory format"),
+    batch: int = typer.Option(None, "--batch", help="images per device per micro-step"),
+    max_iter: int = typer.Option(None, "--max-iter", help="optimizer steps"),
+    lr: float = typer.Option(None, "--lr", help="base LR for the reference batch (scaled linearly)"),
+    eval_period: int = typer.Option(None, "--eval-period", help="COCO eval every P iterations (0: at the end)"),
+    checkpoint_period: int = typer.Option(None, "--checkpoint-period", help="checkpoint every P iterations"),
+    workers: int = typer.Option(None, "--workers", help="data loader worker processes"),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
+    strict: bool = typer.Option(False, "--strict", help="bad data is an error instead of a skipped sample"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if visible)"),
+    seed: int = typer.Option(None, "--seed"),
+    set_: List[str] = typer.Option([], "--set", help="config override section.key=value (repeatable)"),
+) -> None:
+    """Train a Mask R-CNN (AMP, DDP under torchrun, accumulation, channels-last, resume)."""
+    from mrcnn.config import get_config
+    from mrcnn.engine.trainer import train as run_train
+
+    cfg = get_config(config, list(set_))
+    s = cfg.solver
+    for name, value in (("amp", amp), ("accum", accum), ("channels_last", channels_last), ("batch", batch),
+                        ("max_iter", max_iter), ("base_lr", lr), ("eval_period", eval_period),
+                        ("checkpoint_period", checkpoint_period), ("num_workers", workers)):
+        if value is not None:
+            setattr(s, name, value)
+    if seed is not None:
+        cfg.seed = seed
+    result = run_train(cfg, data, out, resume=resume, device=device, strict=strict, log=_log)
+    print(f"done: {result.iteration} iterations, checkpoint {result.checkpoint}")
+
+
+@app.command("eval")
+@handled
+def eval_(
+    artifact: Path = typer.Argument(..., help="checkpoint (.pt)"),
+    data: Path = typer.Option(..., "--data", help="COCO-format folder"),
+    split: str = typer.Option("val2017", "--split"),
+    batch: int = typer.Option(2, "--batch"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write metrics + COCO results json"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    strict: bool = typer.Option(False, "--strict"),
+) -> None:
+    """COCO bbox + segm AP table."""
+    from mrcnn.engine.evaluation import format_table
+    from mrcnn.pipeline import evaluate_artifact
+
+    metrics = evaluate_artifact(artifact, data, split=split, batch_size=batch, device=device, json_out=json_out,
+                                strict=strict, log=_log)
+    print(format_table(metrics))
+
+
+@convert_app.command("torchvision")
+@handled
+def convert_torchvision(
+    src: Path = typer.Argument(..., help="torchvision maskrcnn_resnet50_fpn state dict (.pth)"),
+    dst: Path = typer.Argument(..., help="mrcnn checkpoint to write (.pt)"),
+    classes: Optional[str] = typer.Option(None, "--classes", help="comma-separated class names (no background)"),
+) -> None:
+    """Map torchvision maskrcnn_resnet50_fpn weights onto the mrcnn model."""
+    from mrcnn.model.convert import convert_torchvision as conv
+
+    names = [c.strip() for c in classes.split(",")] if classes else None
+    conv(src, dst, class_names=names)
+    print(f"wrote {dst}")
+
+
+@app.command()
+@handled
+def demo(
+    out: Path = typer.Option(Path("mrcnn-demo"), "--out", help="working folder"),
+    max_iter: Optional[int] = typer.Option(None, "--max-iter", help="training iterations (default: config's)"),
+) -> None:
+    """The whole pipeline on the embedded synthetic data: synth -> train -> COCO eval."""
+    from mrcnn.engine.evaluation import format_table
+    from mrcnn.pipeline import demo as run_demo
+
+    res = run_demo(out, max_iter=max_iter, log=_log)
+    print(format_table(res["metrics"]))
+    print(f"checkpoint: {res['checkpoint']}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

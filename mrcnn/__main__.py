@@ -1,0 +1,3 @@
+from mrcnn.cli.main import main
+
+main()

@@ -1,0 +1,235 @@
+"""Typed, plain configuration: named presets, dotted overrides, round-trip through dicts (checkpoints, ONNX metadata).
+
+Defaults are the seed's R-50-FPN 1x (design.md §5). `torchvision` mode reproduces torchvision's
+maskrcnn_resnet50_fpn choices exactly (used by `mrcnn convert torchvision`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+from mrcnn.errors import MrcnnError
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 81  # including background (label 0)
+    # backbone
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
+    backbone_blocks: tuple[int, ...] = ()  # override the block counts per stage, e.g. (1, 1, 1, 1); () = standard
+    backbone_width: int = 64  # channels of the stem / first stage (64 = standard ResNet)
+    norm: str = "frozen_bn"  # frozen_bn | bn | gn  (gn is batch-independent: exact accumulation / DDP equivalence)
+    trainable_layers: int = 3  # ResNet stages trained, counted from the top (5 = all, incl. stem)
+    fpn_channels: int = 256
+    # anchors / RPN
+    anchor_sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)  # one per FPN level (P2..P6)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_fg_iou: float = 0.7
+    rpn_bg_iou: float = 0.3
+    rpn_batch_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_nms: float = 0.7
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_score_thresh: float = 0.0
+    rpn_min_size: float = 1e-3
+    # RoI heads
+    roi_fg_iou: float = 0.5
+    roi_bg_iou: float = 0.5
+    roi_batch_per_image: int = 512
+    roi_positive_fraction: float = 0.25
+    box_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
+    box_score_thresh: float = 0.05
+    box_nms: float = 0.5
+    box_min_size: float = 1e-2
+    detections_per_img: int = 100
+    representation_size: int = 1024
+    box_roi_size: int = 7
+    mask_roi_size: int = 14
+    mask_head_channels: int = 256
+    mask_head_layers: int = 4
+    mask_resolution: int = 28
+    sampling_ratio: int = 2
+    roi_aligned: bool = False
+    # input normalisation (applied inside the model, on 0..1 pixel values)
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class InputConfig:
+    min_size: int = 800  # shorter side after resize
+    max_size: int = 1333  # cap of the longer side
+    size_divisible: int = 32  # batches are padded to a multiple of this
+    hflip_prob: float = 0.5  # training only
+
+
+@dataclass
+class SolverConfig:
+    batch: int = 2  # images per device per micro-step; global batch = batch x accum x world size
+    base_lr: float = 0.02  # for a global batch of `lr_reference_batch` images; scaled linearly
+    lr_reference_batch: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 1000
+    warmup_factor: float = 1.0 / 3
+    steps: tuple[float, ...] = (0.667, 0.889)  # fractions of max_iter where LR drops by gamma
+    gamma: float = 0.1
+    max_iter: int = 90000
+    amp: str = "off"  # off | bf16 | fp16
+    fp16_init_scale: float = 8192.0
+    accum: int = 1
+    channels_last: bool = False
+    grad_clip: float = 0.0  # 0 = off
+    eval_period: int = 0  # 0 = only at the end
+    checkpoint_period: int = 0  # 0 = only at the end
+    max_bad_steps: int = 5  # consecutive non-finite steps before aborting
+    num_workers: int = 0
+
+
+@dataclass
+class Config:
+    name: str = "r50-fpn"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    seed: int = 0
+
+    # -- (de)serialisation ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        return _from_dict(cls, d, "")
+
+    def override(self, assignments: list[str] | None) -> "Config":
+        """Apply `section.key=value` strings (e.g. `model.fpn_channels=128`, `solver.steps=0.5,0.8`)."""
+        d = self.to_dict()
+        for a in assignments or []:
+            if "=" not in a:
+                raise MrcnnError(f"bad override {a!r}: expected section.key=value")
+            key, value = a.split("=", 1)
+            parts = key.strip().split(".")
+            node = d
+            for p in parts[:-1]:
+                if not isinstance(node.get(p), dict):
+                    raise MrcnnError(f"bad override {a!r}: unknown section {p!r}")
+                node = node[p]
+            if parts[-1] not in node:
+                raise MrcnnError(f"bad override {a!r}: unknown key {parts[-1]!r}")
+            node[parts[-1]] = _parse_value(value.strip(), node[parts[-1]], a)
+        return Config.from_dict(d)
+
+
+def _parse_value(text: str, current: Any, where: str) -> Any:
+    try:
+        if isinstance(current, bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, (tuple, list)):
+            items = [t for t in text.strip("()[]").split(",") if t.strip()]
+            kind = type(current[0]) if current else float
+            return tuple(kind(t) for t in items)
+        return text
+    except ValueError:
+        raise MrcnnError(f"bad override {where!r}: cannot parse {text!r} as {type(current).__name__}") from None
+
+
+def _from_dict(cls: type, d: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise MrcnnError(f"config section {prefix or '<root>'} is not a mapping")
+    hints = get_type_hints(cls)
+    kwargs = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k, v in d.items():
+        if k not in names:
+            raise MrcnnError(f"unknown config key {prefix + k!r}")
+        t = hints[k]
+        if dataclasses.is_dataclass(t):
+            kwargs[k] = _from_dict(t, v, prefix + k + ".")
+        elif isinstance(v, list):
+            kwargs[k] = tuple(v)
+        else:
+            kwargs[k] = v
+    return cls(**kwargs)
+
+
+# -- named presets --------------------------------------------------------------------------------------------------
+
+def _r50() -> Config:
+    return Config(name="r50-fpn")
+
+
+def _r18() -> Config:
+    c = Config(name="r18-fpn")
+    c.model.backbone = "resnet18"
+    return c
+
+
+def _torchvision() -> Config:
+    # torchvision maskrcnn_resnet50_fpn: same structure, RoIAlign aligned=False, frozen BN, 3 trainable stages.
+    c = Config(name="torchvision-r50-fpn")
+    return c
+
+
+def _shapes_tiny() -> Config:
+    """Small CPU config for the embedded synthetic dataset: trains from scratch in minutes on 2 cores."""
+    c = Config(name="shapes-tiny")
+    m = c.model
+    m.num_classes = 6
+    m.backbone = "resnet18"
+    m.backbone_blocks = (1, 1, 1, 1)
+    m.backbone_width = 32
+    m.norm = "gn"
+    m.trainable_layers = 5
+    m.fpn_channels = 64
+    m.anchor_sizes = (16.0, 32.0, 64.0, 128.0, 256.0)
+    m.rpn_batch_per_image = 128
+    m.rpn_pre_nms_top_n_train = 600
+    m.rpn_post_nms_top_n_train = 300
+    m.rpn_pre_nms_top_n_test = 300
+    m.rpn_post_nms_top_n_test = 150
+    m.roi_batch_per_image = 64
+    m.representation_size = 256
+    m.mask_head_channels = 64
+    m.mask_head_layers = 2
+    m.detections_per_img = 50
+    c.input = InputConfig(min_size=192, max_size=256, size_divisible=32, hflip_prob=0.5)
+    s = c.solver
+    s.batch = 4
+    s.base_lr = 0.02
+    s.lr_reference_batch = 4
+    s.warmup_iters = 50
+    s.warmup_factor = 0.1
+    s.max_iter = 600
+    s.steps = (0.75, 0.92)
+    return c
+
+
+PRESETS = {
+    "r50-fpn": _r50,
+    "r18-fpn": _r18,
+    "torchvision-r50-fpn": _torchvision,
+    "shapes-tiny": _shapes_tiny,
+}
+
+
+def get_config(name: str, overrides: list[str] | None = None) -> Config:
+    if name not in PRESETS:
+        raise MrcnnError(f"unknown config {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]().override(overrides)

@@ -1,0 +1,1 @@
+"""Training engine: trainer, checkpoints, COCO evaluation, progress reporting."""

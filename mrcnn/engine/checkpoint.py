@@ -1,0 +1,83 @@
+"""Checkpoints: one format, written atomically, read with `weights_only=True` (untrusted files stay safe).
+
+Format (a plain dict of tensors and builtins):
+  format="mrcnn-checkpoint", version=1, config=Config.to_dict(), class_names=[...], model=state_dict,
+  and for training runs: optimizer, scheduler, scaler, iteration, rng, metrics.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mrcnn.config import Config
+from mrcnn.errors import MrcnnError
+
+FORMAT = "mrcnn-checkpoint"
+VERSION = 1
+
+
+def atomic_write(path: str | Path, write_fn) -> Path:
+    """Call `write_fn(tmp_path)` then rename onto `path`: a partial file never appears under the final name."""
+    path = Path(path)
+    if path.is_dir():
+        raise MrcnnError(f"{path}: is a directory, expected a file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise MrcnnError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise MrcnnError(f"{path}: is a directory, expected a checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MrcnnError(f"{path}: not a readable checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise MrcnnError(f"{path}: not an mrcnn checkpoint (use `mrcnn convert` for torchvision weights)")
+    if "config" not in ckpt or "model" not in ckpt:
+        raise MrcnnError(f"{path}: checkpoint has no embedded config or model weights")
+    return ckpt
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Checkpoint -> (model in eval mode, Config, class_names)."""
+    from mrcnn.model import build_model
+
+    ckpt = load_checkpoint(path)
+    cfg = Config.from_dict(ckpt["config"])
+    model = build_model(cfg.model)
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if missing or unexpected:
+        raise MrcnnError(
+            f"{path}: weights do not fit config {cfg.name!r} "
+            f"(missing {len(missing)}, unexpected {len(unexpected)}, e.g. {(missing or unexpected)[0]})"
+        )
+    model.to(device).eval()
+    names = list(ckpt.get("class_names") or [f"class_{i}" for i in range(1, cfg.model.num_classes)])
+    return model, cfg, names

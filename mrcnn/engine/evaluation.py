@@ -1,0 +1,106 @@
+"""COCO evaluation (bbox + segm AP via pycocotools) for any predictor.
+
+A predictor is a callable `list[uint8 Tensor [3,H,W]] -> list[dict]` returning, per image, torchvision-format
+detections in original pixels: boxes [n,4] xyxy, scores [n], labels [n] (contiguous, 1..C), masks [n,1,H,W]
+probabilities. The PyTorch `Predictor`, and later the ONNX / TensorRT runtimes, all fit.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from mrcnn.engine.checkpoint import atomic_write
+from mrcnn.engine.progress import reporter
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def detections_to_coco(result: dict, image_id: int, cat_ids: Sequence[int], mask_threshold: float = 0.5) -> list[dict]:
+    """One image's detections -> COCO result entries (bbox xywh, RLE segmentation)."""
+    import pycocotools.mask as mask_util
+
+    boxes = result["boxes"].detach().float().cpu()
+    scores = result["scores"].detach().float().cpu().tolist()
+    labels = result["labels"].detach().cpu().tolist()
+    rles = None
+    if "masks" in result and result["masks"].numel() > 0:
+        m = (result["masks"].detach().cpu()[:, 0] > mask_threshold).numpy().astype(np.uint8)
+        rles = mask_util.encode(np.asfortranarray(m.transpose(1, 2, 0)))
+    out = []
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist() if len(boxes) else []
+    for k, (b, s, lab) in enumerate(zip(xywh, scores, labels)):
+        if lab < 1 or lab > len(cat_ids):
+            continue
+        entry = {"image_id": int(image_id), "category_id": int(cat_ids[lab - 1]),
+                 "bbox": [round(float(v), 3) for v in b], "score": round(float(s), 5)}
+        if rles is not None:
+            rle = rles[k]
+            entry["segmentation"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        out.append(entry)
+    return out
+
+
+def coco_eval(coco_gt, results: list[dict], image_ids: Sequence[int], iou_types=("bbox", "segm")) -> dict:
+    """Run COCOeval; returns {"bbox": {"AP":..,...}, "segm": {...}} (AP = -1 where undefined)."""
+    from pycocotools.cocoeval import COCOeval
+
+    metrics: dict[str, dict[str, float]] = {}
+    for iou_type in iou_types:
+        if iou_type == "segm" and results and "segmentation" not in results[0]:
+            continue
+        if not results:
+            metrics[iou_type] = {k: 0.0 for k in STAT_NAMES}
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_dt = coco_gt.loadRes(results)
+            ev = COCOeval(coco_gt, coco_dt, iou_type)
+            ev.params.imgIds = list(image_ids)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        metrics[iou_type] = {k: float(v) for k, v in zip(STAT_NAMES, ev.stats[:6])}
+    return metrics
+
+
+def evaluate(
+    predictor: Callable[[list[torch.Tensor]], list[dict]],
+    dataset,
+    batch_size: int = 2,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    max_images: int = 0,
+) -> tuple[dict, list[dict]]:
+    """Predict every image of a `CocoDetection` dataset and evaluate. Returns (metrics, coco results)."""
+    n = len(dataset) if not max_images else min(max_images, len(dataset))
+    results: list[dict] = []
+    image_ids: list[int] = []
+    with reporter(n, "eval", log=log, enabled=progress) as rep, torch.inference_mode():
+        for start in range(0, n, batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, n))]
+            preds = predictor([img for img, _ in items])
+            for (img, tgt), pred in zip(items, preds):
+                image_ids.append(int(tgt["image_id"]))
+                results.extend(detections_to_coco(pred, tgt["image_id"], dataset.cat_ids))
+            rep.update(min(start + batch_size, n))
+    metrics = coco_eval(dataset.coco, results, sorted(set(image_ids)))
+    return metrics, results
+
+
+def format_table(metrics: dict) -> str:
+    """The COCO table: rows bbox / segm, columns AP AP50 AP75 APs APm APl."""
+    lines = [f"{'':6}" + "".join(f"{k:>8}" for k in STAT_NAMES)]
+    for iou_type in ("bbox", "segm"):
+        if iou_type in metrics:
+            lines.append(f"{iou_type:6}" + "".join(f"{metrics[iou_type][k]:8.4f}" for k in STAT_NAMES))
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, obj) -> Path:
+    data = json.dumps(obj)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(data))

@@ -1,0 +1,393 @@
+"""The training loop: AMP (bf16 | fp16 | off), DDP (torchrun; nccl on GPU, gloo on CPU), gradient accumulation,
+channels-last, atomic checkpoints with exact resume, periodic COCO evaluation, metrics.jsonl.
+
+Determinism by construction: the global batch of iteration `it` is a pure function of (seed, it), each sample's
+augmentation and fg/bg sampling seeds are pure functions of (seed, epoch, index), and losses are per-image means
+averaged over images. Hence batch B x accum 2, DDP over 2 ranks, and one process with batch 2B see the same
+samples and compute the same gradient, and a resumed run continues exactly where the killed one stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from mrcnn.config import Config
+from mrcnn.engine.checkpoint import load_checkpoint, save_checkpoint
+from mrcnn.engine.evaluation import evaluate, format_table
+from mrcnn.engine.progress import reporter
+from mrcnn.errors import MrcnnError
+
+LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
+
+
+# -- distributed helpers ----------------------------------------------------------------------------------------------
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, world=world, local_rank=local_rank, device=dev)
+
+
+def _all_min(flag: bool, info: DistInfo) -> bool:
+    if info.world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device if info.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() > 0.5)
+
+
+# -- schedule -------------------------------------------------------------------------------------------------------
+
+def lr_factor(it: int, cfg: Config) -> float:
+    """Linear warmup then multistep decay (maskrcnn-benchmark's WarmupMultiStepLR)."""
+    s = cfg.solver
+    f = 1.0
+    if it < s.warmup_iters:
+        alpha = it / max(s.warmup_iters, 1)
+        f = s.warmup_factor * (1 - alpha) + alpha
+    milestones = [int(round(frac * s.max_iter)) for frac in s.steps]
+    return f * (s.gamma ** sum(1 for m in milestones if it >= m))
+
+
+def scaled_lr(cfg: Config, world: int) -> float:
+    s = cfg.solver
+    return s.base_lr * (s.batch * s.accum * world) / s.lr_reference_batch
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config, world: int) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=scaled_lr(cfg, world), momentum=cfg.solver.momentum,
+                           weight_decay=cfg.solver.weight_decay)
+
+
+# -- data -----------------------------------------------------------------------------------------------------------
+
+class _EpochIndexed(torch.utils.data.Dataset):
+    """Dataset addressed by (epoch, index) so that worker processes see the right augmentation epoch."""
+
+    def __init__(self, train_ds):
+        self.ds = train_ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        self.ds.set_epoch(epoch)
+        return self.ds[index]
+
+
+class _MicroBatches(torch.utils.data.Sampler):
+    """Yields, for iterations [start, max_iter), this rank's accumulation micro-batches as (epoch, index) lists."""
+
+    def __init__(self, sampler, start: int, stop: int, rank: int, world: int, accum: int):
+        self.sampler, self.start, self.stop = sampler, start, stop
+        self.rank, self.world, self.accum = rank, world, accum
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * self.accum
+
+    def __iter__(self):
+        for it in range(self.start, self.stop):
+            for micro in range(self.accum):
+                yield self.sampler.local(it, self.rank, self.world, micro, self.accum)
+
+
+def build_train_data(cfg: Config, data_dir: str | Path, strict: bool, log):
+    from mrcnn.data.coco import CocoDetection
+    from mrcnn.data.transforms import GlobalBatchSampler, TrainDataset, TrainTransform
+
+    base = CocoDetection(data_dir, "train2017", strict=strict, logger=log)
+    if len(base) == 0:
+        raise MrcnnError(f"{data_dir}: no usable training images")
+    tfm = TrainTransform(cfg.input.min_size, cfg.input.max_size, cfg.input.hflip_prob)
+    ds = TrainDataset(base, tfm, seed=cfg.seed)
+    return base, ds, GlobalBatchSampler
+
+
+# -- the loop -------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    iteration: int
+    checkpoint: Path
+    metrics: dict
+    skipped_steps: int
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "off":
+        return torch.autocast(device_type=device.type, enabled=False)
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    if "torch" in st:
+        torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _to_device(batch: dict, device: torch.device, channels_last: bool):
+    images = batch["images"].to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    targets = []
+    for t in batch["targets"]:
+        targets.append({k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()})
+    return images, batch["image_sizes"].to(device), targets
+
+
+def train(
+    cfg: Config,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    strict: bool = False,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    evaluate_at_end: bool = True,
+) -> TrainResult:
+    from mrcnn.data.transforms import collate
+    from mrcnn.model import build_model
+    from mrcnn.model.predictor import Predictor
+
+    info = init_distributed(device)
+    s = cfg.solver
+    if s.amp not in ("off", "bf16", "fp16"):
+        raise MrcnnError(f"--amp must be one of off, bf16, fp16 (got {s.amp!r})")
+    if s.accum < 1 or s.batch < 1 or s.max_iter < 1:
+        raise MrcnnError("--batch, --accum and --max-iter must be >= 1")
+    out_dir = Path(out_dir)
+    say = log if info.is_main else (lambda _m: None)
+
+    # 1. data: the class list comes from the dataset and fixes the model's head size
+    base, train_ds, Sampler = build_train_data(cfg, data_dir, strict, say)
+    cfg.model.num_classes = len(base.class_names) + 1
+    global_batch = s.batch * s.accum * info.world
+    sampler = Sampler(len(train_ds), global_batch, seed=cfg.seed)
+
+    # 2. model, optimizer, scaler
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model).to(info.device)
+    if s.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg, info.world)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
+    scaler = torch.amp.GradScaler(info.device.type, init_scale=s.fp16_init_scale, enabled=s.amp == "fp16")
+
+    # 3. resume
+    start_iter = 0
+    last_path = out_dir / "last.pt"
+    if resume:
+        if not last_path.exists():
+            raise MrcnnError(f"--resume: no checkpoint at {last_path}")
+        ck = load_checkpoint(last_path)
+        if Config.from_dict(ck["config"]).model != cfg.model:
+            raise MrcnnError(f"--resume: {last_path} was trained with a different model config")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        if ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        _set_rng_state(ck.get("rng", {}))
+        start_iter = int(ck["iteration"])
+        say(f"resumed from {last_path} at iteration {start_iter}")
+
+    ddp_model = model
+    if info.world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            find_unused_parameters=True)
+
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    metrics_file = open(out_dir / "metrics.jsonl", "a") if info.is_main else None
+
+    def checkpoint(it: int, final: bool = False) -> Path:
+        payload = {"config": cfg.to_dict(), "class_names": base.class_names, "model": model.state_dict(),
+                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                   "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "iteration": it,
+                   "rng": _rng_state()}
+        if info.is_main:
+            save_checkpoint(last_path, payload)
+            if final:
+                save_checkpoint(out_dir / "model_final.pt", payload)
+        return out_dir / ("model_final.pt" if final else "last.pt")
+
+    val_ds = None
+    val_ann = Path(data_dir) / "annotations" / "instances_val2017.json"
+
+    def run_eval(it: int) -> dict:
+        nonlocal val_ds
+        if not info.is_main or not val_ann.exists():
+            return {}
+        from mrcnn.data.coco import CocoDetection
+
+        if val_ds is None:
+            val_ds = CocoDetection(data_dir, "val2017", strict=strict, logger=say)
+        model.eval()
+        metrics, _ = evaluate(Predictor(model, cfg.input), val_ds, batch_size=max(s.batch, 1), log=say,
+                              progress=progress)
+        model.train()
+        say(f"iteration {it} COCO AP\n" + format_table(metrics))
+        _write_metrics({"iter": it, "eval": metrics})
+        return metrics
+
+    def _write_metrics(row: dict) -> None:
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+
+    # 4. loop
+    loader = torch.utils.data.DataLoader(
+        _EpochIndexed(train_ds),
+        batch_sampler=_MicroBatches(sampler, start_iter, s.max_iter, info.rank, info.world, s.accum),
+        collate_fn=lambda b: collate(b, cfg.input.size_divisible), num_workers=s.num_workers,
+        persistent_workers=False)
+    data_iter = iter(loader)
+    model.train()
+    bad_in_a_row = skipped = 0
+    last_metrics: dict = {}
+    it = start_iter
+    with reporter(s.max_iter, "train", log=say, enabled=progress and info.is_main,
+                  every=max(1, s.max_iter // 50)) as rep:
+        rep.update(start_iter)
+        for it in range(start_iter, s.max_iter):
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            sums = {k: 0.0 for k in LOSS_KEYS}
+            finite = True
+            for micro in range(s.accum):
+                batch = next(data_iter)
+                images, sizes, targets = _to_device(batch, info.device, s.channels_last)
+                sync = micro == s.accum - 1 or info.world == 1
+                ctx = ddp_model.no_sync() if (not sync and info.world > 1) else _nullctx()
+                with ctx:
+                    with _autocast(info.device, s.amp):
+                        losses = ddp_model(images, sizes, targets)
+                    loss = sum(losses[k].float() for k in LOSS_KEYS) / s.accum
+                    finite = finite and bool(torch.isfinite(loss).item())
+                    scaler.scale(loss).backward()
+                for k in LOSS_KEYS:
+                    sums[k] += float(losses[k].detach().float()) / s.accum
+            finite = _all_min(finite, info)
+            stepped = False
+            if finite:
+                if s.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+                scale_before = scaler.get_scale() if scaler.is_enabled() else None
+                scaler.step(optimizer)
+                scaler.update()
+                stepped = scale_before is None or scaler.get_scale() >= scale_before
+            if not stepped:
+                optimizer.zero_grad(set_to_none=True)
+                if scaler.is_enabled() and not finite:
+                    scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+                skipped += 1
+                bad_in_a_row += 1
+                if bad_in_a_row >= s.max_bad_steps:
+                    if metrics_file:
+                        metrics_file.close()
+                    raise MrcnnError(
+                        f"non-finite loss in {bad_in_a_row} consecutive steps (iteration {it}); stopped. "
+                        f"Last good checkpoint: {last_path if last_path.exists() else 'none'}")
+            else:
+                bad_in_a_row = 0
+            scheduler.step()
+            dt = time.perf_counter() - t0
+            total = sum(sums.values())
+            row = {"iter": it + 1, "lr": optimizer.param_groups[0]["lr"], "loss": total, **sums,
+                   "img_s": global_batch / dt, "time": dt, "skipped": not stepped}
+            _write_metrics(row)
+            rep.update(it + 1, f"loss {total:.3f} {global_batch / dt:.1f} img/s")
+            done = it + 1
+            if s.checkpoint_period and done % s.checkpoint_period == 0 and done < s.max_iter:
+                checkpoint(done)
+            if s.eval_period and done % s.eval_period == 0 and done < s.max_iter:
+                last_metrics = run_eval(done) or last_metrics
+                _barrier(info)
+    done = max(it + 1, start_iter) if s.max_iter > start_iter else start_iter
+    # 5. cross-rank consistency check, final checkpoint, final eval
+    max_diff = _ddp_param_max_diff(model, info)
+    if max_diff is not None:
+        _write_metrics({"iter": done, "ddp_param_max_diff": max_diff})
+    path = checkpoint(done, final=True)
+    if evaluate_at_end:
+        last_metrics = run_eval(done) or last_metrics
+    _barrier(info)
+    if skipped:
+        say(f"skipped {skipped} non-finite step(s)")
+    report = base.report() if hasattr(base, "report") else ""
+    if report:
+        say(report)
+    if metrics_file:
+        metrics_file.close()
+    return TrainResult(out_dir, done, path, last_metrics, skipped)
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _barrier(info: DistInfo) -> None:
+    if info.world > 1:
+        dist.barrier()
+
+
+def _ddp_param_max_diff(model: torch.nn.Module, info: DistInfo) -> float | None:
+    """Max |param_rank - param_rank0| over all ranks (None when not distributed)."""
+    if info.world == 1:
+        return None
+    flat = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])
+    ref = flat.clone()
+    dist.broadcast(ref, src=0)
+    d = (flat - ref).abs().max().reshape(1)
+    dist.all_reduce(d, op=dist.ReduceOp.MAX)
+    return float(d.item()) if not math.isnan(float(d.item())) else float("nan")

@@ -1,0 +1,139 @@
+"""Pre- and post-processing around the network, identical to torchvision's GeneralizedRCNNTransform.
+
+The network itself (`MaskRCNN.forward`) takes a padded batch of 0..1 float images plus the unpadded sizes and
+normalises inside (so that an exported graph holds the normalisation). Resize, padding, box rescaling and mask
+pasting live here and are shared by the data pipeline, the PyTorch predictor and the ONNX/TensorRT runtimes.
+
+Shapes: B images; K detection slots; M mask resolution (28); H, W image size.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def resize_scale(h: int, w: int, min_size: int, max_size: int) -> float:
+    return min(min_size / min(h, w), max_size / max(h, w))
+
+
+def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
+    """[3,H,W] float -> resized [3,h,w], exactly as torchvision (bilinear, recompute_scale_factor=True)."""
+    h, w = image.shape[-2:]
+    scale = resize_scale(h, w, min_size, max_size)
+    return F.interpolate(
+        image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
+    )[0]
+
+
+def resize_masks(masks: Tensor, min_size: int, max_size: int) -> Tensor:
+    """[N,H,W] uint8 -> [N,h,w] uint8 with the same output size as `resize_image` (nearest)."""
+    h, w = masks.shape[-2:]
+    scale = resize_scale(h, w, min_size, max_size)
+    if masks.shape[0] == 0:
+        nh, nw = int(math.floor(h * scale)), int(math.floor(w * scale))
+        return masks.new_zeros((0, nh, nw))
+    return F.interpolate(masks[:, None].float(), scale_factor=scale, recompute_scale_factor=True)[:, 0].byte()
+
+
+def resize_boxes(boxes: Tensor, original_size: tuple[int, int], new_size: tuple[int, int]) -> Tensor:
+    """Scale [N,4] xyxy boxes from `original_size` (h, w) to `new_size` (h, w), as torchvision."""
+    rh = torch.tensor(new_size[0], dtype=torch.float32) / torch.tensor(original_size[0], dtype=torch.float32)
+    rw = torch.tensor(new_size[1], dtype=torch.float32) / torch.tensor(original_size[1], dtype=torch.float32)
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    return torch.stack((x0 * rw, y0 * rh, x1 * rw, y1 * rh), dim=-1)
+
+
+def batch_images(images: list[Tensor], size_divisible: int = 32) -> tuple[Tensor, Tensor]:
+    """Pad [3,h_i,w_i] images into [B,3,H,W] (H, W multiples of `size_divisible`), zero fill.
+
+    Returns the batch and `image_sizes` [B,2] int64 (h, w) of the unpadded images.
+    """
+    if not images:
+        raise ValueError("batch_images needs at least one image")
+    hs = [int(i.shape[-2]) for i in images]
+    ws = [int(i.shape[-1]) for i in images]
+    H = int(math.ceil(max(hs) / size_divisible) * size_divisible)
+    W = int(math.ceil(max(ws) / size_divisible) * size_divisible)
+    batch = images[0].new_zeros((len(images), images[0].shape[0], H, W))
+    for i, img in enumerate(images):
+        batch[i, :, : img.shape[-2], : img.shape[-1]].copy_(img)
+    sizes = torch.tensor([[h, w] for h, w in zip(hs, ws)], dtype=torch.int64)
+    return batch, sizes
+
+
+def to_float_image(image: Tensor) -> Tensor:
+    """uint8 [3,H,W] 0..255 -> float32 0..1; float input is returned as float32 unchanged."""
+    if image.dtype == torch.uint8:
+        return image.float().div_(255.0)
+    return image.float()
+
+
+# -- mask pasting (torchvision paste_masks_in_image, padding 1) --------------------------------------------------
+
+def _expand_boxes(boxes: Tensor, scale: float) -> Tensor:
+    w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
+    h_half = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
+    x_c = (boxes[:, 2] + boxes[:, 0]) * 0.5
+    y_c = (boxes[:, 3] + boxes[:, 1]) * 0.5
+    return torch.stack((x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half), dim=1)
+
+
+def _paste_one(mask: Tensor, box: Tensor, im_h: int, im_w: int) -> Tensor:
+    x0b, y0b, x1b, y1b = (int(v) for v in box.tolist())
+    w = max(x1b - x0b + 1, 1)
+    h = max(y1b - y0b + 1, 1)
+    m = F.interpolate(mask[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    out = mask.new_zeros((im_h, im_w))
+    x_0, x_1 = max(x0b, 0), min(x1b + 1, im_w)
+    y_0, y_1 = max(y0b, 0), min(y1b + 1, im_h)
+    if x_1 > x_0 and y_1 > y_0:
+        out[y_0:y_1, x_0:x_1] = m[(y_0 - y0b) : (y_1 - y0b), (x_0 - x0b) : (x_1 - x0b)]
+    return out
+
+
+def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1) -> Tensor:
+    """Paste [K,M,M] mask probabilities into [K,1,H,W] at `boxes` [K,4] (image pixels), as torchvision."""
+    im_h, im_w = int(image_size[0]), int(image_size[1])
+    if masks.shape[0] == 0:
+        return masks.new_zeros((0, 1, im_h, im_w))
+    M = masks.shape[-1]
+    scale = float(M + 2 * padding) / M
+    padded = F.pad(masks, (padding,) * 4)
+    eboxes = _expand_boxes(boxes.float(), scale).to(torch.int64)
+    res = [_paste_one(m, b, im_h, im_w) for m, b in zip(padded, eboxes)]
+    return torch.stack(res, dim=0)[:, None]
+
+
+def postprocess_detections(
+    outputs: dict[str, Tensor],
+    image_sizes: Tensor | list[tuple[int, int]],
+    original_sizes: list[tuple[int, int]],
+    paste: bool = True,
+) -> list[dict[str, Tensor]]:
+    """Fixed-size network outputs -> one dict per image in torchvision's format, in original image pixels.
+
+    `outputs`: boxes [B,K,4], scores [B,K], labels [B,K], masks [B,K,M,M], num_detections [B].
+    Each result: boxes [n,4], scores [n], labels [n] int64, masks [n,1,H,W] probabilities (or [n,M,M] with
+    paste=False), masks28 [n,M,M].
+    """
+    results = []
+    nums = outputs["num_detections"].tolist()
+    for i, n in enumerate(nums):
+        n = int(n)
+        im_s = tuple(int(v) for v in (image_sizes[i].tolist() if isinstance(image_sizes, Tensor) else image_sizes[i]))
+        o_s = tuple(int(v) for v in original_sizes[i])
+        boxes = resize_boxes(outputs["boxes"][i, :n].float(), im_s, o_s)
+        r = {
+            "boxes": boxes,
+            "scores": outputs["scores"][i, :n].float(),
+            "labels": outputs["labels"][i, :n].to(torch.int64),
+        }
+        if "masks" in outputs:
+            m28 = outputs["masks"][i, :n].float()
+            r["masks28"] = m28
+            r["masks"] = paste_masks(m28, boxes, o_s) if paste else m28
+        results.append(r)
+    return results

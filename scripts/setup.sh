@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install mrcnn with its test and ONNX extras. Idempotent; used by both README commands.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+fi
+# torch/torchvision from PyPI (CUDA builds; they run on CPU too). The build backend (scikit-build-core) runs CMake.
+.venv/bin/python -m pip install -q --disable-pip-version-check ".[test,onnx]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+.venv/bin/python -c "import mrcnn, mrcnn.cli.main, mrcnn.native as n; print('mrcnn', mrcnn.__version__, '| native:', n.native_status())"
