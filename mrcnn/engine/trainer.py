@@ -91,37 +91,6 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, world: int) -> torch.opt
 
 # -- data -----------------------------------------------------------------------------------------------------------
 
-class _EpochIndexed(torch.utils.data.Dataset):
-    """Dataset addressed by (epoch, index) so that worker processes see the right augmentation epoch."""
-
-    def __init__(self, train_ds):
-        self.ds = train_ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, key):
-        epoch, index = key
-        self.ds.set_epoch(epoch)
-        return self.ds[index]
-
-
-class _MicroBatches(torch.utils.data.Sampler):
-    """Yields, for iterations [start, max_iter), this rank's accumulation micro-batches as (epoch, index) lists."""
-
-    def __init__(self, sampler, start: int, stop: int, rank: int, world: int, accum: int):
-        self.sampler, self.start, self.stop = sampler, start, stop
-        self.rank, self.world, self.accum = rank, world, accum
-
-    def __len__(self) -> int:
-        return (self.stop - self.start) * self.accum
-
-    def __iter__(self):
-        for it in range(self.start, self.stop):
-            for micro in range(self.accum):
-                yield self.sampler.local(it, self.rank, self.world, micro, self.accum)
-
-
 def build_train_data(cfg: Config, data_dir: str | Path, strict: bool, log):
     from mrcnn.data.coco import CocoDetection
     from mrcnn.data.transforms import GlobalBatchSampler, TrainDataset, TrainTransform
@@ -281,9 +250,9 @@ def train(
             metrics_file.flush()
 
     # 4. loop
+    # (epoch, index) keys: augmentation seeds need no per-worker epoch state
     loader = torch.utils.data.DataLoader(
-        _EpochIndexed(train_ds),
-        batch_sampler=_MicroBatches(sampler, start_iter, s.max_iter, info.rank, info.world, s.accum),
+        train_ds, batch_sampler=sampler.micro_batches(start_iter, s.max_iter, info.rank, info.world, s.accum),
         collate_fn=lambda b: collate(b, cfg.input.size_divisible), num_workers=s.num_workers,
         persistent_workers=False)
     data_iter = iter(loader)

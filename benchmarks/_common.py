@@ -1,0 +1,37 @@
+"""Shared bits of the benchmark scripts: machine description and dated JSON results."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine(device: str) -> dict:
+    d = {"device": device, "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+         "platform": platform.platform(), "torch": torch.__version__}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        d["gpu"] = torch.cuda.get_device_name(0)
+    return d
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def save(name: str, payload: dict, out: str | None = None) -> Path:
+    payload = {"benchmark": name, "date": datetime.date.today().isoformat(), "commit": commit(), **payload}
+    path = Path(out) if out else RESULTS / f"{name}-{payload['machine']['device'].split(':')[0]}-{payload['date']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

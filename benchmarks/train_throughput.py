@@ -1,0 +1,127 @@
+"""Training throughput: our Mask R-CNN training step vs torchvision's maskrcnn_resnet50_fpn, same batch, same image
+size, same device, same run. Prints images/s of each and the ratio (ours / torchvision).
+
+  python benchmarks/train_throughput.py                       # CPU, fp32, 2 x 512x512
+  python benchmarks/train_throughput.py --device cuda --amp fp16 --channels-last --batch 4 --size 800
+
+Both models: ResNet-50-FPN, frozen BN, first two stages frozen, 512 RoIs/img, SGD step included.
+torchvision gets the same already-sized images (its internal resize is then a no-op) and the same targets.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from _common import machine, save
+
+
+def make_batch(n: int, size: int, num_classes: int, device: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images, targets = [], []
+    for _ in range(n):
+        images.append(torch.rand(3, size, size, generator=g))
+        k = 6
+        xy = torch.rand(k, 2, generator=g) * size * 0.6
+        wh = 24 + torch.rand(k, 2, generator=g) * size * 0.35
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1)
+        masks = torch.zeros(k, size, size, dtype=torch.uint8)
+        for j, b in enumerate(boxes.long().tolist()):
+            masks[j, b[1]:b[3], b[0]:b[2]] = 1
+        labels = torch.randint(1, num_classes, (k,), generator=g)
+        targets.append({"boxes": boxes, "labels": labels, "masks": masks})
+    return [i.to(device) for i in images], [{k: v.to(device) for k, v in t.items()} for t in targets]
+
+
+def torchvision_model(num_classes: int, size: int):
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
+                                   trainable_layers=3)
+    return MaskRCNN(backbone, num_classes=num_classes, min_size=size, max_size=size)
+
+
+def timed(step, iters: int, warmup: int, device: str) -> float:
+    for _ in range(warmup):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / iters
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--json", default=None, help="write results here (default: benchmarks/results/...)")
+    ap.add_argument("--no-save", action="store_true")
+    a = ap.parse_args()
+
+    from mrcnn.config import get_config
+    from mrcnn.model import build_model
+    from mrcnn.model.preprocess import batch_images
+
+    num_classes = 81
+    dev = a.device
+    images, targets = make_batch(a.batch, a.size, num_classes, dev)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
+    mf = torch.channels_last if a.channels_last else torch.contiguous_format
+
+    def make_step(model, forward):
+        model.to(dev).to(memory_format=mf).train()
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+        scaler = torch.amp.GradScaler(dev.split(":")[0], enabled=a.amp == "fp16")
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(dev.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
+                losses = forward(model)
+            scaler.scale(sum(losses.values())).backward()
+            scaler.step(opt)
+            scaler.update()
+        return step
+
+    torch.manual_seed(0)
+    cfg = get_config("r50-fpn")
+    cfg.model.num_classes = num_classes
+    ours = build_model(cfg.model)
+    batch, sizes = batch_images(images, 32)
+    batch, sizes = batch.to(dev).contiguous(memory_format=mf), sizes.to(dev)
+    step_ours = make_step(ours, lambda m: m(batch, sizes, targets))
+    torch.manual_seed(0)
+    tv = torchvision_model(num_classes, a.size)
+    tv_images = [i.contiguous(memory_format=mf) if i.dim() == 4 else i for i in images]
+    step_tv = make_step(tv, lambda m: m(tv_images, targets))
+
+    # interleave to share any drift of the machine between the two
+    t_ours, t_tv = [], []
+    for _ in range(2):
+        t_tv.append(timed(step_tv, a.iters, a.warmup, dev))
+        t_ours.append(timed(step_ours, a.iters, a.warmup, dev))
+    ours_ips, tv_ips = a.batch / min(t_ours), a.batch / min(t_tv)
+    ratio = ours_ips / tv_ips
+    print(f"device {dev} amp {a.amp} channels_last {a.channels_last} batch {a.batch} size {a.size}")
+    print(f"torchvision: {tv_ips:7.2f} img/s ({min(t_tv) * 1000:.0f} ms/step)")
+    print(f"mrcnn:       {ours_ips:7.2f} img/s ({min(t_ours) * 1000:.0f} ms/step)")
+    print(f"ratio mrcnn/torchvision: {ratio:.3f}x")
+    if not a.no_save:
+        p = save("train_throughput", {"machine": machine(dev), "args": vars(a), "ours_img_s": ours_ips,
+                                      "torchvision_img_s": tv_ips, "ratio": ratio}, a.json)
+        print(f"saved {p}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny synthetic dataset generated once per session, tiny training configs."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# Deterministic, bounded CPU use (2-core CI machine).
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    from mrcnn.data.synth import generate_synthetic
+
+    out = tmp_path_factory.mktemp("synth") / "data"
+    generate_synthetic(out, n_train=12, n_val=4, size=128, seed=3)
+    return out
+
+
+def tiny_config(**solver):
+    """shapes-tiny at 128 px: a few training steps take about a second on 2 cores."""
+    from mrcnn.config import get_config
+
+    cfg = get_config("shapes-tiny")
+    cfg.input.min_size = 128
+    cfg.input.max_size = 128
+    cfg.solver.batch = 2
+    cfg.solver.max_iter = 3
+    cfg.solver.warmup_iters = 1
+    for k, v in solver.items():
+        setattr(cfg.solver, k, v)
+    return cfg
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None):
+    """Run `python -m mrcnn ARGS` in a subprocess (cwd outside the checkout, so the installed package is used)."""
+    import subprocess
+
+    e = dict(os.environ)
+    e.update(env or {})
+    e.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run([sys.executable, "-m", "mrcnn", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=e)
+
+
+def max_rel_diff(sd_a: dict, sd_b: dict) -> tuple[float, str]:
+    """max over tensors of max|a-b| / max(max|b|, 1e-12); returns (value, worst key)."""
+    worst, key = 0.0, ""
+    assert sd_a.keys() == sd_b.keys()
+    for k in sd_a:
+        a, b = sd_a[k].double(), sd_b[k].double()
+        if a.numel() == 0:
+            continue
+        d = float((a - b).abs().max() / max(float(b.abs().max()), 1e-12))
+        if d > worst:
+            worst, key = d, k
+    return worst, key

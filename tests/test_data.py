@@ -1,0 +1,347 @@
+"""mrcnn.data: synthetic dataset determinism and mask fidelity, COCO loader and bad data, transforms, sampler."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from mrcnn.data.coco import CocoDetection
+from mrcnn.data.synth import generate_synthetic, render_sample, trace_polygon
+from mrcnn.data.transforms import (
+    EvalTransform,
+    GlobalBatchSampler,
+    TrainDataset,
+    TrainTransform,
+    collate,
+    hash_seed,
+    hflip,
+)
+from mrcnn.errors import MrcnnError
+
+N_TRAIN, N_VAL, SIZE, SEED = 8, 4, 128, 0
+# pycocotools' Cython decode trips a numpy 2 copy-keyword deprecation on every call; not ours
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _coco(path: Path) -> COCO:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(path))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "synth"
+    generate_synthetic(out, n_train=N_TRAIN, n_val=N_VAL, size=SIZE, seed=SEED)
+    return out
+
+
+def _copy(data: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(data, dst)
+    return dst
+
+
+def _edit_json(root: Path, fn, split: str = "val2017") -> None:
+    p = root / "annotations" / f"instances_{split}.json"
+    doc = json.loads(p.read_text())
+    fn(doc)
+    p.write_text(json.dumps(doc))
+
+
+# -- synthetic dataset ------------------------------------------------------------------------------------------
+
+def test_synth_deterministic(data, tmp_path):
+    again = tmp_path / "again"
+    calls = []
+    generate_synthetic(again, n_train=N_TRAIN, n_val=N_VAL, size=SIZE, seed=SEED,
+                       progress=lambda d, t: calls.append((d, t)))
+    a, b = _hashes(data), _hashes(again)
+    assert len(a) == N_TRAIN + N_VAL + 3, sorted(a)
+    differing = [k for k in a if a[k] != b.get(k)]
+    assert a.keys() == b.keys() and not differing, f"files differ between runs: {differing}"
+    assert calls[-1] == (N_TRAIN + N_VAL, N_TRAIN + N_VAL), calls[-3:]
+    other = tmp_path / "other"
+    generate_synthetic(other, n_train=N_TRAIN, n_val=N_VAL, size=SIZE, seed=SEED + 1)
+    c = _hashes(other)
+    same = [k for k in a if k != "synth.json" and a[k] == c.get(k)]
+    assert not same, f"seed {SEED + 1} reproduced files of seed {SEED}: {same}"
+    assert not list(tmp_path.glob("*.tmp-*")), "temporary folders left behind"
+
+
+def test_synth_out_folder_rules(data, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    with pytest.raises(MrcnnError, match="not empty"):
+        generate_synthetic(foreign, n_train=1, n_val=1, size=64)
+    assert (foreign / "keep.txt").read_text() == "x"
+    # a previous synth output is replaced
+    prev = _copy(data, tmp_path)
+    s = generate_synthetic(prev, n_train=2, n_val=1, size=64, seed=5)
+    assert s["train"]["images"] == 2 and s["val"]["images"] == 1, s
+    assert len(list((prev / "train2017").iterdir())) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "foreign"], list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("split,n", [("train2017", N_TRAIN), ("val2017", N_VAL)])
+def test_synth_masks_match_pycocotools(data, split, n):
+    coco = _coco(data / "annotations" / f"instances_{split}.json")
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == [
+        "circle", "square", "triangle", "star", "ellipse"]
+    ious, kinds = [], {"polygon": 0, "rle": 0, "crowd": 0}
+    for i in range(n):
+        image, insts = render_sample(SEED, split, i, SIZE)
+        info = coco.imgs[i + 1]
+        assert (info["height"], info["width"]) == image.shape[:2]
+        anns = coco.loadAnns(sorted(coco.getAnnIds(imgIds=[i + 1])))
+        assert len(anns) == len(insts), (i, len(anns), len(insts))
+        for ann, inst in zip(anns, insts):
+            m = coco.annToMask(ann).astype(bool)
+            d = inst["mask"]
+            ious.append(float((m & d).sum() / max((m | d).sum(), 1)))
+            kinds["crowd" if ann["iscrowd"] else "polygon" if isinstance(ann["segmentation"], list) else "rle"] += 1
+            # area / bbox consistent with the decoded mask
+            ys, xs = np.nonzero(m)
+            assert ann["area"] == m.sum(), (ann["id"], ann["area"], int(m.sum()))
+            assert ann["area"] >= 30, ann["area"]
+            assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1], ann["bbox"]
+    assert min(ious) >= 0.98, f"min IoU annToMask vs drawn mask = {min(ious):.4f}"
+    assert kinds["polygon"] > 0 and kinds["rle"] > 0 and kinds["crowd"] > 0, kinds
+
+
+def test_synth_occlusion_uses_visible_part():
+    # somewhere in the first images an instance is partly hidden: its visible mask is smaller than its polygon hull
+    overlapped = 0
+    for i in range(6):
+        _, insts = render_sample(SEED, "train2017", i, SIZE)
+        union = np.zeros_like(insts[0]["mask"])
+        for inst in insts:
+            assert not (union & inst["mask"]).any(), "visible masks of one image overlap"
+            union |= inst["mask"]
+        overlapped += len(insts) > 1
+    assert overlapped > 0, overlapped
+
+
+def test_trace_polygon_cases():
+    import pycocotools.mask as mu
+
+    m = np.zeros((9, 10), bool)
+    m[2:5, 1:6] = True
+    m[4:8, 3] = True
+    poly = trace_polygon(m)
+    dec = mu.decode(mu.merge(mu.frPyObjects([poly], 9, 10))).astype(bool)
+    assert (dec == m).all(), (poly, dec.astype(int))
+    holed = m.copy()
+    holed[3, 3] = False
+    assert trace_polygon(holed) is None
+    two = m.copy()
+    two[0, 8] = True
+    assert trace_polygon(two) is None
+    assert trace_polygon(np.zeros((4, 4), bool)) is None
+
+
+# -- loader ---------------------------------------------------------------------------------------------------
+
+def test_loader_matches_annotations(data):
+    ds = CocoDetection(data, "val2017", logger=lambda m: pytest.fail(m))
+    coco = _coco(data / "annotations" / "instances_val2017.json")
+    assert ds.class_names == ["circle", "square", "triangle", "star", "ellipse"] and ds.cat_ids == [1, 2, 3, 4, 5]
+    assert len(ds) == N_VAL and ds.report() == ""
+    crowd_seen = 0
+    for i in range(len(ds)):
+        image, t = ds[i]
+        iid = ds.ids[i]
+        anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=[iid])) if not a["iscrowd"]]
+        crowd_seen += len(coco.getAnnIds(imgIds=[iid], iscrowd=True))
+        h, w = coco.imgs[iid]["height"], coco.imgs[iid]["width"]
+        assert image.dtype == torch.uint8 and tuple(image.shape) == (3, h, w)
+        assert t["image_id"] == iid and t["orig_size"] == (h, w) and t["index"] == i
+        assert t["masks"].dtype == torch.uint8 and tuple(t["masks"].shape) == (len(anns), h, w)
+        for k, a in enumerate(anns):
+            diff = int((t["masks"][k].numpy() != coco.annToMask(a)).sum())
+            assert diff == 0, f"ann {a['id']}: {diff} pixels differ from annToMask"
+            x, y, bw, bh = a["bbox"]
+            assert t["boxes"][k].tolist() == [x, y, x + bw, y + bh]
+            assert int(t["labels"][k]) == ds.cat_ids.index(a["category_id"]) + 1
+        assert t["boxes"].dtype == torch.float32 and t["labels"].dtype == torch.int64
+    assert crowd_seen > 0, "no crowd annotation in the val split"
+    # the crowd annotation stays in the evaluation COCO object
+    assert any(a["iscrowd"] for a in ds.coco.dataset["annotations"])
+
+
+def test_loader_image_without_annotations(data, tmp_path):
+    root = _copy(data, tmp_path)
+    _edit_json(root, lambda d: d.update(annotations=[a for a in d["annotations"] if a["image_id"] != 2]))
+    ds = CocoDetection(root, "val2017", logger=lambda m: pytest.fail(m))
+    image, t = ds[ds.ids.index(2)]
+    assert t["boxes"].shape == (0, 4) and t["labels"].shape == (0,), t["boxes"].shape
+    assert tuple(t["masks"].shape) == (0, *image.shape[-2:]), t["masks"].shape
+    # grayscale / RGBA files are converted to RGB
+    from PIL import Image
+
+    p = root / "val2017" / ds.coco.imgs[2]["file_name"]
+    Image.open(p).convert("LA").save(p)
+    assert ds[ds.ids.index(2)][0].shape[0] == 3
+
+
+BAD_CASES = {
+    # name: (edit of the val json, expected reason in report, text the strict error names)
+    "unknown image": (lambda d: d["annotations"][0].update(image_id=999), "unknown image", "annotation id 1"),
+    "unknown category": (lambda d: d["annotations"][0].update(category_id=77), "unknown category",
+                         "annotation id 1"),
+    "zero area": (lambda d: d["annotations"][0].update(bbox=[3, 4, 0, 0], area=0), "zero area", "annotation id 1"),
+    "degenerate box": (lambda d: d["annotations"][0].update(bbox=[3, 4, 0.5, 9]), "degenerate box",
+                       "annotation id 1"),
+    "broken polygon": (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4, 5]]), "broken polygon",
+                       "annotation id 1"),
+    "missing image": (None, "missing image", "000000000001.png"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_data(data, tmp_path, case):
+    edit, reason, named = BAD_CASES[case]
+    root = _copy(data, tmp_path)
+    if edit is None:
+        (root / "val2017" / "000000000001.png").unlink()
+    else:
+        _edit_json(root, edit)
+    lines = []
+    ds = CocoDetection(root, "val2017", logger=lines.append)
+    assert len(lines) == 1 and named in lines[0], lines
+    assert all("\n" not in ln for ln in lines)
+    assert ds.skipped == {reason: 1}, ds.skipped
+    assert ds.report() == f"skipped: 1 {reason}", ds.report()
+    n_img = N_VAL - (case == "missing image")
+    assert len(ds) == n_img, len(ds)
+    for i in range(len(ds)):  # everything left loads
+        ds[i]
+    with pytest.raises(MrcnnError) as e:
+        CocoDetection(root, "val2017", strict=True, logger=lines.append)
+    assert named in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_corrupt_image(data, tmp_path):
+    root = _copy(data, tmp_path)
+    (root / "val2017" / "000000000002.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    lines = []
+    ds = CocoDetection(root, "val2017", logger=lines.append)
+    assert len(ds) == N_VAL and not lines  # found only when read
+    _, t = ds[1]
+    assert t["image_id"] == 3 and t["index"] == 2, (t["image_id"], t["index"])
+    _, t = ds[1]  # second time: no second warning
+    assert len(lines) == 1 and "000000000002.png" in lines[0], lines
+    assert ds.skipped == {"corrupt image": 1} and ds.report() == "skipped: 1 corrupt image", ds.skipped
+    strict = CocoDetection(root, "val2017", strict=True)
+    strict[0]
+    with pytest.raises(MrcnnError, match="000000000002.png") as e:
+        strict[1]
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text,where", [('{"images": [], "annotations": [\n  {"id": 1,,}]}', "line 2 column"),
+                                        ('{"images": [], "annotations": []}', "missing 'categories'"),
+                                        ("[1, 2]", "top level is list")])
+def test_malformed_json(data, tmp_path, text, where):
+    root = _copy(data, tmp_path)
+    (root / "annotations" / "instances_val2017.json").write_text(text)
+    with pytest.raises(MrcnnError) as e:
+        CocoDetection(root, "val2017")
+    msg = str(e.value)
+    assert "instances_val2017.json" in msg and where in msg and "\n" not in msg, msg
+
+
+def test_missing_annotation_file(tmp_path):
+    with pytest.raises(MrcnnError, match="annotation file not found"):
+        CocoDetection(tmp_path, "val2017")
+
+
+# -- transforms, dataset, sampler -------------------------------------------------------------------------------
+
+def test_transforms(data):
+    ds = CocoDetection(data, "train2017")
+    image, target = ds[3]
+    g = torch.Generator().manual_seed(0)
+    img, t = EvalTransform(100, 150)(image, target, g)
+    H, W = image.shape[-2:]
+    assert img.dtype == torch.float32 and 0.0 <= float(img.min()) and float(img.max()) <= 1.0
+    assert min(img.shape[-2:]) == 100 or max(img.shape[-2:]) == 150, img.shape
+    assert t["masks"].shape[-2:] == img.shape[-2:], (t["masks"].shape, img.shape)
+    assert t["orig_size"] == (H, W) and t["image_id"] == target["image_id"] and t["index"] == 3
+    sx = img.shape[-1] / W
+    assert torch.allclose(t["boxes"][:, 0], target["boxes"][:, 0] * sx, atol=1e-4)
+    # flip twice = identity; flip moves boxes with the mask
+    fi, ft = hflip(img, t)
+    ffi, fft = hflip(fi, ft)
+    assert torch.equal(fft["boxes"], t["boxes"]) and torch.equal(ffi, img) and torch.equal(fft["masks"], t["masks"])
+    m = ft["masks"][0]
+    xs = torch.nonzero(m.any(0)).flatten()
+    assert abs(float(xs.min()) - float(ft["boxes"][0, 0])) <= 2.0, (xs.min(), ft["boxes"][0])
+    # TrainTransform flips according to the generator; always with p=1, never with p=0
+    always = TrainTransform(100, 150, 1.0)(image, target, torch.Generator().manual_seed(1))
+    never = TrainTransform(100, 150, 0.0)(image, target, torch.Generator().manual_seed(1))
+    assert torch.equal(always[0], fi) and torch.equal(never[0], img)
+    assert torch.equal(always[1]["boxes"], ft["boxes"])
+
+
+def test_train_dataset_seeded(data):
+    ds = TrainDataset(CocoDetection(data, "train2017"), TrainTransform(96, 128, 0.5), seed=7)
+    flips = []
+    for e in range(4):
+        ds.set_epoch(e)
+        a, ta = ds[2]
+        b, tb = ds[(e, 2)]
+        assert torch.equal(a, b) and ta["seed"] == tb["seed"] == hash_seed(7, e, 2, 1)
+        flips.append(ta["boxes"][:, 0].tolist())
+    assert len({tuple(f) for f in flips}) == 2, flips  # both flipped and unflipped across 4 epochs
+    batch = collate([ds[0], ds[1], ds[2]])
+    assert batch["images"].shape[0] == 3 and batch["images"].shape[-1] % 32 == 0 and batch["images"].shape[-2] % 32 == 0
+    assert batch["image_sizes"].dtype == torch.int64 and batch["indices"] == [0, 1, 2]
+    assert batch["image_ids"] == [ds.dataset.ids[i] for i in range(3)]
+    assert all(len(s) == 2 for s in batch["orig_sizes"])
+
+
+def test_hash_seed():
+    assert hash_seed(1, 2, 3) == hash_seed(1, 2, 3) and hash_seed(1, 2, 3) != hash_seed(1, 2, 4)
+    assert 0 <= hash_seed(0) < 2**63 and hash_seed(12, 3) != hash_seed(1, 23)
+    # stable across processes (not Python's salted hash): pinned value
+    import hashlib as h
+
+    assert hash_seed(5, 6) == int.from_bytes(h.blake2b(b"5,6", digest_size=8).digest(), "little") & (2**63 - 1)
+
+
+def test_sampler_global_batches():
+    s = GlobalBatchSampler(10, 4, seed=3)
+    seen = []
+    for it in range(5):  # 20 positions = 2 epochs
+        b = s.batch_indices(it)
+        assert len(b) == 4
+        seen += b
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10)), seen
+    assert seen[:10] != seen[10:], "same permutation in two epochs"
+    for it in range(5):
+        g = s.batch_indices(it)
+        one = s.local(it, 0, 1, 0, 2) + s.local(it, 0, 1, 1, 2)
+        ddp = s.local(it, 0, 2, 0, 1) + s.local(it, 1, 2, 0, 1)
+        mixed = [i for m in range(2) for r in range(2) for i in s.local(it, r, 2, m, 2)]
+        assert one == ddp == g == mixed, (it, g, one, ddp, mixed)
+    assert GlobalBatchSampler(10, 4, seed=3).batch_indices(3) == s.batch_indices(3)
+    assert GlobalBatchSampler(10, 4, seed=4).batch_indices(0) != s.batch_indices(0)
+    assert list(s.micro_batches(0, 1, rank=1, world=2, accum=2, pairs=False)) == [[s.batch_indices(0)[1]],
+                                                                                 [s.batch_indices(0)[3]]]
+    with pytest.raises(MrcnnError, match="divisible"):
+        s.local(0, 0, 3, 0, 1)
