@@ -21,6 +21,7 @@ class ModelConfig:
     backbone_blocks: tuple[int, ...] = ()  # override the block counts per stage, e.g. (1, 1, 1, 1); () = standard
     backbone_width: int = 64  # channels of the stem / first stage (64 = standard ResNet)
     norm: str = "frozen_bn"  # frozen_bn | bn | gn  (gn is batch-independent: exact accumulation / DDP equivalence)
+    bn_eps: float = 1e-5  # eps of frozen_bn / bn (torchvision's official COCO weights use 0.0)
     trainable_layers: int = 3  # ResNet stages trained, counted from the top (5 = all, incl. stem)
     fpn_channels: int = 256
     # anchors / RPN
@@ -66,6 +67,8 @@ class InputConfig:
     max_size: int = 1333  # cap of the longer side
     size_divisible: int = 32  # batches are padded to a multiple of this
     hflip_prob: float = 0.5  # training only
+    pad_to_max: bool = False  # training batches padded to max_size x max_size: per-image results independent of
+    # batch composition (exact accumulation / DDP equivalence with GroupNorm); costs compute on smaller images
 
 
 @dataclass
@@ -184,6 +187,8 @@ def _r18() -> Config:
 def _torchvision() -> Config:
     # torchvision maskrcnn_resnet50_fpn: same structure, RoIAlign aligned=False, frozen BN, 3 trainable stages.
     c = Config(name="torchvision-r50-fpn")
+    c.model.num_classes = 91  # torchvision's COCO category ids (1..90, with gaps)
+    c.model.bn_eps = 0.0  # torchvision overwrites the FrozenBatchNorm eps of its COCO_V1 weights with 0.0
     return c
 
 
@@ -209,7 +214,7 @@ def _shapes_tiny() -> Config:
     m.mask_head_channels = 64
     m.mask_head_layers = 2
     m.detections_per_img = 50
-    c.input = InputConfig(min_size=192, max_size=256, size_divisible=32, hflip_prob=0.5)
+    c.input = InputConfig(min_size=192, max_size=256, size_divisible=32, hflip_prob=0.5, pad_to_max=True)
     s = c.solver
     s.batch = 4
     s.base_lr = 0.02

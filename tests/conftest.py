@@ -48,14 +48,18 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = N
 
 
 def max_rel_diff(sd_a: dict, sd_b: dict) -> tuple[float, str]:
-    """max over tensors of max|a-b| / max(max|b|, 1e-12); returns (value, worst key)."""
-    worst, key = 0.0, ""
+    """Relative difference of two state dicts: ||a - b|| / ||b|| over all floating-point parameters together.
+    Also returns the key whose tensor contributes most to ||a - b||."""
     assert sd_a.keys() == sd_b.keys()
+    num = den = 0.0
+    worst, key = -1.0, ""
     for k in sd_a:
-        a, b = sd_a[k].double(), sd_b[k].double()
-        if a.numel() == 0:
+        a, b = sd_a[k], sd_b[k]
+        if not a.is_floating_point() or a.numel() == 0:
             continue
-        d = float((a - b).abs().max() / max(float(b.abs().max()), 1e-12))
+        d = float(((a.double() - b.double()) ** 2).sum())
+        num += d
+        den += float((b.double() ** 2).sum())
         if d > worst:
             worst, key = d, k
-    return worst, key
+    return (num ** 0.5) / max(den ** 0.5, 1e-30), key

@@ -8,6 +8,7 @@ samples and compute the same gradient, and a resumed run continues exactly where
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -250,10 +251,12 @@ def train(
             metrics_file.flush()
 
     # 4. loop
+    pad_to = (cfg.input.max_size, cfg.input.max_size) if cfg.input.pad_to_max else None
     # (epoch, index) keys: augmentation seeds need no per-worker epoch state
     loader = torch.utils.data.DataLoader(
         train_ds, batch_sampler=sampler.micro_batches(start_iter, s.max_iter, info.rank, info.world, s.accum),
-        collate_fn=lambda b: collate(b, cfg.input.size_divisible), num_workers=s.num_workers,
+        collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible, pad_to=pad_to),
+        num_workers=s.num_workers,
         persistent_workers=False)
     data_iter = iter(loader)
     model.train()
@@ -297,12 +300,6 @@ def train(
                     scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
                 skipped += 1
                 bad_in_a_row += 1
-                if bad_in_a_row >= s.max_bad_steps:
-                    if metrics_file:
-                        metrics_file.close()
-                    raise MrcnnError(
-                        f"non-finite loss in {bad_in_a_row} consecutive steps (iteration {it}); stopped. "
-                        f"Last good checkpoint: {last_path if last_path.exists() else 'none'}")
             else:
                 bad_in_a_row = 0
             scheduler.step()
@@ -311,6 +308,12 @@ def train(
             row = {"iter": it + 1, "lr": optimizer.param_groups[0]["lr"], "loss": total, **sums,
                    "img_s": global_batch / dt, "time": dt, "skipped": not stepped}
             _write_metrics(row)
+            if bad_in_a_row >= s.max_bad_steps:
+                if metrics_file:
+                    metrics_file.close()
+                raise MrcnnError(
+                    f"non-finite loss in {bad_in_a_row} consecutive steps (iteration {it + 1}); stopped. "
+                    f"Last good checkpoint: {last_path if last_path.exists() else 'none'}")
             rep.update(it + 1, f"loss {total:.3f} {global_batch / dt:.1f} img/s")
             done = it + 1
             if s.checkpoint_period and done % s.checkpoint_period == 0 and done < s.max_iter:

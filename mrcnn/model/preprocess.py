@@ -46,21 +46,22 @@ def resize_boxes(boxes: Tensor, original_size: tuple[int, int], new_size: tuple[
     return torch.stack((x0 * rw, y0 * rh, x1 * rw, y1 * rh), dim=-1)
 
 
-def batch_images(images: list[Tensor], size_divisible: int = 32) -> tuple[Tensor, Tensor]:
-    """Pad [3,h_i,w_i] images into [B,3,H,W] (H, W multiples of `size_divisible`), zero fill.
+def batch_images(images: list[Tensor], size_divisible: int = 32,
+                 min_shape: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """Pad [3,h_i,w_i] images into [B,3,H,W] (H, W multiples of `size_divisible`, at least `min_shape`), zero fill.
 
     Returns the batch and `image_sizes` [B,2] int64 (h, w) of the unpadded images.
     """
     if not images:
         raise ValueError("batch_images needs at least one image")
-    hs = [int(i.shape[-2]) for i in images]
-    ws = [int(i.shape[-1]) for i in images]
+    hs = [int(i.shape[-2]) for i in images] + ([int(min_shape[0])] if min_shape else [])
+    ws = [int(i.shape[-1]) for i in images] + ([int(min_shape[1])] if min_shape else [])
     H = int(math.ceil(max(hs) / size_divisible) * size_divisible)
     W = int(math.ceil(max(ws) / size_divisible) * size_divisible)
     batch = images[0].new_zeros((len(images), images[0].shape[0], H, W))
     for i, img in enumerate(images):
         batch[i, :, : img.shape[-2], : img.shape[-1]].copy_(img)
-    sizes = torch.tensor([[h, w] for h, w in zip(hs, ws)], dtype=torch.int64)
+    sizes = torch.tensor([[int(i.shape[-2]), int(i.shape[-1])] for i in images], dtype=torch.int64)
     return batch, sizes
 
 

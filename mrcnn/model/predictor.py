@@ -1,0 +1,38 @@
+"""PyTorch predictor: list of images -> torchvision-format results (original pixels, pasted masks)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mrcnn.config import InputConfig
+from mrcnn.model.mask_rcnn import MaskRCNN
+from mrcnn.model.preprocess import batch_images, postprocess_detections, resize_image, to_float_image
+
+
+class Predictor:
+    """`Predictor(model, input_cfg)(images)`: resize -> batch -> model (eval, no grad) -> postprocess.
+
+    images: [3,H,W] uint8 (0..255) or float (0..1). Returns one dict per image: boxes [n,4], scores [n], labels [n],
+    masks [n,1,H,W] pasted probabilities, masks28 [n,M,M].
+    """
+
+    def __init__(self, model: MaskRCNN, input_cfg: InputConfig, paste: bool = True) -> None:
+        self.model = model.eval()
+        self.input_cfg = input_cfg
+        self.paste = paste
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        if not images:
+            return []
+        cfg = self.input_cfg
+        originals = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        resized = [resize_image(to_float_image(im.to(self.device)), cfg.min_size, cfg.max_size) for im in images]
+        batch, sizes = batch_images(resized, cfg.size_divisible)
+        self.model.eval()
+        outputs = self.model(batch, sizes.to(self.device))
+        return postprocess_detections(outputs, sizes, originals, paste=self.paste)

@@ -1,0 +1,365 @@
+"""Peer equivalence: our MaskRCNN in eval mode equals torchvision's maskrcnn_resnet50_fpn given the same weights.
+
+The torchvision model is randomly initialised (no downloads) and then shaped like the official COCO_V1 model:
+its BatchNorm layers become FrozenBatchNorm2d with eps 0 (torchvision's `overwrite_eps(model, 0.0)`), their
+statistics calibrated on random images. The last BatchNorm of every residual branch is scaled by 0.3 so that the
+random network is well conditioned (like trained ResNets; see `_tame`): a plain random ResNet-50 amplifies the
+~1e-7 rounding difference between "normalise then resize" (torchvision) and "resize then normalise" (ours, the
+normalisation lives in the exported graph) to ~1e-4 in the scores, which would test the random weights' chaos,
+not the pipeline. Thresholds are lowered in both (score 0.0) so that every image yields >= 20 detections.
+
+Tolerances (design.md §6): boxes 1e-2 px, scores 1e-4, labels equal, 28x28 and pasted masks 1e-3.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchvision.models.detection import maskrcnn_resnet50_fpn
+from torchvision.models.detection._utils import overwrite_eps
+from torchvision.ops import FrozenBatchNorm2d
+
+from mrcnn.config import Config, InputConfig, get_config
+from mrcnn.errors import MrcnnError
+from mrcnn.model import MaskRCNN, build_model
+from mrcnn.model.convert import convert_torchvision, convert_torchvision_state_dict
+from mrcnn.model.predictor import Predictor
+
+MIN_SIZE, MAX_SIZE = 320, 512
+BOX_TOL, SCORE_TOL, MASK_TOL = 1e-2, 1e-4, 1e-3
+
+
+def _freeze_bn(module: torch.nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features)
+            for k in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, k).copy_(getattr(child, k).detach())
+            setattr(module, name, frozen)
+        else:
+            _freeze_bn(child)
+
+
+def _tame(tv: torch.nn.Module) -> None:
+    body = tv.backbone.body
+    # 1. calibrate the BatchNorm statistics (cumulative average over a few random images)
+    for m in body.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    body.train()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        body(torch.randn(2, 3, 224, 224, generator=g))
+    tv.eval()
+    # 2. damp the residual branches (trained ResNets are close to identity per block)
+    with torch.no_grad():
+        for name, m in body.named_modules():
+            if name.endswith("bn3"):
+                m.weight.mul_(0.3)
+        # 3. a more decisive classifier, so that scores are spread out (fewer near-ties)
+        tv.roi_heads.box_predictor.cls_score.weight.mul_(3.0)
+    # 4. the official COCO_V1 architecture: FrozenBatchNorm2d with eps 0
+    _freeze_bn(body)
+    overwrite_eps(tv, 0.0)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    torch.manual_seed(0)
+    tv = maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=MIN_SIZE, max_size=MAX_SIZE, box_score_thresh=0.0
+    )
+    _tame(tv)
+    tv.eval()
+    src = tmp_path_factory.mktemp("tv") / "tv.pth"
+    torch.save({"model": tv.state_dict()}, src)
+    dst = src.parent / "ours.pt"
+    convert_torchvision(str(src), str(dst))
+    ckpt = torch.load(dst, weights_only=True)
+    assert ckpt["format"] == "mrcnn-checkpoint" and ckpt["version"] == 1
+    assert ckpt["class_names"] == [f"class_{i}" for i in range(1, 91)]
+    cfg = Config.from_dict(ckpt["config"]).override(["model.box_score_thresh=0.0"])
+    assert cfg.model.num_classes == 91 and cfg.model.bn_eps == 0.0
+    ours = build_model(cfg.model)
+    ours.load_state_dict(ckpt["model"])
+    ours.eval()
+    return tv, ours
+
+
+def _synthetic(h: int, w: int, seed: int) -> torch.Tensor:
+    """A 'shapes' image: smooth background, a few filled rectangles and discs."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(h, w), mode="bilinear")[0]
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    for k in range(6):
+        color = torch.rand(3, 1, generator=g)
+        cy, cx = int(torch.randint(0, h, (1,), generator=g)), int(torch.randint(0, w, (1,), generator=g))
+        r = int(torch.randint(10, max(11, min(h, w) // 3), (1,), generator=g))
+        if k % 2:
+            inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        else:
+            inside = ((yy - cy).abs() <= r) & ((xx - cx).abs() <= r // 2 + 3)
+        img[:, inside] = color
+    return img.clamp(0, 1)
+
+
+def _noise(h: int, w: int, seed: int) -> torch.Tensor:
+    return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _run_torchvision(tv, images):
+    logits = []
+    hook = tv.roi_heads.mask_predictor.register_forward_hook(lambda m, i, o: logits.append(o))
+    try:
+        with torch.no_grad():
+            results = tv(images)
+    finally:
+        hook.remove()
+    # 28x28 probabilities of the predicted label (torchvision's maskrcnn_inference, before pasting)
+    counts = [len(r["labels"]) for r in results]
+    labels = torch.cat([r["labels"] for r in results])
+    probs = logits[0][torch.arange(len(labels)), labels].sigmoid().split(counts)
+    for r, p in zip(results, probs):
+        r["masks28"] = p
+    return results
+
+
+def _match(ref: dict, got: dict) -> list[int]:
+    """For each reference detection (score order) the index of our detection: same label, nearest box.
+
+    Near-tied scores may order differently; matching makes the comparison independent of that."""
+    used: set[int] = set()
+    order = []
+    for j in range(len(ref["labels"])):
+        best, best_d = -1, math.inf
+        for k in range(len(got["labels"])):
+            if k in used or int(got["labels"][k]) != int(ref["labels"][j]):
+                continue
+            d = float((got["boxes"][k] - ref["boxes"][j]).abs().max()) + abs(float(got["scores"][k] - ref["scores"][j]))
+            if d < best_d:
+                best, best_d = k, d
+        assert best >= 0, f"reference detection {j} (label {int(ref['labels'][j])}) has no counterpart"
+        used.add(best)
+        order.append(best)
+    return order
+
+
+CASES = {
+    "batch2_mixed_sizes": [_noise(300, 400, 1), _synthetic(256, 200, 2)],
+    "synthetic_landscape": [_synthetic(240, 360, 3)],
+    "odd_size_smooth": [(_synthetic(333, 517, 4) * 0.7 + _noise(333, 517, 5) * 0.3)],
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_equals_torchvision(models, case):
+    tv, ours = models
+    images = CASES[case]
+    ref = _run_torchvision(tv, images)
+    got = Predictor(ours, InputConfig(min_size=MIN_SIZE, max_size=MAX_SIZE))(images)
+    assert len(got) == len(ref)
+    report = []
+    for i, (r, o) in enumerate(zip(ref, got)):
+        n = len(r["boxes"])
+        assert n >= 20, f"image {i}: torchvision gave only {n} detections"
+        assert len(o["boxes"]) == n, f"image {i}: {len(o['boxes'])} detections vs torchvision {n}"
+        k = _match(r, o)
+        d_box = float((o["boxes"][k] - r["boxes"]).abs().max())
+        d_score = float((o["scores"][k] - r["scores"]).abs().max())
+        d_m28 = float((o["masks28"][k] - r["masks28"]).abs().max())
+        d_mask = float((o["masks"][k] - r["masks"]).abs().max())
+        labels_equal = bool(torch.equal(o["labels"][k], r["labels"]))
+        reordered = sum(a != b for a, b in enumerate(k))
+        report.append(
+            f"image {i}: scores {float(r['scores'][-1]):.3f}..{float(r['scores'][0]):.3f} "
+            f"labels {len(set(r['labels'].tolist()))} distinct; n={n} reordered={reordered} box={d_box:.3g} score={d_score:.3g} "
+            f"mask28={d_m28:.3g} pasted={d_mask:.3g} labels_equal={labels_equal}"
+        )
+    print("\n".join(report))
+    for line, r, o in zip(report, ref, got):
+        k = _match(r, o)
+        assert torch.equal(o["labels"][k], r["labels"]), line
+        assert (o["boxes"][k] - r["boxes"]).abs().max() <= BOX_TOL, line
+        assert (o["scores"][k] - r["scores"]).abs().max() <= SCORE_TOL, line
+        assert (o["masks28"][k] - r["masks28"]).abs().max() <= MASK_TOL, line
+        assert o["masks"].shape == r["masks"].shape, line
+        assert (o["masks"][k] - r["masks"]).abs().max() <= MASK_TOL, line
+
+
+def test_converter_rejects_unknown_and_missing_keys(models, tmp_path):
+    tv, _ = models
+    sd = dict(tv.state_dict())
+    with pytest.raises(MrcnnError, match="unknown key"):
+        convert_torchvision_state_dict({**sd, "roi_heads.keypoint_head.0.weight": torch.zeros(1)})
+    del sd["rpn.head.cls_logits.bias"]
+    torch.save(sd, tmp_path / "partial.pth")
+    with pytest.raises(MrcnnError, match="lacks"):
+        convert_torchvision(str(tmp_path / "partial.pth"), str(tmp_path / "out.pt"))
+    assert not (tmp_path / "out.pt").exists()
+    with pytest.raises(MrcnnError, match="no such file"):
+        convert_torchvision(str(tmp_path / "nope.pth"), str(tmp_path / "out.pt"))
+
+
+# -- training-mode smoke tests (shapes-tiny: GroupNorm, small) --------------------------------------------------
+
+def _tiny(seed: int = 0) -> MaskRCNN:
+    torch.manual_seed(seed)
+    cfg = get_config("shapes-tiny").model
+    assert cfg.norm == "gn"
+    return build_model(cfg)
+
+
+def _target(h: int, w: int, boxes: list[list[float]], labels: list[int], seed=None) -> dict:
+    masks = torch.zeros(len(boxes), h, w, dtype=torch.uint8)
+    for j, (x0, y0, x1, y1) in enumerate(boxes):
+        masks[j, int(y0) : int(y1), int(x0) : int(x1)] = 1
+    t = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "masks": masks,
+    }
+    if seed is not None:
+        t["seed"] = seed
+    return t
+
+
+def _pair():
+    g = torch.Generator().manual_seed(11)
+    images = torch.zeros(2, 3, 192, 256)
+    images[0] = torch.rand(3, 192, 256, generator=g)
+    images[1, :, :160, :224] = torch.rand(3, 160, 224, generator=g)
+    sizes = torch.tensor([[192, 256], [160, 224]])
+    targets = [
+        _target(192, 256, [[20, 30, 90, 120], [120, 40, 200, 100]], [1, 3], seed=101),
+        _target(160, 224, [[50, 20, 110, 150]], [5], seed=202),
+    ]
+    return images, sizes, targets
+
+
+LOSS_KEYS = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
+
+
+def test_train_losses_finite_backward_and_empty_image():
+    model = _tiny().train()
+    images, sizes, targets = _pair()
+    targets[1] = _target(160, 224, [], [], seed=202)  # an image without objects: all background
+    losses = model(images, sizes, targets)
+    assert set(losses) == LOSS_KEYS
+    for k, v in losses.items():
+        assert v.dim() == 0 and torch.isfinite(v), k
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    # a batch where no image has objects
+    model.zero_grad()
+    empty = [_target(192, 256, [], []), _target(160, 224, [], [])]
+    losses = model(images, sizes, empty)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_mask"].item() == 0.0 and losses["loss_box_reg"].item() == 0.0
+    sum(losses.values()).backward()
+
+
+def test_seeded_loss_independent_of_batch_composition():
+    """loss([a, b]) == (loss([a]) + loss([b])) / 2: per-image losses + per-image sampling generators."""
+    model = _tiny(1).train()
+    images, sizes, targets = _pair()
+    with torch.no_grad():
+        both = model(images, sizes, targets)
+        a = model(images[:1], sizes[:1], targets[:1])
+        b = model(images[1:], sizes[1:], targets[1:])
+    for k in LOSS_KEYS:
+        mean = (a[k] + b[k]) / 2
+        assert abs(float(both[k]) - float(mean)) <= 1e-5, f"{k}: batch {float(both[k])} vs mean {float(mean)}"
+    # the same seed gives the same sample: the loss is reproducible
+    with torch.no_grad():
+        again = model(images[:1], sizes[:1], targets[:1])
+    for k in LOSS_KEYS:
+        assert float(again[k]) == float(a[k]), k
+
+
+def test_autocast_bf16_and_channels_last_train_and_eval():
+    model = _tiny(2).to(memory_format=torch.channels_last).train()
+    images, sizes, targets = _pair()
+    images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, sizes, targets)
+    assert set(losses) == LOSS_KEYS
+    for k, v in losses.items():
+        assert v.dtype == torch.float32 and torch.isfinite(v), k
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images, sizes)
+    K = model.cfg.detections_per_img
+    assert out["boxes"].shape == (2, K, 4) and out["masks"].shape == (2, K, 28, 28)
+    assert torch.isfinite(out["boxes"]).all() and torch.isfinite(out["masks"]).all()
+
+
+def test_eval_outputs_fixed_size_and_zero_padding():
+    model = _tiny(3)
+    model.cfg.box_score_thresh = 0.05  # (a random model) a few detections, padding slots after them
+    model.eval()
+    images, sizes, _ = _pair()
+    with torch.no_grad():
+        out = model(images, sizes)
+    K = model.cfg.detections_per_img
+    assert out["boxes"].shape == (2, K, 4) and out["scores"].shape == (2, K) and out["labels"].shape == (2, K)
+    assert out["masks"].shape == (2, K, 28, 28) and out["num_detections"].shape == (2,)
+    assert out["labels"].dtype == torch.int64 and out["num_detections"].dtype == torch.int64
+    for i in range(2):
+        n = int(out["num_detections"][i])
+        h, w = sizes[i].tolist()
+        assert torch.all(out["scores"][i, n:] == 0) and torch.all(out["boxes"][i, n:] == 0)
+        assert torch.all(out["labels"][i, n:] == 0) and torch.all(out["masks"][i, n:] == 0)
+        assert torch.all(out["scores"][i, :n] > 0.05) and torch.all(out["labels"][i, :n] >= 1)
+        b = out["boxes"][i, :n]
+        assert torch.all(b[:, 0] >= 0) and torch.all(b[:, 2] <= w) and torch.all(b[:, 3] <= h)
+    # the predictor accepts uint8 images of any size and returns torchvision's format
+    pred = Predictor(model, InputConfig(min_size=192, max_size=256))
+    res = pred([torch.randint(0, 256, (3, 100, 150), dtype=torch.uint8)])
+    assert res[0]["masks"].shape[1:] == (1, 100, 150) and res[0]["masks28"].shape[1:] == (28, 28)
+
+
+# -- building blocks ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "backbone, norm, trainable",
+    [("resnet18", "gn", 5), ("resnet34", "bn", 3), ("resnet50", "frozen_bn", 0), ("resnet101", "gn", 2)],
+)
+def test_backbone_variants(backbone, norm, trainable):
+    cfg = get_config("shapes-tiny").override(
+        [f"model.backbone={backbone}", f"model.norm={norm}", f"model.trainable_layers={trainable}",
+         "model.backbone_blocks=1,1,2,1", "model.backbone_width=16"]
+    ).model
+    model = build_model(cfg)
+    body = model.backbone.body
+    expansion = 4 if backbone in ("resnet50", "resnet101") else 1
+    assert body.out_channels == [16 * 2**i * expansion for i in range(4)]
+    assert len(body.layer3) == 2
+    trained = {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad}
+    expected = set(["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable])
+    if trainable == 5 and norm != "frozen_bn":
+        expected.add("bn1")
+    assert trained == expected
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 96, 128), torch.tensor([[90, 128]]))
+    assert out["boxes"].shape == (1, cfg.detections_per_img, 4)
+
+
+def test_converter_accepts_legacy_key_layout(models):
+    tv, ours = models
+    sd = dict(tv.state_dict())
+    legacy = {}
+    for k, v in sd.items():
+        k = k.replace("rpn.head.conv.0.0.", "rpn.head.conv.")
+        for i in range(4):
+            k = k.replace(f"roi_heads.mask_head.{i}.0.", f"roi_heads.mask_head.mask_fcn{i + 1}.")
+            k = k.replace(f"fpn.inner_blocks.{i}.0.", f"fpn.inner_blocks.{i}.")
+            k = k.replace(f"fpn.layer_blocks.{i}.0.", f"fpn.layer_blocks.{i}.")
+        legacy[k] = v
+    assert legacy.keys() != sd.keys()
+    converted = convert_torchvision_state_dict(legacy)
+    assert converted.keys() == ours.state_dict().keys()
