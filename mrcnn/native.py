@@ -15,10 +15,9 @@ def library_path() -> Path | None:
     here = Path(__file__).resolve().parent
     for cand in sorted((here / "lib").glob("libmrcnn_kernels*")) if (here / "lib").is_dir() else []:
         return cand
-    root = here.parent
-    for cand in sorted(root.glob("build/*/plugins/libmrcnn_kernels*")):
-        return cand
-    return None
+    # a source checkout: the most recently built CMake tree (build/dev, build/<wheel tag>, ...)
+    builds = sorted(here.parent.glob("build/*/plugins/libmrcnn_kernels*"), key=lambda p: p.stat().st_mtime)
+    return builds[-1] if builds else None
 
 
 def load():

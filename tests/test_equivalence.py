@@ -153,12 +153,22 @@ CASES = {
 }
 
 
+def _ops_backend(name: str):
+    from mrcnn import kernels
+
+    if name == "kernels" and not kernels.available():
+        pytest.skip("native kernels not built (pip install . builds them)")
+    return kernels.backend(name)
+
+
+@pytest.mark.parametrize("backend", ["reference", "kernels"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_equals_torchvision(models, case):
+def test_equals_torchvision(models, case, backend):
     tv, ours = models
     images = CASES[case]
     ref = _run_torchvision(tv, images)
-    got = Predictor(ours, InputConfig(min_size=MIN_SIZE, max_size=MAX_SIZE))(images)
+    with _ops_backend(backend):
+        got = Predictor(ours, InputConfig(min_size=MIN_SIZE, max_size=MAX_SIZE))(images)
     assert len(got) == len(ref)
     report = []
     for i, (r, o) in enumerate(zip(ref, got)):
@@ -363,3 +373,35 @@ def test_converter_accepts_legacy_key_layout(models):
     assert legacy.keys() != sd.keys()
     converted = convert_torchvision_state_dict(legacy)
     assert converted.keys() == ours.state_dict().keys()
+
+
+def test_kernels_on_off_same_forward():
+    """Issue 3, acceptance 2: the full forward (eval and train) with native kernels on and off."""
+    model = _tiny(0)
+    model.cfg.box_score_thresh = 0.0
+    images, sizes, targets = _pair()
+    outs = {}
+    for name in ("reference", "kernels"):
+        with _ops_backend(name):
+            model.eval()
+            with torch.no_grad():
+                ev = model(images, sizes)
+            model.train()
+            tr = model(images, sizes, [dict(t) for t in targets])
+        outs[name] = (ev, tr)
+    (ev_r, tr_r), (ev_k, tr_k) = outs["reference"], outs["kernels"]
+    n = ev_r["num_detections"]
+    print(f"detections {n.tolist()} vs {ev_k['num_detections'].tolist()}")
+    assert int(n.min()) >= 20, f"too few detections to compare: {n.tolist()}"
+    assert torch.equal(n, ev_k["num_detections"])
+    for i, k in enumerate(n.tolist()):
+        d_box = float((ev_r["boxes"][i, :k] - ev_k["boxes"][i, :k]).abs().max())
+        d_score = float((ev_r["scores"][i, :k] - ev_k["scores"][i, :k]).abs().max())
+        d_mask = float((ev_r["masks"][i, :k] - ev_k["masks"][i, :k]).abs().max())
+        print(f"image {i}: box {d_box:.2e} score {d_score:.2e} mask {d_mask:.2e}")
+        assert torch.equal(ev_r["labels"][i, :k], ev_k["labels"][i, :k])
+        assert d_box <= 1e-2 and d_score <= 1e-4 and d_mask <= 1e-3
+    for key in tr_r:
+        a, b = float(tr_r[key]), float(tr_k[key])
+        print(f"{key}: reference {a:.6f} kernels {b:.6f}")
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), key

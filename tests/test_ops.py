@@ -26,6 +26,15 @@ from mrcnn.ops import (
 )
 
 
+
+@pytest.fixture(autouse=True)
+def _reference_ops():
+    """mrcnn.ops names dispatch to native kernels when built; these tests check the pure-torch references."""
+    from mrcnn import kernels
+
+    with kernels.backend("reference"):
+        yield
+
 def random_boxes(n: int, size: float = 100.0, generator=None, degenerate: int = 0) -> torch.Tensor:
     xy = torch.rand(n, 2, generator=generator) * size
     wh = torch.rand(n, 2, generator=generator) * size / 2 + 1

@@ -8,23 +8,59 @@ register the same names as `torch.ops.mrcnn.<snake_name>`, and ONNX nodes / Tens
     pre_nms_select  PreNmsSelect
     box_nms         BoxNms
 
-TODO(kernels): a module-level backend switch (reference | torch.ops.mrcnn) once plugins/ provides the kernels.
+The five kernel-backed names exported here dispatch at call time (`mrcnn.kernels.set_backend` / `backend()` context
+manager / env MRCNN_OPS_BACKEND): "auto" (default) runs the native kernel where the library is built and supports
+the device and dtype, else the reference; "reference" and "kernels" force one. `REFERENCE` holds the pure-torch
+functions themselves.
 """
-from mrcnn.ops.anchors import anchor_grid, base_anchors
+import functools
+
+from mrcnn.ops import anchors as _anchors
+from mrcnn.ops import boxes as _boxes
+from mrcnn.ops import matcher as _matcher
+from mrcnn.ops import nms as _nms
+from mrcnn.ops import proposals as _proposals
+from mrcnn.ops.anchors import base_anchors
 from mrcnn.ops.boxes import (
     DEFAULT_SCALE_CLAMP,
     box_area,
-    box_iou,
     box_sizes_at_least,
     clip_boxes,
     decode_boxes,
     encode_boxes,
 )
-from mrcnn.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_proposals
-from mrcnn.ops.nms import box_nms, box_nms_reference
-from mrcnn.ops.proposals import pre_nms_select
+from mrcnn.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS
+from mrcnn.ops.nms import box_nms_reference
+
+REFERENCE = {
+    "anchor_grid": _anchors.anchor_grid,
+    "box_iou": _boxes.box_iou,
+    "pre_nms_select": _proposals.pre_nms_select,
+    "box_nms": _nms.box_nms,
+    "match_proposals": _matcher.match_proposals,
+}
+
+
+def _dispatching(name: str):
+    ref = REFERENCE[name]
+
+    @functools.wraps(ref)
+    def op(*args, **kwargs):
+        from mrcnn import kernels
+
+        return kernels.resolve(name)(*args, **kwargs)
+
+    return op
+
+
+anchor_grid = _dispatching("anchor_grid")
+box_iou = _dispatching("box_iou")
+pre_nms_select = _dispatching("pre_nms_select")
+box_nms = _dispatching("box_nms")
+match_proposals = _dispatching("match_proposals")
 
 __all__ = [
+    "REFERENCE",
     "anchor_grid",
     "base_anchors",
     "box_iou",

@@ -1,0 +1,151 @@
+"""Native kernels vs their torch / torchvision peers, same inputs, same run; prints times and ratios (peer / kernel,
+> 1 means the kernel is faster).
+
+  python benchmarks/kernels.py                  # CPU (torch uses its default intra-op threads; kernels 1 thread)
+  python benchmarks/kernels.py --device cuda    # CUDA, with the DRAM-roofline share of BoxIou
+
+Realistic sizes (R-50-FPN at 800x1344): P2 has 200x336x3 = 201,600 anchors; pre-NMS top-k 1000 / 2000 per level;
+RPN NMS over ~5 levels x 1000 boxes; RoI-head NMS over 1000 proposals x 80 classes after the 0.05 score threshold;
+IoU 1000x1000 (matcher of 1000 proposals, or 20 ground truths x 201,600 anchors).
+
+    AnchorGrid      vs mrcnn.ops.anchor_grid (torchvision's AnchorGenerator math)
+    BoxIou          vs torchvision.ops.box_iou
+    PreNmsSelect    vs mrcnn.ops.pre_nms_select (topk + gather + decode + clip + min-size)
+    BoxNms          vs torchvision.ops.batched_nms + fixed-size packing (mrcnn.ops.box_nms), and vs
+                    torchvision.ops.nms alone (single class, no packing)
+    MatchProposals  vs mrcnn.ops.match_proposals
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torchvision
+
+from _common import machine, save
+
+import mrcnn.ops as R
+from mrcnn import kernels as K
+
+
+def timed(fn, device: str, iters: int, warmup: int = 2) -> float:
+    """Median seconds per call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def boxes(g: torch.Generator, *lead: int, scale: float = 800.0) -> torch.Tensor:
+    xy = torch.rand(*lead, 2, generator=g) * scale
+    wh = 8 + torch.rand(*lead, 2, generator=g) * scale * 0.3
+    return torch.cat([xy, xy + wh], -1)
+
+
+def clustered(g: torch.Generator, B: int, N: int, classes: int, score_lo: float = 0.0):
+    ctr = torch.rand(B, N // 8 + 1, 2, generator=g) * 800
+    pick = torch.randint(0, ctr.shape[1], (B, N), generator=g)
+    c = torch.gather(ctr, 1, pick[..., None].expand(B, N, 2)) + torch.randn(B, N, 2, generator=g) * 10
+    wh = 16 + torch.rand(B, N, 2, generator=g) * 100
+    b = torch.cat([c - wh / 2, c + wh / 2], -1)
+    s = score_lo + torch.rand(B, N, generator=g) * (1 - score_lo)
+    return b, s, torch.randint(0, classes, (B, N), generator=g), torch.ones(B, N, dtype=torch.bool)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads for the peers (0: default)")
+    ap.add_argument("--json", default=None, help="write results here (default: benchmarks/results/...)")
+    ap.add_argument("--no-save", action="store_true")
+    a = ap.parse_args()
+    dev = a.device
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    if not K.available():
+        raise SystemExit(f"native kernels not available: {K.build_info()}")
+    if dev == "cuda" and not K.cuda_available():
+        raise SystemExit(f"CUDA kernels not runnable here (GPU visible: {torch.cuda.is_available()}; "
+                         f"{K.build_info()})")
+    g = torch.Generator().manual_seed(0)
+    rows = []
+
+    def bench(name: str, size: str, kernel, peer, peer_name: str, extra: dict | None = None):
+        tk, tp = timed(kernel, dev, a.iters), timed(peer, dev, a.iters)
+        row = {"op": name, "size": size, "peer": peer_name, "kernel_ms": tk * 1e3, "peer_ms": tp * 1e3,
+               "speedup": tp / tk, **(extra or {})}
+        rows.append(row)
+        more = "".join(f"  {k} {v:.1f}" if isinstance(v, float) else f"  {k} {v}" for k, v in (extra or {}).items())
+        print(f"{name:15s} {size:34s} kernel {tk * 1e3:9.3f} ms   {peer_name:28s} {tp * 1e3:9.3f} ms   "
+              f"ratio {tp / tk:6.2f}x{more}")
+        return tk
+
+    to = (lambda t: t.to(dev)) if dev == "cuda" else (lambda t: t)
+
+    # AnchorGrid: P2 of an 800x1344 batch
+    f, im = to(torch.zeros(1, 1, 200, 336)), to(torch.zeros(1, 3, 800, 1344))
+    bench("AnchorGrid", "200x336x3 (P2)", lambda: K.anchor_grid(f, im, (32.0,), (0.5, 1.0, 2.0)),
+          lambda: R.anchor_grid(f, im, (32.0,), (0.5, 1.0, 2.0)), "mrcnn.ops (torch)")
+
+    # BoxIou
+    for n, m in [(1000, 1000), (20, 201_600)]:
+        x, y = to(boxes(g, n)), to(boxes(g, m))
+        extra = None
+        if dev == "cuda":
+            tk = timed(lambda: K.box_iou(x, y), dev, a.iters)
+            moved = (n + m) * 16 + n * m * 4
+            props = torch.cuda.get_device_properties(0)
+            peak = 2 * props.memory_clock_rate * 1e3 * props.memory_bus_width / 8
+            big = torch.empty(256 * 2**20, dtype=torch.uint8, device=dev)
+            t_copy = timed(lambda: big.clone(), dev, a.iters)
+            copy_bw = 2 * big.numel() / t_copy
+            extra = {"GB/s": moved / tk / 1e9, "roofline_%": 100 * moved / tk / peak,
+                     "of_copy_bw_%": 100 * moved / tk / copy_bw}
+        bench("BoxIou", f"{n}x{m} fp32", lambda: K.box_iou(x, y), lambda: torchvision.ops.box_iou(x, y),
+              "torchvision.ops.box_iou", extra)
+
+    # PreNmsSelect: P2-sized level
+    A = 201_600
+    anchors = to(R.anchor_grid(torch.zeros(1, 1, 200, 336), torch.zeros(1, 3, 800, 1344), (32.0,), (0.5, 1.0, 2.0)))
+    for B, k in [(1, 1000), (1, 2000), (2, 2000)]:
+        obj, dl = to(torch.randn(B, A, generator=g)), to(torch.randn(B, A, 4, generator=g) * 0.3)
+        hw = to(torch.tensor([[800, 1333]] * B))
+        bench("PreNmsSelect", f"B={B} A={A} top_k={k}",
+              lambda: K.pre_nms_select(anchors, obj, dl, hw, k, 1e-3),
+              lambda: R.pre_nms_select(anchors, obj, dl, hw, k, 1e-3), "mrcnn.ops (topk+decode+clip)")
+
+    # BoxNms: RPN (5 levels as classes, 5000 boxes), RoI heads (multi-class after the score threshold)
+    for B, N, C, thr, max_out, iou in [(1, 5000, 5, float("-inf"), 1000, 0.7), (2, 5000, 5, float("-inf"), 1000, 0.7),
+                                       (1, 4000, 1, float("-inf"), 1000, 0.7), (1, 8000, 80, 0.05, 100, 0.5)]:
+        bx, sc, cl, va = (to(t) for t in clustered(g, B, N, C))
+        bench("BoxNms", f"B={B} N={N} classes={C} max={max_out}",
+              lambda: K.box_nms(bx, sc, cl, va, iou, thr, max_out),
+              lambda: R.box_nms(bx, sc, cl, va, iou, thr, max_out), "batched_nms + packing")
+        if B == 1 and C == 1:
+            bench("BoxNms", f"B=1 N={N} single class (vs nms)", lambda: K.box_nms(bx, sc, cl, va, iou, thr, max_out),
+                  lambda: torchvision.ops.nms(bx[0], sc[0], iou), "torchvision.ops.nms (no pack)")
+
+    # MatchProposals: 20 ground truths x P2 anchors
+    iou = K.box_iou(to(boxes(g, 20)), anchors)
+    bench("MatchProposals", "G=20 P=201600 low-quality", lambda: K.match_proposals(iou, 0.7, 0.3, True),
+          lambda: R.match_proposals(iou, 0.7, 0.3, True), "mrcnn.ops (torch)")
+
+    print(f"device {dev}; torch threads {torch.get_num_threads()}; {K.build_info()}")
+    if not a.no_save:
+        p = save("kernels", {"machine": machine(dev), "args": vars(a), "results": rows}, a.json)
+        print(f"saved {p}")
+
+
+if __name__ == "__main__":
+    main()
