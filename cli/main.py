@@ -118,7 +118,7 @@ def train(
 @app.command("eval")
 @handled
 def eval_(
-    artifact: Path = typer.Argument(..., help="checkpoint (.pt)"),
+    artifact: Path = typer.Argument(..., help="checkpoint (.pt) or exported model (.onnx)"),
     data: Path = typer.Option(..., "--data", help="COCO-format folder"),
     split: str = typer.Option("val2017", "--split"),
     batch: int = typer.Option(2, "--batch"),
@@ -133,6 +133,28 @@ def eval_(
     metrics = evaluate_artifact(artifact, data, split=split, batch_size=batch, device=device, json_out=json_out,
                                 strict=strict, log=_log)
     print(format_table(metrics))
+
+
+@app.command()
+@handled
+def export(
+    checkpoint: Path = typer.Argument(..., help="mrcnn checkpoint (.pt)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file (default: CHECKPOINT.onnx)"),
+    target: str = typer.Option("trt", "--target", help="trt (mrcnn custom ops -> TensorRT plugins) | portable "
+                                                       "(standard ONNX ops only)"),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 16: RoiAlign semantics)"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="static batch size (default: dynamic)"),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="dynamic batch (the default)"),
+    height: Optional[int] = typer.Option(None, "--height", help="static padded input height (with --width)"),
+    width: Optional[int] = typer.Option(None, "--width", help="static padded input width (with --height)"),
+    dynamic_size: bool = typer.Option(False, "--dynamic-size", help="dynamic input size (the default)"),
+    set_: List[str] = typer.Option([], "--set", help="config override, e.g. model.box_score_thresh=0.3"),
+) -> None:
+    """Export a checkpoint to ONNX (self-describing: config, classes, preprocessing in metadata_props)."""
+    from mrcnn.export import export_checkpoint
+
+    export_checkpoint(checkpoint, output, target=target, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
+                      height=height, width=width, dynamic_size=dynamic_size, overrides=list(set_), log=_log)
 
 
 @convert_app.command("torchvision")
@@ -155,14 +177,19 @@ def convert_torchvision(
 def demo(
     out: Path = typer.Option(Path("mrcnn-demo"), "--out", help="working folder"),
     max_iter: Optional[int] = typer.Option(None, "--max-iter", help="training iterations (default: config's)"),
+    no_export: bool = typer.Option(False, "--no-export", help="stop after the PyTorch evaluation"),
 ) -> None:
-    """The whole pipeline on the embedded synthetic data: synth -> train -> COCO eval."""
+    """The whole pipeline on the embedded synthetic data: synth -> train -> COCO eval -> ONNX export (trt,
+    portable) -> COCO eval on ONNX Runtime."""
     from mrcnn.engine.evaluation import format_table
     from mrcnn.pipeline import demo as run_demo
 
-    res = run_demo(out, max_iter=max_iter, log=_log)
+    res = run_demo(out, max_iter=max_iter, export=not no_export, log=_log)
+    print(f"PyTorch checkpoint {res['checkpoint']}")
     print(format_table(res["metrics"]))
-    print(f"checkpoint: {res['checkpoint']}")
+    for target, r in res.get("onnx", {}).items():
+        print(f"ONNX Runtime, {target} flavour: {r['path']}")
+        print(format_table(r["metrics"]))
 
 
 def main() -> None:

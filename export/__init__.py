@@ -1,4 +1,9 @@
 """ONNX export (installed as `mrcnn.export`): the `trt` flavour with mrcnn custom ops and the `portable` flavour.
 
-Arrives with the export issue; the package exists now so that the install layout is final.
+    export_checkpoint(ckpt, out, target="trt" | "portable", ...)   `mrcnn export`
+    export_model(model, cfg, class_names, out, ...)                  an in-memory model
+    contract.OPS / contract.register_schemas()                       the `mrcnn` ONNX domain
 """
+from mrcnn.export.exporter import DEFAULT_OPSET, MIN_OPSET, TARGETS, export_checkpoint, export_model
+
+__all__ = ["export_checkpoint", "export_model", "TARGETS", "DEFAULT_OPSET", "MIN_OPSET"]

@@ -12,21 +12,22 @@ from mrcnn.errors import MrcnnError
 def evaluate_artifact(artifact: str | Path, data_dir: str | Path, *, split: str = "val2017", batch_size: int = 2,
                       device: str | None = None, json_out: str | Path | None = None, strict: bool = False,
                       log: Callable[[str], None] = print, progress: bool = True, max_images: int = 0) -> dict:
-    """COCO bbox + segm AP of a checkpoint (.pt) on a COCO-format folder."""
+    """COCO bbox + segm AP of a checkpoint (.pt) or an exported model (.onnx, on ONNX Runtime)."""
     from mrcnn.data.coco import CocoDetection
-    from mrcnn.engine.checkpoint import load_model
     from mrcnn.engine.evaluation import evaluate, write_json
-    from mrcnn.model.predictor import Predictor
+    from mrcnn.runtime import ARTIFACT_SUFFIXES, load_artifact
 
     artifact = Path(artifact)
-    if artifact.suffix not in (".pt", ".pth"):
-        raise MrcnnError(f"{artifact}: unsupported artifact type {artifact.suffix!r} (expected .pt)")
+    if artifact.suffix.lower() not in ARTIFACT_SUFFIXES:
+        raise MrcnnError(f"{artifact}: unsupported artifact type {artifact.suffix!r} "
+                         f"(expected {', '.join(ARTIFACT_SUFFIXES)})")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, names = load_model(artifact, dev)
+    predictor = load_artifact(artifact, dev, log=log)
+    names = predictor.class_names
     ds = CocoDetection(data_dir, split, strict=strict, logger=log)
     if len(names) != len(ds.class_names):
         raise MrcnnError(f"{artifact} predicts {len(names)} classes but {data_dir} has {len(ds.class_names)}")
-    metrics, results = evaluate(Predictor(model, cfg.input), ds, batch_size=batch_size, log=log,
+    metrics, results = evaluate(predictor, ds, batch_size=batch_size, log=log,
                                 progress=progress, max_images=max_images)
     if json_out:
         write_json(json_out, {"metrics": metrics, "results": results})
@@ -34,24 +35,40 @@ def evaluate_artifact(artifact: str | Path, data_dir: str | Path, *, split: str 
 
 
 def demo(out: str | Path = "mrcnn-demo", *, max_iter: int | None = None, n_train: int = 200, n_val: int = 50,
-         log: Callable[[str], None] = print, progress: bool = True) -> dict:
-    """The whole pipeline on the embedded synthetic dataset: data -> train (CPU config) -> COCO evaluation."""
+         export: bool = True, log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """The whole pipeline on the embedded synthetic dataset: data -> train (CPU config) -> COCO evaluation ->
+    ONNX export (trt and portable flavours) -> COCO evaluation of the ONNX models on ONNX Runtime."""
     from mrcnn.config import get_config
     from mrcnn.data.synth import generate_synthetic
     from mrcnn.engine.trainer import train
 
     out = Path(out)
     data = out / "data"
+    steps = 5 if export else 3
     if not (data / "annotations" / "instances_val2017.json").exists():
-        log(f"[1/3] synthetic dataset -> {data}")
+        log(f"[1/{steps}] synthetic dataset -> {data}")
         generate_synthetic(data, n_train=n_train, n_val=n_val, size=256, seed=0)
     else:
-        log(f"[1/3] synthetic dataset already at {data}")
+        log(f"[1/{steps}] synthetic dataset already at {data}")
     cfg = get_config("shapes-tiny")
     if max_iter:
         cfg.solver.max_iter = max_iter
-    log(f"[2/3] training {cfg.name} for {cfg.solver.max_iter} iterations -> {out / 'run'}")
+    log(f"[2/{steps}] training {cfg.name} for {cfg.solver.max_iter} iterations -> {out / 'run'}")
     result = train(cfg, data, out / "run", log=log, progress=progress, evaluate_at_end=False)
-    log(f"[3/3] COCO evaluation of {result.checkpoint}")
-    metrics = evaluate_artifact(result.checkpoint, data, log=log, progress=progress)
-    return {"checkpoint": str(result.checkpoint), "metrics": metrics}
+    log(f"[3/{steps}] COCO evaluation of {result.checkpoint} (PyTorch)")
+    report = {"checkpoint": str(result.checkpoint), "metrics": evaluate_artifact(result.checkpoint, data, log=log,
+                                                                                    progress=progress)}
+    if export:
+        from mrcnn.export import export_checkpoint
+
+        report["onnx"] = {}
+        for target in ("trt", "portable"):
+            onnx_path = out / f"model-{target}.onnx"
+            log(f"[4/{steps}] export {target} flavour -> {onnx_path}")
+            export_checkpoint(result.checkpoint, onnx_path, target=target, log=log)
+        for target in ("trt", "portable"):
+            onnx_path = out / f"model-{target}.onnx"
+            log(f"[5/{steps}] COCO evaluation of {onnx_path} (ONNX Runtime)")
+            report["onnx"][target] = {"path": str(onnx_path),
+                                      "metrics": evaluate_artifact(onnx_path, data, log=log, progress=progress)}
+    return report

@@ -65,12 +65,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Checkpoint -> (model in eval mode, Config, class_names)."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: list[str] | None = None):
+    """Checkpoint -> (model in eval mode, Config, class_names). `overrides` (section.key=value) adjust inference
+    settings such as model.box_score_thresh."""
     from mrcnn.model import build_model
 
     ckpt = load_checkpoint(path)
-    cfg = Config.from_dict(ckpt["config"])
+    cfg = Config.from_dict(ckpt["config"]).override(overrides)
     model = build_model(cfg.model)
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:

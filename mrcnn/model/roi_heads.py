@@ -25,8 +25,13 @@ from mrcnn.ops import box_area, box_iou, box_nms, box_sizes_at_least, clip_boxes
 from mrcnn.ops import match_proposals
 
 
-def _infer_scale(feature: Tensor, image: Tensor) -> float:
-    return 2.0 ** round(math.log2(float(feature.shape[-2]) / float(image.shape[-2])))
+def _infer_scale(feature: Tensor, image: Tensor, nominal: float) -> float:
+    """torchvision's MultiScaleRoIAlign scale 2**round(log2(H_l / Hp)); `nominal` (1 / stride of the level) when the
+    sizes are symbolic (torch.export with a dynamic image size, padded to a multiple of 32: the same value)."""
+    h_f, h_i = feature.shape[-2], image.shape[-2]
+    if not (isinstance(h_f, int) and isinstance(h_i, int)):
+        return nominal
+    return 2.0 ** round(math.log2(float(h_f) / float(h_i)))
 
 
 def map_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224, canonical_level: int = 4,
@@ -41,7 +46,7 @@ def map_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 2
 def multiscale_roi_align(
     features: list[Tensor], rois: Tensor, image: Tensor, output_size: int, sampling_ratio: int, aligned: bool
 ) -> Tensor:
-    scales = [_infer_scale(f, image) for f in features]
+    scales = [_infer_scale(f, image, 2.0 ** -(2 + i)) for i, f in enumerate(features)]  # P2 has stride 4
     k_min = int(round(-math.log2(scales[0])))
     k_max = int(round(-math.log2(scales[-1])))
     levels = map_levels(rois[:, 1:], k_min, k_max)

@@ -1,0 +1,190 @@
+"""`mrcnn export`: checkpoint -> self-describing ONNX (flavour `trt` or `portable`), written atomically.
+
+Path: torch.export (non-strict) of the eval forward with the model's custom ops as torch.ops.mrcnn.* nodes
+(mrcnn.kernels backend "kernels"; only their fake kernels run while tracing), then torch.onnx's dynamo translation
+with a custom_translation_table per flavour (export/translations.py). RoIAlign comes from torchlib's
+torchvision::roi_align translation (ONNX RoiAlign-16, coordinate_transformation_mode output_half_pixel for
+aligned=False, half_pixel for aligned=True).
+
+Graph interface:
+    inputs   images [B,3,H,W] float32 RGB 0..1, zero-padded (H, W multiples of size_divisible)
+             image_sizes [B,2] int64 (h, w) of the unpadded (resized) images
+    outputs  boxes [B,K,4] float32 (resized-image pixels), scores [B,K], labels [B,K] int64,
+             masks [B,K,M,M] float32 probabilities, num_detections [B] int64; slots >= num_detections are zero
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from mrcnn.errors import MrcnnError
+
+TARGETS = ("trt", "portable")
+MIN_OPSET = 16  # RoiAlign-16: coordinate_transformation_mode (output_half_pixel == torchvision aligned=False)
+DEFAULT_OPSET = 18
+INPUT_NAMES = ["images", "image_sizes"]
+OUTPUT_NAMES = ["boxes", "scores", "labels", "masks", "num_detections"]
+MAX_SIDE = 8192  # upper bound of the dynamic image size
+
+
+class ExportWrapper(torch.nn.Module):
+    """The eval forward with tuple outputs in OUTPUT_NAMES order."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, image_sizes: torch.Tensor):
+        out = self.model(images, image_sizes)
+        return tuple(out[k] for k in OUTPUT_NAMES)
+
+
+@contextlib.contextmanager
+def _quiet_loggers():
+    """torch.onnx / onnxscript log warnings (opset conversion notes) that our own log line replaces."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def check_options(target: str, opset: int, output: Optional[str | Path], batch: Optional[int],
+                  dynamic_batch: bool, height: Optional[int], width: Optional[int], dynamic_size: bool) -> None:
+    """Every user error that can be found before loading anything: one MrcnnError line each."""
+    if target not in TARGETS:
+        raise MrcnnError(f"unknown export target {target!r}; choose one of: {', '.join(TARGETS)}")
+    if opset < MIN_OPSET:
+        raise MrcnnError(f"opset {opset} is too old: RoIAlign with torchvision's aligned={{False,True}} semantics "
+                         f"needs ONNX RoiAlign-16 (coordinate_transformation_mode); use --opset {MIN_OPSET} or newer")
+    if output is not None and Path(output).is_dir():
+        raise MrcnnError(f"{output}: is a directory, expected an .onnx file path")
+    if batch is not None and dynamic_batch:
+        raise MrcnnError("--batch and --dynamic-batch exclude each other")
+    if batch is not None and batch < 1:
+        raise MrcnnError(f"--batch must be >= 1, got {batch}")
+    if (height is None) != (width is None):
+        raise MrcnnError("--height and --width go together")
+    if height is not None and dynamic_size:
+        raise MrcnnError("--height/--width and --dynamic-size exclude each other")
+
+
+def _example_inputs(batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, 3, height, width, generator=g)
+    sizes = torch.tensor([[height, width]] + [[max(1, height - 8 * i), max(1, width - 16 * i)]
+                                              for i in range(1, batch)], dtype=torch.int64)
+    return images, sizes
+
+
+def metadata(cfg, class_names: list[str], target: str, opset: int, dynamic: dict) -> dict[str, str]:
+    import mrcnn
+
+    i, m = cfg.input, cfg.model
+    preprocess = {
+        "min_size": i.min_size, "max_size": i.max_size, "size_divisible": i.size_divisible,
+        "image_mean": list(m.image_mean), "image_std": list(m.image_std),
+        "resize": "bilinear, scale = min(min_size / min(h, w), max_size / max(h, w)) (torchvision)",
+        "input": "images float32 [B,3,H,W] RGB 0..1 zero-padded to size_divisible; image_sizes int64 [B,2] (h, w); "
+                 "mean/std normalisation is inside the graph",
+    }
+    return {
+        "mrcnn.version": mrcnn.__version__,
+        "mrcnn.flavour": target,
+        "mrcnn.opset": str(opset),
+        "mrcnn.config": cfg.to_json(),
+        "mrcnn.class_names": json.dumps(list(class_names)),
+        "mrcnn.preprocess": json.dumps(preprocess, sort_keys=True),
+        "mrcnn.dynamic": json.dumps(dynamic, sort_keys=True),
+        "mrcnn.outputs": json.dumps({
+            "boxes": "[B,K,4] float32 xyxy, resized-image pixels", "scores": "[B,K] float32",
+            "labels": "[B,K] int64", "masks": f"[B,K,{m.mask_resolution},{m.mask_resolution}] float32 probabilities",
+            "num_detections": "[B] int64; slots >= num_detections are zero"}),
+    }
+
+
+def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: str | Path, *, target: str = "trt",
+                 opset: int = DEFAULT_OPSET, batch: Optional[int] = None, height: Optional[int] = None,
+                 width: Optional[int] = None, log: Callable[[str], None] = print):
+    """Export `model` (eval) to `output`. batch None -> dynamic batch; height/width None -> dynamic size.
+    Returns the onnx ModelProto that was written."""
+    import onnx
+
+    from mrcnn import kernels
+    from mrcnn.engine.checkpoint import atomic_write
+    from mrcnn.export.contract import register_schemas
+    from mrcnn.export.translations import translation_table
+
+    check_options(target, opset, output, batch, False, height, width, height is None)
+    div = cfg.input.size_divisible
+    if height is not None and (height % div or width % div or height <= 0 or width <= 0):
+        raise MrcnnError(f"--height/--width must be positive multiples of size_divisible={div}, got {height}x{width}")
+    dyn_batch, dyn_size = batch is None, height is None
+    ex_b = 2 if dyn_batch else batch
+    ex_h, ex_w = (max(div * 4, 128), max(div * 5, 160)) if dyn_size else (height, width)
+    images, sizes = _example_inputs(ex_b, ex_h, ex_w)
+    img_dims, size_dims = {}, {}
+    if dyn_batch:
+        B = torch.export.Dim("batch", min=1, max=1024)
+        img_dims[0] = size_dims[0] = B
+    if dyn_size:
+        # multiples of size_divisible: the strides divide the padded size, so feature sizes are exact expressions
+        img_dims[2] = div * torch.export.Dim("height_div", min=1, max=MAX_SIDE // div)
+        img_dims[3] = div * torch.export.Dim("width_div", min=1, max=MAX_SIDE // div)
+    dynamic_shapes = (img_dims or None, size_dims or None)
+    model = model.eval()
+    log(f"exporting {cfg.name} ({target}, opset {opset}, batch {'dynamic' if dyn_batch else batch}, "
+        f"size {'dynamic' if dyn_size else f'{height}x{width}'})")
+    if opset < DEFAULT_OPSET:
+        log(f"opset {opset}: traced at opset {DEFAULT_OPSET} and converted down by onnx's version converter")
+    with torch.no_grad(), kernels.backend("kernels"), warnings.catch_warnings(), _quiet_loggers():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                ExportWrapper(model), (images, sizes), dynamo=True, opset_version=opset,
+                input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, dynamic_shapes=dynamic_shapes,
+                custom_translation_table=translation_table(target), optimize=True, verbose=False,
+            )
+        except Exception as e:  # noqa: BLE001 - torch.onnx raises many types; one line for the user
+            first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            raise MrcnnError(f"ONNX export failed: {first[:300]}") from e
+    proto = program.model_proto
+    for k, v in metadata(cfg, class_names, target, opset, {"batch": dyn_batch, "size": dyn_size}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.producer_name = "mrcnn"
+    import mrcnn
+
+    proto.producer_version = mrcnn.__version__
+    register_schemas()
+    onnx.checker.check_model(proto, full_check=True)
+    atomic_write(output, lambda tmp: onnx.save(proto, tmp))
+    return proto
+
+
+def export_checkpoint(checkpoint: str | Path, output: Optional[str | Path] = None, *, target: str = "trt",
+                      opset: int = DEFAULT_OPSET, batch: Optional[int] = None, dynamic_batch: bool = False,
+                      height: Optional[int] = None, width: Optional[int] = None, dynamic_size: bool = False,
+                      overrides: Optional[list[str]] = None, log: Callable[[str], None] = print) -> Path:
+    """`mrcnn export CKPT`: default output CKPT with suffix .onnx (next to the checkpoint).
+    `overrides` (section.key=value) adjust inference settings such as model.box_score_thresh."""
+    from mrcnn.engine.checkpoint import load_model
+
+    check_options(target, opset, output, batch, dynamic_batch, height, width, dynamic_size)
+    ckpt_path = Path(checkpoint)
+    out = Path(output) if output is not None else ckpt_path.with_suffix(".onnx")
+    model, cfg, names = load_model(ckpt_path, "cpu", overrides)
+    export_model(model, cfg, names, out, target=target, opset=opset, batch=batch, height=height, width=width,
+                 log=log)
+    log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return out

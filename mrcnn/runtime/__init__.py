@@ -1,0 +1,43 @@
+"""Backends for artifacts (design.md §1: the backend follows the artifact).
+
+    load_artifact(path) -> predictor     .pt/.pth: PyTorch Predictor;  .onnx: ONNX Runtime (OnnxPredictor)
+
+A predictor maps `list[uint8 Tensor [3,H,W]]` to one torchvision-format dict per image (original pixels, pasted
+masks); mrcnn.engine.evaluation.evaluate accepts any of them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from mrcnn.errors import MrcnnError
+
+ARTIFACT_SUFFIXES = (".pt", ".pth", ".onnx")
+
+
+def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[[str], None] = print,
+                  **kwargs):
+    """A predictor for a checkpoint (.pt/.pth) or an exported model (.onnx). The predictor has `.cfg` and
+    `.class_names`."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from mrcnn.runtime.onnx_predictor import OnnxPredictor
+
+        providers = ["CPUExecutionProvider"] if device == "cpu" else None  # None: CUDA where ORT and a GPU allow
+        return OnnxPredictor(path, providers=providers, log=log, **kwargs)
+    if suffix in (".pt", ".pth"):
+        import torch
+
+        from mrcnn.engine.checkpoint import load_model
+        from mrcnn.model.predictor import Predictor
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, cfg, names = load_model(path, dev)
+        pred = Predictor(model, cfg.input, **kwargs)
+        pred.cfg, pred.class_names = cfg, names
+        return pred
+    raise MrcnnError(f"{path}: unsupported artifact type {path.suffix!r} (expected {', '.join(ARTIFACT_SUFFIXES)})")
+
+
+__all__ = ["load_artifact", "ARTIFACT_SUFFIXES"]
