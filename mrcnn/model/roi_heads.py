@@ -53,14 +53,15 @@ def multiscale_roi_align(
     # RoIAlign runs in float32 (or float64) even under autocast, like torchvision's autocast kernel
     dtype = torch.float64 if features[0].dtype == torch.float64 else torch.float32
     rois = rois.to(dtype)
-    result = torch.zeros((rois.shape[0], features[0].shape[1], output_size, output_size), dtype=dtype,
-                         device=rois.device)
+    pooled, order = [], []
     for lvl, (feat, scale) in enumerate(zip(features, scales)):
         idx = torch.where(levels == lvl)[0]
-        pooled = roi_align(feat.to(dtype), rois[idx], (output_size, output_size), spatial_scale=scale,
-                           sampling_ratio=sampling_ratio, aligned=aligned)
-        result = result.index_copy(0, idx, pooled)
-    return result
+        pooled.append(roi_align(feat.to(dtype), rois[idx], (output_size, output_size), spatial_scale=scale,
+                                sampling_ratio=sampling_ratio, aligned=aligned))
+        order.append(idx)
+    # back to RoI order with one gather (per-level index_copy into a zeros tensor copied the whole [R,C,S,S]
+    # tensor once per level, forward and backward)
+    return torch.cat(pooled)[torch.argsort(torch.cat(order))]
 
 
 def to_rois(boxes: Tensor) -> Tensor:
