@@ -63,3 +63,13 @@ def max_rel_diff(sd_a: dict, sd_b: dict) -> tuple[float, str]:
         if d > worst:
             worst, key = d, k
     return (num ** 0.5) / max(den ** 0.5, 1e-30), key
+
+
+def one_error_line(result) -> str:
+    """A CliRunner result that failed the project way: exit 1, one `error: ...` line on stderr, no traceback."""
+    err = result.stderr.strip()
+    assert result.exit_code == 1, (result.exit_code, result.stdout, err)
+    assert "Traceback" not in err + result.stdout
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    return err

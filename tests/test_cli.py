@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from conftest import one_error_line
 from typer.testing import CliRunner
 
 from mrcnn.cli.main import app
@@ -11,13 +13,6 @@ from mrcnn.cli.main import app
 runner = CliRunner()
 
 
-def _one_error_line(result) -> str:
-    err = result.stderr.strip()
-    assert result.exit_code == 1, (result.exit_code, result.stdout, err)
-    assert "Traceback" not in err + result.stdout
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ")
-    return err
 
 
 def test_info_lists_backends():
@@ -37,7 +32,7 @@ def test_synth_and_malformed_json(tmp_path):
     r = runner.invoke(app, ["train", "--config", "shapes-tiny", "--data", str(out), "--out", str(tmp_path / "r"),
                             "--max-iter", "1", "--strict"])
     # train2017 is fine; the final evaluation reads the malformed val json -> one clear line
-    err = _one_error_line(r)
+    err = one_error_line(r)
     assert "instances_val2017.json" in err
 
 
@@ -49,12 +44,12 @@ def test_synth_and_malformed_json(tmp_path):
 ])
 def test_bad_input_one_line(tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)
-    err = _one_error_line(runner.invoke(app, args))
+    err = one_error_line(runner.invoke(app, args))
     assert needle in err
 
 
 def test_eval_rejects_non_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
-    err = _one_error_line(runner.invoke(app, ["eval", "x.pt", "--data", "."]))
+    err = one_error_line(runner.invoke(app, ["eval", "x.pt", "--data", "."]))
     assert "not a readable checkpoint" in err

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import one_error_line
 import torch
 
 onnx = pytest.importorskip("onnx")
@@ -425,13 +427,6 @@ def test_onnx_equals_torchvision(torchvision_pair, target):
 
 # -- CLI: export errors are one line, exit 1, no file written; eval accepts .onnx ---------------------------------
 
-def _one_error_line(result) -> str:
-    err = result.stderr.strip()
-    assert result.exit_code == 1, (result.exit_code, result.stdout, err)
-    assert "Traceback" not in err + result.stdout
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ")
-    return err
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -444,7 +439,7 @@ def _one_error_line(result) -> str:
 ])
 def test_export_bad_options(tiny, tmp_path, args, needle):
     out = tmp_path / "m.onnx"
-    err = _one_error_line(runner.invoke(app, ["export", str(tiny["ckpt"]), "-o", str(out), *args]))
+    err = one_error_line(runner.invoke(app, ["export", str(tiny["ckpt"]), "-o", str(out), *args]))
     assert needle in err
     assert list(tmp_path.iterdir()) == [], "a failed export left files behind"
 
@@ -452,15 +447,15 @@ def test_export_bad_options(tiny, tmp_path, args, needle):
 def test_export_bad_paths(tiny, tmp_path):
     # output path is a directory
     (tmp_path / "dir.onnx").mkdir()
-    err = _one_error_line(runner.invoke(app, ["export", str(tiny["ckpt"]), "-o", str(tmp_path / "dir.onnx")]))
+    err = one_error_line(runner.invoke(app, ["export", str(tiny["ckpt"]), "-o", str(tmp_path / "dir.onnx")]))
     assert "is a directory" in err
     # a checkpoint without an embedded config
     bad = tmp_path / "noconfig.pt"
     torch.save({"format": "mrcnn-checkpoint", "version": 1, "model": {}}, bad)
-    err = _one_error_line(runner.invoke(app, ["export", str(bad), "-o", str(tmp_path / "x.onnx")]))
+    err = one_error_line(runner.invoke(app, ["export", str(bad), "-o", str(tmp_path / "x.onnx")]))
     assert "no embedded config" in err
     # a missing checkpoint
-    err = _one_error_line(runner.invoke(app, ["export", str(tmp_path / "missing.pt")]))
+    err = one_error_line(runner.invoke(app, ["export", str(tmp_path / "missing.pt")]))
     assert "missing.pt" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.onnx", "noconfig.pt"]
 
