@@ -356,7 +356,9 @@ def test_graphs_check_and_describe_themselves(tiny_onnx, tiny):
         assert json.loads(meta["mrcnn.class_names"]) == tiny["names"]
         assert Config.from_dict(json.loads(meta["mrcnn.config"])).model.box_score_thresh == 0.0
         pre = json.loads(meta["mrcnn.preprocess"])
-        assert (pre["min_size"], pre["max_size"], pre["size_divisible"]) == (192, 256, 32)
+        inp = tiny["cfg"].input
+        assert (pre["min_size"], pre["max_size"], pre["size_divisible"]) == (inp.min_size, inp.max_size,
+                                                                              inp.size_divisible)
         assert pre["image_mean"] == list(tiny["cfg"].model.image_mean)
         import mrcnn
 

@@ -60,8 +60,11 @@ def multiscale_roi_align(
                                 sampling_ratio=sampling_ratio, aligned=aligned))
         order.append(idx)
     # back to RoI order with one gather (per-level index_copy into a zeros tensor copied the whole [R,C,S,S]
-    # tensor once per level, forward and backward)
-    return torch.cat(pooled)[torch.argsort(torch.cat(order))]
+    # tensor once per level, forward and backward). The inverse permutation is a scatter, not an argsort, so the
+    # exported graph holds no TopK.
+    order_t = torch.cat(order)
+    inverse = torch.zeros_like(order_t).scatter(0, order_t, torch.arange(order_t.shape[0], device=order_t.device))
+    return torch.cat(pooled)[inverse]
 
 
 def to_rois(boxes: Tensor) -> Tensor:
