@@ -262,7 +262,6 @@ def train(
     model.train()
     bad_in_a_row = skipped = 0
     last_metrics: dict = {}
-    it = start_iter
     with reporter(s.max_iter, "train", log=say, enabled=progress and info.is_main,
                   every=max(1, s.max_iter // 50)) as rep:
         rep.update(start_iter)
@@ -280,10 +279,12 @@ def train(
                     with _autocast(info.device, s.amp):
                         losses = ddp_model(images, sizes, targets)
                     loss = sum(losses[k].float() for k in LOSS_KEYS) / s.accum
-                    finite = finite and bool(torch.isfinite(loss).item())
                     scaler.scale(loss).backward()
-                for k in LOSS_KEYS:
-                    sums[k] += float(losses[k].detach().float()) / s.accum
+                # one device->host transfer per micro-step for the logged terms and the finiteness check
+                values = torch.stack([losses[k].detach().float() for k in LOSS_KEYS]).tolist()
+                finite = finite and all(math.isfinite(v) for v in values)
+                for k, v in zip(LOSS_KEYS, values):
+                    sums[k] += v / s.accum
             finite = _all_min(finite, info)
             stepped = False
             if finite:
@@ -321,7 +322,7 @@ def train(
             if s.eval_period and done % s.eval_period == 0 and done < s.max_iter:
                 last_metrics = run_eval(done) or last_metrics
                 _barrier(info)
-    done = max(it + 1, start_iter) if s.max_iter > start_iter else start_iter
+    done = max(s.max_iter, start_iter)  # the loop either ran to max_iter or raised
     # 5. cross-rank consistency check, final checkpoint, final eval
     max_diff = _ddp_param_max_diff(model, info)
     if max_diff is not None:
@@ -362,4 +363,4 @@ def _ddp_param_max_diff(model: torch.nn.Module, info: DistInfo) -> float | None:
     dist.broadcast(ref, src=0)
     d = (flat - ref).abs().max().reshape(1)
     dist.all_reduce(d, op=dist.ReduceOp.MAX)
-    return float(d.item()) if not math.isnan(float(d.item())) else float("nan")
+    return float(d.item())
