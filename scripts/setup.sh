@@ -5,8 +5,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 fi
 # torch/torchvision from PyPI (CUDA builds; they run on CPU too). The build backend (scikit-build-core) runs CMake.
-.venv/bin/python -m pip install -q --disable-pip-version-check ".[test,onnx]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+# (pipefail: a failed install stops here; the filter only drops this machine's pip-config noise)
+.venv/bin/python -m pip install -q --disable-pip-version-check ".[test,onnx]" 2>&1 \
+  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 .venv/bin/python -c "import mrcnn, mrcnn.cli.main, mrcnn.native as n; print('mrcnn', mrcnn.__version__, '| native:', n.native_status())"
