@@ -22,6 +22,8 @@ def machine(device: str) -> dict:
 
 
 def commit() -> str:
+    if os.environ.get("MRCNN_COMMIT"):  # a copy of the tree without .git (the GPU machine)
+        return os.environ["MRCNN_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent).stdout.strip() or "unknown"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -57,6 +58,24 @@ def timed(step, iters: int, warmup: int, device: str) -> float:
     return (time.perf_counter() - t0) / iters
 
 
+def profile(step, device: str, path: str, rows: int = 30) -> None:
+    """Top ops of a few steps by self device time (CUDA) or self CPU time, written to `path`."""
+    from torch.profiler import ProfilerActivity, profile as prof
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with prof(activities=acts) as p:
+        for _ in range(3):
+            step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    text = p.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+    if device.startswith("cuda"):
+        text += "\n\n" + p.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows,
+                                                   max_name_column_width=60)
+    Path(path).write_text(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -64,8 +83,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--iters", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds; the best round counts")
     ap.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
-    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="ours in NHWC; torchvision is timed in NHWC and in NCHW and the faster one counts")
+    ap.add_argument("--profile", default=None, metavar="PREFIX", help="write op tables to PREFIX-{ours,tv}.txt")
     ap.add_argument("--json", default=None, help="write results here (default: benchmarks/results/...)")
     ap.add_argument("--no-save", action="store_true")
     a = ap.parse_args()
@@ -78,9 +100,8 @@ def main() -> None:
     dev = a.device
     images, targets = make_batch(a.batch, a.size, num_classes, dev)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
-    mf = torch.channels_last if a.channels_last else torch.contiguous_format
 
-    def make_step(model, forward):
+    def make_step(model, forward, mf):
         model.to(dev).to(memory_format=mf).train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
         scaler = torch.amp.GradScaler(dev.split(":")[0], enabled=a.amp == "fp16")
@@ -94,32 +115,41 @@ def main() -> None:
             scaler.update()
         return step
 
+    mf_ours = torch.channels_last if a.channels_last else torch.contiguous_format
     torch.manual_seed(0)
     cfg = get_config("r50-fpn")
     cfg.model.num_classes = num_classes
     ours = build_model(cfg.model)
     batch, sizes = batch_images(images, 32)
-    batch, sizes = batch.to(dev).contiguous(memory_format=mf), sizes.to(dev)
-    step_ours = make_step(ours, lambda m: m(batch, sizes, targets))
-    torch.manual_seed(0)
-    tv = torchvision_model(num_classes, a.size)
-    tv_images = [i.contiguous(memory_format=mf) if i.dim() == 4 else i for i in images]
-    step_tv = make_step(tv, lambda m: m(tv_images, targets))
+    batch, sizes = batch.to(dev).contiguous(memory_format=mf_ours), sizes.to(dev)
+    steps = {"mrcnn": make_step(ours, lambda m: m(batch, sizes, targets), mf_ours)}
+    tv_formats = {"nhwc": torch.channels_last, "nchw": torch.contiguous_format} if a.channels_last else \
+        {"nchw": torch.contiguous_format}
+    for name, mf in tv_formats.items():
+        torch.manual_seed(0)
+        tv = torchvision_model(num_classes, a.size)
+        steps[f"torchvision_{name}"] = make_step(tv, lambda m: m(images, targets), mf)
 
-    # interleave to share any drift of the machine between the two
-    t_ours, t_tv = [], []
-    for _ in range(2):
-        t_tv.append(timed(step_tv, a.iters, a.warmup, dev))
-        t_ours.append(timed(step_ours, a.iters, a.warmup, dev))
-    ours_ips, tv_ips = a.batch / min(t_ours), a.batch / min(t_tv)
-    ratio = ours_ips / tv_ips
+    # interleave to share any drift of the machine between the models; the best round counts
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(a.rounds):
+        for k, step in steps.items():
+            times[k].append(timed(step, a.iters, a.warmup, dev))
+    ips = {k: a.batch / min(v) for k, v in times.items()}
+    peer = max((k for k in ips if k != "mrcnn"), key=ips.get)
+    ratio = ips["mrcnn"] / ips[peer]
     print(f"device {dev} amp {a.amp} channels_last {a.channels_last} batch {a.batch} size {a.size}")
-    print(f"torchvision: {tv_ips:7.2f} img/s ({min(t_tv) * 1000:.0f} ms/step)")
-    print(f"mrcnn:       {ours_ips:7.2f} img/s ({min(t_ours) * 1000:.0f} ms/step)")
-    print(f"ratio mrcnn/torchvision: {ratio:.3f}x")
+    for k in steps:
+        print(f"{k:18s} {ips[k]:7.2f} img/s ({min(times[k]) * 1000:.1f} ms/step; rounds "
+              f"{', '.join(f'{t * 1000:.1f}' for t in times[k])})")
+    print(f"ratio mrcnn/{peer}: {ratio:.3f}x")
+    if a.profile:
+        for k, step in steps.items():
+            profile(step, dev, f"{a.profile}-{k}.txt")
     if not a.no_save:
-        p = save("train_throughput", {"machine": machine(dev), "args": vars(a), "ours_img_s": ours_ips,
-                                      "torchvision_img_s": tv_ips, "ratio": ratio}, a.json)
+        p = save("train_throughput", {"machine": machine(dev), "args": vars(a), "img_s": ips, "peer": peer,
+                                      "ours_img_s": ips["mrcnn"], "torchvision_img_s": ips[peer], "ratio": ratio,
+                                      "step_ms": {k: [t * 1000 for t in v] for k, v in times.items()}}, a.json)
         print(f"saved {p}")
 
 

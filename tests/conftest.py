@@ -21,6 +21,30 @@ def synth_data(tmp_path_factory) -> Path:
     return out
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
+
+
+def on_devices(*devices: str) -> list:
+    """pytest params for a device argument: 'cuda' is marked `cuda` and skips with a reason without a GPU."""
+    return [pytest.param(d, marks=[pytest.mark.cuda, needs_cuda]) if d == "cuda" else d for d in devices]
+
+
+def fp32_exact_cuda():
+    """A context in which CUDA convolutions and matmuls run in true float32 (no TF32), restored afterwards: peers
+    compared at float32 tolerances must not differ by TF32 rounding (about 1e-3 relative)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+    return ctx()
+
+
 def tiny_config(**solver):
     """shapes-tiny at 128 px: a few training steps take about a second on 2 cores."""
     from mrcnn.config import get_config

@@ -12,6 +12,7 @@ Tolerances (design.md §6): boxes 1e-2 px, scores 1e-4, labels equal, 28x28 and 
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -20,6 +21,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.models.detection._utils import overwrite_eps
 from torchvision.ops import FrozenBatchNorm2d
 
+from conftest import fp32_exact_cuda, on_devices
 from mrcnn.config import Config, InputConfig, get_config
 from mrcnn.errors import MrcnnError
 from mrcnn.model import MaskRCNN, build_model
@@ -161,14 +163,24 @@ def _ops_backend(name: str):
     return kernels.backend(name)
 
 
+@pytest.fixture(scope="module")
+def cuda_models(models):
+    tv, ours = models
+    return copy.deepcopy(tv).cuda(), copy.deepcopy(ours).cuda()
+
+
+@pytest.mark.parametrize("device", on_devices("cpu", "cuda"))
 @pytest.mark.parametrize("backend", ["reference", "kernels"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_equals_torchvision(models, case, backend):
-    tv, ours = models
-    images = CASES[case]
-    ref = _run_torchvision(tv, images)
-    with _ops_backend(backend):
-        got = Predictor(ours, InputConfig(min_size=MIN_SIZE, max_size=MAX_SIZE))(images)
+def test_equals_torchvision(request, case, backend, device):
+    tv, ours = request.getfixturevalue("models" if device == "cpu" else "cuda_models")
+    images = [im.to(device) for im in CASES[case]]
+    with fp32_exact_cuda():
+        ref = _run_torchvision(tv, images)
+        with _ops_backend(backend):
+            got = Predictor(ours, InputConfig(min_size=MIN_SIZE, max_size=MAX_SIZE))(images)
+    ref = [{k: v.cpu() for k, v in r.items()} for r in ref]
+    got = [{k: v.cpu() for k, v in r.items()} for r in got]
     assert len(got) == len(ref)
     report = []
     for i, (r, o) in enumerate(zip(ref, got)):
@@ -375,14 +387,17 @@ def test_converter_accepts_legacy_key_layout(models):
     assert converted.keys() == ours.state_dict().keys()
 
 
-def test_kernels_on_off_same_forward():
+@pytest.mark.parametrize("device", on_devices("cpu", "cuda"))
+def test_kernels_on_off_same_forward(device):
     """Issue 3, acceptance 2: the full forward (eval and train) with native kernels on and off."""
-    model = _tiny(0)
+    model = _tiny(0).to(device)
     model.cfg.box_score_thresh = 0.0
     images, sizes, targets = _pair()
+    images, sizes = images.to(device), sizes.to(device)
+    targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
     outs = {}
     for name in ("reference", "kernels"):
-        with _ops_backend(name):
+        with _ops_backend(name), fp32_exact_cuda():
             model.eval()
             with torch.no_grad():
                 ev = model(images, sizes)

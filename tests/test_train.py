@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import max_rel_diff, run_cli, tiny_config
+from conftest import fp32_exact_cuda, max_rel_diff, on_devices, run_cli, tiny_config
 from mrcnn.engine.checkpoint import load_checkpoint
 from mrcnn.engine.trainer import train
 from mrcnn.errors import MrcnnError
 
 
-def _train(cfg, data, out, **kw):
-    return train(cfg, data, out, log=lambda m: None, progress=False, evaluate_at_end=False, device="cpu", **kw)
+def _train(cfg, data, out, device="cpu", **kw):
+    return train(cfg, data, out, log=lambda m: None, progress=False, evaluate_at_end=False, device=device, **kw)
 
 
 def _rows(run: Path) -> list[dict]:
@@ -77,20 +77,24 @@ def test_ddp_two_ranks_equal_single_process(synth_data, tmp_path):
     assert sum(1 for r in rows if "loss" in r) == 3
 
 
+@pytest.mark.parametrize("device", on_devices("cpu", "cuda"))
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_amp_steps_are_finite(synth_data, tmp_path, amp):
-    res = _train(tiny_config(amp=amp, max_iter=2), synth_data, tmp_path / amp)
+def test_amp_steps_are_finite(synth_data, tmp_path, amp, device):
+    res = _train(tiny_config(amp=amp, max_iter=2), synth_data, tmp_path / amp, device=device)
     rows = [r for r in _rows(tmp_path / amp) if "loss" in r]
     losses = [r["loss"] for r in rows]
-    print(f"{amp} losses: {losses}")
+    print(f"{device} {amp} losses: {losses}")
     assert len(rows) == 2 and all(math.isfinite(v) for v in losses), losses
     assert res.skipped_steps == 0, f"{amp}: {res.skipped_steps} steps skipped"
 
 
-def test_channels_last_same_loss(synth_data, tmp_path):
-    a = _rows(_train(tiny_config(max_iter=1), synth_data, tmp_path / "nchw").out_dir)[0]["loss"]
-    b = _rows(_train(tiny_config(max_iter=1, channels_last=True), synth_data, tmp_path / "nhwc").out_dir)[0]["loss"]
-    print(f"loss NCHW {a:.6f} NHWC {b:.6f} rel {abs(a - b) / abs(a):.2e}")
+@pytest.mark.parametrize("device", on_devices("cpu", "cuda"))
+def test_channels_last_same_loss(synth_data, tmp_path, device):
+    with fp32_exact_cuda():
+        a = _rows(_train(tiny_config(max_iter=1), synth_data, tmp_path / "nchw", device=device).out_dir)[0]["loss"]
+        b = _rows(_train(tiny_config(max_iter=1, channels_last=True), synth_data, tmp_path / "nhwc",
+                         device=device).out_dir)[0]["loss"]
+    print(f"{device}: loss NCHW {a:.6f} NHWC {b:.6f} rel {abs(a - b) / abs(a):.2e}")
     assert abs(a - b) <= 1e-3 * abs(a)
 
 

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Everything this project checks on a lent GPU machine, in one call (device tool; see DEVELOPERS notes in README):
+#   build the native kernels for the card, run the `cuda`-marked tests, time the kernels and the training step
+#   against their torch / torchvision peers. Logs and result JSON go to $OUT (default benchmarks/results/gpu).
+#
+#   bash benchmarks/gpu_session.sh [build] [tests] [kernels] [train] [profile]    (no argument: all but profile)
+#
+# The GPU image has its own PyTorch/torchvision (not this project's pinned ones); a missing package (pycocotools)
+# travels as a wheel in .whl/ and is installed to /tmp/site. MRCNN_COMMIT names the commit (the copy has no .git).
+set -uo pipefail
+OUT=${OUT:-benchmarks/results/gpu}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/session.log") 2>&1   # at most 8 files come back: one log, the numbers, the JSON
+stages=${*:-build tests kernels train}
+has() { [[ " $stages " == *" $1 "* ]]; }
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export MRCNN_COMMIT=${MRCNN_COMMIT:-unknown}
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
+python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
+'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+
+if has build; then
+  t0=$SECONDS
+  { cmake -S . -B build/gpu -G Ninja -DMRCNN_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+      && cmake --build build/gpu; } >/tmp/build.log 2>&1 || { tail -40 /tmp/build.log; exit 1; }
+  echo "build: $((SECONDS - t0)) s"
+fi
+python3 -m mrcnn info
+
+if has tests; then  # -s: the tests print what they measured; the summary lines come to the console
+  python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/test_kernels.py tests/test_equivalence.py \
+    tests/test_train.py >"$OUT/pytest_cuda.log" 2>&1
+  grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|error" "$OUT/pytest_cuda.log" | tail -40
+fi
+
+if has kernels; then
+  python3 benchmarks/kernels.py --device cuda --iters 50 --json "$OUT/kernels-cuda.json"
+fi
+
+if has train; then
+  for spec in "--amp off" "--amp fp16 --channels-last" "--amp bf16 --channels-last"; do
+    tag=$(echo "$spec" | tr -d ' -')
+    python3 benchmarks/train_throughput.py --device cuda --size 800 --batch 4 --iters 15 --warmup 5 --rounds 2 \
+      $spec --json "$OUT/train_throughput-$tag.json" 2>&1 | grep -v "^saved"
+  done
+fi
+
+if has profile; then
+  python3 benchmarks/train_throughput.py --device cuda --size 800 --batch 4 --iters 5 --warmup 3 --rounds 1 \
+    --amp fp16 --channels-last --no-save --profile /tmp/prof 2>&1 | tail -5
+  for f in /tmp/prof-*.txt; do echo "=== $f"; cat "$f"; done >"$OUT/profile.txt"
+fi
