@@ -4,12 +4,14 @@ size, same device, same run. Prints images/s of each and the ratio (ours / torch
   python benchmarks/train_throughput.py                       # CPU, fp32, 2 x 512x512
   python benchmarks/train_throughput.py --device cuda --amp fp16 --channels-last --batch 4 --size 800
 
-Both models: ResNet-50-FPN, frozen BN, first two stages frozen, 512 RoIs/img, SGD step included.
+Both models: ResNet-50-FPN, frozen BN, first two stages frozen, 512 RoIs/img, SGD step included, the same
+(random) weights: torchvision's initialisation, converted into ours.
 torchvision gets the same already-sized images (its internal resize is then a no-op) and the same targets.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -45,17 +47,21 @@ def torchvision_model(num_classes: int, size: int):
     return MaskRCNN(backbone, num_classes=num_classes, min_size=size, max_size=size)
 
 
-def timed(step, iters: int, warmup: int, device: str) -> float:
+def timed(step, iters: int, warmup: int, device: str) -> list[float]:
+    """Seconds of each of `iters` steps after `warmup` steps (device synchronised around each step)."""
+    cuda = device.startswith("cuda")
     for _ in range(warmup):
         step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    out = []
     for _ in range(iters):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
         step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters
+        if cuda:
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 def profile(step, device: str, path: str, rows: int = 30) -> None:
@@ -83,7 +89,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--iters", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds; the best round counts")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds (each: warmup + iters steps per model)")
     ap.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
     ap.add_argument("--channels-last", action="store_true",
                     help="ours in NHWC; torchvision is timed in NHWC and in NCHW and the faster one counts")
@@ -94,6 +100,7 @@ def main() -> None:
 
     from mrcnn.config import get_config
     from mrcnn.model import build_model
+    from mrcnn.model.convert import convert_torchvision_state_dict
     from mrcnn.model.preprocess import batch_images
 
     num_classes = 81
@@ -115,41 +122,47 @@ def main() -> None:
             scaler.update()
         return step
 
+    # the same weights in both models (torchvision's random init, converted): the same proposals and RoIs, so the
+    # two steps do the same work (models with different random weights send different RoI counts to each level)
     mf_ours = torch.channels_last if a.channels_last else torch.contiguous_format
-    torch.manual_seed(0)
-    cfg = get_config("r50-fpn")
-    cfg.model.num_classes = num_classes
-    ours = build_model(cfg.model)
-    batch, sizes = batch_images(images, 32)
-    batch, sizes = batch.to(dev).contiguous(memory_format=mf_ours), sizes.to(dev)
-    steps = {"mrcnn": make_step(ours, lambda m: m(batch, sizes, targets), mf_ours)}
     tv_formats = {"nhwc": torch.channels_last, "nchw": torch.contiguous_format} if a.channels_last else \
         {"nchw": torch.contiguous_format}
+    steps = {}
     for name, mf in tv_formats.items():
         torch.manual_seed(0)
         tv = torchvision_model(num_classes, a.size)
         steps[f"torchvision_{name}"] = make_step(tv, lambda m: m(images, targets), mf)
+    cfg = get_config("r50-fpn")
+    cfg.model.num_classes = num_classes
+    ours = build_model(cfg.model)
+    ours.load_state_dict(convert_torchvision_state_dict(tv.state_dict()))
+    batch, sizes = batch_images(images, 32)
+    batch, sizes = batch.to(dev).contiguous(memory_format=mf_ours), sizes.to(dev)
+    steps = {"mrcnn": make_step(ours, lambda m: m(batch, sizes, targets), mf_ours), **steps}
 
-    # interleave to share any drift of the machine between the models; the best round counts
+    # interleave to share any drift of the machine between the models; the median step of all rounds counts
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(a.rounds):
         for k, step in steps.items():
-            times[k].append(timed(step, a.iters, a.warmup, dev))
-    ips = {k: a.batch / min(v) for k, v in times.items()}
+            times[k] += timed(step, a.iters, a.warmup, dev)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ips = {k: a.batch / t for k, t in med.items()}
     peer = max((k for k in ips if k != "mrcnn"), key=ips.get)
     ratio = ips["mrcnn"] / ips[peer]
+    ratio_min = min(times[peer]) / min(times["mrcnn"])
     print(f"device {dev} amp {a.amp} channels_last {a.channels_last} batch {a.batch} size {a.size}")
     for k in steps:
-        print(f"{k:18s} {ips[k]:7.2f} img/s ({min(times[k]) * 1000:.1f} ms/step; rounds "
-              f"{', '.join(f'{t * 1000:.1f}' for t in times[k])})")
-    print(f"ratio mrcnn/{peer}: {ratio:.3f}x")
+        print(f"{k:18s} {ips[k]:7.2f} img/s (median {med[k] * 1000:.1f} ms/step, min {min(times[k]) * 1000:.1f}, "
+              f"max {max(times[k]) * 1000:.1f}; {len(times[k])} steps)")
+    print(f"ratio mrcnn/{peer}: {ratio:.3f}x (median steps; {ratio_min:.3f}x by fastest steps)")
     if a.profile:
         for k, step in steps.items():
             profile(step, dev, f"{a.profile}-{k}.txt")
     if not a.no_save:
         p = save("train_throughput", {"machine": machine(dev), "args": vars(a), "img_s": ips, "peer": peer,
                                       "ours_img_s": ips["mrcnn"], "torchvision_img_s": ips[peer], "ratio": ratio,
-                                      "step_ms": {k: [t * 1000 for t in v] for k, v in times.items()}}, a.json)
+                                      "ratio_fastest_steps": ratio_min,
+                                      "step_ms": {k: [round(t * 1000, 2) for t in v] for k, v in times.items()}}, a.json)
         print(f"saved {p}")
 
 

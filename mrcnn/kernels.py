@@ -14,6 +14,8 @@ Shapes (the contract is the table in plugins/README.md):
     box_nms(boxes [B,N,4], scores [B,N], classes [B,N] int64, valid [B,N] bool, iou_threshold, score_threshold,
             max_output) -> boxes [B,K,4], scores [B,K], classes [B,K], indices [B,K], num [B]   K = max_output
     match_proposals(iou [G,P], high, low, allow_low_quality) -> matches [P] int64
+    roi_align(input [B,C,H,W], rois [R,5], output_size, spatial_scale, sampling_ratio, aligned) -> [R,C,S,S]
+        (CPU float32 only, with autograd: torchvision.ops.roi_align on all CPU threads; not a plugin op)
 
 The torch ops take the layouts above (their CPU kernels call the C ABI through ctypes, their CUDA kernels call the
 launchers on the current stream with a torch-allocated workspace; fake kernels give the fixed output shapes for
@@ -49,6 +51,8 @@ __all__ = [
     "pre_nms_select",
     "box_nms",
     "match_proposals",
+    "roi_align",
+    "native_roi_align_applies",
     "set_backend",
     "get_backend",
     "backend",
@@ -68,6 +72,8 @@ _IOU = [_P, _P, _I64, _I64, _I64, _P]
 _PRE = [_P, _P, _P, _P, _I64, _I64, _I64, _F, _P, _F, _P, _P, _P]
 _NMS = [_P, _P, _P, _P, _I64, _I64, _F, _F, _I64, _P, _P, _P, _P, _P]
 _MATCH = [_P, _I64, _I64, _F, _F, _I, _P]
+_ROI = [_P, _I64, _I64, _I64, _I64, _P, _I64, _F, _I64, _I64, _I64, _I, _I64, _P]
+_ROI_BWD = [_P, _P, _I64, _I64, _I64, _I64, _I64, _F, _I64, _I64, _I64, _I, _I64, _P]
 _SIGNATURES = {
     "mrcnn_has_cuda": [],
     "mrcnn_anchor_grid_cpu": _ANCHOR,
@@ -76,6 +82,8 @@ _SIGNATURES = {
     "mrcnn_pre_nms_select_cpu": _PRE,
     "mrcnn_box_nms_cpu": _NMS,
     "mrcnn_match_proposals_cpu": _MATCH,
+    "mrcnn_roi_align_f32_cpu": _ROI,
+    "mrcnn_roi_align_backward_f32_cpu": _ROI_BWD,
     "mrcnn_anchor_grid_cuda": _ANCHOR + [_P],
     "mrcnn_box_iou_f32_cuda": _IOU + [_P],
     "mrcnn_box_iou_f16_cuda": _IOU + [_P],
@@ -385,7 +393,89 @@ def _(iou, high, low, allow_low_quality):
     return iou.new_empty((iou.shape[1],), dtype=torch.int64)
 
 
+def _validate_roi_align(input, rois, pooled_h, pooled_w) -> None:
+    op = "roi_align"
+    _check(op, "input", input, 4, None, (torch.float32,))
+    _check(op, "rois", rois, 2, 5, (torch.float32,))
+    dev = _same_device(op, input=input, rois=rois)
+    if dev.type != "cpu":
+        raise KernelInputError(f"{op}: the native RoIAlign runs on cpu tensors (torchvision's serves {dev})")
+    if int(pooled_h) <= 0 or int(pooled_w) <= 0:
+        raise KernelInputError(f"{op}: output size must be positive, got {(pooled_h, pooled_w)}")
+
+
+@torch.library.custom_op("mrcnn::roi_align", mutates_args=())
+def _roi_align_op(input: Tensor, rois: Tensor, spatial_scale: float, pooled_h: int, pooled_w: int,
+                  sampling_ratio: int, aligned: bool) -> Tensor:
+    _validate_roi_align(input, rois, pooled_h, pooled_w)
+    input, rois = input.contiguous(), rois.contiguous()
+    B, C, H, W = input.shape
+    out = torch.empty((rois.shape[0], C, pooled_h, pooled_w), dtype=torch.float32)
+    _call("mrcnn_roi_align_f32_cpu", _ptr(input), B, C, H, W, _ptr(rois), rois.shape[0], float(spatial_scale),
+          int(pooled_h), int(pooled_w), int(sampling_ratio), int(bool(aligned)), torch.get_num_threads(), _ptr(out))
+    return out
+
+
+@_roi_align_op.register_fake
+def _(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
+    _validate_roi_align(input, rois, pooled_h, pooled_w)
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
+
+
+@torch.library.custom_op("mrcnn::roi_align_backward", mutates_args=())
+def _roi_align_backward_op(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_h: int, pooled_w: int,
+                           batch: int, height: int, width: int, sampling_ratio: int, aligned: bool) -> Tensor:
+    grad, rois = grad.contiguous(), rois.contiguous()
+    C = grad.shape[1]
+    out = torch.empty((batch, C, height, width), dtype=torch.float32)
+    _call("mrcnn_roi_align_backward_f32_cpu", _ptr(grad), _ptr(rois), rois.shape[0], batch, C, height, width,
+          float(spatial_scale), int(pooled_h), int(pooled_w), int(sampling_ratio), int(bool(aligned)),
+          torch.get_num_threads(), _ptr(out))
+    return out
+
+
+@_roi_align_backward_op.register_fake
+def _(grad, rois, spatial_scale, pooled_h, pooled_w, batch, height, width, sampling_ratio, aligned):
+    return grad.new_empty((batch, grad.shape[1], height, width))
+
+
+def _roi_align_setup(ctx, inputs, output) -> None:
+    input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois)
+    ctx.attrs = (spatial_scale, pooled_h, pooled_w, input.shape[0], input.shape[2], input.shape[3], sampling_ratio,
+                 aligned)
+
+
+def _roi_align_grad(ctx, grad):
+    (rois,) = ctx.saved_tensors
+    scale, ph, pw, b, h, w, sr, aligned = ctx.attrs
+    return torch.ops.mrcnn.roi_align_backward(grad, rois, scale, ph, pw, b, h, w, sr, aligned), None, None, None, \
+        None, None, None
+
+
+_roi_align_op.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
+
+
 # ---- wrappers with the references' signatures ---------------------------------------------------------------------
+def roi_align(input: Tensor, rois: Tensor, output_size: int | tuple[int, int], spatial_scale: float = 1.0,
+              sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
+    """torchvision.ops.roi_align (rois [R,5] form) on the native CPU kernel: float32, all torch CPU threads,
+    differentiable in `input`; results equal torchvision's CPU kernel bit for bit."""
+    ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
+    _validate_roi_align(input, rois, ph, pw)
+    return torch.ops.mrcnn.roi_align(input, rois.detach(), float(spatial_scale), int(ph), int(pw),
+                                     int(sampling_ratio), bool(aligned))
+
+
+def native_roi_align_applies(input: Tensor, rois: Tensor) -> bool:
+    """Model code runs roi_align on the native kernel for CPU float32 training (backend not "reference"). Eval and
+    export keep torchvision's op, which the ONNX exporter translates to RoiAlign."""
+    return (_backend != "reference" and input.requires_grad and torch.is_grad_enabled()
+            and input.device.type == "cpu" and input.dtype == torch.float32 and rois.dtype == torch.float32
+            and not torch.compiler.is_compiling() and available())
+
+
+# ---- wrappers with the references' signatures (the five plugin ops) ----------------------------------------------
 def anchor_grid(feature: Tensor, image: Tensor, sizes: Sequence[float], aspect_ratios: Sequence[float],
                 stride: int = 0) -> Tensor:
     """mrcnn.ops.anchor_grid on the native kernel (bit-exact)."""

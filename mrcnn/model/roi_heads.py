@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from mrcnn import kernels
 from mrcnn.config import ModelConfig
 from mrcnn.model.rpn import sample_pos_neg
 from mrcnn.ops import box_area, box_iou, box_nms, box_sizes_at_least, clip_boxes, decode_boxes, encode_boxes
@@ -56,8 +57,10 @@ def multiscale_roi_align(
     pooled, order = [], []
     for lvl, (feat, scale) in enumerate(zip(features, scales)):
         idx = torch.where(levels == lvl)[0]
-        pooled.append(roi_align(feat.to(dtype), rois[idx], (output_size, output_size), spatial_scale=scale,
-                                sampling_ratio=sampling_ratio, aligned=aligned))
+        feat, lvl_rois = feat.to(dtype), rois[idx]
+        align = kernels.roi_align if kernels.native_roi_align_applies(feat, lvl_rois) else roi_align
+        pooled.append(align(feat, lvl_rois, (output_size, output_size), spatial_scale=scale,
+                            sampling_ratio=sampling_ratio, aligned=aligned))
         order.append(idx)
     # back to RoI order with one gather (per-level index_copy into a zeros tensor copied the whole [R,C,S,S]
     # tensor once per level, forward and backward). The inverse permutation is a scatter, not an argsort, so the

@@ -4,7 +4,11 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <algorithm>
+#include <atomic>
 #include <new>
+#include <thread>
+#include <vector>
 
 #include "mrcnn/kernels.h"
 
@@ -45,6 +49,30 @@ inline float half_to_float(uint16_t h) {
   float out;
   memcpy(&out, &bits, sizeof(out));
   return out;
+}
+
+// Split [0, n) into `threads` contiguous ranges and run body(begin, end) -> MRCNN_* code on each, the first range on
+// the calling thread. Returns the first non-zero code; exceptions become codes (guarded). threads <= 1 runs inline.
+template <typename F>
+int parallel_ranges(int64_t n, int64_t threads, F&& body) noexcept {
+  threads = std::max<int64_t>(1, std::min<int64_t>(threads, n));
+  if (threads == 1) return guarded([&] { return body(int64_t{0}, n); });
+  std::atomic<int> status{MRCNN_OK};
+  auto run = [&](int64_t t) {
+    const int code = guarded([&] { return body(n * t / threads, n * (t + 1) / threads); });
+    int ok = MRCNN_OK;
+    if (code != MRCNN_OK) status.compare_exchange_strong(ok, code);
+  };
+  std::vector<std::thread> pool;
+  try {
+    pool.reserve(static_cast<size_t>(threads - 1));
+    for (int64_t t = 1; t < threads; ++t) pool.emplace_back(run, t);
+  } catch (...) {  // no more threads: the calling thread does the remaining ranges
+    for (int64_t t = static_cast<int64_t>(pool.size()) + 1; t < threads; ++t) run(t);
+  }
+  run(0);
+  for (auto& th : pool) th.join();
+  return status.load();
 }
 
 }  // namespace cpu

@@ -109,6 +109,24 @@ MRCNN_API int mrcnn_match_proposals_cuda(const float* iou, int64_t num_gt, int64
                                          int allow_low_quality, int64_t* matches, void* workspace,
                                          size_t workspace_bytes, cudaStream_t stream);
 
+// ---- RoIAlign (training, CPU) ------------------------------------------------------------------------------------
+// torchvision.ops.roi_align semantics, float32, equal to its CPU kernel bit for bit, on `threads` threads (RoIs
+// split among them forward, channels backward). Not a plugin op: exported graphs use ONNX RoiAlign and TensorRT
+// its own layer; these serve CPU training, where torchvision's single-threaded kernels cost ~15% of a step.
+//   forward:  input [batch, channels, height, width], rois [num_rois, 5] (batch index, x1, y1, x2, y2)
+//             -> output [num_rois, channels, pooled_h, pooled_w]
+//   backward: grad_output [num_rois, channels, pooled_h, pooled_w] -> grad_input [batch, channels, height, width]
+//             (overwritten). sampling_ratio <= 0: adaptive; aligned != 0: half-pixel offset.
+MRCNN_API int mrcnn_roi_align_f32_cpu(const float* input, int64_t batch, int64_t channels, int64_t height,
+                                      int64_t width, const float* rois, int64_t num_rois, float spatial_scale,
+                                      int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, int aligned,
+                                      int64_t threads, float* output);
+MRCNN_API int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const float* rois, int64_t num_rois,
+                                               int64_t batch, int64_t channels, int64_t height, int64_t width,
+                                               float spatial_scale, int64_t pooled_h, int64_t pooled_w,
+                                               int64_t sampling_ratio, int aligned, int64_t threads,
+                                               float* grad_input);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif

@@ -1,0 +1,91 @@
+// RoIAlign sampling math (torchvision.ops.roi_align semantics, Mask R-CNN's legacy `aligned=False` and the
+// half-pixel `aligned=True`), shared by the kernels of every device. Float32 throughout; the expressions keep
+// torchvision's operation order, so pooled values and gradients equal its CPU kernel's bit for bit.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#include "mrcnn/host_device.h"
+
+namespace mrcnn {
+
+// One RoI mapped onto a feature map: start, bin size and the sampling grid of each bin.
+struct RoiGeometry {
+  float start_w, start_h, bin_w, bin_h;
+  int grid_h, grid_w;
+};
+
+// roi = [batch_index, x1, y1, x2, y2] in image pixels; spatial_scale = feature / image.
+HOST_DEVICE inline RoiGeometry roi_geometry(const float* roi, float spatial_scale, int64_t pooled_h, int64_t pooled_w,
+                                         int64_t sampling_ratio, bool aligned) {
+  RoiGeometry g;
+  const float offset = aligned ? 0.5f : 0.0f;
+  g.start_w = roi[1] * spatial_scale - offset;
+  g.start_h = roi[2] * spatial_scale - offset;
+  float roi_w = roi[3] * spatial_scale - offset - g.start_w;
+  float roi_h = roi[4] * spatial_scale - offset - g.start_h;
+  if (!aligned) {  // legacy: malformed RoIs become 1x1
+    roi_w = roi_w > 1.0f ? roi_w : 1.0f;
+    roi_h = roi_h > 1.0f ? roi_h : 1.0f;
+  }
+  g.bin_h = roi_h / static_cast<float>(pooled_h);
+  g.bin_w = roi_w / static_cast<float>(pooled_w);
+  // adaptive grid (sampling_ratio <= 0): ceil(roi / pooled) samples per bin side
+  g.grid_h = sampling_ratio > 0 ? static_cast<int>(sampling_ratio)
+                                : static_cast<int>(ceilf(roi_h / static_cast<float>(pooled_h)));
+  g.grid_w = sampling_ratio > 0 ? static_cast<int>(sampling_ratio)
+                                : static_cast<int>(ceilf(roi_w / static_cast<float>(pooled_w)));
+  return g;
+}
+
+// The four taps of one bilinear sample: offsets into an H x W plane and their weights. `valid` is false for
+// samples outside [-1, H] x [-1, W] (and NaN coordinates): they contribute nothing.
+struct BilinearTaps {
+  int p1, p2, p3, p4;
+  float w1, w2, w3, w4;
+  bool valid;
+};
+
+// Sample (iy, ix) of bin (ph, pw).
+HOST_DEVICE inline BilinearTaps bilinear_taps(const RoiGeometry& g, int ph, int pw, int iy, int ix, int height,
+                                           int width) {
+  BilinearTaps t;
+  float y = g.start_h + ph * g.bin_h + static_cast<float>(iy + .5f) * g.bin_h / static_cast<float>(g.grid_h);
+  float x = g.start_w + pw * g.bin_w + static_cast<float>(ix + .5f) * g.bin_w / static_cast<float>(g.grid_w);
+  if (!(y >= -1.0f && y <= static_cast<float>(height) && x >= -1.0f && x <= static_cast<float>(width))) {
+    t.p1 = t.p2 = t.p3 = t.p4 = 0;
+    t.w1 = t.w2 = t.w3 = t.w4 = 0.0f;
+    t.valid = false;
+    return t;
+  }
+  if (y <= 0) y = 0;
+  if (x <= 0) x = 0;
+  int y_low = static_cast<int>(y), x_low = static_cast<int>(x), y_high, x_high;
+  if (y_low >= height - 1) {
+    y_high = y_low = height - 1;
+    y = static_cast<float>(y_low);
+  } else {
+    y_high = y_low + 1;
+  }
+  if (x_low >= width - 1) {
+    x_high = x_low = width - 1;
+    x = static_cast<float>(x_low);
+  } else {
+    x_high = x_low + 1;
+  }
+  const float ly = y - y_low, lx = x - x_low;
+  const float hy = 1.0f - ly, hx = 1.0f - lx;
+  t.w1 = hy * hx;
+  t.w2 = hy * lx;
+  t.w3 = ly * hx;
+  t.w4 = ly * lx;
+  t.p1 = y_low * width + x_low;
+  t.p2 = y_low * width + x_high;
+  t.p3 = y_high * width + x_low;
+  t.p4 = y_high * width + x_high;
+  t.valid = true;
+  return t;
+}
+
+}  // namespace mrcnn

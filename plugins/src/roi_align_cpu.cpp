@@ -1,0 +1,122 @@
+// RoIAlign, CPU, float32 (torchvision.ops.roi_align semantics and bit-exact results; see kernels.h). The bilinear
+// taps of a RoI are computed once and shared by all channels; forward splits RoIs among threads, backward splits
+// channels (each gradient plane has one writer, and its contributions arrive in torchvision's order).
+#include "cpu_common.h"
+#include "mrcnn/kernels.h"
+#include "mrcnn/roi_align_math.h"
+
+#include <vector>
+
+namespace {
+
+struct Shape {
+  int64_t batch, channels, height, width, num_rois, pooled_h, pooled_w, sampling_ratio;
+  float spatial_scale;
+  bool aligned;
+};
+
+bool valid_shape(const Shape& s) {
+  return s.batch >= 0 && s.channels >= 0 && s.height >= 0 && s.width >= 0 && s.num_rois >= 0 && s.pooled_h > 0 &&
+         s.pooled_w > 0 && s.height * s.width <= INT32_MAX;
+}
+
+// Every RoI's batch index names an image (torchvision does not check; an out-of-range index reads out of bounds).
+bool valid_rois(const float* rois, const Shape& s) {
+  for (int64_t n = 0; n < s.num_rois; ++n) {
+    const float b = rois[n * 5];
+    if (!(b >= 0.0f && b < static_cast<float>(s.batch))) return false;
+  }
+  return true;
+}
+
+// The taps of every sample of RoI n, bin-major then sample (iy, ix); returns the RoI's geometry.
+mrcnn::RoiGeometry roi_taps(const float* rois, int64_t n, const Shape& s, std::vector<mrcnn::BilinearTaps>& taps) {
+  const mrcnn::RoiGeometry g =
+      mrcnn::roi_geometry(rois + n * 5, s.spatial_scale, s.pooled_h, s.pooled_w, s.sampling_ratio, s.aligned);
+  taps.resize(static_cast<size_t>(s.pooled_h * s.pooled_w) * static_cast<size_t>(g.grid_h > 0 ? g.grid_h : 0) *
+              static_cast<size_t>(g.grid_w > 0 ? g.grid_w : 0));
+  size_t k = 0;
+  for (int ph = 0; ph < s.pooled_h; ++ph)
+    for (int pw = 0; pw < s.pooled_w; ++pw)
+      for (int iy = 0; iy < g.grid_h; ++iy)
+        for (int ix = 0; ix < g.grid_w; ++ix)
+          taps[k++] = mrcnn::bilinear_taps(g, ph, pw, iy, ix, static_cast<int>(s.height), static_cast<int>(s.width));
+  return g;
+}
+
+}  // namespace
+
+extern "C" int mrcnn_roi_align_f32_cpu(const float* input, int64_t batch, int64_t channels, int64_t height,
+                                       int64_t width, const float* rois, int64_t num_rois, float spatial_scale,
+                                       int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, int aligned,
+                                       int64_t threads, float* output) {
+  const Shape s{batch, channels, height, width, num_rois, pooled_h, pooled_w, sampling_ratio, spatial_scale,
+                aligned != 0};
+  if (!valid_shape(s)) return MRCNN_ERR_INVALID_ARGUMENT;
+  if (num_rois * channels == 0) return MRCNN_OK;
+  if (!output || !rois || (!input && batch * channels * height * width > 0)) return MRCNN_ERR_INVALID_ARGUMENT;
+  if (!valid_rois(rois, s)) return MRCNN_ERR_INVALID_ARGUMENT;
+  const int64_t plane = height * width, bins = pooled_h * pooled_w;
+  return mrcnn::cpu::parallel_ranges(num_rois, threads, [&](int64_t r0, int64_t r1) {
+    std::vector<mrcnn::BilinearTaps> taps;
+    for (int64_t n = r0; n < r1; ++n) {
+      const mrcnn::RoiGeometry g = roi_taps(rois, n, s, taps);
+      const int samples = g.grid_h * g.grid_w;
+      const float count = static_cast<float>(samples > 1 ? samples : 1);
+      const int64_t b = static_cast<int64_t>(rois[n * 5]);
+      for (int64_t c = 0; c < channels; ++c) {
+        const float* in = input + (b * channels + c) * plane;
+        float* out = output + (n * channels + c) * bins;
+        const mrcnn::BilinearTaps* t = taps.data();
+        for (int64_t bin = 0; bin < bins; ++bin) {
+          float v = 0.0f;
+          for (int k = 0; k < samples; ++k, ++t)
+            v += t->w1 * in[t->p1] + t->w2 * in[t->p2] + t->w3 * in[t->p3] + t->w4 * in[t->p4];
+          out[bin] = v / count;
+        }
+      }
+    }
+    return MRCNN_OK;
+  });
+}
+
+extern "C" int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const float* rois, int64_t num_rois,
+                                                int64_t batch, int64_t channels, int64_t height, int64_t width,
+                                                float spatial_scale, int64_t pooled_h, int64_t pooled_w,
+                                                int64_t sampling_ratio, int aligned, int64_t threads,
+                                                float* grad_input) {
+  const Shape s{batch, channels, height, width, num_rois, pooled_h, pooled_w, sampling_ratio, spatial_scale,
+                aligned != 0};
+  if (!valid_shape(s)) return MRCNN_ERR_INVALID_ARGUMENT;
+  const int64_t plane = height * width, bins = pooled_h * pooled_w;
+  if (batch * channels * plane == 0) return MRCNN_OK;
+  if (!grad_input || (num_rois > 0 && (!grad_output || !rois))) return MRCNN_ERR_INVALID_ARGUMENT;
+  if (!valid_rois(rois, s)) return MRCNN_ERR_INVALID_ARGUMENT;
+  return mrcnn::cpu::parallel_ranges(channels, threads, [&](int64_t c0, int64_t c1) {
+    for (int64_t b = 0; b < batch; ++b)
+      memset(grad_input + (b * channels + c0) * plane, 0, sizeof(float) * static_cast<size_t>((c1 - c0) * plane));
+    std::vector<mrcnn::BilinearTaps> taps;
+    for (int64_t n = 0; n < num_rois; ++n) {
+      const mrcnn::RoiGeometry g = roi_taps(rois, n, s, taps);
+      const int samples = g.grid_h * g.grid_w;
+      const float count = static_cast<float>(samples);
+      const int64_t b = static_cast<int64_t>(rois[n * 5]);
+      for (int64_t c = c0; c < c1; ++c) {
+        float* gin = grad_input + (b * channels + c) * plane;
+        const float* gout = grad_output + (n * channels + c) * bins;
+        const mrcnn::BilinearTaps* t = taps.data();
+        for (int64_t bin = 0; bin < bins; ++bin) {
+          const float go = gout[bin];
+          for (int k = 0; k < samples; ++k, ++t) {
+            if (!t->valid) continue;
+            gin[t->p1] += go * t->w1 / count;
+            gin[t->p2] += go * t->w2 / count;
+            gin[t->p3] += go * t->w3 / count;
+            gin[t->p4] += go * t->w4 / count;
+          }
+        }
+      }
+    }
+    return MRCNN_OK;
+  });
+}
