@@ -20,16 +20,17 @@ import torch
 from _common import machine, save
 
 
-def make_batch(n: int, size: int, num_classes: int, device: str, seed: int = 0):
+def make_batch(n: int, size: int, num_classes: int, device: str, seed: int = 0, width: int = 0):
     g = torch.Generator().manual_seed(seed)
     images, targets = [], []
+    height, width = size, width or size
     for _ in range(n):
-        images.append(torch.rand(3, size, size, generator=g))
+        images.append(torch.rand(3, height, width, generator=g))
         k = 6
-        xy = torch.rand(k, 2, generator=g) * size * 0.6
-        wh = 24 + torch.rand(k, 2, generator=g) * size * 0.35
-        boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1)
-        masks = torch.zeros(k, size, size, dtype=torch.uint8)
+        xy = torch.rand(k, 2, generator=g) * torch.tensor([width, height]) * 0.6
+        wh = 24 + torch.rand(k, 2, generator=g) * torch.tensor([width, height]) * 0.35
+        boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([width - 1.0, height - 1.0]))], 1)
+        masks = torch.zeros(k, height, width, dtype=torch.uint8)
         for j, b in enumerate(boxes.long().tolist()):
             masks[j, b[1]:b[3], b[0]:b[2]] = 1
         labels = torch.randint(1, num_classes, (k,), generator=g)
@@ -37,14 +38,15 @@ def make_batch(n: int, size: int, num_classes: int, device: str, seed: int = 0):
     return [i.to(device) for i in images], [{k: v.to(device) for k, v in t.items()} for t in targets]
 
 
-def torchvision_model(num_classes: int, size: int):
+def torchvision_model(num_classes: int, size: int, width: int = 0):
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops.misc import FrozenBatchNorm2d
 
     backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
                                    trainable_layers=3)
-    return MaskRCNN(backbone, num_classes=num_classes, min_size=size, max_size=size)
+    # min/max size equal to the images' sides: torchvision's internal resize is a no-op
+    return MaskRCNN(backbone, num_classes=num_classes, min_size=size, max_size=max(size, width))
 
 
 def timed(step, iters: int, warmup: int, device: str) -> list[float]:
@@ -85,7 +87,8 @@ def profile(step, device: str, path: str, rows: int = 30) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--size", type=int, default=512, help="image height (and width unless --width)")
+    ap.add_argument("--width", type=int, default=0, help="image width (default: --size)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--iters", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=1)
@@ -105,7 +108,7 @@ def main() -> None:
 
     num_classes = 81
     dev = a.device
-    images, targets = make_batch(a.batch, a.size, num_classes, dev)
+    images, targets = make_batch(a.batch, a.size, num_classes, dev, width=a.width)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
 
     def make_step(model, forward, mf):
@@ -130,7 +133,7 @@ def main() -> None:
     steps = {}
     for name, mf in tv_formats.items():
         torch.manual_seed(0)
-        tv = torchvision_model(num_classes, a.size)
+        tv = torchvision_model(num_classes, a.size, a.width)
         steps[f"torchvision_{name}"] = make_step(tv, lambda m: m(images, targets), mf)
     cfg = get_config("r50-fpn")
     cfg.model.num_classes = num_classes
@@ -150,7 +153,7 @@ def main() -> None:
     peer = max((k for k in ips if k != "mrcnn"), key=ips.get)
     ratio = ips["mrcnn"] / ips[peer]
     ratio_min = min(times[peer]) / min(times["mrcnn"])
-    print(f"device {dev} amp {a.amp} channels_last {a.channels_last} batch {a.batch} size {a.size}")
+    print(f"device {dev} amp {a.amp} channels_last {a.channels_last} batch {a.batch} size {a.size}x{a.width or a.size}")
     for k in steps:
         print(f"{k:18s} {ips[k]:7.2f} img/s (median {med[k] * 1000:.1f} ms/step, min {min(times[k]) * 1000:.1f}, "
               f"max {max(times[k]) * 1000:.1f}; {len(times[k])} steps)")

@@ -15,7 +15,6 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d as TorchvisionFrozenBN
 
@@ -36,7 +35,10 @@ class FrozenBatchNorm2d(TorchvisionFrozenBN):
     convolution casts back. Exported to ONNX it is one BatchNormalization node, which runtimes fold into the conv."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        # the aten op, not F.batch_norm: some torch versions' F.batch_norm rejects eps == 0, which torchvision's COCO
+        # weights use (aten then takes its native kernel instead of cuDNN's, which needs eps >= 1e-5)
+        return torch.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var, False, 0.0, self.eps,
+                                torch.backends.cudnn.enabled)
 
 
 def norm_factory(kind: str, eps: float = 1e-5) -> Callable[[int], nn.Module]:
