@@ -11,6 +11,7 @@ torchvision gets the same already-sized images (its internal resize is then a no
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 from pathlib import Path
@@ -49,20 +50,26 @@ def torchvision_model(num_classes: int, size: int, width: int = 0):
     return MaskRCNN(backbone, num_classes=num_classes, min_size=size, max_size=max(size, width))
 
 
-def timed(step, iters: int, warmup: int, device: str) -> list[float]:
-    """Seconds of each of `iters` steps after `warmup` steps (device synchronised around each step)."""
+def timed_interleaved(steps: dict, iters: int, warmup: int, device: str) -> dict[str, list[float]]:
+    """Seconds of each step, the models taking turns step by step (machine drift and noise fall on all of them alike);
+    `warmup` untimed steps each first. The process's existing objects are frozen out of the garbage collector so that
+    a full collection cannot land in one model's step."""
     cuda = device.startswith("cuda")
-    for _ in range(warmup):
-        step()
-    out = []
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    gc.collect()
+    gc.freeze()
+    out: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(iters):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t0)
+        for k, step in steps.items():
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            step()
+            if cuda:
+                torch.cuda.synchronize()
+            out[k].append(time.perf_counter() - t0)
     return out
 
 
@@ -90,9 +97,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512, help="image height (and width unless --width)")
     ap.add_argument("--width", type=int, default=0, help="image width (default: --size)")
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=4)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds (each: warmup + iters steps per model)")
+    ap.add_argument("--iters", type=int, default=10, help="timed steps per model (the models take turns)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
     ap.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
     ap.add_argument("--channels-last", action="store_true",
                     help="ours in NHWC; torchvision is timed in NHWC and in NCHW and the faster one counts")
@@ -143,11 +149,7 @@ def main() -> None:
     batch, sizes = batch.to(dev).contiguous(memory_format=mf_ours), sizes.to(dev)
     steps = {"mrcnn": make_step(ours, lambda m: m(batch, sizes, targets), mf_ours), **steps}
 
-    # interleave to share any drift of the machine between the models; the median step of all rounds counts
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(a.rounds):
-        for k, step in steps.items():
-            times[k] += timed(step, a.iters, a.warmup, dev)
+    times = timed_interleaved(steps, a.iters, a.warmup, dev)
     med = {k: statistics.median(v) for k, v in times.items()}
     ips = {k: a.batch / t for k, t in med.items()}
     peer = max((k for k in ips if k != "mrcnn"), key=ips.get)
