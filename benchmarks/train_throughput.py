@@ -70,6 +70,7 @@ def timed_interleaved(steps: dict, iters: int, warmup: int, device: str) -> dict
             if cuda:
                 torch.cuda.synchronize()
             out[k].append(time.perf_counter() - t0)
+    gc.unfreeze()
     return out
 
 
