@@ -14,6 +14,7 @@ IoU 1000x1000 (matcher of 1000 proposals, or 20 ground truths x 201,600 anchors)
     BoxNms          vs torchvision.ops.batched_nms + fixed-size packing (mrcnn.ops.box_nms), and vs
                     torchvision.ops.nms alone (single class, no packing)
     MatchProposals  vs mrcnn.ops.match_proposals
+    RoIAlign        vs torchvision.ops.roi_align, forward and forward+backward (CPU training kernel; threads as torch)
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torchvision
 
 from _common import machine, save
 
-import mrcnn.ops as R
+from mrcnn.ops import REFERENCE as R  # the pure-torch peers (mrcnn.ops.<name> itself dispatches to the kernels)
 from mrcnn import kernels as K
 
 
@@ -101,7 +102,7 @@ def main() -> None:
     # AnchorGrid: P2 of an 800x1344 batch
     f, im = to(torch.zeros(1, 1, 200, 336)), to(torch.zeros(1, 3, 800, 1344))
     bench("AnchorGrid", "200x336x3 (P2)", lambda: K.anchor_grid(f, im, (32.0,), (0.5, 1.0, 2.0)),
-          lambda: R.anchor_grid(f, im, (32.0,), (0.5, 1.0, 2.0)), "mrcnn.ops (torch)")
+          lambda: R["anchor_grid"](f, im, (32.0,), (0.5, 1.0, 2.0)), "mrcnn.ops (torch)")
 
     # BoxIou
     for n, m in [(1000, 1000), (20, 201_600)] + ([(4000, 100_000)] if dev == "cuda" else []):  # last: 1.6 GB out
@@ -123,13 +124,13 @@ def main() -> None:
 
     # PreNmsSelect: P2-sized level
     A = 201_600
-    anchors = to(R.anchor_grid(torch.zeros(1, 1, 200, 336), torch.zeros(1, 3, 800, 1344), (32.0,), (0.5, 1.0, 2.0)))
+    anchors = to(R["anchor_grid"](torch.zeros(1, 1, 200, 336), torch.zeros(1, 3, 800, 1344), (32.0,), (0.5, 1.0, 2.0)))
     for B, k in [(1, 1000), (1, 2000), (2, 2000)]:
         obj, dl = to(torch.randn(B, A, generator=g)), to(torch.randn(B, A, 4, generator=g) * 0.3)
         hw = to(torch.tensor([[800, 1333]] * B))
         bench("PreNmsSelect", f"B={B} A={A} top_k={k}",
               lambda: K.pre_nms_select(anchors, obj, dl, hw, k, 1e-3),
-              lambda: R.pre_nms_select(anchors, obj, dl, hw, k, 1e-3), "mrcnn.ops (topk+decode+clip)")
+              lambda: R["pre_nms_select"](anchors, obj, dl, hw, k, 1e-3), "mrcnn.ops (topk+decode+clip)")
 
     # BoxNms: RPN (5 levels as classes, 5000 boxes), RoI heads (multi-class after the score threshold)
     for B, N, C, thr, max_out, iou in [(1, 5000, 5, float("-inf"), 1000, 0.7), (2, 5000, 5, float("-inf"), 1000, 0.7),
@@ -137,7 +138,7 @@ def main() -> None:
         bx, sc, cl, va = (to(t) for t in clustered(g, B, N, C))
         bench("BoxNms", f"B={B} N={N} classes={C} max={max_out}",
               lambda: K.box_nms(bx, sc, cl, va, iou, thr, max_out),
-              lambda: R.box_nms(bx, sc, cl, va, iou, thr, max_out), "batched_nms + packing")
+              lambda: R["box_nms"](bx, sc, cl, va, iou, thr, max_out), "batched_nms + packing")
         if B == 1 and C == 1:
             bench("BoxNms", f"B=1 N={N} single class (vs nms)", lambda: K.box_nms(bx, sc, cl, va, iou, thr, max_out),
                   lambda: torchvision.ops.nms(bx[0], sc[0], iou), "torchvision.ops.nms (no pack)")
@@ -145,7 +146,25 @@ def main() -> None:
     # MatchProposals: 20 ground truths x P2 anchors
     iou = K.box_iou(to(boxes(g, 20)), anchors)
     bench("MatchProposals", "G=20 P=201600 low-quality", lambda: K.match_proposals(iou, 0.7, 0.3, True),
-          lambda: R.match_proposals(iou, 0.7, 0.3, True), "mrcnn.ops (torch)")
+          lambda: R["match_proposals"](iou, 0.7, 0.3, True), "mrcnn.ops (torch)")
+
+    # RoIAlign (CPU training kernel): the box head's 1024 RoIs on P2 of a 2 x 512 x 512 batch, forward and
+    # forward + backward, against torchvision's (single-threaded) CPU kernels; both at the same thread count
+    if dev == "cpu":
+        feat = torch.randn(2, 256, 128, 128, generator=g)
+        xy, wh = torch.rand(1024, 2, generator=g) * 400, 16 + torch.rand(1024, 2, generator=g) * 100
+        rois = torch.cat([torch.randint(0, 2, (1024, 1), generator=g).float(), xy, xy + wh], 1)
+        grad = torch.randn(1024, 256, 7, 7, generator=g)
+        fg = feat.clone().requires_grad_()
+
+        def fwd_bwd(fn):
+            fg.grad = None
+            fn(fg, rois, 7, 0.25, 2, False).backward(grad)
+
+        bench("RoIAlign", "fwd R=1024 C=256 7x7 on 128x128", lambda: K.roi_align(feat, rois, 7, 0.25, 2, False),
+              lambda: torchvision.ops.roi_align(feat, rois, 7, 0.25, 2, False), "torchvision.ops.roi_align")
+        bench("RoIAlign", "fwd+bwd R=1024 C=256 7x7 on 128x128", lambda: fwd_bwd(K.roi_align),
+              lambda: fwd_bwd(torchvision.ops.roi_align), "torchvision.ops.roi_align")
 
     print(f"device {dev}; torch threads {torch.get_num_threads()}; {K.build_info()}")
     if not a.no_save:

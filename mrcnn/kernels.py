@@ -393,12 +393,12 @@ def _(iou, high, low, allow_low_quality):
     return iou.new_empty((iou.shape[1],), dtype=torch.int64)
 
 
-def _validate_roi_align(input, rois, pooled_h, pooled_w) -> None:
+def _validate_roi_align(input, rois, pooled_h, pooled_w, fake: bool = False) -> None:
     op = "roi_align"
     _check(op, "input", input, 4, None, (torch.float32,))
     _check(op, "rois", rois, 2, 5, (torch.float32,))
     dev = _same_device(op, input=input, rois=rois)
-    if dev.type != "cpu":
+    if dev.type != "cpu" and not fake:
         raise KernelInputError(f"{op}: the native RoIAlign runs on cpu tensors (torchvision's serves {dev})")
     if int(pooled_h) <= 0 or int(pooled_w) <= 0:
         raise KernelInputError(f"{op}: output size must be positive, got {(pooled_h, pooled_w)}")
@@ -418,7 +418,7 @@ def _roi_align_op(input: Tensor, rois: Tensor, spatial_scale: float, pooled_h: i
 
 @_roi_align_op.register_fake
 def _(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
-    _validate_roi_align(input, rois, pooled_h, pooled_w)
+    _validate_roi_align(input, rois, pooled_h, pooled_w, fake=True)
     return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
 
 

@@ -21,7 +21,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.models.detection._utils import overwrite_eps
 from torchvision.ops import FrozenBatchNorm2d
 
-from conftest import fp32_exact_cuda, on_devices
+from conftest import fp32_exact_cuda, max_rel_diff, on_devices
 from mrcnn.config import Config, InputConfig, get_config
 from mrcnn.errors import MrcnnError
 from mrcnn.model import MaskRCNN, build_model
@@ -395,16 +395,23 @@ def test_kernels_on_off_same_forward(device):
     images, sizes, targets = _pair()
     images, sizes = images.to(device), sizes.to(device)
     targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-    outs = {}
+    outs, grads = {}, {}
     for name in ("reference", "kernels"):
         with _ops_backend(name), fp32_exact_cuda():
             model.eval()
             with torch.no_grad():
                 ev = model(images, sizes)
             model.train()
+            model.zero_grad(set_to_none=True)
             tr = model(images, sizes, [dict(t) for t in targets])
+            sum(tr.values()).backward()  # the backward too: on CPU the native RoIAlign's
+            grads[name] = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
         outs[name] = (ev, tr)
     (ev_r, tr_r), (ev_k, tr_k) = outs["reference"], outs["kernels"]
+    rel, key = max_rel_diff(grads["kernels"], grads["reference"])
+    print(f"gradients kernels vs reference: rel {rel:.2e} (largest at {key}); {len(grads['reference'])} tensors")
+    assert grads["kernels"].keys() == grads["reference"].keys() and len(grads["reference"]) > 10
+    assert rel <= 1e-4, f"gradients differ by rel {rel:.2e} at {key}"
     n = ev_r["num_detections"]
     print(f"detections {n.tolist()} vs {ev_k['num_detections'].tolist()}")
     assert int(n.min()) >= 20, f"too few detections to compare: {n.tolist()}"

@@ -16,6 +16,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 import mrcnn.ops as R
 from mrcnn import kernels as K
@@ -432,6 +433,98 @@ def test_match_proposals_quantized_ties():
         assert torch.equal(got, ref), f"allow_low_quality={lq}: {int((got != ref).sum())} matches differ"
 
 
+# ---- RoIAlign (CPU training kernel) -------------------------------------------------------------------------------
+def roi_inputs(g: torch.Generator, B: int, C: int, H: int, W: int, R: int, scale: float, spill: bool = True):
+    """Features and RoIs in image pixels (feature * 1/scale), some partly or wholly outside the map, some degenerate."""
+    x = torch.randn(B, C, H, W, generator=g)
+    size = torch.tensor([W, H]) / scale
+    xy = torch.rand(R, 2, generator=g) * size * (1.2 if spill else 0.9) - (0.1 * size if spill else 0)
+    wh = torch.rand(R, 2, generator=g) * size * 0.6
+    if R >= 4:
+        wh[0] = 0.0                      # a point
+        wh[1] = -3.0                     # inverted (legacy mode makes it 1x1)
+        xy[2] = -size                    # wholly outside, top-left
+        xy[3] = size * 2                 # wholly outside, bottom-right
+    batch = torch.randint(0, B, (R, 1), generator=g).float()
+    return x, torch.cat([batch, xy, xy + wh], 1)
+
+
+def roi_align_f64(x: torch.Tensor, rois: torch.Tensor, size: int, scale: float, sr: int, aligned: bool):
+    """torchvision's op in float64: the accuracy reference for forward and backward."""
+    return torchvision.ops.roi_align(x.double(), rois.double(), size, scale, sr, aligned)
+
+
+ROI_CASES = [  # B, C, H, W, R, size, scale, sampling_ratio, aligned
+    (2, 16, 40, 56, 300, 7, 0.25, 2, False),     # the box head
+    (1, 8, 25, 19, 40, 14, 0.125, 2, False),     # the mask head, odd sizes
+    (3, 4, 12, 12, 50, 7, 1 / 32, -1, False),    # adaptive sampling grid
+    (2, 5, 30, 20, 60, 5, 0.5, 0, True),         # aligned (half-pixel), adaptive
+    (1, 3, 1, 1, 9, 2, 1.0, 2, True),            # a 1x1 map
+    (2, 6, 10, 10, 0, 7, 0.25, 2, False),        # no RoIs
+]
+
+
+@pytest.mark.parametrize("B,C,H,W,R,size,scale,sr,aligned", ROI_CASES)
+def test_roi_align_equals_torchvision_bit_for_bit(B, C, H, W, R, size, scale, sr, aligned):
+    g = torch.Generator().manual_seed(B * 100 + R)
+    x, rois = roi_inputs(g, B, C, H, W, R, scale)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = K.roi_align(xa, rois, size, scale, sr, aligned)
+    ref = torchvision.ops.roi_align(xb, rois, size, scale, sr, aligned)
+    assert torch.equal(got, ref), f"forward differs by {(got - ref).abs().max()}"
+    grad = torch.randn(got.shape, generator=g)
+    got.backward(grad)
+    ref.backward(grad)
+    assert torch.equal(xa.grad, xb.grad), f"backward differs by {(xa.grad - xb.grad).abs().max()}"
+    # and both are right: float64 forward and backward
+    x64 = x.double().requires_grad_()
+    ref64 = roi_align_f64(x64, rois, size, scale, sr, aligned)
+    ref64.backward(grad.double())
+    e_fwd, e_bwd = scaled_err(got, ref64), scaled_err(xa.grad, x64.grad)
+    print(f"roi_align {(B, C, H, W, R, size, scale, sr, aligned)}: fp32 vs fp64 forward {e_fwd:.2e} backward {e_bwd:.2e}")
+    assert e_fwd <= FP32_TOL and e_bwd <= FP32_TOL, (e_fwd, e_bwd)
+
+
+def test_roi_align_threads_do_not_change_results():
+    g = torch.Generator().manual_seed(7)
+    x, rois = roi_inputs(g, 2, 33, 24, 24, 120, 0.25)
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            xg = x.clone().requires_grad_()
+            y = K.roi_align(xg, rois, 7, 0.25, 2, False)
+            y.backward(torch.ones_like(y))
+            results.append((y, xg.grad))
+    finally:
+        torch.set_num_threads(old)
+    for y, gx in results[1:]:
+        assert torch.equal(y, results[0][0]) and torch.equal(gx, results[0][1])
+
+
+def test_roi_align_autograd_and_fake_kernels():
+    g = torch.Generator().manual_seed(8)
+    x, rois = roi_inputs(g, 2, 4, 9, 11, 12, 0.5)
+    torch.library.opcheck(torch.ops.mrcnn.roi_align, (x.requires_grad_(), rois, 0.5, 3, 3, 2, False))
+    fake = torch.ops.mrcnn.roi_align(x.detach().to("meta"), rois.to("meta"), 0.5, 3, 4, 2, False)
+    assert fake.shape == (12, 4, 3, 4) and fake.device.type == "meta"
+
+
+def test_model_uses_native_roi_align_only_for_cpu_float32_training():
+    x = torch.zeros(1, 2, 8, 8)
+    rois = torch.zeros(3, 5)
+    with K.backend("auto"):
+        assert not K.native_roi_align_applies(x, rois), "no gradient needed: torchvision's op (export, eval)"
+        x.requires_grad_()
+        assert K.native_roi_align_applies(x, rois)
+        with torch.no_grad():
+            assert not K.native_roi_align_applies(x, rois)
+        assert not K.native_roi_align_applies(x.detach().double().requires_grad_(), rois.double())
+    with K.backend("reference"):
+        assert not K.native_roi_align_applies(x, rois)
+
+
 # ---- bad inputs: one clear Python error ---------------------------------------------------------------------------
 Z = torch.zeros
 BAD_INPUTS = [
@@ -465,6 +558,10 @@ BAD_INPUTS = [
      "one device"),
     ("matcher rank", lambda: K.match_proposals(Z(2, 3, 4), 0.7, 0.3, True), "rank 2"),
     ("not a tensor", lambda: K.box_iou([[0, 0, 1, 1]], Z(1, 4)), "torch.Tensor"),
+    ("roi_align rois", lambda: K.roi_align(Z(1, 2, 8, 8), Z(3, 4), 7, 0.25), "last dimension of 5"),
+    ("roi_align dtype", lambda: K.roi_align(Z(1, 2, 8, 8, dtype=torch.float64), Z(3, 5), 7, 0.25), "float32"),
+    ("roi_align device", lambda: K.roi_align(Z(1, 2, 8, 8, device="meta"), Z(3, 5, device="meta"), 7), "cpu"),
+    ("roi_align size", lambda: K.roi_align(Z(1, 2, 8, 8), Z(3, 5), 0, 0.25), "positive"),
 ]
 
 
@@ -481,7 +578,8 @@ CUDA_SYMBOLS = ["mrcnn_anchor_grid_cuda", "mrcnn_box_iou_f32_cuda", "mrcnn_box_i
                 "mrcnn_pre_nms_select_cuda", "mrcnn_pre_nms_select_workspace_size", "mrcnn_box_nms_cuda",
                 "mrcnn_box_nms_workspace_size", "mrcnn_match_proposals_cuda"]
 CPU_SYMBOLS = ["mrcnn_build_info", "mrcnn_anchor_grid_cpu", "mrcnn_box_iou_f32_cpu", "mrcnn_box_iou_f16_cpu",
-               "mrcnn_pre_nms_select_cpu", "mrcnn_box_nms_cpu", "mrcnn_match_proposals_cpu"]
+               "mrcnn_pre_nms_select_cpu", "mrcnn_box_nms_cpu", "mrcnn_match_proposals_cpu",
+               "mrcnn_roi_align_f32_cpu", "mrcnn_roi_align_backward_f32_cpu"]
 
 
 def exported_symbols() -> set[str]:
