@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything this project checks on a lent GPU machine, in one call (device tool; see DEVELOPERS notes in README):
+# Everything this project checks on a GPU machine, in one call (any machine with a CUDA GPU, nvcc, cmake, ninja and
+# a python3 that has torch + torchvision):
 #   build the native kernels for the card, run the `cuda`-marked tests, time the kernels and the training step
 #   against their torch / torchvision peers. Logs and result JSON go to $OUT (default benchmarks/results/gpu).
 #
