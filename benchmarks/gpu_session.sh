@@ -4,7 +4,7 @@
 #   build the native kernels for the card, run the `cuda`-marked tests, time the kernels and the training step
 #   against their torch / torchvision peers. Logs and result JSON go to $OUT (default benchmarks/results/gpu).
 #
-#   bash benchmarks/gpu_session.sh [build] [tests] [kernels] [train] [profile]    (no argument: all but profile)
+#   bash benchmarks/gpu_session.sh [build] [tests] [kernels] [train] [profile] [diag]  (no argument: the first four)
 #
 # The GPU image has its own PyTorch/torchvision (not this project's pinned ones); a missing package (pycocotools)
 # travels as a wheel in .whl/ and is installed to /tmp/site. MRCNN_COMMIT names the commit (the copy has no .git).
@@ -56,4 +56,12 @@ if has profile; then
   python3 benchmarks/train_throughput.py --device cuda --size 800 --width 1344 --batch 4 --iters 5 --warmup 3 \
     --amp bf16 --channels-last --no-save --profile /tmp/prof 2>&1 | tail -5
   for f in /tmp/prof-*.txt; do echo "=== $f"; cat "$f"; done >"$OUT/profile.txt"
+fi
+
+if has diag; then  # is the step host-bound, or stalled by the allocator? cudaMalloc counts, two allocator settings
+  for conf in "" "expandable_segments:True"; do
+    echo "PYTORCH_CUDA_ALLOC_CONF=$conf"
+    PYTORCH_CUDA_ALLOC_CONF=$conf python3 benchmarks/train_throughput.py --device cuda --size 800 --width 1344 \
+      --batch 4 --iters 25 --warmup 5 --amp bf16 --channels-last --no-save 2>&1 | tail -6
+  done
 fi

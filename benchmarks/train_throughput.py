@@ -64,14 +64,26 @@ def timed_interleaved(steps: dict, iters: int, warmup: int, device: str) -> dict
     for _ in range(iters):
         for k, step in steps.items():
             if cuda:
+                before = _alloc_counts()
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             step()
             if cuda:
                 torch.cuda.synchronize()
             out[k].append(time.perf_counter() - t0)
+            if cuda:  # cudaMalloc calls and allocator retries (each frees the cache: a device-wide sync)
+                ALLOCS.setdefault(k, [0, 0])
+                ALLOCS[k] = [a + (c - b) for a, b, c in zip(ALLOCS[k], before, _alloc_counts())]
     gc.unfreeze()
     return out
+
+
+ALLOCS: dict[str, list[int]] = {}
+
+
+def _alloc_counts() -> tuple[int, int]:
+    st = torch.cuda.memory_stats()
+    return st.get("num_device_alloc", 0), st.get("num_alloc_retries", 0)
 
 
 def profile(step, device: str, path: str, rows: int = 30) -> None:
@@ -161,13 +173,17 @@ def main() -> None:
         print(f"{k:18s} {ips[k]:7.2f} img/s (median {med[k] * 1000:.1f} ms/step, min {min(times[k]) * 1000:.1f}, "
               f"max {max(times[k]) * 1000:.1f}; {len(times[k])} steps)")
     print(f"ratio mrcnn/{peer}: {ratio:.3f}x (median steps; {ratio_min:.3f}x by fastest steps)")
+    if ALLOCS:
+        print("cudaMalloc calls / allocator retries during the timed steps: "
+              + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in ALLOCS.items())
+              + f"; peak allocated {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     if a.profile:
         for k, step in steps.items():
             profile(step, dev, f"{a.profile}-{k}.txt")
     if not a.no_save:
         p = save("train_throughput", {"machine": machine(dev), "args": vars(a), "img_s": ips, "peer": peer,
                                       "ours_img_s": ips["mrcnn"], "torchvision_img_s": ips[peer], "ratio": ratio,
-                                      "ratio_fastest_steps": ratio_min,
+                                      "ratio_fastest_steps": ratio_min, "cuda_mallocs_and_retries": ALLOCS,
                                       "step_ms": {k: [round(t * 1000, 2) for t in v] for k, v in times.items()}}, a.json)
         print(f"saved {p}")
 
