@@ -463,6 +463,10 @@ def roi_align(input: Tensor, rois: Tensor, output_size: int | tuple[int, int], s
     differentiable in `input`; results equal torchvision's CPU kernel bit for bit."""
     ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
     _validate_roi_align(input, rois, ph, pw)
+    index = rois[:, 0]
+    if index.numel() and not bool(((index >= 0) & (index < input.shape[0])).all()):
+        raise KernelInputError(f"roi_align: rois[:, 0] must be image indices in [0, {input.shape[0]}), got "
+                               f"{index.min().item():g}..{index.max().item():g}")
     return torch.ops.mrcnn.roi_align(input, rois.detach(), float(spatial_scale), int(ph), int(pw),
                                      int(sampling_ratio), bool(aligned))
 

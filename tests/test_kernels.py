@@ -485,6 +485,20 @@ def test_roi_align_equals_torchvision_bit_for_bit(B, C, H, W, R, size, scale, sr
     assert e_fwd <= FP32_TOL and e_bwd <= FP32_TOL, (e_fwd, e_bwd)
 
 
+def test_roi_align_nan_and_bad_batch_index():
+    x = torch.randn(2, 3, 8, 8)
+    rois = torch.tensor([[0, 1.0, 1.0, 6.0, 6.0], [1, float("nan"), 1.0, 6.0, 6.0], [0, 2.0, 2.0, 2.0, 2.0]])
+    for sr in (2, 0):  # fixed grid, adaptive grid (a NaN extent samples nothing: zeros)
+        got = K.roi_align(x, rois, 3, 1.0, sr, True)
+        assert torch.isfinite(got).all() and torch.equal(got[1], torch.zeros_like(got[1])), got[1]
+        ref = torchvision.ops.roi_align(x, rois[[0, 2]], 3, 1.0, sr, True)
+        assert torch.equal(got[[0, 2]], ref)
+    with pytest.raises(K.KernelInputError, match=r"image indices in \[0, 2\)"):
+        K.roi_align(x, torch.tensor([[2, 1.0, 1.0, 6.0, 6.0]]), 3, 1.0, 2, False)  # image 2 of a batch of 2
+    with pytest.raises(MrcnnError, match="invalid argument"):  # the C ABI checks too
+        torch.ops.mrcnn.roi_align(x, torch.tensor([[-1, 1.0, 1.0, 6.0, 6.0]]), 1.0, 3, 3, 2, False)
+
+
 def test_roi_align_threads_do_not_change_results():
     g = torch.Generator().manual_seed(7)
     x, rois = roi_inputs(g, 2, 33, 24, 24, 120, 0.25)

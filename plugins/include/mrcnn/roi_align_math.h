@@ -1,6 +1,7 @@
 // RoIAlign sampling math (torchvision.ops.roi_align semantics, Mask R-CNN's legacy `aligned=False` and the
-// half-pixel `aligned=True`), shared by the kernels of every device. Float32 throughout; the expressions keep
-// torchvision's operation order, so pooled values and gradients equal its CPU kernel's bit for bit.
+// half-pixel `aligned=True`). HOST_DEVICE so that a CUDA kernel can share it with the CPU one. Float32 throughout;
+// the expressions keep torchvision's operation order, so pooled values and gradients equal its CPU kernel's bit for
+// bit.
 #pragma once
 
 #include <math.h>
@@ -15,6 +16,13 @@ struct RoiGeometry {
   float start_w, start_h, bin_w, bin_h;
   int grid_h, grid_w;
 };
+
+// ceil(extent / pooled) samples per bin side; 0 (no samples: the bin pools to 0) for an empty, inverted or NaN
+// extent, where torchvision's int conversion would be undefined; capped at 2^20 (int overflow).
+HOST_DEVICE inline int adaptive_grid(float extent, int64_t pooled) {
+  const float n = ceilf(extent / static_cast<float>(pooled));
+  return n >= 1.0f ? (n < 1048576.0f ? static_cast<int>(n) : 1048576) : 0;
+}
 
 // roi = [batch_index, x1, y1, x2, y2] in image pixels; spatial_scale = feature / image.
 HOST_DEVICE inline RoiGeometry roi_geometry(const float* roi, float spatial_scale, int64_t pooled_h, int64_t pooled_w,
@@ -32,10 +40,8 @@ HOST_DEVICE inline RoiGeometry roi_geometry(const float* roi, float spatial_scal
   g.bin_h = roi_h / static_cast<float>(pooled_h);
   g.bin_w = roi_w / static_cast<float>(pooled_w);
   // adaptive grid (sampling_ratio <= 0): ceil(roi / pooled) samples per bin side
-  g.grid_h = sampling_ratio > 0 ? static_cast<int>(sampling_ratio)
-                                : static_cast<int>(ceilf(roi_h / static_cast<float>(pooled_h)));
-  g.grid_w = sampling_ratio > 0 ? static_cast<int>(sampling_ratio)
-                                : static_cast<int>(ceilf(roi_w / static_cast<float>(pooled_w)));
+  g.grid_h = sampling_ratio > 0 ? static_cast<int>(sampling_ratio) : adaptive_grid(roi_h, pooled_h);
+  g.grid_w = sampling_ratio > 0 ? static_cast<int>(sampling_ratio) : adaptive_grid(roi_w, pooled_w);
   return g;
 }
 
