@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
     ap.add_argument("--channels-last", action="store_true",
                     help="ours in NHWC; torchvision is timed in NHWC and in NCHW and the faster one counts")
-    ap.add_argument("--profile", default=None, metavar="PREFIX", help="write op tables to PREFIX-{ours,tv}.txt")
+    ap.add_argument("--profile", default=None, metavar="PREFIX", help="write op tables to PREFIX-<model>.txt")
     ap.add_argument("--json", default=None, help="write results here (default: benchmarks/results/...)")
     ap.add_argument("--no-save", action="store_true")
     a = ap.parse_args()
