@@ -50,17 +50,19 @@ def torchvision_model(num_classes: int, size: int, width: int = 0):
     return MaskRCNN(backbone, num_classes=num_classes, min_size=size, max_size=max(size, width))
 
 
-def timed_interleaved(steps: dict, iters: int, warmup: int, device: str) -> dict[str, list[float]]:
+def timed_interleaved(steps: dict, iters: int, warmup: int, device: str) -> tuple[dict, dict]:
     """Seconds of each step, the models taking turns step by step (machine drift and noise fall on all of them alike);
     `warmup` untimed steps each first. The process's existing objects are frozen out of the garbage collector so that
-    a full collection cannot land in one model's step."""
+    a full collection cannot land in one model's step. On CUDA also, per model, the cudaMalloc calls and allocator
+    retries (each retry frees the cache: a device-wide sync) during its timed steps."""
     cuda = device.startswith("cuda")
     for step in steps.values():
         for _ in range(warmup):
             step()
     gc.collect()
     gc.freeze()
-    out: dict[str, list[float]] = {k: [] for k in steps}
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    allocs: dict[str, list[int]] = {k: [0, 0] for k in steps} if cuda else {}
     for _ in range(iters):
         for k, step in steps.items():
             if cuda:
@@ -70,15 +72,11 @@ def timed_interleaved(steps: dict, iters: int, warmup: int, device: str) -> dict
             step()
             if cuda:
                 torch.cuda.synchronize()
-            out[k].append(time.perf_counter() - t0)
-            if cuda:  # cudaMalloc calls and allocator retries (each frees the cache: a device-wide sync)
-                ALLOCS.setdefault(k, [0, 0])
-                ALLOCS[k] = [a + (c - b) for a, b, c in zip(ALLOCS[k], before, _alloc_counts())]
+            times[k].append(time.perf_counter() - t0)
+            if cuda:
+                allocs[k] = [a + (c - b) for a, b, c in zip(allocs[k], before, _alloc_counts())]
     gc.unfreeze()
-    return out
-
-
-ALLOCS: dict[str, list[int]] = {}
+    return times, allocs
 
 
 def _alloc_counts() -> tuple[int, int]:
@@ -162,7 +160,7 @@ def main() -> None:
     batch, sizes = batch.to(dev).contiguous(memory_format=mf_ours), sizes.to(dev)
     steps = {"mrcnn": make_step(ours, lambda m: m(batch, sizes, targets), mf_ours), **steps}
 
-    times = timed_interleaved(steps, a.iters, a.warmup, dev)
+    times, allocs = timed_interleaved(steps, a.iters, a.warmup, dev)
     med = {k: statistics.median(v) for k, v in times.items()}
     ips = {k: a.batch / t for k, t in med.items()}
     peer = max((k for k in ips if k != "mrcnn"), key=ips.get)
@@ -173,9 +171,9 @@ def main() -> None:
         print(f"{k:18s} {ips[k]:7.2f} img/s (median {med[k] * 1000:.1f} ms/step, min {min(times[k]) * 1000:.1f}, "
               f"max {max(times[k]) * 1000:.1f}; {len(times[k])} steps)")
     print(f"ratio mrcnn/{peer}: {ratio:.3f}x (median steps; {ratio_min:.3f}x by fastest steps)")
-    if ALLOCS:
+    if allocs:
         print("cudaMalloc calls / allocator retries during the timed steps: "
-              + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in ALLOCS.items())
+              + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in allocs.items())
               + f"; peak allocated {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     if a.profile:
         for k, step in steps.items():
@@ -183,7 +181,7 @@ def main() -> None:
     if not a.no_save:
         p = save("train_throughput", {"machine": machine(dev), "args": vars(a), "img_s": ips, "peer": peer,
                                       "ours_img_s": ips["mrcnn"], "torchvision_img_s": ips[peer], "ratio": ratio,
-                                      "ratio_fastest_steps": ratio_min, "cuda_mallocs_and_retries": ALLOCS,
+                                      "ratio_fastest_steps": ratio_min, "cuda_mallocs_and_retries": allocs,
                                       "step_ms": {k: [round(t * 1000, 2) for t in v] for k, v in times.items()}}, a.json)
         print(f"saved {p}")
 

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic dataset generated once per session, tiny training configs."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -29,20 +30,16 @@ def on_devices(*devices: str) -> list:
     return [pytest.param(d, marks=[pytest.mark.cuda, needs_cuda]) if d == "cuda" else d for d in devices]
 
 
+@contextlib.contextmanager
 def fp32_exact_cuda():
-    """A context in which CUDA convolutions and matmuls run in true float32 (no TF32), restored afterwards: peers
-    compared at float32 tolerances must not differ by TF32 rounding (about 1e-3 relative)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def ctx():
-        old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-    return ctx()
+    """CUDA convolutions and matmuls in true float32 (no TF32) inside the block, restored afterwards: peers compared
+    at float32 tolerances must not differ by TF32 rounding (about 1e-3 relative)."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def tiny_config(**solver):

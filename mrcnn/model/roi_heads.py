@@ -54,12 +54,12 @@ def multiscale_roi_align(
     # RoIAlign runs in float32 (or float64) even under autocast, like torchvision's autocast kernel
     dtype = torch.float64 if features[0].dtype == torch.float64 else torch.float32
     rois = rois.to(dtype)
+    # CPU float32 training: the native RoIAlign (same results, threaded); else torchvision's (eval, export, CUDA)
+    align = kernels.roi_align if kernels.native_roi_align_applies(features[0].to(dtype), rois) else roi_align
     pooled, order = [], []
     for lvl, (feat, scale) in enumerate(zip(features, scales)):
         idx = torch.where(levels == lvl)[0]
-        feat, lvl_rois = feat.to(dtype), rois[idx]
-        align = kernels.roi_align if kernels.native_roi_align_applies(feat, lvl_rois) else roi_align
-        pooled.append(align(feat, lvl_rois, (output_size, output_size), spatial_scale=scale,
+        pooled.append(align(feat.to(dtype), rois[idx], (output_size, output_size), spatial_scale=scale,
                             sampling_ratio=sampling_ratio, aligned=aligned))
         order.append(idx)
     # back to RoI order with one gather (per-level index_copy into a zeros tensor copied the whole [R,C,S,S]
