@@ -427,3 +427,52 @@ def test_kernels_on_off_same_forward(device):
         a, b = float(tr_r[key]), float(tr_k[key])
         print(f"{key}: reference {a:.6f} kernels {b:.6f}")
         assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), key
+
+
+def _boxes_target(h: int, w: int, boxes: list, labels: list) -> dict:
+    masks = torch.zeros(len(boxes), h, w, dtype=torch.uint8)
+    for j, (x1, y1, x2, y2) in enumerate(boxes):
+        masks[j, y1:y2, x1 + (x2 - x1) // 4:x2] = 1  # not the whole box: the mask targets vary inside it
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels), "masks": masks}
+
+
+def test_train_losses_equal_torchvision_when_every_candidate_is_sampled(models):
+    """The training losses against torchvision's, same weights and inputs. The samplers are random (different
+    random draws), so both take every candidate here (sample size above the candidate count): then matching,
+    labels, regression/mask targets and the five losses must agree. torchvision normalises over the batch, we per
+    image (batch-composition independent): our loss of [a, b] equals the mean of torchvision's of [a] and [b]."""
+    from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
+
+    from mrcnn.model.preprocess import batch_images
+
+    tv_eval, ours_eval = models
+    tv = copy.deepcopy(tv_eval)
+    everything = 10**7
+    tv.rpn.fg_bg_sampler = BalancedPositiveNegativeSampler(everything, 0.5)
+    tv.roi_heads.fg_bg_sampler = BalancedPositiveNegativeSampler(everything, 0.25)
+    tv.transform.min_size, tv.transform.max_size = (256,), 352  # the images' own size: torchvision's resize is a no-op
+    cfg = copy.deepcopy(ours_eval.cfg)
+    cfg.rpn_batch_per_image = cfg.roi_batch_per_image = everything
+    ours = build_model(cfg)
+    ours.load_state_dict(ours_eval.state_dict())
+    # one image size: torchvision batches each image alone, so a smaller image would have fewer anchors there
+    images = [_synthetic(256, 352, 11), _noise(256, 352, 12) * 0.5 + _synthetic(256, 352, 13) * 0.5]
+    targets = [
+        _boxes_target(256, 352, [[20, 30, 120, 140], [150, 60, 300, 200], [40, 160, 90, 250]], [1, 7, 3]),
+        _boxes_target(256, 352, [[60, 40, 230, 220]], [18]),
+    ]
+    tv.train()
+    ours.train()
+    with torch.no_grad():
+        ref = [tv([img], [dict(t)]) for img, t in zip(images, targets)]
+        batch, sizes = batch_images(images, 32)
+        got = ours(batch, sizes, [dict(t) for t in targets])
+    assert set(got) == LOSS_KEYS == set(ref[0])  # torchvision's loss names are ours
+    rels = {}
+    for key in sorted(LOSS_KEYS):
+        want = (float(ref[0][key]) + float(ref[1][key])) / 2
+        rels[key] = abs(float(got[key]) - want) / max(abs(want), 1e-12)
+        print(f"{key}: ours {float(got[key]):.7f} torchvision {want:.7f} (rel {rels[key]:.1e}; per image "
+              f"{float(ref[0][key]):.5f}, {float(ref[1][key]):.5f})")
+        assert want > 0, f"{key}: zero loss compares nothing"
+    assert max(rels.values()) <= 1e-4, rels

@@ -142,7 +142,7 @@ def test_box_iou_batched():
 
 # -- box coder --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)])
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0), (10.0, 7.0, 5.0, 3.0)])
 def test_box_coder_equals_torchvision(weights):
     g = torch.Generator().manual_seed(0)
     boxes = random_boxes(50, generator=g)

@@ -83,7 +83,8 @@ class MaskRCNN(nn.Module):
         generators = []
         for t in targets:
             seed = t.get("seed")
-            generators.append(None if seed is None else torch.Generator().manual_seed(int(seed)))
+            # on the images' device: the sampling keys are drawn there, no host-to-device copy (a sync on CUDA)
+            generators.append(None if seed is None else torch.Generator(images.device).manual_seed(int(seed)))
         loss_obj, loss_rpn_box = self.rpn.loss(
             torch.cat(anchors), torch.cat(objectness, 1), torch.cat(box_deltas, 1), targets, generators
         )

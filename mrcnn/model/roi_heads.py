@@ -12,7 +12,7 @@ Shapes:
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +21,9 @@ from torchvision.ops import roi_align
 
 from mrcnn import kernels
 from mrcnn.config import ModelConfig
-from mrcnn.model.rpn import sample_pos_neg
+from mrcnn.model.rpn import gather_rows, pad_rows, sample_balanced
 from mrcnn.ops import box_area, box_iou, box_nms, box_sizes_at_least, clip_boxes, decode_boxes, encode_boxes
-from mrcnn.ops import match_proposals
+from mrcnn.ops import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_proposals
 
 
 def _infer_scale(feature: Tensor, image: Tensor, nominal: float) -> float:
@@ -192,74 +192,60 @@ class RoIHeads(nn.Module):
         proposals_valid: Tensor,
         images: Tensor,
         targets: list[dict[str, Tensor]],
-        generators: list[Optional[torch.Generator]],
+        generators: Sequence[Optional[torch.Generator]],
     ) -> dict[str, Tensor]:
+        """Box and mask losses, each normalised per image and averaged over images (torchvision's semantics).
+        Candidates per image are its proposal slots and its ground-truth boxes (padded to the batch's largest G);
+        matching runs per image, sampling, targets and losses on the whole batch at once."""
         cfg = self.cfg
         device = proposals.device
         B = proposals.shape[0]
-        samples = []
-        # 1. per image: proposals + GT boxes, match, sample, regression targets
-        for i, t in enumerate(targets):
-            gt = t["boxes"].to(device=device, dtype=torch.float32)
-            gt_labels = t["labels"].to(device=device, dtype=torch.int64)
-            props = torch.cat([proposals[i][proposals_valid[i]].float(), gt])
-            if gt.shape[0] == 0:
-                matched = torch.zeros(props.shape[0], dtype=torch.int64, device=device)
-                labels = torch.zeros(props.shape[0], dtype=torch.int64, device=device)
-                gt_for_reg = torch.zeros((1, 4), dtype=torch.float32, device=device)
-            else:
-                m = match_proposals(box_iou(gt, props), cfg.roi_fg_iou, cfg.roi_bg_iou, False)
-                matched = m.clamp(min=0)
-                labels = gt_labels[matched]
-                labels = torch.where(m == -1, torch.zeros_like(labels), labels)
-                labels = torch.where(m == -2, torch.full_like(labels, -1), labels)
-                gt_for_reg = gt
-            pos, neg = sample_pos_neg(labels, cfg.roi_batch_per_image, cfg.roi_positive_fraction, generators[i])
-            keep = torch.sort(torch.cat([pos, neg])).values  # torchvision keeps the sampled ones in index order
-            props, labels, matched = props[keep], labels[keep], matched[keep]
-            reg = encode_boxes(gt_for_reg[matched], props, cfg.box_weights)
-            samples.append((props, labels, matched, reg))
-        # 2. box branch on all sampled RoIs of the batch at once
-        rois = torch.cat(
-            [torch.cat([torch.full_like(p[:, :1], i), p], 1) for i, (p, _, _, _) in enumerate(samples)]
-        )
-        logits, deltas = self.box_branch(features, rois, images)
-        logits, deltas = logits.float(), deltas.float()
-        # 3. mask branch on the positives
-        mask_rois, mask_meta = [], []
-        for i, (p, labels, matched, _) in enumerate(samples):
-            pos = torch.where(labels > 0)[0]
-            mask_rois.append(torch.cat([torch.full_like(p[pos, :1], i), p[pos]], 1))
-            mask_meta.append((pos, labels[pos], matched[pos]))
-        mask_logits = self.mask_branch(features, torch.cat(mask_rois), images).float()
-        # 4. per-image losses, then the mean over images
-        l_cls, l_box, l_mask = [], [], []
-        start = mstart = 0
+        gts = [t["boxes"].to(device=device, dtype=torch.float32) for t in targets]
+        gt = pad_rows(gts)  # [B, G, 4]
+        gt_labels = pad_rows([t["labels"].to(device=device, dtype=torch.int64) for t in targets], -1)  # -1: padding
+        # 1. candidates = proposals + ground truth; match; label (class, 0 background, -1 ignored or padding)
+        cands = torch.cat([proposals.float(), gt], 1)
+        m = torch.stack([match_proposals(box_iou(g, c), cfg.roi_fg_iou, cfg.roi_bg_iou, False) for g, c in zip(gts, cands)])
+        labels = torch.where(m == BELOW_LOW_THRESHOLD, 0, gt_labels.gather(1, m.clamp(min=0)))
+        usable = torch.cat([proposals_valid, gt_labels >= 0], 1) & (m != BETWEEN_THRESHOLDS)
+        labels = torch.where(usable, labels, -1)
+        # 2. sample S slots per image (positives first), regression targets of the positives
+        index, ok = sample_balanced(labels, cfg.roi_batch_per_image, cfg.roi_positive_fraction, generators)
+        S = index.shape[1]
+        labels = labels.gather(1, index).clamp(min=0)
+        pos = ok & (labels > 0)
+        boxes = gather_rows(cands, index)  # [B, S, 4]
+        matched = m.gather(1, index).clamp(min=0)
+        reg = torch.where(pos[..., None], encode_boxes(gather_rows(gt, matched), boxes, cfg.box_weights), 0.0)
+        count = ok.sum(1).clamp(min=1)
+        # 3. box branch on every slot of the batch (unsampled slots, rare, are masked out of the losses)
+        logits, deltas = self.box_branch(features, to_rois(boxes), images)
+        C = logits.shape[-1]
+        loss_cls = F.cross_entropy(logits.float(), labels.reshape(-1), reduction="none").view(B, S)
+        box_pred = deltas.float().view(B, S, C, 4).gather(2, labels.view(B, S, 1, 1).expand(B, S, 1, 4)).squeeze(2)
+        loss_box = F.smooth_l1_loss(box_pred, reg, beta=1 / 9, reduction="none").sum(2)
+        # 4. mask branch on the positives: the first n_pos[i] slots of image i (one host sync for the counts)
+        n_pos = pos.sum(1)
+        counts = n_pos.tolist()
+        rois = to_rois(boxes).view(B, S, 5)
+        mask_logits = self.mask_branch(features, torch.cat([rois[i, :k] for i, k in enumerate(counts)]), images)
         M = mask_logits.shape[-1]
-        for i, ((p, labels, matched, reg), (pos, pos_labels, pos_matched)) in enumerate(zip(samples, mask_meta)):
-            n = p.shape[0]
-            lg, dl = logits[start : start + n], deltas[start : start + n]
-            start += n
-            if n == 0:
-                l_cls.append(lg.sum() * 0)
-                l_box.append(dl.sum() * 0)
-            else:
-                l_cls.append(F.cross_entropy(lg, labels))
-                box_pred = dl.view(n, -1, 4)[pos, pos_labels]
-                l_box.append(F.smooth_l1_loss(box_pred, reg[pos], beta=1 / 9, reduction="sum") / n)
-            npos = pos.numel()
-            ml = mask_logits[mstart : mstart + npos]
-            mstart += npos
-            if npos == 0:
-                l_mask.append(ml.sum() * 0)
-                continue
-            gt_masks = targets[i]["masks"].to(device)
-            mrois = torch.cat([pos_matched[:, None].to(p.dtype), p[pos]], 1)
-            mask_targets = roi_align(gt_masks[:, None].float(), mrois, (M, M), 1.0)[:, 0]
-            sel = ml[torch.arange(npos, device=device), pos_labels]
-            l_mask.append(F.binary_cross_entropy_with_logits(sel, mask_targets))
+        pos_labels = torch.cat([labels[i, :k] for i, k in enumerate(counts)])
+        sel = mask_logits.float().gather(1, pos_labels.view(-1, 1, 1, 1).expand(-1, 1, M, M))[:, 0]
+        mask_targets = [
+            roi_align(t["masks"].to(device)[:, None].float(),
+                      torch.cat([matched[i, :k, None].to(boxes.dtype), boxes[i, :k]], 1), (M, M), 1.0)[:, 0]
+            for i, (t, k) in enumerate(zip(targets, counts)) if k
+        ]
+        if mask_targets:
+            per_roi = F.binary_cross_entropy_with_logits(sel, torch.cat(mask_targets), reduction="none").mean((1, 2))
+            # each image's mean over its positives; images without positives add 0
+            weight = torch.repeat_interleave(1.0 / n_pos.clamp(min=1).float(), n_pos, output_size=sel.shape[0])
+            loss_mask = (per_roi * weight).sum() / B
+        else:
+            loss_mask = sel.sum() * 0
         return {
-            "loss_classifier": torch.stack(l_cls).mean(),
-            "loss_box_reg": torch.stack(l_box).mean(),
-            "loss_mask": torch.stack(l_mask).mean(),
+            "loss_classifier": ((loss_cls * ok).sum(1) / count).mean(),
+            "loss_box_reg": ((loss_box * pos).sum(1) / count).mean(),
+            "loss_mask": loss_mask,
         }

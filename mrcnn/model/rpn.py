@@ -10,7 +10,7 @@ Shapes:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from mrcnn.config import ModelConfig
 # The custom ops (design.md §3) dispatch at call time to the reference or the native kernel (mrcnn.kernels'
 # backend switch). ONNX export runs under backend "kernels", so the traced graph holds torch.ops.mrcnn.* nodes.
-from mrcnn.ops import anchor_grid, box_iou, box_nms, encode_boxes, match_proposals, pre_nms_select
+from mrcnn.ops import BETWEEN_THRESHOLDS, anchor_grid, box_iou, box_nms, encode_boxes, match_proposals, pre_nms_select
 
 
 class RPNHead(nn.Module):
@@ -49,25 +49,54 @@ def flatten_level(logits: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
     return obj, d
 
 
-def sample_pos_neg(
-    labels: Tensor, batch_size: int, positive_fraction: float, generator: Optional[torch.Generator]
-) -> tuple[Tensor, Tensor]:
-    """torchvision BalancedPositiveNegativeSampler for one image: (positive indices, negative indices).
+def sampling_keys(n: int, generators: Sequence[Optional[torch.Generator]], device: torch.device) -> Tensor:
+    """[B, n] uniform keys in [0, 1), one row per image. A row whose generator is given is drawn from it alone (the
+    choice does not depend on the rest of the batch); without generators one draw from the global RNG."""
+    if all(g is None for g in generators):
+        return torch.rand(len(generators), n, device=device)
+    return torch.stack([
+        torch.rand(n, device=device) if g is None else torch.rand(n, generator=g, device=g.device).to(device)
+        for g in generators
+    ])
 
-    labels: >= 1 positive, 0 negative, -1 ignored. With `generator` (a CPU generator) the permutation is drawn from it
-    instead of the global RNG, so the choice does not depend on the rest of the batch.
+
+def sample_balanced(
+    labels: Tensor, batch_size: int, positive_fraction: float, generators: Sequence[Optional[torch.Generator]]
+) -> tuple[Tensor, Tensor]:
+    """torchvision's BalancedPositiveNegativeSampler for a whole batch, fixed-size and without host syncs.
+
+    labels [B, N]: >= 1 positive, 0 negative, < 0 ignored. Per image it draws min(#pos, batch_size * fraction)
+    positives and min(#neg, batch_size - #drawn positives) negatives uniformly at random (the smallest random keys
+    of each kind; torchvision takes a random permutation: the same distribution).
+    Returns (index [B, S], sampled [B, S]) with S = min(batch_size, N): slot indices into N and whether the slot
+    holds a sample. The drawn positives come first, then the negatives, then the unused slots.
     """
-    positive = torch.where(labels >= 1)[0]
-    negative = torch.where(labels == 0)[0]
-    num_pos = min(positive.numel(), int(batch_size * positive_fraction))
-    num_neg = min(negative.numel(), batch_size - num_pos)
-    if generator is None:
-        perm1 = torch.randperm(positive.numel(), device=positive.device)[:num_pos]
-        perm2 = torch.randperm(negative.numel(), device=negative.device)[:num_neg]
-    else:
-        perm1 = torch.randperm(positive.numel(), generator=generator)[:num_pos].to(positive.device)
-        perm2 = torch.randperm(negative.numel(), generator=generator)[:num_neg].to(negative.device)
-    return positive[perm1], negative[perm2]
+    B, N = labels.shape
+    keys = sampling_keys(N, generators, labels.device)
+    none = torch.full_like(keys, 2.0)  # above every key: not of this kind
+    n_pos = min(int(batch_size * positive_fraction), N)
+    S = min(batch_size, N)
+    kp, ip = torch.where(labels >= 1, keys, none).topk(n_pos, dim=1, largest=False)
+    ok_p = kp < 1.0
+    kn, in_ = torch.where(labels == 0, keys, none).topk(S, dim=1, largest=False)
+    room = batch_size - ok_p.sum(1, keepdim=True)
+    ok_n = (kn < 1.0) & (torch.arange(S, device=labels.device) < room)
+    index, ok = torch.cat([ip, in_], 1), torch.cat([ok_p, ok_n], 1)
+    # compact to S slots: at most batch_size samples per image, the sampled slots first in their order
+    order = torch.argsort((~ok).to(torch.uint8), dim=1, stable=True)[:, :S]
+    return index.gather(1, order), ok.gather(1, order)
+
+
+def pad_rows(rows: Sequence[Tensor], value: float = 0.0) -> Tensor:
+    """[B, max(1, max len), ...] from per-image tensors of different lengths."""
+    if max((r.shape[0] for r in rows), default=0) == 0:
+        return rows[0].new_full((len(rows), 1, *rows[0].shape[1:]), value)
+    return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True, padding_value=value)
+
+
+def gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, N, ...] at index [B, S] -> [B, S, ...]."""
+    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:]))
 
 
 class RPN(nn.Module):
@@ -114,31 +143,23 @@ class RPN(nn.Module):
         objectness: Tensor,
         deltas: Tensor,
         targets: list[dict[str, Tensor]],
-        generators: list[Optional[torch.Generator]],
+        generators: Sequence[Optional[torch.Generator]],
     ) -> tuple[Tensor, Tensor]:
-        """Per-image RPN losses averaged over images. anchors [A,4], objectness [B,A], deltas [B,A,4] (float32)."""
+        """RPN losses, each normalised by its image's sampled count and averaged over images.
+        anchors [A,4], objectness [B,A], deltas [B,A,4] (float32). Matching runs per image (G_i differs); sampling and
+        the losses run on the whole batch at once."""
         cfg = self.cfg
-        loss_obj, loss_box = [], []
-        for i, t in enumerate(targets):
-            gt = t["boxes"].to(device=anchors.device, dtype=torch.float32)
-            # 1. label anchors: 1 foreground, 0 background, -1 ignored
-            if gt.shape[0] == 0:
-                labels = torch.zeros(anchors.shape[0], dtype=torch.float32, device=anchors.device)
-                matched_gt = torch.zeros_like(anchors)
-            else:
-                m = match_proposals(box_iou(gt, anchors), cfg.rpn_fg_iou, cfg.rpn_bg_iou, True)
-                matched_gt = gt[m.clamp(min=0)]
-                labels = (m >= 0).to(torch.float32)
-                labels = torch.where(m == -2, torch.full_like(labels, -1.0), labels)
-            # 2. sample, 3. losses normalised by this image's sampled count
-            pos, neg = sample_pos_neg(labels, cfg.rpn_batch_per_image, cfg.rpn_positive_fraction, generators[i])
-            sampled = torch.cat([pos, neg])
-            reg_targets = encode_boxes(matched_gt[pos], anchors[pos])
-            loss_box.append(
-                F.smooth_l1_loss(deltas[i, pos], reg_targets, beta=1 / 9, reduction="sum") / max(1, sampled.numel())
-            )
-            if sampled.numel():
-                loss_obj.append(F.binary_cross_entropy_with_logits(objectness[i, sampled], labels[sampled]))
-            else:
-                loss_obj.append(objectness[i].sum() * 0)
-        return torch.stack(loss_obj).mean(), torch.stack(loss_box).mean()
+        gts = [t["boxes"].to(device=anchors.device, dtype=torch.float32) for t in targets]
+        # 1. label anchors: 1 foreground, 0 background, -1 ignored
+        m = torch.stack([match_proposals(box_iou(gt, anchors), cfg.rpn_fg_iou, cfg.rpn_bg_iou, True) for gt in gts])
+        labels = torch.where(m >= 0, 1, torch.where(m == BETWEEN_THRESHOLDS, -1, 0))
+        # 2. sample; 3. losses normalised by each image's sampled count
+        index, ok = sample_balanced(labels, cfg.rpn_batch_per_image, cfg.rpn_positive_fraction, generators)
+        pos = ok & (labels.gather(1, index) > 0)
+        count = ok.sum(1).clamp(min=1)
+        loss_obj = F.binary_cross_entropy_with_logits(objectness.gather(1, index), pos.to(objectness.dtype),
+                                                      reduction="none")
+        matched = gather_rows(pad_rows(gts), m.gather(1, index).clamp(min=0))
+        reg = torch.where(pos[..., None], encode_boxes(matched, anchors[index]), 0.0)
+        loss_box = F.smooth_l1_loss(gather_rows(deltas, index), reg, beta=1 / 9, reduction="none").sum(2)
+        return ((loss_obj * ok).sum(1) / count).mean(), ((loss_box * pos).sum(1) / count).mean()

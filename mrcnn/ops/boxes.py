@@ -49,23 +49,18 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
 
 
 def encode_boxes(reference: Tensor, proposals: Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> Tensor:
-    """Regression targets [...,4] that move `proposals` onto `reference` (torchvision `encode_boxes`)."""
+    """Regression targets [...,4] that move `proposals` onto `reference` (torchvision `encode_boxes`).
+    x and y go through the same element-wise formula together as (x, y) pairs: fewer ops, the same bits."""
     wx, wy, ww, wh = (float(w) for w in weights)
-    ex_widths = proposals[..., 2] - proposals[..., 0]
-    ex_heights = proposals[..., 3] - proposals[..., 1]
-    ex_ctr_x = proposals[..., 0] + 0.5 * ex_widths
-    ex_ctr_y = proposals[..., 1] + 0.5 * ex_heights
-
-    gt_widths = reference[..., 2] - reference[..., 0]
-    gt_heights = reference[..., 3] - reference[..., 1]
-    gt_ctr_x = reference[..., 0] + 0.5 * gt_widths
-    gt_ctr_y = reference[..., 1] + 0.5 * gt_heights
-
-    dx = wx * (gt_ctr_x - ex_ctr_x) / ex_widths
-    dy = wy * (gt_ctr_y - ex_ctr_y) / ex_heights
-    dw = ww * torch.log(gt_widths / ex_widths)
-    dh = wh * torch.log(gt_heights / ex_heights)
-    return torch.stack((dx, dy, dw, dh), dim=-1)
+    ex_wh = proposals[..., 2:] - proposals[..., :2]
+    ex_ctr = proposals[..., :2] + 0.5 * ex_wh
+    gt_wh = reference[..., 2:] - reference[..., :2]
+    gt_ctr = reference[..., :2] + 0.5 * gt_wh
+    w_ctr = wx if wx == wy else proposals.new_tensor((wx, wy))
+    w_size = ww if ww == wh else proposals.new_tensor((ww, wh))
+    d_ctr = w_ctr * (gt_ctr - ex_ctr) / ex_wh
+    d_size = w_size * torch.log(gt_wh / ex_wh)
+    return torch.cat((d_ctr, d_size), dim=-1)
 
 
 def decode_boxes(
