@@ -145,7 +145,7 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool):
     targets = []
     for t in batch["targets"]:
         targets.append({k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()})
-    return images, batch["image_sizes"].to(device), targets
+    return images, batch["image_sizes"].to(device, non_blocking=True), targets
 
 
 def train(
@@ -259,6 +259,7 @@ def train(
         train_ds, batch_sampler=sampler.micro_batches(start_iter, s.max_iter, info.rank, info.world, s.accum),
         collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible, pad_to=pad_to),
         num_workers=s.num_workers,
+        pin_memory=info.device.type == "cuda",  # page-locked batches: the copies above run asynchronously
         persistent_workers=False)
     data_iter = iter(loader)
     model.train()
