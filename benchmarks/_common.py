@@ -24,11 +24,15 @@ def machine(device: str) -> dict:
 def commit() -> str:
     if os.environ.get("MRCNN_COMMIT"):  # a copy of the tree without .git (the GPU machine)
         return os.environ["MRCNN_COMMIT"]
+    here = Path(__file__).parent
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=here).stdout.strip() or "unknown"
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, cwd=here).stdout.strip()
     except OSError:
         return "unknown"
+    return head + ("+uncommitted" if changed else "")  # a result must say when it came from an edited tree
 
 
 def save(name: str, payload: dict, out: str | None = None) -> Path:

@@ -3,6 +3,7 @@ size, same device, same run. Prints images/s of each and the ratio (ours / torch
 
   python benchmarks/train_throughput.py                       # CPU, fp32, 2 x 512x512
   python benchmarks/train_throughput.py --device cuda --amp fp16 --channels-last --batch 4 --size 800
+  python benchmarks/train_throughput.py --batch 4 --size 800 --ops-only --foreach   # aten ops per step, any machine
 
 Both models: ResNet-50-FPN, frozen BN, first two stages frozen, 512 RoIs/img, SGD step included, the same
 (random) weights: torchvision's initialisation, converted into ours.
@@ -84,6 +85,30 @@ def _alloc_counts() -> tuple[int, int]:
     return st.get("num_device_alloc", 0), st.get("num_alloc_retries", 0)
 
 
+_NO_KERNEL = {"aten.empty", "aten.empty_strided", "aten.empty_like", "aten.lift_fresh", "aten.scalar_tensor",
+              "profiler._record_function_enter_new", "profiler._record_function_exit"}
+
+
+def count_ops(step) -> dict[str, int]:
+    """aten ops one step dispatches (forward, backward, optimizer): "all", and "compute", those that are not views
+    or allocations. A host-bound GPU step costs host time roughly in proportion to its dispatched ops; this count
+    does not depend on the device's speed, so it can be measured on any machine."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = {"all": 0, "compute": 0}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n["all"] += 1
+            if not (func.is_view or str(func.overloadpacket) in _NO_KERNEL):
+                self.n["compute"] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count() as c:
+        step()
+    return dict(c.n)
+
+
 def profile(step, device: str, path: str, rows: int = 30) -> None:
     """Top ops of a few steps by self device time (CUDA) or self CPU time, written to `path`."""
     from torch.profiler import ProfilerActivity, profile as prof
@@ -113,6 +138,10 @@ def main() -> None:
     ap.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
     ap.add_argument("--channels-last", action="store_true",
                     help="ours in NHWC; torchvision is timed in NHWC and in NCHW and the faster one counts")
+    ap.add_argument("--ops-only", action="store_true",
+                    help="only count the aten ops of one step per model (no timing, nothing saved)")
+    ap.add_argument("--foreach", action="store_true",
+                    help="SGD with foreach=True, as torch picks on CUDA (on CPU it picks the per-tensor loop)")
     ap.add_argument("--profile", default=None, metavar="PREFIX", help="write op tables to PREFIX-<model>.txt")
     ap.add_argument("--json", default=None, help="write results here (default: benchmarks/results/...)")
     ap.add_argument("--no-save", action="store_true")
@@ -130,7 +159,8 @@ def main() -> None:
 
     def make_step(model, forward, mf):
         model.to(dev).to(memory_format=mf).train()
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
+                              foreach=True if a.foreach else None)
         scaler = torch.amp.GradScaler(dev.split(":")[0], enabled=a.amp == "fp16")
 
         def step():
@@ -160,6 +190,11 @@ def main() -> None:
     batch, sizes = batch.to(dev).contiguous(memory_format=mf_ours), sizes.to(dev)
     steps = {"mrcnn": make_step(ours, lambda m: m(batch, sizes, targets), mf_ours), **steps}
 
+    if a.ops_only:
+        for k, step in steps.items():
+            step()  # first-step work (lazy init) is not a step's
+            print(f"{k}: aten ops per step {count_ops(step)}")
+        return
     times, allocs = timed_interleaved(steps, a.iters, a.warmup, dev)
     med = {k: statistics.median(v) for k, v in times.items()}
     ips = {k: a.batch / t for k, t in med.items()}
@@ -175,6 +210,9 @@ def main() -> None:
         print("cudaMalloc calls / allocator retries during the timed steps: "
               + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in allocs.items())
               + f"; peak allocated {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    ops = {k: count_ops(step) for k, step in steps.items()}
+    print("aten ops per step (all / not views or allocations): "
+          + ", ".join(f"{k} {v['all']}/{v['compute']}" for k, v in ops.items()))
     if a.profile:
         for k, step in steps.items():
             profile(step, dev, f"{a.profile}-{k}.txt")
@@ -182,6 +220,7 @@ def main() -> None:
         p = save("train_throughput", {"machine": machine(dev), "args": vars(a), "img_s": ips, "peer": peer,
                                       "ours_img_s": ips["mrcnn"], "torchvision_img_s": ips[peer], "ratio": ratio,
                                       "ratio_fastest_steps": ratio_min, "cuda_mallocs_and_retries": allocs,
+                                      "aten_ops_per_step": ops,
                                       "step_ms": {k: [round(t * 1000, 2) for t in v] for k, v in times.items()}}, a.json)
         print(f"saved {p}")
 
