@@ -205,7 +205,8 @@ class RoIHeads(nn.Module):
         gt_labels = pad_rows([t["labels"].to(device=device, dtype=torch.int64) for t in targets], -1)  # -1: padding
         # 1. candidates = proposals + ground truth; match; label (class, 0 background, -1 ignored or padding)
         cands = torch.cat([proposals.float(), gt], 1)
-        m = torch.stack([match_proposals(box_iou(g, c), cfg.roi_fg_iou, cfg.roi_bg_iou, False) for g, c in zip(gts, cands)])
+        m = torch.stack([match_proposals(box_iou(g, c), cfg.roi_fg_iou, cfg.roi_bg_iou, False)
+                         for g, c in zip(gts, cands)])
         labels = torch.where(m == BELOW_LOW_THRESHOLD, 0, gt_labels.gather(1, m.clamp(min=0)))
         usable = torch.cat([proposals_valid, gt_labels >= 0], 1) & (m != BETWEEN_THRESHOLDS)
         labels = torch.where(usable, labels, -1)
