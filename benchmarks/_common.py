@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -41,3 +43,37 @@ def save(name: str, payload: dict, out: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def timed_interleaved(steps: dict, iters: int, warmup: int, device: str) -> tuple[dict, dict]:
+    """Seconds of each step, the models taking turns step by step (machine drift and noise fall on all of them alike);
+    `warmup` untimed steps each first. The process's existing objects are frozen out of the garbage collector so that
+    a full collection cannot land in one model's step. On CUDA also, per model, the cudaMalloc calls and allocator
+    retries (each retry frees the cache: a device-wide sync) during its timed steps."""
+    cuda = device.startswith("cuda")
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    gc.collect()
+    gc.freeze()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    allocs: dict[str, list[int]] = {k: [0, 0] for k in steps} if cuda else {}
+    for _ in range(iters):
+        for k, step in steps.items():
+            if cuda:
+                before = _alloc_counts()
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            step()
+            if cuda:
+                torch.cuda.synchronize()
+            times[k].append(time.perf_counter() - t0)
+            if cuda:
+                allocs[k] = [a + (c - b) for a, b, c in zip(allocs[k], before, _alloc_counts())]
+    gc.unfreeze()
+    return times, allocs
+
+
+def _alloc_counts() -> tuple[int, int]:
+    st = torch.cuda.memory_stats()
+    return st.get("num_device_alloc", 0), st.get("num_alloc_retries", 0)

@@ -17,26 +17,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from _common import machine, save
+from _common import machine, save, timed_interleaved
 
 
 def _interleaved(runners: dict, warmup: int, iters: int) -> dict:
-    """Round-robin timing (one call of each runner per round), so that load from other processes on a shared
-    machine hits every runner alike; statistics per runner."""
-    for fn in runners.values():
-        for _ in range(warmup):
-            fn()
-    ts: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(iters):
-        for k, fn in runners.items():
-            t0 = time.perf_counter()
-            fn()
-            ts[k].append(time.perf_counter() - t0)
+    """Round-robin timing (_common.timed_interleaved: one call of each runner per round, so that load from other
+    processes on a shared machine hits every runner alike); statistics per runner."""
+    ts, _ = timed_interleaved(runners, iters, warmup, "cpu")
     return {k: {"mean_ms": 1e3 * statistics.fmean(v), "p50_ms": 1e3 * statistics.median(v),
                 "min_ms": 1e3 * min(v), "iters": iters} for k, v in ts.items()}
 

@@ -12,14 +12,12 @@ torchvision gets the same already-sized images (its internal resize is then a no
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from _common import machine, save
+from _common import machine, save, timed_interleaved
 
 
 def make_batch(n: int, size: int, num_classes: int, device: str, seed: int = 0, width: int = 0):
@@ -49,40 +47,6 @@ def torchvision_model(num_classes: int, size: int, width: int = 0):
                                    trainable_layers=3)
     # min/max size equal to the images' sides: torchvision's internal resize is a no-op
     return MaskRCNN(backbone, num_classes=num_classes, min_size=size, max_size=max(size, width))
-
-
-def timed_interleaved(steps: dict, iters: int, warmup: int, device: str) -> tuple[dict, dict]:
-    """Seconds of each step, the models taking turns step by step (machine drift and noise fall on all of them alike);
-    `warmup` untimed steps each first. The process's existing objects are frozen out of the garbage collector so that
-    a full collection cannot land in one model's step. On CUDA also, per model, the cudaMalloc calls and allocator
-    retries (each retry frees the cache: a device-wide sync) during its timed steps."""
-    cuda = device.startswith("cuda")
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    gc.collect()
-    gc.freeze()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    allocs: dict[str, list[int]] = {k: [0, 0] for k in steps} if cuda else {}
-    for _ in range(iters):
-        for k, step in steps.items():
-            if cuda:
-                before = _alloc_counts()
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            step()
-            if cuda:
-                torch.cuda.synchronize()
-            times[k].append(time.perf_counter() - t0)
-            if cuda:
-                allocs[k] = [a + (c - b) for a, b, c in zip(allocs[k], before, _alloc_counts())]
-    gc.unfreeze()
-    return times, allocs
-
-
-def _alloc_counts() -> tuple[int, int]:
-    st = torch.cuda.memory_stats()
-    return st.get("num_device_alloc", 0), st.get("num_alloc_retries", 0)
 
 
 _NO_KERNEL = {"aten.empty", "aten.empty_strided", "aten.empty_like", "aten.lift_fresh", "aten.scalar_tensor",

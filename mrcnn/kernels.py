@@ -64,7 +64,7 @@ class KernelInputError(MrcnnError, ValueError):
     """Bad input to a native kernel (rank, shape, dtype, device, negative size)."""
 
 
-# ---- the library --------------------------------------------------------------------------------------------------
+# ---- the library ------------------------------------------------------------------------------------------------------
 _P, _I64, _F, _I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _SZP = ctypes.POINTER(ctypes.c_size_t)
 _ANCHOR = [_I64, _I64, _I64, _I64, _P, _I64, _P, _I64, _I64, _P]
@@ -188,7 +188,7 @@ def _run(device: torch.device, cpu_name: str, cuda_name: str, args: list, worksp
         raise KernelInputError(f"mrcnn kernels run on cpu or cuda tensors, got device {device}")
 
 
-# ---- input checks -------------------------------------------------------------------------------------------------
+# ---- input checks -----------------------------------------------------------------------------------------------------
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _INTS = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
@@ -225,7 +225,7 @@ def _nonneg(op: str, name: str, v) -> int:
     return int(v)
 
 
-# ---- the torch ops ------------------------------------------------------------------------------------------------
+# ---- the torch ops ----------------------------------------------------------------------------------------------------
 def _validate_anchor_grid(feature, image, sizes, aspect_ratios, stride) -> int:
     op = "anchor_grid"
     _check(op, "feature", feature)
@@ -456,19 +456,24 @@ def _roi_align_grad(ctx, grad):
 _roi_align_op.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
 
 
-# ---- wrappers with the references' signatures ---------------------------------------------------------------------
+# ---- RoIAlign with torchvision's signature (CPU training) -------------------------------------------------------------
 def roi_align(input: Tensor, rois: Tensor, output_size: int | tuple[int, int], spatial_scale: float = 1.0,
               sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
     """torchvision.ops.roi_align (rois [R,5] form) on the native CPU kernel: float32, all torch CPU threads,
     differentiable in `input`; results equal torchvision's CPU kernel bit for bit."""
     ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
-    _validate_roi_align(input, rois, ph, pw)
-    index = rois[:, 0]
-    if index.numel() and not bool(((index >= 0) & (index < input.shape[0])).all()):
-        raise KernelInputError(f"roi_align: rois[:, 0] must be image indices in [0, {input.shape[0]}), got "
-                               f"{index.min().item():g}..{index.max().item():g}")
-    return torch.ops.mrcnn.roi_align(input, rois.detach(), float(spatial_scale), int(ph), int(pw),
-                                     int(sampling_ratio), bool(aligned))
+    _validate_roi_align(input, rois, ph, pw)  # here too: on meta/CUDA tensors the op would dispatch elsewhere
+    try:  # the C ABI checks the image indices; a failure is explained here (no extra pass over rois when fine)
+        return torch.ops.mrcnn.roi_align(input, rois.detach(), float(spatial_scale), int(ph), int(pw),
+                                         int(sampling_ratio), bool(aligned))
+    except KernelInputError:
+        raise
+    except MrcnnError:
+        index = rois[:, 0]
+        if index.numel() and not bool(((index >= 0) & (index < input.shape[0])).all()):
+            raise KernelInputError(f"roi_align: rois[:, 0] must be image indices in [0, {input.shape[0]}), got "
+                                   f"{index.min().item():g}..{index.max().item():g}") from None
+        raise
 
 
 def native_roi_align_applies(input: Tensor, rois: Tensor) -> bool:
@@ -479,7 +484,7 @@ def native_roi_align_applies(input: Tensor, rois: Tensor) -> bool:
             and not torch.compiler.is_compiling() and available())
 
 
-# ---- wrappers with the references' signatures (the five plugin ops) ----------------------------------------------
+# ---- wrappers with the references' signatures (the five plugin ops) ---------------------------------------------------
 def anchor_grid(feature: Tensor, image: Tensor, sizes: Sequence[float], aspect_ratios: Sequence[float],
                 stride: int = 0) -> Tensor:
     """mrcnn.ops.anchor_grid on the native kernel (bit-exact)."""
@@ -563,7 +568,7 @@ def match_proposals(iou: Tensor, high: float, low: float, allow_low_quality: boo
     return torch.ops.mrcnn.match_proposals(iou.detach().float(), float(high), float(low), bool(allow_low_quality))
 
 
-# ---- backend switch for model code --------------------------------------------------------------------------------
+# ---- backend switch for model code ------------------------------------------------------------------------------------
 OPS = ("anchor_grid", "box_iou", "pre_nms_select", "box_nms", "match_proposals")
 BACKENDS = ("reference", "kernels", "auto")
 _backend = os.environ.get("MRCNN_OPS_BACKEND", "auto")

@@ -13,8 +13,6 @@ from mrcnn.cli.main import app
 runner = CliRunner()
 
 
-
-
 def test_info_lists_backends():
     r = runner.invoke(app, ["info"])
     assert r.exit_code == 0, r.stdout

@@ -16,12 +16,16 @@ import torch
 from torch import Tensor
 
 from mrcnn.errors import MrcnnError
-
-OUTPUT_NAMES = ("boxes", "scores", "labels", "masks", "num_detections")
+from mrcnn.export.contract import DOMAIN
 
 
 def read_metadata(model) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
+
+
+def has_custom_ops(model) -> bool:
+    """Whether the graph holds `mrcnn` domain nodes (the trt flavour)."""
+    return any(n.domain == DOMAIN for n in model.graph.node)
 
 
 def default_providers() -> list[str]:
@@ -47,7 +51,7 @@ def ort_session(model, providers: Optional[list[str]] = None, threads: int = 0,
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
-    if any(n.domain == "mrcnn" for n in model.graph.node):
+    if has_custom_ops(model):
         from mrcnn.runtime import ort_ops
 
         so.register_custom_ops_library(ort_ops.register(log))
@@ -83,7 +87,7 @@ class OnnxPredictor:
         self.paste = paste
         self.providers = providers or default_providers()
         self.session = ort_session(model, self.providers, threads, log)
-        if any(n.domain == "mrcnn" for n in model.graph.node):
+        if has_custom_ops(model):
             from mrcnn.runtime import ort_ops
 
             self.ops_backend = ort_ops.backend()  # "kernels" (C++) or "reference"
