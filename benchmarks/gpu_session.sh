@@ -6,6 +6,9 @@
 #
 #   bash benchmarks/gpu_session.sh [build] [tests] [kernels] [train] [profile] [diag]  (no argument: the first four)
 #
+# When `tests` (same call) shows the native CUDA RoIAlign equal to the CPU kernel, the model's CUDA tests run again
+# with it (MRCNN_CUDA_ROI_ALIGN=1), `train` times ours with and without it, and `profile` uses it.
+#
 # The GPU image has its own PyTorch/torchvision (not this project's pinned ones); a missing package (pycocotools)
 # travels as a wheel in .whl/ and is installed to /tmp/site. MRCNN_COMMIT names the commit (the copy has no .git).
 set -uo pipefail
@@ -33,10 +36,20 @@ if has build; then
 fi
 python3 -m mrcnn info
 
+native_roi_ok() {  # the native CUDA RoIAlign (opt-in) equals the CPU kernel: then the training runs try it too
+  grep -q "test_cuda_roi_align_equals_cpu.*PASSED" "$OUT/pytest_cuda.log" 2>/dev/null \
+    && ! grep -q "test_cuda_roi_align_equals_cpu.*FAILED" "$OUT/pytest_cuda.log"
+}
+
 if has tests; then  # -s: the tests print what they measured; the summary lines come to the console
   python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/test_kernels.py tests/test_equivalence.py \
     tests/test_train.py >"$OUT/pytest_cuda.log" 2>&1
-  grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|error" "$OUT/pytest_cuda.log" | tail -40
+  if native_roi_ok; then  # the model's CUDA tests again, training with the native RoIAlign
+    echo "=== MRCNN_CUDA_ROI_ALIGN=1" >>"$OUT/pytest_cuda.log"
+    MRCNN_CUDA_ROI_ALIGN=1 python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/test_equivalence.py \
+      tests/test_train.py >>"$OUT/pytest_cuda.log" 2>&1
+  fi
+  grep -E "^===|PASSED|FAILED|ERROR|SKIPPED|passed|failed|error" "$OUT/pytest_cuda.log" | tail -60
 fi
 
 if has kernels; then
@@ -47,14 +60,16 @@ if has train; then  # batch 4 (the seed's per-GPU batch) at 800x800 and COCO's 8
   for spec in "--amp off" "--amp fp16 --channels-last" "--amp bf16 --channels-last" \
               "--amp fp16 --channels-last --width 1344" "--amp bf16 --channels-last --width 1344"; do
     tag=$(echo "$spec" | tr -d ' -')
+    roi=$(native_roi_ok && echo both || echo default)  # both: ours timed with and without the native RoIAlign
     python3 benchmarks/train_throughput.py --device cuda --size 800 --batch 4 --iters 40 --warmup 5 \
-      $spec --json "$OUT/train_throughput-$tag.json" 2>&1 | grep -v "^saved"
+      --native-roi-align "$roi" $spec --json "$OUT/train_throughput-$tag.json" 2>&1 | grep -v "^saved"
   done
 fi
 
 if has profile; then
   python3 benchmarks/train_throughput.py --device cuda --size 800 --width 1344 --batch 4 --iters 5 --warmup 3 \
-    --amp bf16 --channels-last --no-save --profile /tmp/prof 2>&1 | tail -5
+    --amp bf16 --channels-last --native-roi-align "$(native_roi_ok && echo on || echo default)" --no-save \
+    --profile /tmp/prof 2>&1 | tail -5
   for f in /tmp/prof-*.txt; do echo "=== $f"; cat "$f"; done >"$OUT/profile.txt"
 fi
 

@@ -102,6 +102,9 @@ def main() -> None:
     ap.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
     ap.add_argument("--channels-last", action="store_true",
                     help="ours in NHWC; torchvision is timed in NHWC and in NCHW and the faster one counts")
+    ap.add_argument("--native-roi-align", default="default", choices=["default", "on", "both"],
+                    help="CUDA: RoIAlign of ours on the native multi-level kernel (on), or time both variants "
+                         "(both: 'mrcnn' uses torchvision's per level, 'mrcnn_native_roi' the native kernel)")
     ap.add_argument("--ops-only", action="store_true",
                     help="only count the aten ops of one step per model (no timing, nothing saved)")
     ap.add_argument("--foreach", action="store_true",
@@ -111,6 +114,7 @@ def main() -> None:
     ap.add_argument("--no-save", action="store_true")
     a = ap.parse_args()
 
+    from mrcnn import kernels
     from mrcnn.config import get_config
     from mrcnn.model import build_model
     from mrcnn.model.convert import convert_torchvision_state_dict
@@ -121,7 +125,7 @@ def main() -> None:
     images, targets = make_batch(a.batch, a.size, num_classes, dev, width=a.width)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
 
-    def make_step(model, forward, mf):
+    def make_step(model, forward, mf, native_roi=None):
         model.to(dev).to(memory_format=mf).train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
                               foreach=True if a.foreach else None)
@@ -129,8 +133,13 @@ def main() -> None:
 
         def step():
             opt.zero_grad(set_to_none=True)
-            with torch.autocast(dev.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
-                losses = forward(model)
+            prev = kernels.set_cuda_roi_align(native_roi) if native_roi is not None else None
+            try:
+                with torch.autocast(dev.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
+                    losses = forward(model)
+            finally:
+                if prev is not None:
+                    kernels.set_cuda_roi_align(prev)
             scaler.scale(sum(losses.values())).backward()
             scaler.step(opt)
             scaler.update()
@@ -152,7 +161,13 @@ def main() -> None:
     ours.load_state_dict(convert_torchvision_state_dict(tv.state_dict()))
     batch, sizes = batch_images(images, 32)
     batch, sizes = batch.to(dev).contiguous(memory_format=mf_ours), sizes.to(dev)
-    steps = {"mrcnn": make_step(ours, lambda m: m(batch, sizes, targets), mf_ours), **steps}
+    ours_step = {"mrcnn": make_step(ours, lambda m: m(batch, sizes, targets), mf_ours,
+                                    True if a.native_roi_align == "on" else None)}
+    if a.native_roi_align == "both":
+        twin = build_model(cfg.model)
+        twin.load_state_dict(ours.state_dict())
+        ours_step["mrcnn_native_roi"] = make_step(twin, lambda m: m(batch, sizes, targets), mf_ours, True)
+    steps = {**ours_step, **steps}
 
     if a.ops_only:
         for k, step in steps.items():
@@ -162,7 +177,7 @@ def main() -> None:
     times, allocs = timed_interleaved(steps, a.iters, a.warmup, dev)
     med = {k: statistics.median(v) for k, v in times.items()}
     ips = {k: a.batch / t for k, t in med.items()}
-    peer = max((k for k in ips if k != "mrcnn"), key=ips.get)
+    peer = max((k for k in ips if k.startswith("torchvision")), key=ips.get)
     ratio = ips["mrcnn"] / ips[peer]
     ratio_min = min(times[peer]) / min(times["mrcnn"])
     print(f"device {dev} amp {a.amp} channels_last {a.channels_last} batch {a.batch} size {a.size}x{a.width or a.size}")
@@ -170,6 +185,8 @@ def main() -> None:
         print(f"{k:18s} {ips[k]:7.2f} img/s (median {med[k] * 1000:.1f} ms/step, min {min(times[k]) * 1000:.1f}, "
               f"max {max(times[k]) * 1000:.1f}; {len(times[k])} steps)")
     print(f"ratio mrcnn/{peer}: {ratio:.3f}x (median steps; {ratio_min:.3f}x by fastest steps)")
+    if "mrcnn_native_roi" in ips:
+        print(f"ratio mrcnn_native_roi/{peer}: {ips['mrcnn_native_roi'] / ips[peer]:.3f}x (median steps)")
     if allocs:
         print("cudaMalloc calls / allocator retries during the timed steps: "
               + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in allocs.items())

@@ -14,8 +14,10 @@ Shapes (the contract is the table in plugins/README.md):
     box_nms(boxes [B,N,4], scores [B,N], classes [B,N] int64, valid [B,N] bool, iou_threshold, score_threshold,
             max_output) -> boxes [B,K,4], scores [B,K], classes [B,K], indices [B,K], num [B]   K = max_output
     match_proposals(iou [G,P], high, low, allow_low_quality) -> matches [P] int64
-    roi_align(input [B,C,H,W], rois [R,5], output_size, spatial_scale, sampling_ratio, aligned) -> [R,C,S,S]
-        (CPU float32 only, with autograd: torchvision.ops.roi_align on all CPU threads; not a plugin op)
+    roi_align([inputs [B,C,H_l,W_l]], rois [R,5], levels [R] int64 | None, spatial_scales, pooled_h, pooled_w,
+              sampling_ratio, aligned) -> [R,C,pooled_h,pooled_w]
+        (float32, with autograd, training only, not a plugin op: torchvision.ops.roi_align semantics, RoI n on
+        level levels[n]; CPU on all threads, CUDA one launch for the whole pyramid)
 
 The torch ops take the layouts above (their CPU kernels call the C ABI through ctypes, their CUDA kernels call the
 launchers on the current stream with a torch-allocated workspace; fake kernels give the fixed output shapes for
@@ -32,7 +34,7 @@ import contextlib
 import ctypes
 import math
 import os
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -52,7 +54,9 @@ __all__ = [
     "box_nms",
     "match_proposals",
     "roi_align",
+    "multilevel_roi_align",
     "native_roi_align_applies",
+    "set_cuda_roi_align",
     "set_backend",
     "get_backend",
     "backend",
@@ -72,8 +76,9 @@ _IOU = [_P, _P, _I64, _I64, _I64, _P]
 _PRE = [_P, _P, _P, _P, _I64, _I64, _I64, _F, _P, _F, _P, _P, _P]
 _NMS = [_P, _P, _P, _P, _I64, _I64, _F, _F, _I64, _P, _P, _P, _P, _P]
 _MATCH = [_P, _I64, _I64, _F, _F, _I, _P]
-_ROI = [_P, _I64, _I64, _I64, _I64, _P, _I64, _F, _I64, _I64, _I64, _I, _I64, _P]
-_ROI_BWD = [_P, _P, _I64, _I64, _I64, _I64, _I64, _F, _I64, _I64, _I64, _I, _I64, _P]
+_ROI = [_P, _P, _P, _P, _I64, _I64, _I64, _P, _P, _I64, _I64, _I64, _I64, _I]  # + threads (CPU), output
+_ROI_BWD = [_P, _P, _P, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I]  # + threads (CPU), grad_inputs
+_ROI_MAX_LEVELS = 8  # MRCNN_ROI_ALIGN_MAX_LEVELS
 _SIGNATURES = {
     "mrcnn_has_cuda": [],
     "mrcnn_anchor_grid_cpu": _ANCHOR,
@@ -82,8 +87,10 @@ _SIGNATURES = {
     "mrcnn_pre_nms_select_cpu": _PRE,
     "mrcnn_box_nms_cpu": _NMS,
     "mrcnn_match_proposals_cpu": _MATCH,
-    "mrcnn_roi_align_f32_cpu": _ROI,
-    "mrcnn_roi_align_backward_f32_cpu": _ROI_BWD,
+    "mrcnn_roi_align_f32_cpu": _ROI + [_I64, _P],
+    "mrcnn_roi_align_backward_f32_cpu": _ROI_BWD + [_I64, _P],
+    "mrcnn_roi_align_f32_cuda": _ROI + [_P, _P],
+    "mrcnn_roi_align_backward_f32_cuda": _ROI_BWD + [_P, _P],
     "mrcnn_anchor_grid_cuda": _ANCHOR + [_P],
     "mrcnn_box_iou_f32_cuda": _IOU + [_P],
     "mrcnn_box_iou_f16_cuda": _IOU + [_P],
@@ -206,7 +213,7 @@ def _check(op: str, name: str, t, rank: int | None = None, last: int | None = No
 
 
 def _same_device(op: str, **tensors: Tensor) -> torch.device:
-    devices = {n: t.device for n, t in tensors.items()}
+    devices = {n: t.device for n, t in tensors.items() if t is not None}
     first = next(iter(devices.values()))
     if any(d != first for d in devices.values()):
         listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
@@ -393,94 +400,151 @@ def _(iou, high, low, allow_low_quality):
     return iou.new_empty((iou.shape[1],), dtype=torch.int64)
 
 
-def _validate_roi_align(input, rois, pooled_h, pooled_w, fake: bool = False) -> None:
+def _validate_roi_align(inputs, rois, levels, spatial_scales, pooled_h, pooled_w, fake: bool = False) -> None:
     op = "roi_align"
-    _check(op, "input", input, 4, None, (torch.float32,))
+    if not isinstance(inputs, (list, tuple)) or not 1 <= len(inputs) <= _ROI_MAX_LEVELS:
+        raise KernelInputError(f"{op}: inputs must be a list of 1 to {_ROI_MAX_LEVELS} feature maps")
+    if len(spatial_scales) != len(inputs):
+        raise KernelInputError(f"{op}: {len(inputs)} feature maps but {len(spatial_scales)} spatial scales")
+    for i, x in enumerate(inputs):
+        _check(op, f"inputs[{i}]", x, 4, None, (torch.float32,))
+        if x.shape[:2] != inputs[0].shape[:2]:
+            raise KernelInputError(f"{op}: feature maps must share batch and channels, got {tuple(x.shape[:2])} "
+                                   f"and {tuple(inputs[0].shape[:2])}")
     _check(op, "rois", rois, 2, 5, (torch.float32,))
-    dev = _same_device(op, input=input, rois=rois)
-    if dev.type != "cpu" and not fake:
-        raise KernelInputError(f"{op}: the native RoIAlign runs on cpu tensors (torchvision's serves {dev})")
+    if levels is not None:
+        _check(op, "levels", levels, 1, None, (torch.int64,))
+        _check_dim(op, "levels.shape[0]", levels.shape[0], rois.shape[0])
+    dev = _same_device(op, **{f"inputs[{i}]": x for i, x in enumerate(inputs)}, rois=rois, levels=levels)
+    if not fake and not (dev.type == "cpu" or (dev.type == "cuda" and cuda_built())):
+        raise KernelInputError(f"{op}: the native RoIAlign runs on cpu (or cuda with a CUDA build) tensors, got {dev}")
     if int(pooled_h) <= 0 or int(pooled_w) <= 0:
         raise KernelInputError(f"{op}: output size must be positive, got {(pooled_h, pooled_w)}")
 
 
+def _pointers(tensors: Sequence[Tensor]):
+    return (ctypes.c_void_p * len(tensors))(*[_ptr(t) for t in tensors])
+
+
+def _int64s(values: Sequence[int]):
+    return (ctypes.c_int64 * len(values))(*[int(v) for v in values])
+
+
 @torch.library.custom_op("mrcnn::roi_align", mutates_args=())
-def _roi_align_op(input: Tensor, rois: Tensor, spatial_scale: float, pooled_h: int, pooled_w: int,
-                  sampling_ratio: int, aligned: bool) -> Tensor:
-    _validate_roi_align(input, rois, pooled_h, pooled_w)
-    input, rois = input.contiguous(), rois.contiguous()
-    B, C, H, W = input.shape
-    out = torch.empty((rois.shape[0], C, pooled_h, pooled_w), dtype=torch.float32)
-    _call("mrcnn_roi_align_f32_cpu", _ptr(input), B, C, H, W, _ptr(rois), rois.shape[0], float(spatial_scale),
-          int(pooled_h), int(pooled_w), int(sampling_ratio), int(bool(aligned)), torch.get_num_threads(), _ptr(out))
+def _roi_align_op(inputs: list[Tensor], rois: Tensor, levels: Optional[Tensor], spatial_scales: list[float],
+                  pooled_h: int, pooled_w: int, sampling_ratio: int, aligned: bool) -> Tensor:
+    _validate_roi_align(inputs, rois, levels, spatial_scales, pooled_h, pooled_w)
+    inputs = [x.contiguous() for x in inputs]
+    rois = rois.contiguous()
+    levels = None if levels is None else levels.contiguous()
+    B, C = inputs[0].shape[:2]
+    out = torch.empty((rois.shape[0], C, pooled_h, pooled_w), dtype=torch.float32, device=rois.device)
+    head = [_pointers(inputs), _int64s([x.shape[2] for x in inputs]), _int64s([x.shape[3] for x in inputs]),
+            _floats(spatial_scales), len(inputs), B, C, _ptr(rois), _ptr(levels), rois.shape[0], int(pooled_h),
+            int(pooled_w), int(sampling_ratio), int(bool(aligned))]
+    threads = [torch.get_num_threads()] if rois.device.type == "cpu" else []
+    _run(rois.device, "mrcnn_roi_align_f32_cpu", "mrcnn_roi_align_f32_cuda", head + threads + [_ptr(out)])
     return out
 
 
 @_roi_align_op.register_fake
-def _(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
-    _validate_roi_align(input, rois, pooled_h, pooled_w, fake=True)
-    return input.new_empty((rois.shape[0], input.shape[1], pooled_h, pooled_w))
+def _(inputs, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned):
+    _validate_roi_align(inputs, rois, levels, spatial_scales, pooled_h, pooled_w, fake=True)
+    return inputs[0].new_empty((rois.shape[0], inputs[0].shape[1], pooled_h, pooled_w))
 
 
 @torch.library.custom_op("mrcnn::roi_align_backward", mutates_args=())
-def _roi_align_backward_op(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_h: int, pooled_w: int,
-                           batch: int, height: int, width: int, sampling_ratio: int, aligned: bool) -> Tensor:
+def _roi_align_backward_op(grad: Tensor, rois: Tensor, levels: Optional[Tensor], spatial_scales: list[float],
+                           pooled_h: int, pooled_w: int, batch: int, heights: list[int], widths: list[int],
+                           sampling_ratio: int, aligned: bool) -> list[Tensor]:
     grad, rois = grad.contiguous(), rois.contiguous()
+    levels = None if levels is None else levels.contiguous()
     C = grad.shape[1]
-    out = torch.empty((batch, C, height, width), dtype=torch.float32)
-    _call("mrcnn_roi_align_backward_f32_cpu", _ptr(grad), _ptr(rois), rois.shape[0], batch, C, height, width,
-          float(spatial_scale), int(pooled_h), int(pooled_w), int(sampling_ratio), int(bool(aligned)),
-          torch.get_num_threads(), _ptr(out))
-    return out
+    outs = [torch.empty((batch, C, h, w), dtype=torch.float32, device=grad.device) for h, w in zip(heights, widths)]
+    head = [_ptr(grad), _ptr(rois), _ptr(levels), rois.shape[0], _int64s(heights), _int64s(widths),
+            _floats(spatial_scales), len(heights), batch, C, int(pooled_h), int(pooled_w), int(sampling_ratio),
+            int(bool(aligned))]
+    threads = [torch.get_num_threads()] if grad.device.type == "cpu" else []
+    _run(grad.device, "mrcnn_roi_align_backward_f32_cpu", "mrcnn_roi_align_backward_f32_cuda",
+         head + threads + [_pointers(outs)])
+    return outs
 
 
 @_roi_align_backward_op.register_fake
-def _(grad, rois, spatial_scale, pooled_h, pooled_w, batch, height, width, sampling_ratio, aligned):
-    return grad.new_empty((batch, grad.shape[1], height, width))
+def _(grad, rois, levels, spatial_scales, pooled_h, pooled_w, batch, heights, widths, sampling_ratio, aligned):
+    return [grad.new_empty((batch, grad.shape[1], h, w)) for h, w in zip(heights, widths)]
 
 
 def _roi_align_setup(ctx, inputs, output) -> None:
-    input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned = inputs
-    ctx.save_for_backward(rois)
-    ctx.attrs = (spatial_scale, pooled_h, pooled_w, input.shape[0], input.shape[2], input.shape[3], sampling_ratio,
-                 aligned)
+    feats, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois, levels)
+    ctx.attrs = (spatial_scales, pooled_h, pooled_w, feats[0].shape[0], [x.shape[2] for x in feats],
+                 [x.shape[3] for x in feats], sampling_ratio, aligned)
 
 
 def _roi_align_grad(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    scale, ph, pw, b, h, w, sr, aligned = ctx.attrs
-    return torch.ops.mrcnn.roi_align_backward(grad, rois, scale, ph, pw, b, h, w, sr, aligned), None, None, None, \
-        None, None, None
+    rois, levels = ctx.saved_tensors
+    scales, ph, pw, b, hs, ws, sr, aligned = ctx.attrs
+    grads = torch.ops.mrcnn.roi_align_backward(grad, rois, levels, scales, ph, pw, b, hs, ws, sr, aligned)
+    return list(grads), None, None, None, None, None, None, None
 
 
 _roi_align_op.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
 
 
-# ---- RoIAlign with torchvision's signature (CPU training) -------------------------------------------------------------
+# ---- RoIAlign with torchvision's signature, and its multi-level form (training) ---------------------------------------
 def roi_align(input: Tensor, rois: Tensor, output_size: int | tuple[int, int], spatial_scale: float = 1.0,
               sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
-    """torchvision.ops.roi_align (rois [R,5] form) on the native CPU kernel: float32, all torch CPU threads,
-    differentiable in `input`; results equal torchvision's CPU kernel bit for bit."""
+    """torchvision.ops.roi_align (rois [R,5] form) on the native kernel: float32, differentiable in `input`; on CPU
+    all torch threads and results equal to torchvision's CPU kernel bit for bit."""
+    return multilevel_roi_align([input], rois, None, [spatial_scale], output_size, sampling_ratio, aligned)
+
+
+def multilevel_roi_align(features: Sequence[Tensor], rois: Tensor, levels: Tensor | None,
+                         spatial_scales: Sequence[float], output_size: int | tuple[int, int],
+                         sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
+    """RoIAlign over a feature pyramid in one call: RoI n pools from features[levels[n]] at spatial_scales[levels[n]]
+    (levels None: all from features[0]). Equals torchvision.ops.roi_align run per level on that level's RoIs, with
+    no host-side split of the RoIs (no device sync). float32, differentiable in every feature map."""
     ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
-    _validate_roi_align(input, rois, ph, pw)  # here too: on meta/CUDA tensors the op would dispatch elsewhere
-    try:  # the C ABI checks the image indices; a failure is explained here (no extra pass over rois when fine)
-        return torch.ops.mrcnn.roi_align(input, rois.detach(), float(spatial_scale), int(ph), int(pw),
+    features, scales = list(features), [float(s) for s in spatial_scales]
+    # here too: on meta tensors the op would dispatch to its fake kernel
+    _validate_roi_align(features, rois, levels, scales, ph, pw)
+    try:  # the C ABI checks indices and levels; a failure is explained here (no extra pass over rois when fine)
+        return torch.ops.mrcnn.roi_align(features, rois.detach(), levels, scales, int(ph), int(pw),
                                          int(sampling_ratio), bool(aligned))
     except KernelInputError:
         raise
     except MrcnnError:
-        index = rois[:, 0]
-        if index.numel() and not bool(((index >= 0) & (index < input.shape[0])).all()):
-            raise KernelInputError(f"roi_align: rois[:, 0] must be image indices in [0, {input.shape[0]}), got "
+        index, batch = rois[:, 0], features[0].shape[0]
+        if index.numel() and not bool(((index >= 0) & (index < batch)).all()):
+            raise KernelInputError(f"roi_align: rois[:, 0] must be image indices in [0, {batch}), got "
                                    f"{index.min().item():g}..{index.max().item():g}") from None
+        if levels is not None and levels.numel() and not bool(((levels >= 0) & (levels < len(features))).all()):
+            raise KernelInputError(f"roi_align: levels must be in [0, {len(features)}), got "
+                                   f"{levels.min().item()}..{levels.max().item()}") from None
         raise
 
 
-def native_roi_align_applies(input: Tensor, rois: Tensor) -> bool:
-    """Model code runs roi_align on the native kernel for CPU float32 training (backend not "reference"). Eval and
-    export keep torchvision's op, which the ONNX exporter translates to RoiAlign."""
+_CUDA_ROI_ALIGN = os.environ.get("MRCNN_CUDA_ROI_ALIGN", "0") == "1"
+
+
+def set_cuda_roi_align(enabled: bool) -> bool:
+    """Whether CUDA training uses the native multi-level RoIAlign (start value: env MRCNN_CUDA_ROI_ALIGN=1; off by
+    default until its CUDA kernel has been checked on a GPU). Returns the previous value."""
+    global _CUDA_ROI_ALIGN
+    prev, _CUDA_ROI_ALIGN = _CUDA_ROI_ALIGN, bool(enabled)
+    return prev
+
+
+def native_roi_align_applies(input: Tensor, rois: Tensor, dtype: torch.dtype | None = None) -> bool:
+    """Model code runs RoIAlign on the native kernel for float32 training (backend not "reference") on CPU, and on
+    CUDA when enabled (set_cuda_roi_align). `dtype`: the dtype `input` will be cast to for the op (default its
+    own). Eval and export keep torchvision's op, which the ONNX exporter translates to RoiAlign."""
+    dev = input.device.type
     return (_backend != "reference" and input.requires_grad and torch.is_grad_enabled()
-            and input.device.type == "cpu" and input.dtype == torch.float32 and rois.dtype == torch.float32
+            and (dev == "cpu" or (dev == "cuda" and _CUDA_ROI_ALIGN and cuda_built()))
+            and (dtype or input.dtype) == torch.float32 and rois.dtype == torch.float32
             and not torch.compiler.is_compiling() and available())
 
 

@@ -496,7 +496,11 @@ def test_roi_align_nan_and_bad_batch_index():
     with pytest.raises(K.KernelInputError, match=r"image indices in \[0, 2\)"):
         K.roi_align(x, torch.tensor([[2, 1.0, 1.0, 6.0, 6.0]]), 3, 1.0, 2, False)  # image 2 of a batch of 2
     with pytest.raises(MrcnnError, match="invalid argument"):  # the C ABI checks too
-        torch.ops.mrcnn.roi_align(x, torch.tensor([[-1, 1.0, 1.0, 6.0, 6.0]]), 1.0, 3, 3, 2, False)
+        torch.ops.mrcnn.roi_align([x], torch.tensor([[-1, 1.0, 1.0, 6.0, 6.0]]), None, [1.0], 3, 3, 2, False)
+    with pytest.raises(K.KernelInputError, match=r"levels must be in \[0, 2\)"):
+        K.multilevel_roi_align([x, x], rois, torch.tensor([0, 2, 1]), [1.0, 0.5], 3, 2)
+    with pytest.raises(MrcnnError, match="invalid argument"):
+        torch.ops.mrcnn.roi_align([x, x], rois, torch.tensor([0, -1, 1]), [1.0, 0.5], 3, 3, 2, False)
 
 
 def test_roi_align_threads_do_not_change_results():
@@ -520,9 +524,59 @@ def test_roi_align_threads_do_not_change_results():
 def test_roi_align_autograd_and_fake_kernels():
     g = torch.Generator().manual_seed(8)
     x, rois = roi_inputs(g, 2, 4, 9, 11, 12, 0.5)
-    torch.library.opcheck(torch.ops.mrcnn.roi_align, (x.requires_grad_(), rois, 0.5, 3, 3, 2, False))
-    fake = torch.ops.mrcnn.roi_align(x.detach().to("meta"), rois.to("meta"), 0.5, 3, 4, 2, False)
+    torch.library.opcheck(torch.ops.mrcnn.roi_align, ([x.requires_grad_()], rois, None, [0.5], 3, 3, 2, False))
+    y = torch.randn(2, 4, 5, 6, generator=g).requires_grad_()
+    levels = torch.randint(0, 2, (12,), generator=g)
+    torch.library.opcheck(torch.ops.mrcnn.roi_align, ([x, y], rois, levels, [0.5, 0.25], 2, 3, 2, True))
+    fake = torch.ops.mrcnn.roi_align([x.detach().to("meta"), y.detach().to("meta")], rois.to("meta"),
+                                     levels.to("meta"), [0.5, 0.25], 3, 4, 2, False)
     assert fake.shape == (12, 4, 3, 4) and fake.device.type == "meta"
+
+
+PYRAMID_CASES = [  # B, C, levels (H, W), R, size, sampling_ratio, aligned
+    (2, 16, [(40, 56), (20, 28), (10, 14), (5, 7)], 300, 7, 2, False),  # box head on an FPN
+    (1, 8, [(25, 19), (13, 10), (7, 5), (4, 3)], 60, 14, 2, False),      # mask head, odd sizes
+    (3, 4, [(12, 12), (6, 6)], 40, 5, 0, True),                          # adaptive grid, aligned
+    (2, 3, [(9, 9), (5, 5), (3, 3)], 0, 7, 2, False),                    # no RoIs
+]
+
+
+def pyramid_inputs(g, B, C, shapes, R):
+    feats = [torch.randn(B, C, h, w, generator=g) for h, w in shapes]
+    _, rois = roi_inputs(g, B, C, shapes[0][0], shapes[0][1], R, 0.25)
+    levels = torch.randint(0, len(shapes), (R,), generator=g)
+    levels[: R // 3] = 0  # an uneven split
+    if len(shapes) == 4 and R < 100:
+        levels[levels == 3] = 1  # a level without RoIs
+    scales = [0.25 / 2**i for i in range(len(shapes))]
+    return feats, rois, levels, scales
+
+
+def per_level_torchvision(feats, rois, levels, scales, size, sr, aligned):
+    """torchvision's way (MultiScaleRoIAlign): each level's RoIs through roi_align, back to RoI order."""
+    out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], size, size))
+    for lvl, (f, s) in enumerate(zip(feats, scales)):
+        idx = torch.where(levels == lvl)[0]
+        out = out.index_put((idx,), torchvision.ops.roi_align(f, rois[idx], size, s, sr, aligned))
+    return out
+
+
+@pytest.mark.parametrize("B,C,shapes,R,size,sr,aligned", PYRAMID_CASES)
+def test_multilevel_roi_align_equals_torchvision_per_level_bit_for_bit(B, C, shapes, R, size, sr, aligned):
+    g = torch.Generator().manual_seed(R + len(shapes))
+    feats, rois, levels, scales = pyramid_inputs(g, B, C, shapes, R)
+    fa = [f.clone().requires_grad_() for f in feats]
+    fb = [f.clone().requires_grad_() for f in feats]
+    got = K.multilevel_roi_align(fa, rois, levels, scales, size, sr, aligned)
+    ref = per_level_torchvision(fb, rois, levels, scales, size, sr, aligned)
+    counts = torch.bincount(levels, minlength=len(shapes)).tolist()
+    assert torch.equal(got, ref), f"RoIs per level {counts}: forward differs by {(got - ref).abs().max()}"
+    grad = torch.randn(got.shape, generator=g)
+    got.backward(grad)
+    ref.backward(grad)
+    for lvl, (a, b) in enumerate(zip(fa, fb)):
+        assert torch.equal(a.grad, b.grad), f"level {lvl} ({counts[lvl]} RoIs): gradient differs by " \
+                                            f"{(a.grad - b.grad).abs().max()}"
 
 
 def test_model_uses_native_roi_align_only_for_cpu_float32_training():
@@ -535,6 +589,9 @@ def test_model_uses_native_roi_align_only_for_cpu_float32_training():
         with torch.no_grad():
             assert not K.native_roi_align_applies(x, rois)
         assert not K.native_roi_align_applies(x.detach().double().requires_grad_(), rois.double())
+        bf16 = x.detach().bfloat16().requires_grad_()  # AMP: features cast to float32 for the op
+        assert K.native_roi_align_applies(bf16, rois, torch.float32)
+        assert not K.native_roi_align_applies(bf16, rois)
     with K.backend("reference"):
         assert not K.native_roi_align_applies(x, rois)
 
@@ -590,7 +647,8 @@ def test_bad_inputs_raise_one_clear_error(what, call, message):
 # ---- the built library --------------------------------------------------------------------------------------------
 CUDA_SYMBOLS = ["mrcnn_anchor_grid_cuda", "mrcnn_box_iou_f32_cuda", "mrcnn_box_iou_f16_cuda",
                 "mrcnn_pre_nms_select_cuda", "mrcnn_pre_nms_select_workspace_size", "mrcnn_box_nms_cuda",
-                "mrcnn_box_nms_workspace_size", "mrcnn_match_proposals_cuda"]
+                "mrcnn_box_nms_workspace_size", "mrcnn_match_proposals_cuda", "mrcnn_roi_align_f32_cuda",
+                "mrcnn_roi_align_backward_f32_cuda"]
 CPU_SYMBOLS = ["mrcnn_build_info", "mrcnn_anchor_grid_cpu", "mrcnn_box_iou_f32_cpu", "mrcnn_box_iou_f16_cpu",
                "mrcnn_pre_nms_select_cpu", "mrcnn_box_nms_cpu", "mrcnn_match_proposals_cpu",
                "mrcnn_roi_align_f32_cpu", "mrcnn_roi_align_backward_f32_cpu"]
@@ -737,6 +795,25 @@ def test_cuda_match_proposals_equals_cpu():
             cpu = K.match_proposals(iou, 0.7, 0.3, lq)
             gpu = K.match_proposals(iou.cuda(), 0.7, 0.3, lq).cpu()
             assert torch.equal(gpu, cpu), f"G={G} P={P} lq={lq}: {int((gpu != cpu).sum())} differ"
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("B,C,shapes,R,size,sr,aligned", PYRAMID_CASES)
+def test_cuda_roi_align_equals_cpu(B, C, shapes, R, size, sr, aligned):
+    g = torch.Generator().manual_seed(R + 17)
+    feats, rois, levels, scales = pyramid_inputs(g, B, C, shapes, R)
+    fc = [f.clone().requires_grad_() for f in feats]
+    fg = [f.cuda().requires_grad_() for f in feats]
+    cpu = K.multilevel_roi_align(fc, rois, levels, scales, size, sr, aligned)
+    gpu = K.multilevel_roi_align(fg, rois.cuda(), levels.cuda(), scales, size, sr, aligned)
+    assert torch.equal(gpu.cpu(), cpu), f"forward: max diff {(gpu.cpu() - cpu).abs().max()}"
+    grad = torch.randn(cpu.shape, generator=g)
+    cpu.backward(grad)
+    gpu.backward(grad.cuda())
+    for lvl, (a, b) in enumerate(zip(fc, fg)):  # atomicAdd: sums in another order
+        e = rel_err(b.grad.cpu(), a.grad)
+        assert e <= FP32_TOL, f"level {lvl}: gradient CUDA vs CPU rel {e:.2e}"
 
 
 # ---- the contract table (plugins/README.md) -----------------------------------------------------------------------

@@ -54,13 +54,17 @@ def multiscale_roi_align(
     # RoIAlign runs in float32 (or float64) even under autocast, like torchvision's autocast kernel
     dtype = torch.float64 if features[0].dtype == torch.float64 else torch.float32
     rois = rois.to(dtype)
-    # CPU float32 training: the native RoIAlign (same results, threaded); else torchvision's (eval, export, CUDA)
-    align = kernels.roi_align if kernels.native_roi_align_applies(features[0].to(dtype), rois) else roi_align
+    if kernels.native_roi_align_applies(features[0], rois, dtype):
+        # training: one native call over the whole pyramid, no split of the RoIs by level (no device sync)
+        maps = [f.to(dtype=dtype, memory_format=torch.contiguous_format) for f in features]  # at most one copy
+        return kernels.multilevel_roi_align(maps, rois, levels, scales,
+                                            (output_size, output_size), sampling_ratio, aligned)
+    # eval, export, reference backend: torchvision's op per level (exported as ONNX RoiAlign)
     pooled, order = [], []
     for lvl, (feat, scale) in enumerate(zip(features, scales)):
         idx = torch.where(levels == lvl)[0]
-        pooled.append(align(feat.to(dtype), rois[idx], (output_size, output_size), spatial_scale=scale,
-                            sampling_ratio=sampling_ratio, aligned=aligned))
+        pooled.append(roi_align(feat.to(dtype), rois[idx], (output_size, output_size), spatial_scale=scale,
+                                sampling_ratio=sampling_ratio, aligned=aligned))
         order.append(idx)
     # back to RoI order with one gather (per-level index_copy into a zeros tensor copied the whole [R,C,S,S]
     # tensor once per level, forward and backward). The inverse permutation is a scatter, not an argsort, so the
@@ -68,6 +72,24 @@ def multiscale_roi_align(
     order_t = torch.cat(order)
     inverse = torch.zeros_like(order_t).scatter(0, order_t, torch.arange(order_t.shape[0], device=order_t.device))
     return torch.cat(pooled)[inverse]
+
+
+class HostCopy:
+    """A device tensor's values on the host, copied without draining the device queue: the copy is queued at
+    construction (non_blocking, into pinned memory on CUDA) and `tolist()` waits for that copy only, not for the
+    work queued after it."""
+
+    def __init__(self, t: Tensor) -> None:
+        self._value = t.detach().to("cpu", non_blocking=True)
+        self._event = None
+        if t.device.type == "cuda":
+            self._event = torch.cuda.Event()
+            self._event.record(torch.cuda.current_stream(t.device))
+
+    def tolist(self) -> list:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._value.tolist()
 
 
 def to_rois(boxes: Tensor) -> Tensor:
@@ -219,15 +241,16 @@ class RoIHeads(nn.Module):
         matched = m.gather(1, index).clamp(min=0)
         reg = torch.where(pos[..., None], encode_boxes(gather_rows(gt, matched), boxes, cfg.box_weights), 0.0)
         count = ok.sum(1).clamp(min=1)
+        n_pos = pos.sum(1)
+        n_pos_host = HostCopy(n_pos)  # queued now, read after the box branch is queued: the device keeps busy
         # 3. box branch on every slot of the batch (unsampled slots, rare, are masked out of the losses)
         logits, deltas = self.box_branch(features, to_rois(boxes), images)
         C = logits.shape[-1]
         loss_cls = F.cross_entropy(logits.float(), labels.reshape(-1), reduction="none").view(B, S)
         box_pred = deltas.float().view(B, S, C, 4).gather(2, labels.view(B, S, 1, 1).expand(B, S, 1, 4)).squeeze(2)
         loss_box = F.smooth_l1_loss(box_pred, reg, beta=1 / 9, reduction="none").sum(2)
-        # 4. mask branch on the positives: the first n_pos[i] slots of image i (one host sync for the counts)
-        n_pos = pos.sum(1)
-        counts = n_pos.tolist()
+        # 4. mask branch on the positives: the first n_pos[i] slots of image i (the step's one wait for the device)
+        counts = n_pos_host.tolist()
         rois = to_rois(boxes).view(B, S, 5)
         mask_logits = self.mask_branch(features, torch.cat([rois[i, :k] for i, k in enumerate(counts)]), images)
         M = mask_logits.shape[-1]

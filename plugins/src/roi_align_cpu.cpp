@@ -1,6 +1,7 @@
-// RoIAlign, CPU, float32 (torchvision.ops.roi_align semantics and bit-exact results; see kernels.h). The bilinear
-// taps of a RoI are computed once and shared by all channels; forward splits RoIs among threads, backward splits
-// channels (each gradient plane has one writer, and its contributions arrive in torchvision's order).
+// RoIAlign, CPU, float32, single- or multi-level (torchvision.ops.roi_align semantics and bit-exact results; see
+// kernels.h). The bilinear taps of a RoI are computed once and shared by all channels; forward splits RoIs among
+// threads, backward splits channels (each gradient plane has one writer, and its contributions arrive in
+// torchvision's order: RoIs in input order, which per level is the order of a per-level call).
 #include "cpu_common.h"
 #include "mrcnn/kernels.h"
 #include "mrcnn/roi_align_math.h"
@@ -10,29 +11,32 @@
 namespace {
 
 struct Shape {
-  int64_t batch, channels, height, width, num_rois, pooled_h, pooled_w, sampling_ratio;
-  float spatial_scale;
+  const int64_t *heights, *widths;
+  const float* scales;
+  int64_t levels, batch, channels, num_rois, pooled_h, pooled_w, sampling_ratio;
   bool aligned;
 };
 
 bool valid_shape(const Shape& s) {
-  return s.batch >= 0 && s.channels >= 0 && s.height >= 0 && s.width >= 0 && s.num_rois >= 0 && s.pooled_h > 0 &&
-         s.pooled_w > 0 && s.height * s.width <= INT32_MAX;
-}
-
-// Every RoI's batch index names an image (torchvision does not check; an out-of-range index reads out of bounds).
-bool valid_rois(const float* rois, const Shape& s) {
-  for (int64_t n = 0; n < s.num_rois; ++n) {
-    const float b = rois[n * 5];
-    if (!(b >= 0.0f && b < static_cast<float>(s.batch))) return false;
-  }
+  if (!(s.levels >= 1 && s.levels <= MRCNN_ROI_ALIGN_MAX_LEVELS && s.heights && s.widths && s.scales)) return false;
+  if (!(s.batch >= 0 && s.channels >= 0 && s.num_rois >= 0 && s.pooled_h > 0 && s.pooled_w > 0)) return false;
+  for (int64_t l = 0; l < s.levels; ++l)
+    if (!(s.heights[l] >= 0 && s.widths[l] >= 0 && s.heights[l] * s.widths[l] <= INT32_MAX)) return false;
   return true;
 }
 
-// The taps of every sample of RoI n, bin-major then sample (iy, ix); returns the RoI's geometry.
-mrcnn::RoiGeometry roi_taps(const float* rois, int64_t n, const Shape& s, std::vector<mrcnn::BilinearTaps>& taps) {
+// Every RoI names an image of the batch and a level (torchvision does not check; a bad index reads out of bounds).
+bool valid_rois(const float* rois, const int64_t* roi_levels, const Shape& s) {
+  for (int64_t n = 0; n < s.num_rois; ++n)
+    if (mrcnn::roi_level(rois + n * 5, roi_levels, n, s.levels, s.batch) < 0) return false;
+  return true;
+}
+
+// The taps of every sample of RoI n on level l, bin-major then sample (iy, ix); returns the RoI's geometry.
+mrcnn::RoiGeometry roi_taps(const float* rois, int64_t n, int l, const Shape& s,
+                            std::vector<mrcnn::BilinearTaps>& taps) {
   const mrcnn::RoiGeometry g =
-      mrcnn::roi_geometry(rois + n * 5, s.spatial_scale, s.pooled_h, s.pooled_w, s.sampling_ratio, s.aligned);
+      mrcnn::roi_geometry(rois + n * 5, s.scales[l], s.pooled_h, s.pooled_w, s.sampling_ratio, s.aligned);
   taps.resize(static_cast<size_t>(s.pooled_h * s.pooled_w) * static_cast<size_t>(g.grid_h > 0 ? g.grid_h : 0) *
               static_cast<size_t>(g.grid_w > 0 ? g.grid_w : 0));
   size_t k = 0;
@@ -40,33 +44,43 @@ mrcnn::RoiGeometry roi_taps(const float* rois, int64_t n, const Shape& s, std::v
     for (int pw = 0; pw < s.pooled_w; ++pw)
       for (int iy = 0; iy < g.grid_h; ++iy)
         for (int ix = 0; ix < g.grid_w; ++ix)
-          taps[k++] = mrcnn::bilinear_taps(g, ph, pw, iy, ix, static_cast<int>(s.height), static_cast<int>(s.width));
+          taps[k++] = mrcnn::bilinear_taps(g, ph, pw, iy, ix, static_cast<int>(s.heights[l]),
+                                           static_cast<int>(s.widths[l]));
   return g;
 }
 
 }  // namespace
 
-extern "C" int mrcnn_roi_align_f32_cpu(const float* input, int64_t batch, int64_t channels, int64_t height,
-                                       int64_t width, const float* rois, int64_t num_rois, float spatial_scale,
+extern "C" int mrcnn_roi_align_f32_cpu(const float* const* inputs, const int64_t* heights, const int64_t* widths,
+                                       const float* spatial_scales, int64_t levels, int64_t batch, int64_t channels,
+                                       const float* rois, const int64_t* roi_levels, int64_t num_rois,
                                        int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, int aligned,
                                        int64_t threads, float* output) {
-  const Shape s{batch, channels, height, width, num_rois, pooled_h, pooled_w, sampling_ratio, spatial_scale,
-                aligned != 0};
-  if (!valid_shape(s)) return MRCNN_ERR_INVALID_ARGUMENT;
+  const Shape s{heights, widths, spatial_scales, levels, batch, channels, num_rois, pooled_h, pooled_w,
+                sampling_ratio, aligned != 0};
+  if (!valid_shape(s) || !inputs) return MRCNN_ERR_INVALID_ARGUMENT;
   if (num_rois * channels == 0) return MRCNN_OK;
-  if (!output || !rois || (!input && batch * channels * height * width > 0)) return MRCNN_ERR_INVALID_ARGUMENT;
-  if (!valid_rois(rois, s)) return MRCNN_ERR_INVALID_ARGUMENT;
-  const int64_t plane = height * width, bins = pooled_h * pooled_w;
+  if (!output || !rois) return MRCNN_ERR_INVALID_ARGUMENT;
+  for (int64_t l = 0; l < levels; ++l)
+    if (!inputs[l] && batch * channels * heights[l] * widths[l] > 0) return MRCNN_ERR_INVALID_ARGUMENT;
+  if (!valid_rois(rois, roi_levels, s)) return MRCNN_ERR_INVALID_ARGUMENT;
+  const int64_t bins = pooled_h * pooled_w;
   return mrcnn::cpu::parallel_ranges(num_rois, threads, [&](int64_t r0, int64_t r1) {
     std::vector<mrcnn::BilinearTaps> taps;
     for (int64_t n = r0; n < r1; ++n) {
-      const mrcnn::RoiGeometry g = roi_taps(rois, n, s, taps);
+      const int l = mrcnn::roi_level(rois + n * 5, roi_levels, n, levels, batch);
+      const int64_t plane = heights[l] * widths[l];
+      float* out = output + n * channels * bins;
+      if (plane == 0) {  // an empty map pools to 0
+        memset(out, 0, sizeof(float) * static_cast<size_t>(channels * bins));
+        continue;
+      }
+      const mrcnn::RoiGeometry g = roi_taps(rois, n, l, s, taps);
       const int samples = g.grid_h * g.grid_w;
       const float count = static_cast<float>(samples > 1 ? samples : 1);
       const int64_t b = static_cast<int64_t>(rois[n * 5]);
-      for (int64_t c = 0; c < channels; ++c) {
-        const float* in = input + (b * channels + c) * plane;
-        float* out = output + (n * channels + c) * bins;
+      for (int64_t c = 0; c < channels; ++c, out += bins) {
+        const float* in = inputs[l] + (b * channels + c) * plane;
         const mrcnn::BilinearTaps* t = taps.data();
         for (int64_t bin = 0; bin < bins; ++bin) {
           float v = 0.0f;
@@ -80,29 +94,39 @@ extern "C" int mrcnn_roi_align_f32_cpu(const float* input, int64_t batch, int64_
   });
 }
 
-extern "C" int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const float* rois, int64_t num_rois,
-                                                int64_t batch, int64_t channels, int64_t height, int64_t width,
-                                                float spatial_scale, int64_t pooled_h, int64_t pooled_w,
+extern "C" int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const float* rois,
+                                                const int64_t* roi_levels, int64_t num_rois, const int64_t* heights,
+                                                const int64_t* widths, const float* spatial_scales, int64_t levels,
+                                                int64_t batch, int64_t channels, int64_t pooled_h, int64_t pooled_w,
                                                 int64_t sampling_ratio, int aligned, int64_t threads,
-                                                float* grad_input) {
-  const Shape s{batch, channels, height, width, num_rois, pooled_h, pooled_w, sampling_ratio, spatial_scale,
-                aligned != 0};
-  if (!valid_shape(s)) return MRCNN_ERR_INVALID_ARGUMENT;
-  const int64_t plane = height * width, bins = pooled_h * pooled_w;
-  if (batch * channels * plane == 0) return MRCNN_OK;
-  if (!grad_input || (num_rois > 0 && (!grad_output || !rois))) return MRCNN_ERR_INVALID_ARGUMENT;
-  if (!valid_rois(rois, s)) return MRCNN_ERR_INVALID_ARGUMENT;
+                                                float* const* grad_inputs) {
+  const Shape s{heights, widths, spatial_scales, levels, batch, channels, num_rois, pooled_h, pooled_w,
+                sampling_ratio, aligned != 0};
+  if (!valid_shape(s) || !grad_inputs) return MRCNN_ERR_INVALID_ARGUMENT;
+  if (batch * channels == 0) return MRCNN_OK;
+  for (int64_t l = 0; l < levels; ++l)
+    if (!grad_inputs[l] && heights[l] * widths[l] > 0) return MRCNN_ERR_INVALID_ARGUMENT;
+  if (num_rois > 0 && (!grad_output || !rois)) return MRCNN_ERR_INVALID_ARGUMENT;
+  if (!valid_rois(rois, roi_levels, s)) return MRCNN_ERR_INVALID_ARGUMENT;
+  const int64_t bins = pooled_h * pooled_w;
   return mrcnn::cpu::parallel_ranges(channels, threads, [&](int64_t c0, int64_t c1) {
-    for (int64_t b = 0; b < batch; ++b)
-      memset(grad_input + (b * channels + c0) * plane, 0, sizeof(float) * static_cast<size_t>((c1 - c0) * plane));
+    for (int64_t l = 0; l < levels; ++l) {
+      const int64_t plane = heights[l] * widths[l];
+      for (int64_t b = 0; plane > 0 && b < batch; ++b)
+        memset(grad_inputs[l] + (b * channels + c0) * plane, 0,
+               sizeof(float) * static_cast<size_t>((c1 - c0) * plane));
+    }
     std::vector<mrcnn::BilinearTaps> taps;
     for (int64_t n = 0; n < num_rois; ++n) {
-      const mrcnn::RoiGeometry g = roi_taps(rois, n, s, taps);
+      const int l = mrcnn::roi_level(rois + n * 5, roi_levels, n, levels, batch);
+      const int64_t plane = heights[l] * widths[l];
+      if (plane == 0) continue;
+      const mrcnn::RoiGeometry g = roi_taps(rois, n, l, s, taps);
       const int samples = g.grid_h * g.grid_w;
       const float count = static_cast<float>(samples);
       const int64_t b = static_cast<int64_t>(rois[n * 5]);
       for (int64_t c = c0; c < c1; ++c) {
-        float* gin = grad_input + (b * channels + c) * plane;
+        float* gin = grad_inputs[l] + (b * channels + c) * plane;
         const float* gout = grad_output + (n * channels + c) * bins;
         const mrcnn::BilinearTaps* t = taps.data();
         for (int64_t bin = 0; bin < bins; ++bin) {

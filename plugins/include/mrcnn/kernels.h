@@ -109,23 +109,42 @@ MRCNN_API int mrcnn_match_proposals_cuda(const float* iou, int64_t num_gt, int64
                                          int allow_low_quality, int64_t* matches, void* workspace,
                                          size_t workspace_bytes, cudaStream_t stream);
 
-// ---- RoIAlign (training, CPU) ------------------------------------------------------------------------------------
-// torchvision.ops.roi_align semantics, float32, equal to its CPU kernel bit for bit, on `threads` threads (RoIs
-// split among them forward, channels backward). Not a plugin op: exported graphs use ONNX RoiAlign and TensorRT
-// its own layer; these serve CPU training, where torchvision's single-threaded kernels cost ~15% of a step.
-//   forward:  input [batch, channels, height, width], rois [num_rois, 5] (batch index, x1, y1, x2, y2)
-//             -> output [num_rois, channels, pooled_h, pooled_w]
-//   backward: grad_output [num_rois, channels, pooled_h, pooled_w] -> grad_input [batch, channels, height, width]
-//             (overwritten). sampling_ratio <= 0: adaptive; aligned != 0: half-pixel offset.
-MRCNN_API int mrcnn_roi_align_f32_cpu(const float* input, int64_t batch, int64_t channels, int64_t height,
-                                      int64_t width, const float* rois, int64_t num_rois, float spatial_scale,
+// ---- RoIAlign (training) -----------------------------------------------------------------------------------------
+// torchvision.ops.roi_align semantics, float32; the CPU kernel equals torchvision's CPU kernel bit for bit. Not a
+// plugin op: exported graphs use ONNX RoiAlign and TensorRT its own layer; these serve training. Multi-level (FPN)
+// form: `levels` feature maps of one batch, level l = inputs[l] [batch, channels, heights[l], widths[l]] at
+// spatial_scales[l] (feature / image); RoI n pools from level roi_levels[n] (roi_levels NULL: level 0), so one
+// call serves a whole pyramid without splitting the RoIs by level on the host.
+//   forward:  rois [num_rois, 5] (batch index, x1, y1, x2, y2) -> output [num_rois, channels, pooled_h, pooled_w]
+//   backward: grad_output [num_rois, channels, pooled_h, pooled_w] -> grad_inputs[l] [batch, channels, heights[l],
+//             widths[l]] (overwritten). sampling_ratio <= 0: adaptive; aligned != 0: half-pixel offset.
+// 1 <= levels <= MRCNN_ROI_ALIGN_MAX_LEVELS. CPU: `threads` threads (RoIs split among them forward, channels
+// backward); a batch index or level out of range is an invalid argument. CUDA (device pointers in host arrays): one
+// thread per pooled value, gradients by atomicAdd (not bit-reproducible); a RoI whose batch index or level is out of
+// range pools to 0 and gets no gradient (a launcher cannot inspect device data).
+#define MRCNN_ROI_ALIGN_MAX_LEVELS 8
+MRCNN_API int mrcnn_roi_align_f32_cpu(const float* const* inputs, const int64_t* heights, const int64_t* widths,
+                                      const float* spatial_scales, int64_t levels, int64_t batch, int64_t channels,
+                                      const float* rois, const int64_t* roi_levels, int64_t num_rois,
                                       int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, int aligned,
                                       int64_t threads, float* output);
-MRCNN_API int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const float* rois, int64_t num_rois,
-                                               int64_t batch, int64_t channels, int64_t height, int64_t width,
-                                               float spatial_scale, int64_t pooled_h, int64_t pooled_w,
+MRCNN_API int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const float* rois, const int64_t* roi_levels,
+                                               int64_t num_rois, const int64_t* heights, const int64_t* widths,
+                                               const float* spatial_scales, int64_t levels, int64_t batch,
+                                               int64_t channels, int64_t pooled_h, int64_t pooled_w,
                                                int64_t sampling_ratio, int aligned, int64_t threads,
-                                               float* grad_input);
+                                               float* const* grad_inputs);
+MRCNN_API int mrcnn_roi_align_f32_cuda(const float* const* inputs, const int64_t* heights, const int64_t* widths,
+                                       const float* spatial_scales, int64_t levels, int64_t batch, int64_t channels,
+                                       const float* rois, const int64_t* roi_levels, int64_t num_rois,
+                                       int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, int aligned,
+                                       float* output, cudaStream_t stream);
+MRCNN_API int mrcnn_roi_align_backward_f32_cuda(const float* grad_output, const float* rois,
+                                                const int64_t* roi_levels, int64_t num_rois, const int64_t* heights,
+                                                const int64_t* widths, const float* spatial_scales, int64_t levels,
+                                                int64_t batch, int64_t channels, int64_t pooled_h, int64_t pooled_w,
+                                                int64_t sampling_ratio, int aligned, float* const* grad_inputs,
+                                                cudaStream_t stream);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -94,4 +94,13 @@ HOST_DEVICE inline BilinearTaps bilinear_taps(const RoiGeometry& g, int ph, int 
   return t;
 }
 
+// Level of RoI n in a pyramid of `levels` maps (roi_levels NULL: level 0), or -1 when that level or the RoI's batch
+// index (roi[0]) is out of range.
+HOST_DEVICE inline int roi_level(const float* roi, const int64_t* roi_levels, int64_t n, int64_t levels,
+                                 int64_t batch) {
+  const int64_t l = roi_levels ? roi_levels[n] : 0;
+  const float b = roi[0];
+  return (l >= 0 && l < levels && b >= 0.0f && b < static_cast<float>(batch)) ? static_cast<int>(l) : -1;
+}
+
 }  // namespace mrcnn
