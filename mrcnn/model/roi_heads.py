@@ -80,11 +80,15 @@ class HostCopy:
     work queued after it."""
 
     def __init__(self, t: Tensor) -> None:
-        self._value = t.detach().to("cpu", non_blocking=True)
+        t = t.detach()
         self._event = None
         if t.device.type == "cuda":
+            self._value = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            self._value.copy_(t, non_blocking=True)
             self._event = torch.cuda.Event()
             self._event.record(torch.cuda.current_stream(t.device))
+        else:
+            self._value = t.cpu()
 
     def tolist(self) -> list:
         if self._event is not None:
