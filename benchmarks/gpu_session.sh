@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_session.sh [build] [tests] [kernels] [train] [profile] [diag]  (no argument: the first four)
 #
 # When `tests` (same call) shows the native CUDA RoIAlign equal to the CPU kernel, the model's CUDA tests run again
-# with it (MRCNN_CUDA_ROI_ALIGN=1), `train` times ours with and without it, and `profile` uses it.
+# with it (MRCNN_CUDA_ROI_ALIGN=1), `kernels` times it, `train` times ours with and without it, `profile` uses it.
 #
 # The GPU image has its own PyTorch/torchvision (not this project's pinned ones); a missing package (pycocotools)
 # travels as a wheel in .whl/ and is installed to /tmp/site. MRCNN_COMMIT names the commit (the copy has no .git).
@@ -53,7 +53,8 @@ if has tests; then  # -s: the tests print what they measured; the summary lines 
 fi
 
 if has kernels; then
-  python3 benchmarks/kernels.py --device cuda --iters 50 --json "$OUT/kernels-cuda.json"
+  MRCNN_CUDA_ROI_ALIGN=$(native_roi_ok && echo 1 || echo 0) \
+    python3 benchmarks/kernels.py --device cuda --iters 50 --json "$OUT/kernels-cuda.json"
 fi
 
 if has train; then  # batch 4 (the seed's per-GPU batch) at 800x800 and COCO's 800x1344; the median step counts

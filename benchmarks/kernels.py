@@ -170,35 +170,36 @@ def main() -> None:
     # Multi-level RoIAlign (training): the box head's 512 RoIs per image on an FPN (P2-P5) of 4 x 800 x 800 (CPU:
     # 2 x 512 x 512), forward + backward, against torchvision's MultiScaleRoIAlign (level mapper, one nonzero and
     # one roi_align per level, reorder). Both run the level mapper; only ours needs no host sync.
-    from mrcnn.model.roi_heads import map_levels
+    if dev == "cpu" or K.cuda_roi_align_enabled():  # CUDA: only once its test passed (MRCNN_CUDA_ROI_ALIGN=1)
+        from mrcnn.model.roi_heads import map_levels
 
-    B, side = (4, 800) if dev == "cuda" else (2, 512)
-    names = ["0", "1", "2", "3"]
-    pyramid = [torch.randn(B, 256, side // s, side // s, generator=g).to(dev) for s in (4, 8, 16, 32)]
-    per_image = [to(boxes(g, 512, scale=side * 0.8)) for _ in range(B)]
-    rois = torch.cat([torch.cat([torch.full((512, 1), float(i), device=dev), b], 1)
-                      for i, b in enumerate(per_image)])
-    grad = torch.randn(B * 512, 256, 7, 7, generator=g).to(dev)
-    pooler = torchvision.ops.MultiScaleRoIAlign(names, 7, 2)
-    leaves = [f.clone().requires_grad_() for f in pyramid]
-    scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+        B, side = (4, 800) if dev == "cuda" else (2, 512)
+        names = ["0", "1", "2", "3"]
+        pyramid = [torch.randn(B, 256, side // s, side // s, generator=g).to(dev) for s in (4, 8, 16, 32)]
+        per_image = [to(boxes(g, 512, scale=side * 0.8)) for _ in range(B)]
+        rois = torch.cat([torch.cat([torch.full((512, 1), float(i), device=dev), b], 1)
+                          for i, b in enumerate(per_image)])
+        grad = torch.randn(B * 512, 256, 7, 7, generator=g).to(dev)
+        pooler = torchvision.ops.MultiScaleRoIAlign(names, 7, 2)
+        leaves = [f.clone().requires_grad_() for f in pyramid]
+        scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
 
-    def ours_ml():
-        for f in leaves:
-            f.grad = None
-        K.multilevel_roi_align(leaves, rois, map_levels(rois[:, 1:], 2, 5), scales, 7, 2, False).backward(grad)
+        def ours_ml():
+            for f in leaves:
+                f.grad = None
+            K.multilevel_roi_align(leaves, rois, map_levels(rois[:, 1:], 2, 5), scales, 7, 2, False).backward(grad)
 
-    def peer_ml():
-        for f in leaves:
-            f.grad = None
-        pooler(dict(zip(names, leaves)), per_image, [(side, side)] * B).backward(grad)
+        def peer_ml():
+            for f in leaves:
+                f.grad = None
+            pooler(dict(zip(names, leaves)), per_image, [(side, side)] * B).backward(grad)
 
-    with torch.no_grad():
-        diff = (K.multilevel_roi_align(pyramid, rois, map_levels(rois[:, 1:], 2, 5), scales, 7, 2, False)
-                - pooler(dict(zip(names, pyramid)), per_image, [(side, side)] * B)).abs().max()
-    assert diff <= 1e-4, f"multi-level RoIAlign differs from torchvision's MultiScaleRoIAlign by {diff}"
-    bench("RoIAlign", f"multi-level fwd+bwd B={B} R={B * 512} C=256 7x7 on P2-P5 of {side}x{side}", ours_ml,
-          peer_ml, "torchvision MultiScaleRoIAlign")
+        with torch.no_grad():
+            diff = (K.multilevel_roi_align(pyramid, rois, map_levels(rois[:, 1:], 2, 5), scales, 7, 2, False)
+                    - pooler(dict(zip(names, pyramid)), per_image, [(side, side)] * B)).abs().max()
+        assert diff <= 1e-4, f"multi-level RoIAlign differs from torchvision's MultiScaleRoIAlign by {diff}"
+        bench("RoIAlign", f"multi-level fwd+bwd B={B} R={B * 512} C=256 7x7 on P2-P5 of {side}x{side}", ours_ml,
+              peer_ml, "torchvision MultiScaleRoIAlign")
 
     print(f"device {dev}; torch threads {torch.get_num_threads()}; {K.build_info()}")
     if not a.no_save:

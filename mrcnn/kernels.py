@@ -57,6 +57,7 @@ __all__ = [
     "multilevel_roi_align",
     "native_roi_align_applies",
     "set_cuda_roi_align",
+    "cuda_roi_align_enabled",
     "set_backend",
     "get_backend",
     "backend",
@@ -535,6 +536,10 @@ def set_cuda_roi_align(enabled: bool) -> bool:
     global _CUDA_ROI_ALIGN
     prev, _CUDA_ROI_ALIGN = _CUDA_ROI_ALIGN, bool(enabled)
     return prev
+
+
+def cuda_roi_align_enabled() -> bool:
+    return _CUDA_ROI_ALIGN
 
 
 def native_roi_align_applies(input: Tensor, rois: Tensor, dtype: torch.dtype | None = None) -> bool:
