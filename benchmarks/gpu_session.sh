@@ -61,7 +61,7 @@ if has train; then  # batch 4 (the seed's per-GPU batch) at 800x800 and COCO's 8
   for spec in "--amp off" "--amp fp16 --channels-last" "--amp bf16 --channels-last" \
               "--amp fp16 --channels-last --width 1344" "--amp bf16 --channels-last --width 1344"; do
     tag=$(echo "$spec" | tr -d ' -')
-    roi=$(native_roi_ok && echo both || echo default)  # both: ours timed with and without the native RoIAlign
+    roi=$(native_roi_ok && echo both || echo off)  # both: ours timed with and without the native RoIAlign
     python3 benchmarks/train_throughput.py --device cuda --size 800 --batch 4 --iters 40 --warmup 5 \
       --native-roi-align "$roi" $spec --json "$OUT/train_throughput-$tag.json" 2>&1 | grep -v "^saved"
   done
@@ -69,7 +69,7 @@ fi
 
 if has profile; then
   python3 benchmarks/train_throughput.py --device cuda --size 800 --width 1344 --batch 4 --iters 5 --warmup 3 \
-    --amp bf16 --channels-last --native-roi-align "$(native_roi_ok && echo on || echo default)" --no-save \
+    --amp bf16 --channels-last --native-roi-align "$(native_roi_ok && echo on || echo off)" --no-save \
     --profile /tmp/prof 2>&1 | tail -5
   for f in /tmp/prof-*.txt; do echo "=== $f"; cat "$f"; done >"$OUT/profile.txt"
 fi

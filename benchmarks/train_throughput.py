@@ -102,9 +102,9 @@ def main() -> None:
     ap.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
     ap.add_argument("--channels-last", action="store_true",
                     help="ours in NHWC; torchvision is timed in NHWC and in NCHW and the faster one counts")
-    ap.add_argument("--native-roi-align", default="default", choices=["default", "on", "both"],
-                    help="CUDA: RoIAlign of ours on the native multi-level kernel (on), or time both variants "
-                         "(both: 'mrcnn' uses torchvision's per level, 'mrcnn_native_roi' the native kernel)")
+    ap.add_argument("--native-roi-align", default="off", choices=["off", "on", "both"],
+                    help="CUDA: RoIAlign of ours on torchvision's op per level (off) or the native multi-level "
+                         "kernel (on), or time both (both: 'mrcnn' off, 'mrcnn_native_roi' on)")
     ap.add_argument("--ops-only", action="store_true",
                     help="only count the aten ops of one step per model (no timing, nothing saved)")
     ap.add_argument("--foreach", action="store_true",
@@ -125,7 +125,7 @@ def main() -> None:
     images, targets = make_batch(a.batch, a.size, num_classes, dev, width=a.width)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
 
-    def make_step(model, forward, mf, native_roi=None):
+    def make_step(model, forward, mf, native_roi=False):
         model.to(dev).to(memory_format=mf).train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
                               foreach=True if a.foreach else None)
@@ -133,13 +133,9 @@ def main() -> None:
 
         def step():
             opt.zero_grad(set_to_none=True)
-            prev = kernels.set_cuda_roi_align(native_roi) if native_roi is not None else None
-            try:
-                with torch.autocast(dev.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
-                    losses = forward(model)
-            finally:
-                if prev is not None:
-                    kernels.set_cuda_roi_align(prev)
+            with kernels.cuda_roi_align(native_roi), \
+                    torch.autocast(dev.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
+                losses = forward(model)
             scaler.scale(sum(losses.values())).backward()
             scaler.step(opt)
             scaler.update()
@@ -161,8 +157,7 @@ def main() -> None:
     ours.load_state_dict(convert_torchvision_state_dict(tv.state_dict()))
     batch, sizes = batch_images(images, 32)
     batch, sizes = batch.to(dev).contiguous(memory_format=mf_ours), sizes.to(dev)
-    ours_step = {"mrcnn": make_step(ours, lambda m: m(batch, sizes, targets), mf_ours,
-                                    True if a.native_roi_align == "on" else None)}
+    ours_step = {"mrcnn": make_step(ours, lambda m: m(batch, sizes, targets), mf_ours, a.native_roi_align == "on")}
     if a.native_roi_align == "both":
         twin = build_model(cfg.model)
         twin.load_state_dict(ours.state_dict())

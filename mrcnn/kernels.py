@@ -58,6 +58,7 @@ __all__ = [
     "native_roi_align_applies",
     "set_cuda_roi_align",
     "cuda_roi_align_enabled",
+    "cuda_roi_align",
     "set_backend",
     "get_backend",
     "backend",
@@ -540,6 +541,16 @@ def set_cuda_roi_align(enabled: bool) -> bool:
 
 def cuda_roi_align_enabled() -> bool:
     return _CUDA_ROI_ALIGN
+
+
+@contextlib.contextmanager
+def cuda_roi_align(enabled: bool) -> Iterator[None]:
+    """set_cuda_roi_align inside the block, restored afterwards (like `backend`)."""
+    prev = set_cuda_roi_align(enabled)
+    try:
+        yield
+    finally:
+        set_cuda_roi_align(prev)
 
 
 def native_roi_align_applies(input: Tensor, rois: Tensor, dtype: torch.dtype | None = None) -> bool:

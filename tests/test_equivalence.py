@@ -465,8 +465,8 @@ def test_train_losses_equal_torchvision_when_every_candidate_is_sampled(models):
     ours.train()
     with torch.no_grad():
         ref = [tv([img], [dict(t)]) for img, t in zip(images, targets)]
-        batch, sizes = batch_images(images, 32)
-        got = ours(batch, sizes, [dict(t) for t in targets])
+    batch, sizes = batch_images(images, 32)
+    got = ours(batch, sizes, [dict(t) for t in targets])  # with autograd: the training path (native RoIAlign on CPU)
     assert set(got) == LOSS_KEYS == set(ref[0])  # torchvision's loss names are ours
     rels = {}
     for key in sorted(LOSS_KEYS):

@@ -248,14 +248,15 @@ class RoIHeads(nn.Module):
         n_pos = pos.sum(1)
         n_pos_host = HostCopy(n_pos)  # queued now, read after the box branch is queued: the device keeps busy
         # 3. box branch on every slot of the batch (unsampled slots, rare, are masked out of the losses)
-        logits, deltas = self.box_branch(features, to_rois(boxes), images)
+        rois = to_rois(boxes)  # [B*S, 5]
+        logits, deltas = self.box_branch(features, rois, images)
         C = logits.shape[-1]
         loss_cls = F.cross_entropy(logits.float(), labels.reshape(-1), reduction="none").view(B, S)
         box_pred = deltas.float().view(B, S, C, 4).gather(2, labels.view(B, S, 1, 1).expand(B, S, 1, 4)).squeeze(2)
         loss_box = F.smooth_l1_loss(box_pred, reg, beta=1 / 9, reduction="none").sum(2)
         # 4. mask branch on the positives: the first n_pos[i] slots of image i (the step's one wait for the device)
         counts = n_pos_host.tolist()
-        rois = to_rois(boxes).view(B, S, 5)
+        rois = rois.view(B, S, 5)
         mask_logits = self.mask_branch(features, torch.cat([rois[i, :k] for i, k in enumerate(counts)]), images)
         M = mask_logits.shape[-1]
         pos_labels = torch.cat([labels[i, :k] for i, k in enumerate(counts)])
