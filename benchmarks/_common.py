@@ -77,3 +77,25 @@ def timed_interleaved(steps: dict, iters: int, warmup: int, device: str) -> tupl
 def _alloc_counts() -> tuple[int, int]:
     st = torch.cuda.memory_stats()
     return st.get("num_device_alloc", 0), st.get("num_alloc_retries", 0)
+
+
+def ratio_interval(peer: list[float], ours: list[float], level: float = 0.95, resamples: int = 4000,
+                   seed: int = 0) -> tuple[float, float]:
+    """Two-sided `level` bootstrap interval of median(peer) / median(ours) (a speed ratio: > 1 means ours is faster).
+    The two lists are the per-round times of timed_interleaved, so rounds are resampled as pairs: a round where the
+    whole machine was slow stays one round for both. Deterministic for a given seed."""
+    import random
+    import statistics
+
+    if len(peer) != len(ours) or len(peer) < 2:
+        raise ValueError("need two equal-length lists of at least 2 paired times")
+    rng = random.Random(seed)
+    n = len(peer)
+    ratios = []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        ratios.append(statistics.median(peer[i] for i in idx) / statistics.median(ours[i] for i in idx))
+    ratios.sort()
+    lo = ratios[int((1 - level) / 2 * resamples)]
+    hi = ratios[min(resamples - 1, int((1 + level) / 2 * resamples))]
+    return lo, hi
