@@ -86,6 +86,8 @@ def train(
     amp: str = typer.Option(None, "--amp", help="bf16 | fp16 | off"),
     accum: int = typer.Option(None, "--accum", help="gradient accumulation steps"),
     channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory format"),
+    compile_: bool = typer.Option(None, "--compile/--no-compile",
+                                  help="torch.compile the backbone + FPN (the first steps compile)"),
     batch: int = typer.Option(None, "--batch", help="images per device per micro-step"),
     max_iter: int = typer.Option(None, "--max-iter", help="optimizer steps"),
     lr: float = typer.Option(None, "--lr", help="base LR for the reference batch (scaled linearly)"),
@@ -104,8 +106,8 @@ def train(
 
     cfg = get_config(config, list(set_))
     s = cfg.solver
-    for name, value in (("amp", amp), ("accum", accum), ("channels_last", channels_last), ("batch", batch),
-                        ("max_iter", max_iter), ("base_lr", lr), ("eval_period", eval_period),
+    for name, value in (("amp", amp), ("accum", accum), ("channels_last", channels_last), ("compile", compile_),
+                        ("batch", batch), ("max_iter", max_iter), ("base_lr", lr), ("eval_period", eval_period),
                         ("checkpoint_period", checkpoint_period), ("num_workers", workers)):
         if value is not None:
             setattr(s, name, value)

@@ -184,6 +184,9 @@ def train(
     model = build_model(cfg.model).to(info.device)
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if s.compile:
+        model.compile_backbone()
+        say("--compile: the backbone + FPN compile in the first step of each new input shape (slow steps)")
     optimizer = make_optimizer(model, cfg, info.world)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
     scaler = torch.amp.GradScaler(info.device.type, init_scale=s.fp16_init_scale, enabled=s.amp == "fp16")

@@ -50,6 +50,12 @@ class MaskRCNN(nn.Module):
         self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
 
+    def compile_backbone(self) -> None:
+        """torch.compile the backbone + FPN in place (state-dict keys unchanged). The heads stay eager: their shapes
+        depend on the data. Compiles on the first call of each new input shape; shapes vary -> dynamic after one
+        recompile (torch's automatic dynamic shapes)."""
+        self.backbone.compile()
+
     def normalize(self, images: Tensor, image_sizes: Tensor) -> Tensor:
         """(x - mean) / std inside each image, 0 in the padding (torchvision pads the normalised image with 0)."""
         H, W = images.shape[-2], images.shape[-1]
