@@ -110,7 +110,8 @@ def main() -> None:
                          "kernel (on), or time both (both: 'mrcnn' off, 'mrcnn_native_roi' on)")
     ap.add_argument("--compile", default="off", choices=["off", "on", "both"],
                     help="torch.compile ours' backbone + FPN (`mrcnn train --compile`): off, on, or both ('mrcnn' "
-                         "eager, 'mrcnn_compiled' compiled; compiling happens in the warm-up steps)")
+                         "eager, 'mrcnn_compiled' compiled, with the native RoIAlign unless --native-roi-align off: compare it with "
+                         "'mrcnn_native_roi' then); compiling happens in the warm-up steps")
     ap.add_argument("--ops-only", action="store_true",
                     help="only count the aten ops of one step per model (no timing, nothing saved)")
     ap.add_argument("--foreach", action="store_true",
@@ -175,6 +176,13 @@ def main() -> None:
         twin = ours if name == "mrcnn" else build_model(cfg.model)
         twin.load_state_dict(ours.state_dict())
         ours_step[name] = make_step(twin, lambda m: m(batch, sizes, targets), mf_ours, native_roi, compiled)
+    for name, (_, compiled) in variants.items():
+        if compiled and name != "mrcnn":  # a machine without a working inductor (no Triton, no compiler) still
+            try:                          # times the eager variants
+                ours_step[name]()
+            except Exception as e:  # noqa: BLE001 - any compile failure: report it, drop the variant
+                print(f"{name} dropped: compiling failed: {str(e).strip().splitlines()[0][:200]}")
+                del ours_step[name]
     steps = {**ours_step, **steps}
 
     if a.ops_only:
