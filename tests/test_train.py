@@ -242,3 +242,19 @@ def test_train_with_compile_runs_and_saves_plain_checkpoints(synth_data, tmp_pat
 
     ck = load_checkpoint(comp.checkpoint)
     build_model(Config.from_dict(ck["config"]).model).load_state_dict(ck["model"])  # strict: same keys
+
+
+def test_compile_failure_is_one_error_line(synth_data, tmp_path):
+    """`--compile` where inductor cannot build (no working C++ compiler): exit 1 with one `error:` line naming
+    --compile, no traceback, no checkpoint. A fresh inductor cache dir: no earlier compiled code can be reused."""
+    env = {"CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+           "TORCHINDUCTOR_FX_GRAPH_CACHE": "0"}
+    r = run_cli(["train", "--config", "shapes-tiny", "--data", str(synth_data), "--out", str(tmp_path / "run"),
+                 "--max-iter", "1", "--device", "cpu", "--compile", "--set", "input.min_size=128",
+                 "--set", "input.max_size=128"], cwd=tmp_path, env=env)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    print(f"rc {r.returncode}; {errors}")
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith("error: --compile: compiling the backbone failed"), errors
+    assert not list((tmp_path / "run").glob("*.pt")), "a checkpoint was written by a run that never trained"

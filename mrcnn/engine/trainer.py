@@ -8,6 +8,7 @@ samples and compute the same gradient, and a resumed run continues exactly where
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -243,8 +244,9 @@ def train(
         if val_ds is None:
             val_ds = CocoDetection(data_dir, "val2017", strict=strict, logger=say)
         model.eval()
-        metrics, _ = evaluate(Predictor(model, cfg.input), val_ds, batch_size=max(s.batch, 1), log=say,
-                              progress=progress)
+        with _compile_errors(s.compile):
+            metrics, _ = evaluate(Predictor(model, cfg.input), val_ds, batch_size=max(s.batch, 1), log=say,
+                                  progress=progress)
         model.train()
         say(f"iteration {it} COCO AP\n" + format_table(metrics))
         _write_metrics({"iter": it, "eval": metrics})
@@ -281,7 +283,7 @@ def train(
                 images, sizes, targets = _to_device(batch, info.device, s.channels_last)
                 sync = micro == s.accum - 1 or info.world == 1
                 ctx = ddp_model.no_sync() if (not sync and info.world > 1) else _nullctx()
-                with ctx:
+                with ctx, _compile_errors(s.compile):
                     with _autocast(info.device, s.amp):
                         losses = ddp_model(images, sizes, targets)
                     loss = sum(losses[k].float() for k in LOSS_KEYS) / s.accum
@@ -345,6 +347,18 @@ def train(
     if metrics_file:
         metrics_file.close()
     return TrainResult(out_dir, done, path, last_metrics, skipped)
+
+
+@contextlib.contextmanager
+def _compile_errors(enabled: bool):
+    """With --compile, a failure of torch.compile (no Triton, no working C++ compiler, ...) is one error line."""
+    try:
+        yield
+    except Exception as e:
+        if enabled and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise MrcnnError(f"--compile: compiling the backbone failed ({first}); train without --compile") from e
+        raise
 
 
 class _nullctx:
