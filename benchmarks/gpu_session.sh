@@ -5,7 +5,8 @@
 #   against their torch / torchvision peers. Logs and result JSON go to $OUT (default benchmarks/results/gpu).
 #
 #   bash benchmarks/gpu_session.sh [build] [tests] [kernels] [train] [profile] [diag]  (no argument: the first four)
-#   device tool, one call has at most 600 s: `build tests kernels` in one call, then `train` in the next (warm machine)
+#   device tool, one call has at most 600 s: `build tests`, then `kernels`, then `train`, as three calls back to back
+#   (a warm machine keeps build/ between calls; it is released after ~30 s idle)
 #
 # When `tests` (same call) shows the native CUDA RoIAlign equal to the CPU kernel, the model's CUDA tests run again
 # with it (MRCNN_CUDA_ROI_ALIGN=1), `kernels` times it, `train` times ours with and without it, `profile` uses it.
@@ -39,7 +40,7 @@ python3 -m mrcnn info
 
 # the native CUDA RoIAlign (opt-in) equals the CPU kernel: then the training runs try it too. The verdict is kept in
 # the build folder, which a warm device machine keeps between calls ($OUT starts empty each call), so `tests` and
-# `train` may run as two calls (one call has at most 600 s)
+# `train` may run as separate calls (one call has at most 600 s)
 ROI_OK=build/gpu/cuda_roi_align.passed
 native_roi_ok() { [[ -f $ROI_OK ]]; }
 
