@@ -173,8 +173,10 @@ def main() -> None:
         variants["mrcnn_compiled"] = (a.native_roi_align != "off", True)
     ours_step = {}
     for name, (native_roi, compiled) in variants.items():
-        twin = ours if name == "mrcnn" else build_model(cfg.model)
-        twin.load_state_dict(ours.state_dict())
+        twin = ours
+        if name != "mrcnn":
+            twin = build_model(cfg.model)
+            twin.load_state_dict(ours.state_dict())
         ours_step[name] = make_step(twin, lambda m: m(batch, sizes, targets), mf_ours, native_roi, compiled)
     for name, (_, compiled) in variants.items():
         if compiled and name != "mrcnn":  # a machine without a working inductor (no Triton, no compiler) still

@@ -70,6 +70,22 @@ class KernelInputError(MrcnnError, ValueError):
     """Bad input to a native kernel (rank, shape, dtype, device, negative size)."""
 
 
+def _scoped(setter: Callable, doc: str) -> Callable[..., contextlib.AbstractContextManager]:
+    """A context manager from a module switch's setter (which returns the previous value): the value inside the
+    block, the previous one restored afterwards."""
+
+    @contextlib.contextmanager
+    def scoped(value) -> Iterator[None]:
+        prev = setter(value)
+        try:
+            yield
+        finally:
+            setter(prev)
+
+    scoped.__doc__ = doc
+    return scoped
+
+
 # ---- the library ------------------------------------------------------------------------------------------------------
 _P, _I64, _F, _I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _SZP = ctypes.POINTER(ctypes.c_size_t)
@@ -543,14 +559,7 @@ def cuda_roi_align_enabled() -> bool:
     return _CUDA_ROI_ALIGN
 
 
-@contextlib.contextmanager
-def cuda_roi_align(enabled: bool) -> Iterator[None]:
-    """set_cuda_roi_align inside the block, restored afterwards (like `backend`)."""
-    prev = set_cuda_roi_align(enabled)
-    try:
-        yield
-    finally:
-        set_cuda_roi_align(prev)
+cuda_roi_align = _scoped(set_cuda_roi_align, "set_cuda_roi_align(enabled) inside the block, restored afterwards.")
 
 
 def native_roi_align_applies(input: Tensor, rois: Tensor, dtype: torch.dtype | None = None) -> bool:
@@ -671,13 +680,7 @@ def get_backend() -> str:
     return _backend
 
 
-@contextlib.contextmanager
-def backend(name: str) -> Iterator[None]:
-    prev = set_backend(name)
-    try:
-        yield
-    finally:
-        set_backend(prev)
+backend = _scoped(set_backend, "set_backend(name) inside the block, restored afterwards.")
 
 
 def _kernel_supports(args: tuple, kwargs: dict) -> bool:
