@@ -69,6 +69,8 @@ class InputConfig:
     hflip_prob: float = 0.5  # training only
     pad_to_max: bool = False  # training batches padded to max_size x max_size: per-image results independent of
     # batch composition (exact accumulation / DDP equivalence with GroupNorm); costs compute on smaller images
+    aspect_ratio_grouping: bool = True  # training batches of landscape-only or portrait-only images (the seed's
+    # default; GlobalBatchSampler): less padding. Off where pad_to_max pads every batch to the same size anyway
 
 
 @dataclass

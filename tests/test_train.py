@@ -258,3 +258,21 @@ def test_compile_failure_is_one_error_line(synth_data, tmp_path):
     assert "Traceback" not in r.stderr + r.stdout, r.stderr[-3000:]
     assert len(errors) == 1 and errors[0].startswith("error: --compile: compiling the backbone failed"), errors
     assert not list((tmp_path / "run").glob("*.pt")), "a checkpoint was written by a run that never trained"
+
+
+def test_training_groups_batches_by_aspect_ratio(synth_data, tmp_path):
+    """The trainer hands the dataset's aspect groups to the sampler (synthetic images are square or 4:3 landscape),
+    unless every batch is padded to max_size x max_size anyway (the tiny config's pad_to_max)."""
+    from mrcnn.data.coco import CocoDetection
+
+    groups = CocoDetection(synth_data, "train2017", logger=lambda m: None).aspect_groups()
+    assert 0 < sum(groups) < len(groups), groups  # both groups present
+    for pad_to_max, expected in ((False, True), (True, False)):
+        cfg = tiny_config(max_iter=1)
+        cfg.input.pad_to_max = pad_to_max
+        lines: list[str] = []
+        train(cfg, synth_data, tmp_path / f"run{pad_to_max}", log=lines.append, progress=False,
+              evaluate_at_end=False, device="cpu")
+        said = [m for m in lines if m.startswith("aspect-ratio grouping")]
+        want = f"aspect-ratio grouping: {groups.count(0)} landscape, {groups.count(1)} portrait or square images"
+        assert said == ([want] if expected else []), (pad_to_max, said)

@@ -219,6 +219,11 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def aspect_groups(self) -> list[int]:
+        """Per item: 0 when its image is wider than high, else 1 (the seed's aspect-ratio grouping: bins [1] of h/w),
+        from the json sizes, without decoding. Batches drawn within one group need less padding."""
+        return [int(self.coco.imgs[i]["height"] >= self.coco.imgs[i]["width"]) for i in self.ids]
+
     def image_path(self, i: int) -> Path:
         return self.img_dir / self.coco.imgs[self.ids[i]]["file_name"]
 

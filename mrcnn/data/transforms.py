@@ -3,13 +3,13 @@
 Shapes: B images per batch; N instances; H, W original size; h, w resized size.
 
 Determinism contract: the augmentation of sample i at epoch e depends only on (seed, e, i), and the global batch of
-iteration t depends only on (seed, t, batch, len(dataset)); single-process, gradient-accumulation and DDP runs
-therefore see the same global batches with the same augmentations.
+iteration t depends only on (seed, t, batch, len(dataset), the samples' aspect groups); single-process,
+gradient-accumulation and DDP runs therefore see the same global batches with the same augmentations.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -139,14 +139,26 @@ class GlobalBatchSampler:
     `local(iteration, rank, world, micro, accum)`: the global batch is cut into world*accum equal contiguous chunks
     and (rank, micro) gets chunk `micro * world + rank`: at each accumulation micro-step the ranks together take the
     next contiguous world-sized block. batch must be divisible by world*accum.
+
+    `groups` (one id per sample, e.g. `CocoDetection.aspect_groups()`): aspect-ratio grouping, as the seed's and
+    torchvision's samplers do. perm(e) is then reordered (`_grouped`) so that the global batches lying inside the
+    epoch are drawn from one group each, except at most one batch per group made of the groups' leftovers, and are
+    visited in a seeded random order; the batches that straddle two epochs may be mixed. A batch of landscape and
+    portrait images is padded to a square that holds both: up to ~1.7x the pixels of either at COCO's 800 / 1333.
+    Still a function of (seed, epoch); with a single group it is perm(e) unchanged.
     """
 
-    def __init__(self, dataset_len: int, batch: int, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self, dataset_len: int, batch: int, seed: int = 0, shuffle: bool = True, groups: Sequence[int] | None = None
+    ) -> None:
         if dataset_len <= 0:
             raise MrcnnError("the training dataset is empty")
         if batch <= 0:
             raise MrcnnError(f"batch must be positive, got {batch}")
+        if groups is not None and len(groups) != dataset_len:
+            raise MrcnnError(f"{len(groups)} group ids for {dataset_len} samples")
         self.n, self.batch, self.seed, self.shuffle = int(dataset_len), int(batch), int(seed), shuffle
+        self.groups = [int(g) for g in groups] if groups is not None and len(set(groups)) > 1 else None
         self._perms: dict[int, list[int]] = {}
 
     def permutation(self, epoch: int) -> list[int]:
@@ -157,10 +169,44 @@ class GlobalBatchSampler:
                 p = torch.randperm(self.n, generator=g).tolist()
             else:
                 p = list(range(self.n))
+            if self.groups is not None:
+                p = self._grouped(p, epoch)
             if len(self._perms) > 4:
                 self._perms.clear()
             self._perms[epoch] = p
         return p
+
+    def _grouped(self, perm: list[int], epoch: int) -> list[int]:
+        """perm reordered so that the aligned global batches inside the epoch come from one group each.
+
+        Epoch e fills positions [e*n, (e+1)*n); its first `head` items complete the batch the previous epoch began,
+        its last `tail` items begin the batch the next epoch completes, and the n - head - tail in between are whole
+        batches. Those are each group's items in perm order cut into full batches, plus the groups' leftovers (in
+        group order, so mixed only where one group's leftovers meet the next's); head and tail come from the
+        leftovers (and, where too few are left, from full batches broken up for them)."""
+        b, n = self.batch, self.n
+        head, tail = (-epoch * n) % b, ((epoch + 1) * n) % b
+        if head + tail >= n:
+            return perm  # an epoch shorter than about two batches: nothing to group
+        by_group: dict[int, list[int]] = {}
+        for i in perm:
+            by_group.setdefault(self.groups[i], []).append(i)
+        full: list[list[int]] = []
+        pool: list[int] = []
+        for g in sorted(by_group):
+            items = by_group[g]
+            k = len(items) - len(items) % b
+            full += [items[j : j + b] for j in range(0, k, b)]
+            pool += items[k:]
+        while len(pool) < head + tail:
+            pool = full.pop() + pool
+        inner = pool[head : len(pool) - tail]
+        batches = full + [inner[j : j + b] for j in range(0, len(inner), b)]
+        order = list(range(len(batches)))
+        if self.shuffle:
+            g = torch.Generator().manual_seed(hash_seed(self.seed, epoch, 2))
+            order = torch.randperm(len(batches), generator=g).tolist()
+        return pool[:head] + [i for k in order for i in batches[k]] + pool[len(pool) - tail :]
 
     def epoch_of(self, iteration: int) -> int:
         return iteration * self.batch // self.n

@@ -76,13 +76,20 @@ def evaluate(
     progress: bool = True,
     max_images: int = 0,
 ) -> tuple[dict, list[dict]]:
-    """Predict every image of a `CocoDetection` dataset and evaluate. Returns (metrics, coco results)."""
+    """Predict every image of a `CocoDetection` dataset and evaluate. Returns (metrics, coco results).
+
+    The images (the first `max_images`) are batched landscape first, then portrait (`aspect_groups`), so a batch
+    seldom pads a landscape and a portrait image to a square."""
     n = len(dataset) if not max_images else min(max_images, len(dataset))
+    order = list(range(n))
+    if batch_size > 1 and hasattr(dataset, "aspect_groups"):
+        groups = dataset.aspect_groups()
+        order.sort(key=lambda i: groups[i])
     results: list[dict] = []
     image_ids: list[int] = []
     with reporter(n, "eval", log=log, enabled=progress) as rep, torch.inference_mode():
         for start in range(0, n, batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, n))]
+            items = [dataset[i] for i in order[start : start + batch_size]]
             preds = predictor([img for img, _ in items])
             for (img, tgt), pred in zip(items, preds):
                 image_ids.append(int(tgt["image_id"]))

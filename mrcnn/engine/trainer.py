@@ -178,7 +178,11 @@ def train(
     base, train_ds, Sampler = build_train_data(cfg, data_dir, strict, say)
     cfg.model.num_classes = len(base.class_names) + 1
     global_batch = s.batch * s.accum * info.world
-    sampler = Sampler(len(train_ds), global_batch, seed=cfg.seed)
+    # (batches padded to max_size x max_size gain nothing from grouping: their sampling stays as it was)
+    groups = base.aspect_groups() if cfg.input.aspect_ratio_grouping and not cfg.input.pad_to_max else None
+    sampler = Sampler(len(train_ds), global_batch, seed=cfg.seed, groups=groups)
+    if sampler.groups is not None and global_batch > 1:
+        say(f"aspect-ratio grouping: {groups.count(0)} landscape, {groups.count(1)} portrait or square images")
 
     # 2. model, optimizer, scaler
     torch.manual_seed(cfg.seed)
