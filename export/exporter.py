@@ -89,13 +89,16 @@ def _example_inputs(batch: int, height: int, width: int) -> tuple[torch.Tensor, 
 
 def metadata(cfg, class_names: list[str], target: str, opset: int, dynamic: dict) -> dict[str, str]:
     import mrcnn
+    from mrcnn.model.preprocess import min_batch_shape
 
     i, m = cfg.input, cfg.model
     preprocess = {
         "min_size": i.min_size, "max_size": i.max_size, "size_divisible": i.size_divisible,
+        "pad_to": list(min_batch_shape(i) or ()),
         "image_mean": list(m.image_mean), "image_std": list(m.image_std),
         "resize": "bilinear, scale = min(min_size / min(h, w), max_size / max(h, w)) (torchvision)",
-        "input": "images float32 [B,3,H,W] RGB 0..1 zero-padded to size_divisible; image_sizes int64 [B,2] (h, w); "
+        "input": "images float32 [B,3,H,W] RGB 0..1 zero-padded to size_divisible (and to at least pad_to, "
+                 "[H, W], where given: the model was trained so); image_sizes int64 [B,2] (h, w); "
                  "mean/std normalisation is inside the graph",
     }
     return {

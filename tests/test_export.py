@@ -176,6 +176,21 @@ def test_batch_independent(tiny, predictors, target):
              f"{target} B=4 vs pytorch")
 
 
+def test_pad_to_max_results_do_not_depend_on_batch_mates(tiny, predictors):
+    """A pad_to_max config (shapes-tiny: GroupNorm, trained on 256 x 256 batches) is padded so at inference too, in
+    PyTorch and in both ONNX flavours: an image's detections are the same alone and next to a larger image. Without
+    it, the padding a batch mate adds changes the GroupNorm statistics."""
+    a, mate = _u8(_synthetic(150, 230, 2)), _u8(_noise(256, 200, 4))
+    runs = {"pytorch": Predictor(tiny["model"], tiny["cfg"].input), **predictors}
+    for name, p in runs.items():
+        _compare(p([a]), p([a, mate])[:1], f"{name}: alone vs next to a 256x200 image")
+    plain = tiny["cfg"].override(["input.pad_to_max=false"])
+    alone, paired = (Predictor(tiny["model"], plain.input)(x)[0] for x in ([a], [a, mate]))
+    d = float((alone["scores"][:20] - paired["scores"][:20]).abs().max())
+    print(f"without pad_to_max: max score change of the top 20 next to a batch mate {d:.3g}")
+    assert d > SCORE_TOL, d
+
+
 # -- 3. no detection above the threshold: num_detections = 0, no error (static export through the CLI) -------------
 
 @pytest.mark.parametrize("target, opset", [("trt", 17), ("portable", 16)])  # also: the oldest opsets allowed
@@ -360,6 +375,7 @@ def test_graphs_check_and_describe_themselves(tiny_onnx, tiny):
         assert (pre["min_size"], pre["max_size"], pre["size_divisible"]) == (inp.min_size, inp.max_size,
                                                                               inp.size_divisible)
         assert pre["image_mean"] == list(tiny["cfg"].model.image_mean)
+        assert inp.pad_to_max and pre["pad_to"] == [inp.max_size, inp.max_size], pre  # shapes-tiny trains so
         import mrcnn
 
         assert meta["mrcnn.version"] == mrcnn.__version__

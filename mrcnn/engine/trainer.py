@@ -26,6 +26,7 @@ from mrcnn.engine.checkpoint import load_checkpoint, save_checkpoint
 from mrcnn.engine.evaluation import evaluate, format_table
 from mrcnn.engine.progress import reporter
 from mrcnn.errors import MrcnnError
+from mrcnn.model.preprocess import min_batch_shape
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -262,7 +263,7 @@ def train(
             metrics_file.flush()
 
     # 4. loop
-    pad_to = (cfg.input.max_size, cfg.input.max_size) if cfg.input.pad_to_max else None
+    pad_to = min_batch_shape(cfg.input)
     # (epoch, index) keys: augmentation seeds need no per-worker epoch state
     loader = torch.utils.data.DataLoader(
         train_ds, batch_sampler=sampler.micro_batches(start_iter, s.max_iter, info.rank, info.world, s.accum),

@@ -6,7 +6,8 @@ from torch import Tensor
 
 from mrcnn.config import InputConfig
 from mrcnn.model.mask_rcnn import MaskRCNN
-from mrcnn.model.preprocess import batch_images, postprocess_detections, resize_image, to_float_image
+from mrcnn.model.preprocess import (batch_images, min_batch_shape, postprocess_detections, resize_image,
+                                    to_float_image)
 
 
 class Predictor:
@@ -32,7 +33,7 @@ class Predictor:
         cfg = self.input_cfg
         originals = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         resized = [resize_image(to_float_image(im.to(self.device)), cfg.min_size, cfg.max_size) for im in images]
-        batch, sizes = batch_images(resized, cfg.size_divisible)
+        batch, sizes = batch_images(resized, cfg.size_divisible, min_batch_shape(cfg))
         self.model.eval()
         outputs = self.model(batch, sizes.to(self.device))
         return postprocess_detections(outputs, sizes, originals, paste=self.paste)

@@ -46,6 +46,12 @@ def resize_boxes(boxes: Tensor, original_size: tuple[int, int], new_size: tuple[
     return torch.stack((x0 * rw, y0 * rh, x1 * rw, y1 * rh), dim=-1)
 
 
+def min_batch_shape(input_cfg) -> tuple[int, int] | None:
+    """(max_size, max_size) where the config pads every batch to it (`pad_to_max`: training, evaluation and the
+    predictors alike, so that a model sees at test time the padding it was trained with), else None."""
+    return (int(input_cfg.max_size), int(input_cfg.max_size)) if getattr(input_cfg, "pad_to_max", False) else None
+
+
 def batch_images(images: list[Tensor], size_divisible: int = 32,
                  min_shape: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """Pad [3,h_i,w_i] images into [B,3,H,W] (H, W multiples of `size_divisible`, at least `min_shape`), zero fill.

@@ -120,10 +120,10 @@ class OnnxPredictor:
             yield batch, sizes, real
 
     def _pad(self, chunk: list[Tensor]) -> tuple[Tensor, Tensor]:
-        from mrcnn.model.preprocess import batch_images
+        from mrcnn.model.preprocess import batch_images, min_batch_shape
 
         if self.static_size is None:
-            return batch_images(chunk, self.size_divisible)
+            return batch_images(chunk, self.size_divisible, min_batch_shape(self.cfg.input))
         H, W = self.static_size
         for im in chunk:
             if im.shape[-2] > H or im.shape[-1] > W:
