@@ -93,7 +93,7 @@ def train(
     lr: float = typer.Option(None, "--lr", help="base LR for the reference batch (scaled linearly)"),
     eval_period: int = typer.Option(None, "--eval-period", help="COCO eval every P iterations (0: at the end)"),
     checkpoint_period: int = typer.Option(None, "--checkpoint-period", help="checkpoint every P iterations"),
-    workers: int = typer.Option(None, "--workers", help="data loader worker processes"),
+    workers: int = typer.Option(None, "--workers", help="data loader worker processes (default: 0 on CPU, up to 4 on a GPU)"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
     strict: bool = typer.Option(False, "--strict", help="bad data is an error instead of a skipped sample"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if visible)"),

@@ -451,3 +451,16 @@ def test_evaluation_batches_one_aspect_group_at_a_time(data):
     flat = [g for b in seen for g in b]
     assert sorted(flat) == sorted(groups) and flat == sorted(flat), seen  # every image once, landscape first
     assert sum(len(set(b)) > 1 for b in seen) <= 1, seen
+
+
+def test_datasets_pickle_for_spawned_workers(data):
+    """DataLoader workers under spawn / forkserver (Python 3.14's default on Linux) receive pickled datasets; the
+    trainer's logger is a closure, which does not pickle: the copy logs to stderr."""
+    import pickle
+
+    base = CocoDetection(data, "train2017", logger=lambda m: None)
+    ds = TrainDataset(base, TrainTransform(128, 128), seed=1)
+    copy = pickle.loads(pickle.dumps(ds))
+    a, b = ds[(2, 3)], copy[(2, 3)]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1]["masks"], b[1]["masks"]) and a[1]["seed"] == b[1]["seed"]
+    assert copy.dataset.logger is not base.logger and base.logger("x") is None

@@ -276,3 +276,27 @@ def test_training_groups_batches_by_aspect_ratio(synth_data, tmp_path):
         said = [m for m in lines if m.startswith("aspect-ratio grouping")]
         want = f"aspect-ratio grouping: {groups.count(0)} landscape, {groups.count(1)} portrait or square images"
         assert said == ([want] if expected else []), (pad_to_max, said)
+
+
+def test_loader_workers_train_the_same_weights(synth_data, tmp_path):
+    """Worker processes load (epoch, index) keys with their own seeds: 2 workers give the weights of 0."""
+    runs = {w: _weights(_train(tiny_config(max_iter=3, num_workers=w), synth_data, tmp_path / f"w{w}").checkpoint)
+            for w in (0, 2)}
+    rel, key = max_rel_diff(runs[0], runs[2])
+    print(f"2 workers vs 0: max rel diff {rel:.3e} at {key}")
+    assert rel == 0.0, (rel, key)
+
+
+def test_loader_workers_auto(monkeypatch):
+    from mrcnn.engine.trainer import DistInfo, loader_workers
+
+    cpu, gpu = DistInfo(device=torch.device("cpu")), DistInfo(device=torch.device("cuda", 0))
+    assert loader_workers(3, cpu) == 3 and loader_workers(0, gpu) == 0
+    assert loader_workers(-1, cpu) == 0  # the CPU step uses every core
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert loader_workers(-1, gpu) == max(0, min(4, cores - 1)), cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))  # one core per rank: no room for workers
+    assert loader_workers(-1, gpu) == 0
+    with pytest.raises(MrcnnError, match="workers"):
+        loader_workers(-2, cpu)

@@ -202,6 +202,13 @@ class CocoDetection(torch.utils.data.Dataset):
             self.coco.createIndex()
         self.ids: list[int] = sorted(images)
 
+    def __getstate__(self) -> dict:
+        # DataLoader workers started by spawn or forkserver (Python 3.14's default on Linux) get a pickled copy; the
+        # logger may be a closure, which does not pickle: there they warn on stderr
+        state = dict(self.__dict__)
+        state["logger"] = _stderr_logger
+        return state
+
     # -- bad data ---------------------------------------------------------------------------------------------
     def _bad(self, msg: str, reason: str) -> None:
         if self.strict:

@@ -96,6 +96,19 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, world: int) -> torch.opt
 
 # -- data -----------------------------------------------------------------------------------------------------------
 
+def loader_workers(requested: int, info: DistInfo) -> int:
+    """`solver.num_workers`, where -1 (auto) is 0 on a CPU device and min(4, cores per rank - 1) on a GPU."""
+    if requested < -1:
+        raise MrcnnError(f"--workers must be >= 0 (or -1: auto), got {requested}")
+    if requested >= 0:
+        return requested
+    if info.device.type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # set by torchrun
+    return max(0, min(4, cores // ranks_here - 1))
+
+
 def build_train_data(cfg: Config, data_dir: str | Path, strict: bool, log):
     from mrcnn.data.coco import CocoDetection
     from mrcnn.data.transforms import GlobalBatchSampler, TrainDataset, TrainTransform
@@ -268,7 +281,7 @@ def train(
     loader = torch.utils.data.DataLoader(
         train_ds, batch_sampler=sampler.micro_batches(start_iter, s.max_iter, info.rank, info.world, s.accum),
         collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible, pad_to=pad_to),
-        num_workers=s.num_workers,
+        num_workers=loader_workers(s.num_workers, info),
         pin_memory=info.device.type == "cuda",  # page-locked batches: the copies above run asynchronously
         persistent_workers=False)
     data_iter = iter(loader)
