@@ -39,6 +39,7 @@ def test_synth_and_malformed_json(tmp_path):
     (["train", "--config", "nope", "--data", ".", "--out", "r"], "unknown config"),
     (["train", "--config", "shapes-tiny", "--data", ".", "--out", "r", "--set", "model.bogus=1"], "bogus"),
     (["convert", "torchvision", "missing.pth", "out.pt"], "missing.pth"),
+    (["train", "--config", "shapes-tiny", "--data", ".", "--out", "r", "--workers", "-2"], "--workers must be"),
 ])
 def test_bad_input_one_line(tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)

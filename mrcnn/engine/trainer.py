@@ -185,6 +185,7 @@ def train(
         raise MrcnnError(f"--amp must be one of off, bf16, fp16 (got {s.amp!r})")
     if s.accum < 1 or s.batch < 1 or s.max_iter < 1:
         raise MrcnnError("--batch, --accum and --max-iter must be >= 1")
+    workers = loader_workers(s.num_workers, info)
     out_dir = Path(out_dir)
     say = log if info.is_main else (lambda _m: None)
 
@@ -281,7 +282,7 @@ def train(
     loader = torch.utils.data.DataLoader(
         train_ds, batch_sampler=sampler.micro_batches(start_iter, s.max_iter, info.rank, info.world, s.accum),
         collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible, pad_to=pad_to),
-        num_workers=loader_workers(s.num_workers, info),
+        num_workers=workers,
         pin_memory=info.device.type == "cuda",  # page-locked batches: the copies above run asynchronously
         persistent_workers=False)
     data_iter = iter(loader)
