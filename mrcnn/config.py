@@ -96,8 +96,9 @@ class SolverConfig:
     checkpoint_period: int = 0  # 0 = only at the end
     max_bad_steps: int = 5  # consecutive non-finite steps before aborting
     num_workers: int = -1  # data loader processes; -1: 0 when training on the CPU (the step uses every core),
-    # else min(4, CPU cores per rank - 1), as the seed's and torchvision's 4 (a COCO sample costs ~15-25 ms of decode,
-    # mask and resize work: at batch 4 that is more than a GPU step)
+    # else min(4, CPU cores per rank - 1), as the seed's and torchvision's 4 (a COCO-sized sample costs ~15 ms of
+    # decode, mask and resize work, a batch of 4 with collating 60-80 ms: about one GPU step;
+    # benchmarks/data_loading.py)
 
 
 @dataclass

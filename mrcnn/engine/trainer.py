@@ -109,6 +109,21 @@ def loader_workers(requested: int, info: DistInfo) -> int:
     return max(0, min(4, cores // ranks_here - 1))
 
 
+def make_train_loader(train_ds, sampler, cfg: Config, info: DistInfo, start_iter: int, workers: int):
+    """This rank's micro-batches for iterations start_iter..max_iter-1, collated (and pinned for a GPU)."""
+    from mrcnn.data.transforms import collate
+
+    s = cfg.solver
+    # (epoch, index) keys: augmentation seeds need no per-worker epoch state
+    return torch.utils.data.DataLoader(
+        train_ds, batch_sampler=sampler.micro_batches(start_iter, s.max_iter, info.rank, info.world, s.accum),
+        collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible,
+                                     pad_to=min_batch_shape(cfg.input)),
+        num_workers=workers,
+        pin_memory=info.device.type == "cuda",  # page-locked batches: the host-to-device copies run asynchronously
+        persistent_workers=False)
+
+
 def build_train_data(cfg: Config, data_dir: str | Path, strict: bool, log):
     from mrcnn.data.coco import CocoDetection
     from mrcnn.data.transforms import GlobalBatchSampler, TrainDataset, TrainTransform
@@ -175,7 +190,6 @@ def train(
     progress: bool = True,
     evaluate_at_end: bool = True,
 ) -> TrainResult:
-    from mrcnn.data.transforms import collate
     from mrcnn.model import build_model
     from mrcnn.model.predictor import Predictor
 
@@ -277,15 +291,7 @@ def train(
             metrics_file.flush()
 
     # 4. loop
-    pad_to = min_batch_shape(cfg.input)
-    # (epoch, index) keys: augmentation seeds need no per-worker epoch state
-    loader = torch.utils.data.DataLoader(
-        train_ds, batch_sampler=sampler.micro_batches(start_iter, s.max_iter, info.rank, info.world, s.accum),
-        collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible, pad_to=pad_to),
-        num_workers=workers,
-        pin_memory=info.device.type == "cuda",  # page-locked batches: the copies above run asynchronously
-        persistent_workers=False)
-    data_iter = iter(loader)
+    data_iter = iter(make_train_loader(train_ds, sampler, cfg, info, start_iter, workers))
     model.train()
     bad_in_a_row = skipped = 0
     last_metrics: dict = {}
