@@ -4,7 +4,8 @@
 #   build the native kernels for the card, run the `cuda`-marked tests, time the kernels and the training step
 #   against their torch / torchvision peers. Logs and result JSON go to $OUT (default benchmarks/results/gpu).
 #
-#   bash benchmarks/gpu_session.sh [build] [tests] [kernels] [train] [profile] [diag]  (no argument: the first four)
+#   bash benchmarks/gpu_session.sh [build] [tests] [kernels] [train] [profile] [diag] [data]  (no argument: the first
+#   four; `data`: the trainer's data loader with 0 and 4 workers on this host's cores, ~1 min, no GPU needed)
 #   device tool, one call has at most 600 s: `build tests`, then `kernels`, then `train`, as three calls back to back
 #   (a warm machine keeps build/ between calls; it is released after ~30 s idle)
 #
@@ -82,6 +83,11 @@ if has profile; then
     --amp bf16 --channels-last --native-roi-align "$(native_roi_ok && echo on || echo off)" --no-save \
     --profile /tmp/prof 2>&1 | tail -5
   for f in /tmp/prof-*.txt; do echo "=== $f"; cat "$f"; done >"$OUT/profile.txt"
+fi
+
+if has data; then  # what the loader delivers on a GPU host's cores (the step itself is ~80 ms per batch of 4)
+  python3 benchmarks/data_loading.py --workers 4 --batches 24 --json "$OUT/data_loading-gpu-host.json" 2>&1 \
+    | grep -v "^saved"
 fi
 
 if has diag; then  # is the step host-bound, or stalled by the allocator? cudaMalloc counts, two allocator settings
