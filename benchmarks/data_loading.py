@@ -25,14 +25,13 @@ from _common import machine, save
 
 
 def _padded_ratio(sizes: list[tuple[int, int]], groups, batch: int, divisible: int, seed: int) -> float:
-    """Pixels of one epoch's padded global batches / the same images each padded alone (batch_images on 0-channel
-    images: the shapes without the memory)."""
+    """Pixels of one epoch's padded global batches / the same images each padded alone."""
     from mrcnn.data.transforms import GlobalBatchSampler
-    from mrcnn.model.preprocess import batch_images
+    from mrcnn.model.preprocess import padded_size
 
     def pixels(idx: list[int]) -> int:
-        b, _ = batch_images([torch.empty(0, *sizes[i]) for i in idx], divisible)
-        return b.shape[0] * b.shape[2] * b.shape[3]
+        h, w = padded_size([sizes[i] for i in idx], divisible)
+        return len(idx) * h * w
 
     s = GlobalBatchSampler(len(sizes), batch, seed=seed, groups=groups)
     batches = [s.batch_indices(it) for it in range(len(sizes) // batch)]

@@ -110,8 +110,8 @@ def main() -> None:
                          "kernel (on), or time both (both: 'mrcnn' off, 'mrcnn_native_roi' on)")
     ap.add_argument("--compile", default="off", choices=["off", "on", "both"],
                     help="torch.compile ours' backbone + FPN (`mrcnn train --compile`): off, on, or both ('mrcnn' "
-                         "eager, 'mrcnn_compiled' compiled, with the native RoIAlign unless --native-roi-align off: compare it with "
-                         "'mrcnn_native_roi' then); compiling happens in the warm-up steps")
+                         "eager, 'mrcnn_compiled' compiled, with the native RoIAlign unless --native-roi-align off: "
+                         "compare it with 'mrcnn_native_roi' then); compiling happens in the warm-up steps")
     ap.add_argument("--ops-only", action="store_true",
                     help="only count the aten ops of one step per model (no timing, nothing saved)")
     ap.add_argument("--foreach", action="store_true",
@@ -171,6 +171,7 @@ def main() -> None:
         variants["mrcnn_native_roi"] = (True, False)
     if a.compile == "both":
         variants["mrcnn_compiled"] = (a.native_roi_align != "off", True)
+    compiled_variants = {name for name, (_, compiled) in variants.items() if compiled}
     ours_step = {}
     for name, (native_roi, compiled) in variants.items():
         twin = ours
@@ -178,19 +179,18 @@ def main() -> None:
             twin = build_model(cfg.model)
             twin.load_state_dict(ours.state_dict())
         ours_step[name] = make_step(twin, lambda m: m(batch, sizes, targets), mf_ours, native_roi, compiled)
-    for name, (_, compiled) in variants.items():
-        if compiled and name != "mrcnn":  # a machine without a working inductor (no Triton, no compiler) still
-            try:                          # times the eager variants
-                ours_step[name]()
-            except Exception as e:  # noqa: BLE001 - any compile failure: report it, drop the variant
-                print(f"{name} dropped: compiling failed: {str(e).strip().splitlines()[0][:200]}")
-                del ours_step[name]
+    for name in compiled_variants - {"mrcnn"}:  # a machine without a working inductor (no Triton, no compiler)
+        try:                                     # still times the eager variants
+            ours_step[name]()
+        except Exception as e:  # noqa: BLE001 - any compile failure: report it, drop the variant
+            print(f"{name} dropped: compiling failed: {str(e).strip().splitlines()[0][:200]}")
+            del ours_step[name]
     steps = {**ours_step, **steps}
 
     if a.ops_only:
         for k, step in steps.items():
-            if variants.get(k, (False, False))[1]:
-                continue  # compiled: not countable by a dispatch mode (above)
+            if k in compiled_variants:
+                continue  # compiled: not countable by a dispatch mode (below)
             step()  # first-step work (lazy init) is not a step's
             print(f"{k}: aten ops per step {count_ops(step)}")
         return
@@ -219,7 +219,7 @@ def main() -> None:
               + f"; peak allocated {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     # a TorchDispatchMode sees eager aten calls only: compiled code runs its fused kernels past it, so the compiled
     # variant is not counted (its count would be the eager one's)
-    ops = {k: count_ops(step) for k, step in steps.items() if not variants.get(k, (False, False))[1]}
+    ops = {k: count_ops(step) for k, step in steps.items() if k not in compiled_variants}
     print("aten ops per step (all / not views or allocations; eager variants): "
           + ", ".join(f"{k} {v['all']}/{v['compute']}" for k, v in ops.items()))
     if a.profile:

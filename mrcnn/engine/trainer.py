@@ -307,7 +307,7 @@ def train(
                 batch = next(data_iter)
                 images, sizes, targets = _to_device(batch, info.device, s.channels_last)
                 sync = micro == s.accum - 1 or info.world == 1
-                ctx = ddp_model.no_sync() if (not sync and info.world > 1) else _nullctx()
+                ctx = ddp_model.no_sync() if (not sync and info.world > 1) else contextlib.nullcontext()
                 with ctx, _compile_errors(s.compile):
                     with _autocast(info.device, s.amp):
                         losses = ddp_model(images, sizes, targets)
@@ -384,14 +384,6 @@ def _compile_errors(enabled: bool):
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise MrcnnError(f"--compile: compiling the backbone failed ({first}); train without --compile") from e
         raise
-
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _barrier(info: DistInfo) -> None:

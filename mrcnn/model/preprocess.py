@@ -52,6 +52,16 @@ def min_batch_shape(input_cfg) -> tuple[int, int] | None:
     return (int(input_cfg.max_size), int(input_cfg.max_size)) if getattr(input_cfg, "pad_to_max", False) else None
 
 
+def padded_size(sizes: list[tuple[int, int]], size_divisible: int = 32,
+                min_shape: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(H, W) of a batch of images of sizes [(h_i, w_i)]: the largest side, at least `min_shape`, rounded up to a
+    multiple of `size_divisible` (batch_images' padding, without the images)."""
+    hs = [h for h, _ in sizes] + ([int(min_shape[0])] if min_shape else [])
+    ws = [w for _, w in sizes] + ([int(min_shape[1])] if min_shape else [])
+    return (int(math.ceil(max(hs) / size_divisible) * size_divisible),
+            int(math.ceil(max(ws) / size_divisible) * size_divisible))
+
+
 def batch_images(images: list[Tensor], size_divisible: int = 32,
                  min_shape: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """Pad [3,h_i,w_i] images into [B,3,H,W] (H, W multiples of `size_divisible`, at least `min_shape`), zero fill.
@@ -60,10 +70,7 @@ def batch_images(images: list[Tensor], size_divisible: int = 32,
     """
     if not images:
         raise ValueError("batch_images needs at least one image")
-    hs = [int(i.shape[-2]) for i in images] + ([int(min_shape[0])] if min_shape else [])
-    ws = [int(i.shape[-1]) for i in images] + ([int(min_shape[1])] if min_shape else [])
-    H = int(math.ceil(max(hs) / size_divisible) * size_divisible)
-    W = int(math.ceil(max(ws) / size_divisible) * size_divisible)
+    H, W = padded_size([(int(i.shape[-2]), int(i.shape[-1])) for i in images], size_divisible, min_shape)
     batch = images[0].new_zeros((len(images), images[0].shape[0], H, W))
     for i, img in enumerate(images):
         batch[i, :, : img.shape[-2], : img.shape[-1]].copy_(img)
