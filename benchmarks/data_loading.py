@@ -82,7 +82,7 @@ def main() -> None:
         t3 = time.perf_counter()
         for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
             parts[k].append(v * 1000)
-    instances = statistics.mean(len(base.coco.imgToAnns.get(i, [])) for i in base.ids[:n])
+    instances = statistics.mean(len(base._anns.rows(i)) for i in range(n))
     sample_ms = {k: {"median": statistics.median(v), "mean": statistics.mean(v)} for k, v in parts.items()}
     items = [ds[i] for i in range(a.batch)]
     collate_ms = []
@@ -108,10 +108,10 @@ def main() -> None:
 
     # 3. padding with and without grouping (json sizes, the config's resize)
     sizes = []
-    for i in base.ids:
-        im = base.coco.imgs[i]
-        sc = resize_scale(im["height"], im["width"], inp.min_size, inp.max_size)
-        sizes.append((int(im["height"] * sc), int(im["width"] * sc)))
+    for i in range(len(base)):
+        h, w = base.image_size(i)
+        sc = resize_scale(h, w, inp.min_size, inp.max_size)
+        sizes.append((int(h * sc), int(w * sc)))
     groups = base.aspect_groups()
     padded = {"grouped": _padded_ratio(sizes, groups, a.batch, inp.size_divisible, cfg.seed),
               "ungrouped": _padded_ratio(sizes, None, a.batch, inp.size_divisible, cfg.seed)}

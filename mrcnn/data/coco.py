@@ -3,21 +3,30 @@
 Shapes: N instances of one image; H, W its original size.
 
 Bad data is found when the dataset is built, where it can be: an annotation that points to an unknown image or
-category, has a zero-area / degenerate box, a broken polygon or RLE; an image entry whose file is missing. Each is
-dropped with one warning line (via `logger`) and counted in `skipped`; with `strict=True` the first one raises
-MrcnnError instead. A corrupt image file (present, but PIL cannot decode it) or one whose size differs from its json
-entry is found in `__getitem__`: non-strict, it is warned about once, counted, remembered, and the next good sample
-(index i+1, i+2, ... wrapping) is returned in its place (its own `index`); strict, MrcnnError names the file.
+category, has no integer id or a duplicate one, a zero-area / degenerate box, a broken polygon or RLE; an image entry
+whose file is missing. Each is dropped with one warning line (via `logger`) and counted in `skipped`; with
+`strict=True` the first one raises MrcnnError instead. A corrupt image file (present, but PIL cannot decode it) or one
+whose size differs from its json entry is found when read: non-strict, it is warned about once, counted, remembered;
+`__getitem__` (training) returns the next good sample (index i+1, i+2, ... wrapping) in its place (its own
+`index`), `load_image` (evaluation) returns None; strict, MrcnnError names the file.
 Counters updated inside DataLoader worker processes stay in those processes.
+
+Memory: the json is parsed once, checked, and packed into flat numpy arrays (`_Annotations`); the parsed json is
+then dropped. DataLoader workers forked from the main process read those arrays without touching shared Python
+objects, so their pages stay shared. (Held as Python lists and dicts, the annotations' pages are copied into each
+worker as it changes their reference counts: on a COCO-train-sized file, 2 GB per worker and epoch;
+`benchmarks/coco_scale.py`.)
+The pycocotools `COCO` object that evaluation needs is built from the arrays on first use of `coco`.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
 import io
+import itertools
 import json
-import math
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Callable
@@ -27,6 +36,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 
+from mrcnn.data.segmentation import finite_numbers, parse_segmentation, segmentation_mask
 from mrcnn.errors import MrcnnError
 
 
@@ -59,32 +69,61 @@ def load_coco_json(path: str | Path) -> dict:
     return doc
 
 
-def _finite_numbers(xs) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in xs)
+class _Blobs:
+    """Python objects pickled one by one into a single numpy byte buffer: reading item i unpickles a fresh copy and
+    touches no shared Python object (detectron2 serializes its dataset dicts for the same reason)."""
+
+    def __init__(self, items: list) -> None:
+        blobs = [pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL) for x in items]
+        self.offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in blobs], out=self.offsets[1:])
+        self.buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+
+    def __getitem__(self, i: int):
+        return pickle.loads(self.buffer[self.offsets[i] : self.offsets[i + 1]])
 
 
-def _segm_problem(segm, h: int, w: int) -> str | None:
-    """Reason a segmentation cannot be decoded, or None."""
-    if isinstance(segm, list):
-        if not segm:
-            return "broken polygon (empty)"
-        for poly in segm:
-            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2 or not _finite_numbers(poly):
-                n = len(poly) if isinstance(poly, list) else type(poly).__name__
-                return f"broken polygon ({n} coordinates; need an even count >= 6 of finite numbers)"
-        return None
-    if isinstance(segm, dict):
-        size, counts = segm.get("size"), segm.get("counts")
-        if not (isinstance(size, list) and len(size) == 2 and list(size) == [h, w]):
-            return f"bad RLE (size {size} differs from image {h}x{w})"
-        if isinstance(counts, list):
-            if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != h * w:
-                return "bad RLE (counts must be non-negative integers summing to height*width)"
-            return None
-        if isinstance(counts, (str, bytes)):
-            return None
-        return "bad RLE (counts must be a list or a string)"
-    return "missing segmentation" if segm is None else f"bad segmentation ({type(segm).__name__})"
+class _Annotations:
+    """The kept annotations of the kept images, image by image, in flat numpy arrays: numbers per annotation,
+    polygon coordinates (float64, what pycocotools rasterizes) concatenated, RLE dicts pickled (`_Blobs`).
+    Annotations of image i: rows image_start[i]:image_start[i+1]."""
+
+    def __init__(self, per_image: list[list[tuple[dict, list | dict]]]) -> None:
+        flat = [x for anns in per_image for x in anns]
+        n = len(flat)
+        self.image_start = np.zeros(len(per_image) + 1, dtype=np.int64)
+        np.cumsum([len(anns) for anns in per_image], out=self.image_start[1:])
+        self.ann_id = np.fromiter((a["id"] for a, _ in flat), np.int64, n)
+        self.category_id = np.fromiter((a["category_id"] for a, _ in flat), np.int64, n)
+        self.iscrowd = np.fromiter((bool(a.get("iscrowd", 0)) for a, _ in flat), bool, n)
+        self.bbox = np.array([a["bbox"] for a, _ in flat], dtype=np.float64).reshape(n, 4)
+        self.area = np.fromiter((a.get("area", a["bbox"][2] * a["bbox"][3]) for a, _ in flat), np.float64, n)
+        segs = [seg for _, seg in flat]
+        rles = [seg for seg in segs if isinstance(seg, dict)]
+        self.rle_slot = np.full(n, -1, dtype=np.int64)
+        self.rle_slot[[k for k, seg in enumerate(segs) if isinstance(seg, dict)]] = np.arange(len(rles))
+        self.rles = _Blobs(rles)
+        polys = [p for seg in segs if not isinstance(seg, dict) for p in seg]
+        self.poly_start = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum([0 if isinstance(seg, dict) else len(seg) for seg in segs], out=self.poly_start[1:])
+        self.coord_start = np.zeros(len(polys) + 1, dtype=np.int64)
+        np.cumsum([len(p) for p in polys], out=self.coord_start[1:])
+        self.coords = np.fromiter(itertools.chain.from_iterable(polys), np.float64, int(self.coord_start[-1]))
+
+    def rows(self, i: int) -> range:
+        return range(int(self.image_start[i]), int(self.image_start[i + 1]))
+
+    def segmentation(self, k: int) -> list[np.ndarray] | dict:
+        """Annotation k's polygons (float64 arrays) or RLE dict."""
+        slot = int(self.rle_slot[k])
+        if slot >= 0:
+            return self.rles[slot]
+        cs = self.coord_start
+        return [self.coords[cs[j] : cs[j + 1]] for j in range(int(self.poly_start[k]), int(self.poly_start[k + 1]))]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray)) + self.rles.buffer.nbytes
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -130,7 +169,6 @@ class CocoDetection(torch.utils.data.Dataset):
             raise MrcnnError(f"{name}: no categories")
         self.cat_ids: list[int] = sorted(cats)
         self.class_names: list[str] = [str(cats[i]["name"]) for i in self.cat_ids]
-        self.cat_to_label = {c: i + 1 for i, c in enumerate(self.cat_ids)}
 
         # 2. images: entry sanity and file presence
         images: dict[int, dict] = {}
@@ -154,7 +192,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
         # 3. annotations
         dropped_ids = {im.get("id") for im in doc["images"] if isinstance(im, dict)} - set(images)
-        anns = []
+        by_image: dict[int, list] = {i: [] for i in images}
+        ann_ids: set[int] = set()
         for k, a in enumerate(doc["annotations"]):
             aid = a.get("id", f"#{k}") if isinstance(a, dict) else f"#{k}"
             where = f"{name}: annotation id {aid}"
@@ -167,46 +206,78 @@ class CocoDetection(torch.utils.data.Dataset):
                     continue  # its image was dropped (and reported) above
                 self._bad(f"{where}: unknown image id {iid}", "unknown image")
                 continue
+            if not isinstance(aid, int) or isinstance(aid, bool):
+                self._bad(f"{name}: annotation #{k} (image {iid}): no integer id", "bad annotation")
+                continue
+            if aid in ann_ids:
+                self._bad(f"{where}: duplicate annotation id", "duplicate annotation")
+                continue
             where = f"{where} (image {iid})"
             cid = a.get("category_id")
             if not isinstance(cid, int) or cid not in cats:
                 self._bad(f"{where}: unknown category id {a.get('category_id')}", "unknown category")
                 continue
             bbox = a.get("bbox")
-            if not (isinstance(bbox, list) and len(bbox) == 4 and _finite_numbers(bbox)):
+            if not (isinstance(bbox, list) and len(bbox) == 4 and finite_numbers(bbox)):
                 self._bad(f"{where}: bad box {bbox}", "bad box")
                 continue
             bw, bh = bbox[2], bbox[3]
             area = a.get("area", bw * bh)
-            if not _finite_numbers([area]) or area <= 0 or bw == 0 or bh == 0:
+            if not finite_numbers([area]) or area <= 0 or bw == 0 or bh == 0:
                 self._bad(f"{where}: zero-area box (w={bw} h={bh} area={area})", "zero area")
                 continue
             if bw <= 1 or bh <= 1:
                 self._bad(f"{where}: degenerate box (w={bw} h={bh})", "degenerate box")
                 continue
             img = images[iid]
-            problem = _segm_problem(a.get("segmentation"), img["height"], img["width"])
+            problem, seg = parse_segmentation(a.get("segmentation"), img["height"], img["width"])
             if problem is not None:
                 reason = problem.split(" (")[0]
                 self._bad(f"{where}: {problem}", reason)
                 continue
-            anns.append(a)
+            ann_ids.add(aid)
+            by_image[iid].append((a, seg))
 
-        # 4. the clean COCO object (for evaluation) and the kept image ids
-        clean = dict(doc)
-        clean["images"] = [images[i] for i in images]
-        clean["annotations"] = anns
-        self.coco = COCO()
-        self.coco.dataset = clean
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco.createIndex()
+        # 4. the kept images and annotations, packed into numpy arrays; the parsed json is dropped on return
         self.ids: list[int] = sorted(images)
+        self._categories = [cats[c] for c in self.cat_ids]
+        self._cat_ids = np.array(self.cat_ids, dtype=np.int64)
+        self._sizes = np.array([(images[i]["height"], images[i]["width"]) for i in self.ids], dtype=np.int64)
+        self._image_ids = np.array(self.ids, dtype=np.int64)
+        self._file_names = np.array([images[i]["file_name"] for i in self.ids], dtype=np.str_)
+        self._anns = _Annotations([by_image[i] for i in self.ids])
+        self._coco: COCO | None = None
+
+    @property
+    def coco(self) -> COCO:
+        """pycocotools COCO of the kept images and annotations (crowd regions included): evaluation's ground truth.
+        Built from the packed arrays on first use (a training set never builds it)."""
+        if self._coco is None:
+            A = self._anns
+            images = [{"id": iid, "file_name": str(fn), "height": h, "width": w}
+                      for iid, fn, (h, w) in zip(self.ids, self._file_names, self._sizes.tolist())]
+            anns = []
+            for i, iid in enumerate(self.ids):
+                for k in A.rows(i):
+                    seg = A.segmentation(k)
+                    anns.append({
+                        "id": int(A.ann_id[k]), "image_id": iid, "category_id": int(A.category_id[k]),
+                        "bbox": A.bbox[k].tolist(), "area": float(A.area[k]), "iscrowd": int(A.iscrowd[k]),
+                        "segmentation": seg if isinstance(seg, dict) else [p.tolist() for p in seg],
+                    })
+            coco = COCO()
+            coco.dataset = {"images": images, "annotations": anns, "categories": self._categories}
+            with contextlib.redirect_stdout(io.StringIO()):
+                coco.createIndex()
+            self._coco = coco
+        return self._coco
 
     def __getstate__(self) -> dict:
         # DataLoader workers started by spawn or forkserver (Python 3.14's default on Linux) get a pickled copy; the
-        # logger may be a closure, which does not pickle: there they warn on stderr
+        # logger may be a closure, which does not pickle: there they warn on stderr. The COCO object stays behind.
         state = dict(self.__dict__)
         state["logger"] = _stderr_logger
+        state["_coco"] = None
         return state
 
     # -- bad data ---------------------------------------------------------------------------------------------
@@ -229,14 +300,19 @@ class CocoDetection(torch.utils.data.Dataset):
     def aspect_groups(self) -> list[int]:
         """Per item: 0 when its image is wider than high, else 1 (the seed's aspect-ratio grouping: bins [1] of h/w),
         from the json sizes, without decoding. Batches drawn within one group need less padding."""
-        return [int(self.coco.imgs[i]["height"] >= self.coco.imgs[i]["width"]) for i in self.ids]
+        return (self._sizes[:, 0] >= self._sizes[:, 1]).astype(int).tolist()
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        """(H, W) of item i from the json."""
+        h, w = self._sizes[i].tolist()
+        return h, w
 
     def image_path(self, i: int) -> Path:
-        return self.img_dir / self.coco.imgs[self.ids[i]]["file_name"]
+        return self.img_dir / str(self._file_names[i])
 
     def _load_image(self, i: int) -> torch.Tensor | None:
-        info = self.coco.imgs[self.ids[i]]
-        path = self.img_dir / info["file_name"]
+        path = self.image_path(i)
+        h, w = self.image_size(i)
         try:
             with Image.open(path) as im:
                 im = im.convert("RGB")
@@ -244,17 +320,22 @@ class CocoDetection(torch.utils.data.Dataset):
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             problem, reason = f"corrupt image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", "corrupt image"
         else:
-            if arr.shape[:2] == (info["height"], info["width"]):
+            if arr.shape[:2] == (h, w):
                 return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-            problem = f"image size {arr.shape[1]}x{arr.shape[0]} differs from annotation {info['width']}x{info['height']}"
+            problem = f"image size {arr.shape[1]}x{arr.shape[0]} differs from annotation {w}x{h}"
             reason = "image size mismatch"
         if self.strict:
             raise MrcnnError(f"{path}: {problem}")
         if i not in self._bad_files:
             self._bad_files.add(i)
             self.skipped[reason] += 1
-            self.logger(f"{path}: {problem}: skipped, using the next image")
+            self.logger(f"{path}: {problem}: skipped")
         return None
+
+    def load_image(self, i: int) -> torch.Tensor | None:
+        """Item i's image alone (evaluation needs no targets), or None when it cannot be read (warned about once
+        and counted, as in `__getitem__`; strict: MrcnnError)."""
+        return None if i in self._bad_files else self._load_image(i)
 
     def __getitem__(self, i: int):
         n = len(self.ids)
@@ -271,18 +352,17 @@ class CocoDetection(torch.utils.data.Dataset):
         raise MrcnnError(f"{self.img_dir}: no readable image in the dataset")
 
     def _target(self, i: int) -> dict:
-        iid = self.ids[i]
-        info = self.coco.imgs[iid]
-        h, w = int(info["height"]), int(info["width"])
-        anns = [a for a in self.coco.imgToAnns.get(iid, []) if not a.get("iscrowd", 0)]
-        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        h, w = self.image_size(i)
+        A = self._anns
+        rows = np.array([k for k in A.rows(i) if not A.iscrowd[k]], dtype=np.int64)
+        boxes = torch.from_numpy(A.bbox[rows]).to(torch.float32)
         boxes[:, 2:] += boxes[:, :2]
         boxes[:, 0::2].clamp_(0, w)
         boxes[:, 1::2].clamp_(0, h)
-        labels = torch.tensor([self.cat_to_label[a["category_id"]] for a in anns], dtype=torch.int64)
-        if anns:
-            masks = torch.from_numpy(np.stack([self.coco.annToMask(a) for a in anns])).to(torch.uint8)
+        labels = torch.from_numpy(np.searchsorted(self._cat_ids, A.category_id[rows]) + 1).to(torch.int64)
+        if len(rows):
+            masks = torch.from_numpy(np.stack([segmentation_mask(A.segmentation(k), h, w) for k in rows.tolist()]))
         else:
             masks = torch.zeros((0, h, w), dtype=torch.uint8)
-        return {"boxes": boxes, "labels": labels, "masks": masks, "image_id": int(iid), "orig_size": (h, w),
-                "index": int(i)}
+        return {"boxes": boxes, "labels": labels, "masks": masks.to(torch.uint8), "image_id": int(self._image_ids[i]),
+                "orig_size": (h, w), "index": int(i)}

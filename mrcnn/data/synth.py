@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pycocotools.mask as mask_utils
 from PIL import Image, ImageDraw
 
+from mrcnn.data.segmentation import segmentation_mask
 from mrcnn.errors import MrcnnError
 
 CLASS_NAMES = ["circle", "square", "triangle", "star", "ellipse"]
@@ -179,11 +179,7 @@ def rle_uncompressed(mask: np.ndarray) -> dict:
 
 
 def _decode(segm, h: int, w: int) -> np.ndarray:
-    if isinstance(segm, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
-    else:
-        rle = mask_utils.frPyObjects(segm, h, w)
-    return mask_utils.decode(rle).astype(bool)
+    return segmentation_mask(segm, h, w).astype(bool)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

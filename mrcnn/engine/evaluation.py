@@ -79,7 +79,8 @@ def evaluate(
     """Predict every image of a `CocoDetection` dataset and evaluate. Returns (metrics, coco results).
 
     The images (the first `max_images`) are batched landscape first, then portrait (`aspect_groups`), so a batch
-    seldom pads a landscape and a portrait image to a square."""
+    seldom pads a landscape and a portrait image to a square. Only images are loaded (no target masks); an image that
+    cannot be read is warned about by the dataset and left out of the evaluation."""
     n = len(dataset) if not max_images else min(max_images, len(dataset))
     order = list(range(n))
     if batch_size > 1 and hasattr(dataset, "aspect_groups"):
@@ -89,11 +90,12 @@ def evaluate(
     image_ids: list[int] = []
     with reporter(n, "eval", log=log, enabled=progress) as rep, torch.inference_mode():
         for start in range(0, n, batch_size):
-            items = [dataset[i] for i in order[start : start + batch_size]]
-            preds = predictor([img for img, _ in items])
-            for (img, tgt), pred in zip(items, preds):
-                image_ids.append(int(tgt["image_id"]))
-                results.extend(detections_to_coco(pred, tgt["image_id"], dataset.cat_ids))
+            batch = [(dataset.ids[i], dataset.load_image(i)) for i in order[start : start + batch_size]]
+            batch = [(iid, img) for iid, img in batch if img is not None]  # unreadable: warned about, not evaluated
+            preds = predictor([img for _, img in batch]) if batch else []
+            for (iid, _), pred in zip(batch, preds):
+                image_ids.append(int(iid))
+                results.extend(detections_to_coco(pred, iid, dataset.cat_ids))
             rep.update(min(start + batch_size, n))
     metrics = coco_eval(dataset.coco, results, sorted(set(image_ids)))
     return metrics, results
