@@ -7,6 +7,8 @@ Ours: `mrcnn.data.CocoDetection` (the json checked, then packed into numpy array
 `torchvision.datasets.CocoDetection`, a pycocotools COCO index of the json objects, which torchvision's detection
 reference trains from. Each side runs in a fresh process:
 - load the dataset: seconds, and resident memory added once it is built;
+- a full garbage collection (Python runs one now and then in the trainer and in each worker): it walks every
+  tracked container object, and in a forked worker writes to each one's header, a copy of its page;
 - pickle it: the bytes each worker receives under spawn / forkserver (Python 3.14's default start method on Linux);
 - fork --workers processes (as the DataLoader does) that each read the targets (masks decoded, as annToMask) of every
   --stride-th item, one epoch's share of one of the trainer's 4 workers: the private memory each gains is what it
@@ -111,6 +113,11 @@ def _side(side: str, root: Path, workers: int, stride: int) -> dict:
     load_s = time.perf_counter() - t0
     gc.collect()
     rss = _rss_mib() - rss0
+    gc_s = []
+    for _ in range(3):  # a full collection walks every tracked container object (a worker's copies its headers)
+        t0 = time.perf_counter()
+        gc.collect()
+        gc_s.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     pickled = len(pickle.dumps(ds, protocol=pickle.HIGHEST_PROTOCOL))
     pickle_s = time.perf_counter() - t0
@@ -130,7 +137,8 @@ def _side(side: str, root: Path, workers: int, stride: int) -> dict:
     got = [q.get() for _ in procs]
     for p in procs:
         p.join()
-    return {"images": n, "load_s": load_s, "rss_mib": rss, "pickled_mib": pickled / 2**20, "pickle_s": pickle_s,
+    return {"images": n, "load_s": load_s, "rss_mib": rss, "gc_collect_s": sorted(gc_s)[1],
+            "gc_tracked_objects": len(gc.get_objects()), "pickled_mib": pickled / 2**20, "pickle_s": pickle_s,
             "worker_private_mib": [g for g, _ in got], "worker_read_s": [s for _, s in got]}
 
 
@@ -167,12 +175,14 @@ def main() -> None:
             sys.exit(f"coco_scale: the {side} side failed: {out.stderr.strip().splitlines()[-1:]}")
         res[side] = json.loads(out.stdout.strip().splitlines()[-1])
         r = res[side]
-        print(f"{side:5} load {r['load_s']:.1f} s, +{r['rss_mib']:.0f} MiB resident, pickled {r['pickled_mib']:.0f} "
+        print(f"{side:5} load {r['load_s']:.1f} s, +{r['rss_mib']:.0f} MiB resident, a full gc.collect() "
+              f"{r['gc_collect_s']:.2f} s ({r['gc_tracked_objects']} objects), pickled {r['pickled_mib']:.0f} "
               f"MiB ({r['pickle_s']:.1f} s); each forked reader of 1/{a.stride} of the items gained "
               + ", ".join(f"{g:.0f}" for g in r["worker_private_mib"]) + " MiB private memory ("
               + ", ".join(f"{s:.0f}" for s in r["worker_read_s"]) + " s)")
     o, p = res["ours"], res["peer"]
     ratios = {"load_time": o["load_s"] / p["load_s"], "resident": o["rss_mib"] / p["rss_mib"],
+              "gc_collect": o["gc_collect_s"] / p["gc_collect_s"],
               "pickled": o["pickled_mib"] / p["pickled_mib"],
               "worker_private": float(np.mean(o["worker_private_mib"]) / np.mean(p["worker_private_mib"]))}
     print("ours / peer: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
