@@ -99,13 +99,13 @@ class _Annotations:
         self.bbox = np.array([a["bbox"] for a, _ in flat], dtype=np.float64).reshape(n, 4)
         self.area = np.fromiter((a.get("area", a["bbox"][2] * a["bbox"][3]) for a, _ in flat), np.float64, n)
         segs = [seg for _, seg in flat]
-        rles = [seg for seg in segs if isinstance(seg, dict)]
+        is_rle = np.fromiter((isinstance(seg, dict) for seg in segs), bool, n)
         self.rle_slot = np.full(n, -1, dtype=np.int64)
-        self.rle_slot[[k for k, seg in enumerate(segs) if isinstance(seg, dict)]] = np.arange(len(rles))
-        self.rles = _Blobs(rles)
-        polys = [p for seg in segs if not isinstance(seg, dict) for p in seg]
+        self.rle_slot[is_rle] = np.arange(int(is_rle.sum()))
+        self.rles = _Blobs([seg for seg, r in zip(segs, is_rle.tolist()) if r])
+        polys = [p for seg, r in zip(segs, is_rle.tolist()) if not r for p in seg]
         self.poly_start = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum([0 if isinstance(seg, dict) else len(seg) for seg in segs], out=self.poly_start[1:])
+        np.cumsum([0 if r else len(seg) for seg, r in zip(segs, is_rle.tolist())], out=self.poly_start[1:])
         self.coord_start = np.zeros(len(polys) + 1, dtype=np.int64)
         np.cumsum([len(p) for p in polys], out=self.coord_start[1:])
         self.coords = np.fromiter(itertools.chain.from_iterable(polys), np.float64, int(self.coord_start[-1]))
@@ -354,7 +354,8 @@ class CocoDetection(torch.utils.data.Dataset):
     def _target(self, i: int) -> dict:
         h, w = self.image_size(i)
         A = self._anns
-        rows = np.array([k for k in A.rows(i) if not A.iscrowd[k]], dtype=np.int64)
+        a0, a1 = int(A.image_start[i]), int(A.image_start[i + 1])
+        rows = np.flatnonzero(~A.iscrowd[a0:a1]) + a0  # crowd regions are not training targets
         boxes = torch.from_numpy(A.bbox[rows]).to(torch.float32)
         boxes[:, 2:] += boxes[:, :2]
         boxes[:, 0::2].clamp_(0, w)
@@ -364,5 +365,5 @@ class CocoDetection(torch.utils.data.Dataset):
             masks = torch.from_numpy(np.stack([segmentation_mask(A.segmentation(k), h, w) for k in rows.tolist()]))
         else:
             masks = torch.zeros((0, h, w), dtype=torch.uint8)
-        return {"boxes": boxes, "labels": labels, "masks": masks.to(torch.uint8), "image_id": int(self._image_ids[i]),
+        return {"boxes": boxes, "labels": labels, "masks": masks, "image_id": int(self._image_ids[i]),
                 "orig_size": (h, w), "index": int(i)}
