@@ -1,26 +1,57 @@
 #!/usr/bin/env bash
-# Everything this project checks on a GPU machine, in one call (any machine with a CUDA GPU, nvcc, cmake, ninja and
-# a python3 that has torch + torchvision):
-#   build the native kernels for the card, run the `cuda`-marked tests, time the kernels and the training step
-#   against their torch / torchvision peers. Logs and result JSON go to $OUT (default benchmarks/results/gpu).
+# What this project checks on a GPU machine (any machine with a CUDA GPU, nvcc, cmake, ninja and a python3 that has
+# torch + torchvision): build the native kernels for the card, run the `cuda`-marked tests, time the training step
+# and the kernels against their torch / torchvision peers. Logs and result JSON go to $OUT (default
+# benchmarks/results/gpu).
 #
-#   bash benchmarks/gpu_session.sh [build] [tests] [kernels] [train] [profile] [diag] [data]  (no argument: the first
-#   four; `data`: the trainer's data loader with 0 and 4 workers on this host's cores, ~1 min, no GPU needed)
-#   device tool, one call has at most 600 s: `build tests`, then `train`, then `kernels`, as three calls back to back
-#   (a warm machine keeps build/ between calls; it is released after ~30 s idle). `train` comes second: it measures
-#   the one open acceptance goal (issue 2, item 10); the kernels were timed on an H100 before
+#   bash benchmarks/gpu_session.sh [build] [roi] [train] [tests] [kernels] [profile] [diag] [data]
 #
-# When `tests` (same call) shows the native CUDA RoIAlign equal to the CPU kernel, the model's CUDA tests run again
-# with it (MRCNN_CUDA_ROI_ALIGN=1), `kernels` times it, `train` times ours with and without it, `profile` uses it.
+# No argument: `build roi train`, the one call that measures the open goal (issue 2, item 10: AMP + channels-last
+# training >= 1.3x torchvision), sized for a lease of 15 device minutes in all (a machine's start takes 1-2 of them):
+#   call 1  MRCNN_COMMIT=<sha> bash benchmarks/gpu_session.sh                 (timeout_s 600; ~8 min)
+#   call 2  MRCNN_COMMIT=<sha> bash benchmarks/gpu_session.sh build tests kernels   (only if time is left; carry .whl)
+# Every stage and every training setting first checks the time left of GPU_SESSION_BUDGET_S (default 540 s from
+# the script's start) against its estimate and is skipped with a line saying so; each timed run is also cut at the
+# time left, so the call ends inside its limit and what was measured so far is under $OUT.
 #
-# The GPU image has its own PyTorch/torchvision (not this project's pinned ones); a missing package (pycocotools)
-# travels as a wheel in .whl/ and is installed to /tmp/site. MRCNN_COMMIT names the commit (the copy has no .git).
+# Stages:
+#   build    CMake + Ninja of the kernels for sm 90 (~15 s)
+#   roi      test_cuda_roi_align_equals_cpu alone (~30 s): when it passes, `train` also times ours with the native
+#            multi-level CUDA RoIAlign (MRCNN_CUDA_ROI_ALIGN) and `tests` reruns the model tests with it
+#   train    benchmarks/train_throughput.py, batch 4, 60 interleaved steps per model, in this order: bf16 and fp16
+#            + channels-last at COCO's 800x1344, then at 800x800 (~60 s each), then bf16 800x1344 with
+#            `--compile both` (compiling takes the warm-up steps; ~4 min allowed), then fp32 800x800
+#   tests    every `cuda`-marked test (needs pycocotools: carry its wheel, below)
+#   kernels  benchmarks/kernels.py --device cuda
+#   profile, diag, data   optional: op tables of a bf16 step; cudaMalloc counts under two allocator settings; the
+#            trainer's data loader with 0 and 4 workers on the host's cores
+#
+# The GPU image has its own PyTorch/torchvision (not this project's pinned ones) and no registry. `tests` needs
+# pycocotools; its wheel travels in .whl/ (ignored by git; name `.whl` in the device call's carry). Here, once:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl pycocotools
+# MRCNN_COMMIT names the commit in the result JSON (the copy there has no .git). At most 8 files come back from
+# $OUT: session.log, pytest_cuda.log and at most 6 JSON per call.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
-exec > >(tee "$OUT/session.log") 2>&1   # at most 8 files come back: one log, the numbers, the JSON
-stages=${*:-build tests kernels train}
+exec > >(tee "$OUT/session.log") 2>&1
+stages=${*:-build roi train}
 has() { [[ " $stages " == *" $1 "* ]]; }
+BUDGET=${GPU_SESSION_BUDGET_S:-540}
+left() { echo $((BUDGET - SECONDS)); }   # SECONDS counts from the script's start
+fits() {  # fits NEED_S WHAT: enough time left for WHAT, or a line saying it is skipped
+  if (($(left) < $1)); then
+    echo "SKIPPED (time): $2 needs ~$1 s, $(left) s left of GPU_SESSION_BUDGET_S=$BUDGET"
+    return 1
+  fi
+}
+bounded() {  # run a command, stopped (SIGINT, then SIGKILL) when the budget is spent
+  local t; t=$(left); ((t > 0)) || t=1
+  timeout --signal=INT --kill-after=10 "$t" "$@"
+}
+
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
@@ -28,73 +59,89 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export MRCNN_COMMIT=${MRCNN_COMMIT:-unknown}
+echo "stages: $stages | budget $BUDGET s | commit $MRCNN_COMMIT"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
 if has build; then
-  t0=$SECONDS
   { cmake -S . -B build/gpu -G Ninja -DMRCNN_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
       && cmake --build build/gpu; } >/tmp/build.log 2>&1 || { tail -40 /tmp/build.log; exit 1; }
-  echo "build: $((SECONDS - t0)) s"
+  echo "build: $SECONDS s since start"
 fi
 python3 -m mrcnn info
 
-# the native CUDA RoIAlign (opt-in) equals the CPU kernel: then the training runs try it too. The verdict is kept in
-# the build folder, which a warm device machine keeps between calls ($OUT starts empty each call), so `tests` and
-# `train` may run as separate calls (one call has at most 600 s)
+# The native CUDA RoIAlign (opt-in) equal to the CPU kernel: then `train`, `tests`, `kernels` and `profile` use it
+# too. The verdict is kept in the build folder, which a warm device machine keeps between calls ($OUT starts empty).
 ROI_OK=build/gpu/cuda_roi_align.passed
 native_roi_ok() { [[ -f $ROI_OK ]]; }
-
-if has tests; then  # -s: the tests print what they measured; the summary lines come to the console
-  python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/test_kernels.py tests/test_equivalence.py \
-    tests/test_train.py >"$OUT/pytest_cuda.log" 2>&1
+roi_verdict() {  # roi_verdict LOG: keep the verdict of test_cuda_roi_align_equals_cpu in LOG
   rm -f "$ROI_OK"
-  if grep -q "test_cuda_roi_align_equals_cpu.*PASSED" "$OUT/pytest_cuda.log" \
-      && ! grep -q "test_cuda_roi_align_equals_cpu.*FAILED" "$OUT/pytest_cuda.log"; then
-    mkdir -p build/gpu && touch "$ROI_OK"
-  fi
-  if native_roi_ok; then  # the model's CUDA tests again, training with the native RoIAlign
-    echo "=== MRCNN_CUDA_ROI_ALIGN=1" >>"$OUT/pytest_cuda.log"
-    MRCNN_CUDA_ROI_ALIGN=1 python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/test_equivalence.py \
-      tests/test_train.py >>"$OUT/pytest_cuda.log" 2>&1
-  fi
-  grep -E "^===|PASSED|FAILED|ERROR|SKIPPED|passed|failed|error" "$OUT/pytest_cuda.log" | tail -60
+  if grep -q "test_cuda_roi_align_equals_cpu.*PASSED" "$1" && ! grep -q "test_cuda_roi_align_equals_cpu.*FAILED" "$1"
+  then mkdir -p build/gpu && touch "$ROI_OK"; fi
+  echo "native CUDA RoIAlign: $(native_roi_ok && echo 'equal to the CPU kernel (used)' || echo 'NOT verified (not used)')"
+}
+summary() { grep -E "^===|PASSED|FAILED|ERROR|SKIPPED|passed|failed|error" "$1" | tail -"$2"; }
+
+if has roi && ! has tests && fits 60 "roi"; then
+  bounded python3 -m pytest -p no:cacheprovider -v -s tests/test_kernels.py -k test_cuda_roi_align_equals_cpu \
+    >"$OUT/pytest_cuda.log" 2>&1
+  summary "$OUT/pytest_cuda.log" 12
+  roi_verdict "$OUT/pytest_cuda.log"
 fi
 
-if has kernels; then
-  MRCNN_CUDA_ROI_ALIGN=$(native_roi_ok && echo 1 || echo 0) \
-    python3 benchmarks/kernels.py --device cuda --iters 50 --json "$OUT/kernels-cuda.json"
-fi
-
-if has train; then  # batch 4 (the seed's per-GPU batch) at 800x800 and COCO's 800x1344; the median step counts
-  # at COCO's shape with AMP also `mrcnn train --compile` (compiling takes the warm-up steps)
-  for spec in "--amp off" "--amp fp16 --channels-last" "--amp bf16 --channels-last" \
-              "--amp fp16 --channels-last --width 1344 --compile both" \
-              "--amp bf16 --channels-last --width 1344 --compile both"; do
-    tag=$(echo "$spec" | sed 's/--compile both//' | tr -d ' -')
+if has train; then  # batch 4 (the seed's per-GPU batch); the median step counts, with its 95% interval
+  # SPEC|TAG|SECONDS NEEDED; the AMP + channels-last settings first (the goal), COCO's shape first
+  for row in "--amp bf16 --channels-last --width 1344|ampbf16channelslastwidth1344|60" \
+             "--amp fp16 --channels-last --width 1344|ampfp16channelslastwidth1344|60" \
+             "--amp bf16 --channels-last|ampbf16channelslast|60" \
+             "--amp fp16 --channels-last|ampfp16channelslast|60" \
+             "--amp bf16 --channels-last --width 1344 --compile both|ampbf16channelslastwidth1344compile|240" \
+             "--amp off|ampoff|45"; do
+    IFS='|' read -r spec tag need <<<"$row"
+    fits "$need" "train $spec" || continue
     roi=$(native_roi_ok && echo both || echo off)  # both: ours timed with and without the native RoIAlign
-    python3 benchmarks/train_throughput.py --device cuda --size 800 --batch 4 --iters 60 --warmup 5 \
+    echo "=== train $spec (native RoIAlign: $roi)"
+    bounded python3 benchmarks/train_throughput.py --device cuda --size 800 --batch 4 --iters 60 --warmup 5 \
       --native-roi-align "$roi" $spec --json "$OUT/train_throughput-$tag.json" 2>&1 | grep -v "^saved"
+    echo "($SECONDS s since start)"
   done
 fi
 
-if has profile; then
-  python3 benchmarks/train_throughput.py --device cuda --size 800 --width 1344 --batch 4 --iters 5 --warmup 3 \
+if has tests && fits 240 "tests"; then  # -s: the tests print what they measured
+  bounded python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/test_kernels.py tests/test_equivalence.py \
+    tests/test_train.py >"$OUT/pytest_cuda.log" 2>&1
+  roi_verdict "$OUT/pytest_cuda.log"
+  if native_roi_ok && fits 120 "tests with MRCNN_CUDA_ROI_ALIGN=1"; then  # the model's tests, native RoIAlign
+    echo "=== MRCNN_CUDA_ROI_ALIGN=1" >>"$OUT/pytest_cuda.log"
+    MRCNN_CUDA_ROI_ALIGN=1 bounded python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/test_equivalence.py \
+      tests/test_train.py >>"$OUT/pytest_cuda.log" 2>&1
+  fi
+  summary "$OUT/pytest_cuda.log" 60
+fi
+
+if has kernels && fits 120 "kernels"; then
+  MRCNN_CUDA_ROI_ALIGN=$(native_roi_ok && echo 1 || echo 0) \
+    bounded python3 benchmarks/kernels.py --device cuda --iters 50 --json "$OUT/kernels-cuda.json"
+fi
+
+if has profile && fits 90 "profile"; then
+  bounded python3 benchmarks/train_throughput.py --device cuda --size 800 --width 1344 --batch 4 --iters 5 --warmup 3 \
     --amp bf16 --channels-last --native-roi-align "$(native_roi_ok && echo on || echo off)" --no-save \
     --profile /tmp/prof 2>&1 | tail -5
   for f in /tmp/prof-*.txt; do echo "=== $f"; cat "$f"; done >"$OUT/profile.txt"
 fi
 
-if has data; then  # what the loader delivers on a GPU host's cores (the step itself is ~80 ms per batch of 4)
-  python3 benchmarks/data_loading.py --workers 4 --batches 24 --json "$OUT/data_loading-gpu-host.json" 2>&1 \
+if has data && fits 90 "data"; then  # what the loader delivers on a GPU host's cores
+  bounded python3 benchmarks/data_loading.py --workers 4 --batches 24 --json "$OUT/data_loading-gpu-host.json" 2>&1 \
     | grep -v "^saved"
 fi
 
-if has diag; then  # is the step host-bound, or stalled by the allocator? cudaMalloc counts, two allocator settings
+if has diag && fits 120 "diag"; then  # host-bound, or stalled by the allocator? cudaMalloc counts, two settings
   for conf in "" "expandable_segments:True"; do
     echo "PYTORCH_CUDA_ALLOC_CONF=$conf"
-    PYTORCH_CUDA_ALLOC_CONF=$conf python3 benchmarks/train_throughput.py --device cuda --size 800 --width 1344 \
+    PYTORCH_CUDA_ALLOC_CONF=$conf bounded python3 benchmarks/train_throughput.py --device cuda --size 800 --width 1344 \
       --batch 4 --iters 25 --warmup 5 --amp bf16 --channels-last --no-save 2>&1 | tail -6
   done
 fi
+echo "done: $SECONDS s"
