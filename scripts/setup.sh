@@ -11,4 +11,6 @@ fi
 # (pipefail: a failed install stops here; the filter only drops this machine's pip-config noise)
 .venv/bin/python -m pip install -q --disable-pip-version-check ".[test,onnx]" 2>&1 \
   | { grep -v "is ignored: it is neither a file nor a directory" || true; }
-.venv/bin/python -c "import mrcnn, mrcnn.cli.main, mrcnn.native as n; print('mrcnn', mrcnn.__version__, '| native:', n.native_status())"
+# the installed package, not the checkout beside it (-c puts the current directory first on sys.path)
+.venv/bin/python -c "import sys; sys.path.pop(0); import mrcnn, mrcnn.cli.main, mrcnn.native as n; \
+print('mrcnn', mrcnn.__version__, '| native:', n.native_status())"

@@ -52,3 +52,30 @@ def test_eval_rejects_non_checkpoint(tmp_path, monkeypatch):
     (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
     err = one_error_line(runner.invoke(app, ["eval", "x.pt", "--data", "."]))
     assert "not a readable checkpoint" in err
+
+
+class _RunsCodeOnLoad:
+    """A pickle that, loaded without weights_only, would create a file: the untrusted-checkpoint case."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+@pytest.mark.parametrize("cmd", [["eval", "evil.pt", "--data", "."], ["convert", "torchvision", "evil.pt", "o.pt"]])
+def test_code_carrying_checkpoint_is_refused_in_one_line(tmp_path, monkeypatch, cmd):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "code-ran"
+    torch.save({"model": _RunsCodeOnLoad(marker)}, tmp_path / "evil.pt")
+    err = one_error_line(runner.invoke(app, cmd))
+    assert not marker.exists(), "loading the checkpoint ran its code"
+    assert not (tmp_path / "o.pt").exists()
+    # the reason, not torch's paragraph that ends by advising weights_only=False
+    assert "refused by the weights-only loader: Unsupported global" in err, err
+    assert "weights_only` set to `False" not in err and len(err) < 300, err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -47,17 +48,33 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def _load_failure(e: BaseException) -> str:
+    """The reason in one short clause. torch's weights-only refusal is a paragraph that ends by advising
+    `weights_only=False` (running the file's code): only its WeightsUnpickler reason is kept."""
+    text = str(e).strip()
+    if "Weights only load failed" in text:
+        m = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
+        why = m.group(1).split(". Please use")[0].rstrip(". ") if m else ""
+        return "refused by the weights-only loader" + (f": {why}" if why else "") + "; mrcnn runs no code from files"
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def safe_load(path: str | Path, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(weights_only=True)` of a user's file: tensors and builtins only, no code runs. A missing, unreadable
+    or refused file is one MrcnnError line naming it."""
     path = Path(path)
     if not path.exists():
-        raise MrcnnError(f"{path}: no such checkpoint")
+        raise MrcnnError(f"{path}: no such {what}")
     if path.is_dir():
-        raise MrcnnError(f"{path}: is a directory, expected a checkpoint file")
+        raise MrcnnError(f"{path}: is a directory, expected a {what} file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MrcnnError(f"{path}: not a readable checkpoint ({first})") from None
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as e:
+        raise MrcnnError(f"{path}: not a readable {what} ({_load_failure(e)})") from None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    ckpt = safe_load(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise MrcnnError(f"{path}: not an mrcnn checkpoint (use `mrcnn convert` for torchvision weights)")
     if "config" not in ckpt or "model" not in ckpt:

@@ -98,12 +98,9 @@ def convert_torchvision(
     with torchvision's reference scripts with 1e-5. `class_names`: the foreground classes (num_classes - 1 names);
     default `class_1`.. Returns the written checkpoint dict.
     """
-    try:
-        obj = torch.load(src_path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise MrcnnError(f"no such file: {src_path}") from None
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error
-        raise MrcnnError(f"cannot read {src_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    from mrcnn.engine.checkpoint import FORMAT, VERSION, safe_load, save_checkpoint
+
+    obj = safe_load(src_path, "torchvision checkpoint")
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict):
@@ -114,8 +111,6 @@ def convert_torchvision(
         class_names = [f"class_{i}" for i in range(1, n_fg + 1)]
     elif len(class_names) != n_fg:
         raise MrcnnError(f"{len(class_names)} class names given, the model has {n_fg} foreground classes")
-    from mrcnn.engine.checkpoint import FORMAT, VERSION, save_checkpoint
-
     assert (FORMAT, VERSION) == (CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
     ckpt = {
         "format": CHECKPOINT_FORMAT,
