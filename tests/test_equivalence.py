@@ -470,9 +470,9 @@ def test_train_losses_equal_torchvision_when_every_candidate_is_sampled(models):
     assert set(got) == LOSS_KEYS == set(ref[0])  # torchvision's loss names are ours
     rels = {}
     for key in sorted(LOSS_KEYS):
-        want = (float(ref[0][key]) + float(ref[1][key])) / 2
-        rels[key] = abs(float(got[key]) - want) / max(abs(want), 1e-12)
-        print(f"{key}: ours {float(got[key]):.7f} torchvision {want:.7f} (rel {rels[key]:.1e}; per image "
-              f"{float(ref[0][key]):.5f}, {float(ref[1][key]):.5f})")
+        r0, r1, g = ref[0][key].item(), ref[1][key].item(), got[key].item()
+        want = (r0 + r1) / 2
+        rels[key] = abs(g - want) / max(abs(want), 1e-12)
+        print(f"{key}: ours {g:.7f} torchvision {want:.7f} (rel {rels[key]:.1e}; per image {r0:.5f}, {r1:.5f})")
         assert want > 0, f"{key}: zero loss compares nothing"
     assert max(rels.values()) <= 1e-4, rels
