@@ -59,7 +59,7 @@ def scaled_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     assert got.shape == ref.shape, f"shape {tuple(got.shape)} != {tuple(ref.shape)}"
     if got.numel() == 0:
         return 0.0
-    g, r = got.double(), ref.double()
+    g, r = got.detach().double(), ref.detach().double()
     return float((g - r).abs().max() / max(1.0, float(r.abs().max())))
 
 
