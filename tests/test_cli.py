@@ -47,9 +47,11 @@ def test_bad_input_one_line(tmp_path, monkeypatch, args, needle):
     assert needle in err
 
 
-def test_eval_rejects_non_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"\x80\x02.", b"PK\x03\x04truncated zip"],
+                         ids=["text", "empty-stack-pickle", "truncated-zip"])
+def test_eval_rejects_non_checkpoint(tmp_path, monkeypatch, content):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "x.pt").write_bytes(content)  # the pickle raised IndexError in torch.load: once a traceback
     err = one_error_line(runner.invoke(app, ["eval", "x.pt", "--data", "."]))
     assert "not a readable checkpoint" in err
 
