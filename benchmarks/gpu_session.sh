@@ -8,7 +8,7 @@
 #
 # No argument: `build roi train`, the one call that measures the open goal (issue 2, item 10: AMP + channels-last
 # training >= 1.3x torchvision), sized for a lease of 15 device minutes in all (a machine's start takes 1-2 of them):
-#   call 1  MRCNN_COMMIT=<sha> bash benchmarks/gpu_session.sh                 (timeout_s 600; ~8 min)
+#   call 1  MRCNN_COMMIT=<sha> bash benchmarks/gpu_session.sh                 (timeout_s 600; at most 9 min)
 #   call 2  MRCNN_COMMIT=<sha> bash benchmarks/gpu_session.sh build tests kernels   (only if time is left; carry .whl)
 # Every stage and every training setting first checks the time left of GPU_SESSION_BUDGET_S (default 540 s from
 # the script's start) against its estimate and is skipped with a line saying so; each timed run is also cut at the
