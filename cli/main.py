@@ -95,6 +95,9 @@ def train(
     checkpoint_period: int = typer.Option(None, "--checkpoint-period", help="checkpoint every P iterations"),
     workers: int = typer.Option(None, "--workers",
                                 help="data loader worker processes (default: 0 on CPU, up to 4 on a GPU)"),
+    weights: Optional[Path] = typer.Option(
+        None, "--weights", help="starting weights: an mrcnn checkpoint or torchvision Mask R-CNN state dict "
+        "(fine-tune; classes matched by name), or a torchvision ImageNet ResNet (backbone)"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
     strict: bool = typer.Option(False, "--strict", help="bad data is an error instead of a skipped sample"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if visible)"),
@@ -114,7 +117,7 @@ def train(
             setattr(s, name, value)
     if seed is not None:
         cfg.seed = seed
-    result = run_train(cfg, data, out, resume=resume, device=device, strict=strict, log=_log)
+    result = run_train(cfg, data, out, resume=resume, weights=weights, device=device, strict=strict, log=_log)
     print(f"done: {result.iteration} iterations, checkpoint {result.checkpoint}")
 
 

@@ -184,6 +184,7 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    weights: str | Path | None = None,
     device: str | None = None,
     strict: bool = False,
     log: Callable[[str], None] = print,
@@ -215,7 +216,9 @@ def train(
 
     # 2. model, optimizer, scaler
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model).to(info.device)
+    model = build_model(cfg.model)
+    init = _initial_weights(model, cfg, weights, base.class_names, resume, say)
+    model = model.to(info.device)
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if s.compile:
@@ -241,6 +244,7 @@ def train(
             scaler.load_state_dict(ck["scaler"])
         _set_rng_state(ck.get("rng", {}))
         start_iter = int(ck["iteration"])
+        init = ck.get("init") or {}
         say(f"resumed from {last_path} at iteration {start_iter}")
 
     ddp_model = model
@@ -253,12 +257,14 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     metrics_file = open(out_dir / "metrics.jsonl", "a") if info.is_main else None
+    if init and start_iter == 0 and metrics_file is not None:
+        metrics_file.write(json.dumps({"iter": 0, "init": init}) + "\n")
 
     def checkpoint(it: int, final: bool = False) -> Path:
         payload = {"config": cfg.to_dict(), "class_names": base.class_names, "model": model.state_dict(),
                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "iteration": it,
-                   "rng": _rng_state()}
+                   "rng": _rng_state(), "init": init}
         if info.is_main:
             save_checkpoint(last_path, payload)
             if final:
@@ -372,6 +378,29 @@ def train(
     if metrics_file:
         metrics_file.close()
     return TrainResult(out_dir, done, path, last_metrics, skipped)
+
+
+def _initial_weights(model, cfg: Config, weights, class_names: list[str], resume: bool, say) -> dict:
+    """`--weights`: load the file into the fresh model (not when resuming: the run's own checkpoint wins). Without
+    it, a config that freezes BN and lower stages is told that those stay random."""
+    from mrcnn.model.weights import load_initial_weights
+
+    if resume:
+        if weights is not None:
+            say(f"--resume: continuing from the run's own checkpoint; --weights {weights} is not used")
+        return {}
+    if weights is not None:
+        report = load_initial_weights(model, weights, class_names)
+        say(report.describe())
+        return report.to_dict()
+    m = cfg.model
+    frozen = (["its BatchNorm is frozen"] if m.norm == "frozen_bn" else []) + \
+        ([f"{5 - m.trainable_layers} of 5 backbone stages do not train"] if m.trainable_layers < 5 else [])
+    if frozen:
+        say(f"warning: {cfg.name} starts from random weights, yet {' and '.join(frozen)}; pass --weights (an "
+            "ImageNet ResNet such as torchvision's resnet50-0676ba61.pth, or Mask R-CNN weights), or train "
+            "everything from scratch with --set model.norm=gn --set model.trainable_layers=5")
+    return {}
 
 
 @contextlib.contextmanager
