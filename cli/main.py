@@ -99,6 +99,8 @@ def train(
         None, "--weights", help="starting weights: an mrcnn checkpoint or torchvision Mask R-CNN state dict "
         "(fine-tune; classes matched by name), or a torchvision ImageNet ResNet (backbone)"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="start over in an OUT that holds a run (its "
+                                   "checkpoints and metrics are replaced)"),
     strict: bool = typer.Option(False, "--strict", help="bad data is an error instead of a skipped sample"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if visible)"),
     seed: int = typer.Option(None, "--seed"),
@@ -117,7 +119,7 @@ def train(
             setattr(s, name, value)
     if seed is not None:
         cfg.seed = seed
-    result = run_train(cfg, data, out, resume=resume, weights=weights, device=device, strict=strict, log=_log)
+    result = run_train(cfg, data, out, resume=resume, overwrite=overwrite, weights=weights, device=device, strict=strict, log=_log)
     print(f"done: {result.iteration} iterations, checkpoint {result.checkpoint}")
 
 

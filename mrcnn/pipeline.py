@@ -54,7 +54,7 @@ def demo(out: str | Path = "mrcnn-demo", *, max_iter: int | None = None, n_train
     if max_iter:
         cfg.solver.max_iter = max_iter
     log(f"[2/{steps}] training {cfg.name} for {cfg.solver.max_iter} iterations -> {out / 'run'}")
-    result = train(cfg, data, out / "run", log=log, progress=progress, evaluate_at_end=False)
+    result = train(cfg, data, out / "run", overwrite=True, log=log, progress=progress, evaluate_at_end=False)
     log(f"[3/{steps}] COCO evaluation of {result.checkpoint} (PyTorch)")
     report = {"checkpoint": str(result.checkpoint), "metrics": evaluate_artifact(result.checkpoint, data, log=log,
                                                                                     progress=progress)}

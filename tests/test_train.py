@@ -136,6 +136,36 @@ def test_resume_after_sigkill_equals_uninterrupted(synth_data, tmp_path):
     assert rel <= 1e-6
     stray = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     assert len(stray) <= 1, stray  # at most the temp file of the write the kill interrupted
+    iters = [r["iter"] for r in _rows(run) if "loss" in r]
+    assert iters == list(range(1, 7)), f"metrics rows after resume: {iters}"  # the killed run's extra rows dropped
+
+
+def test_resume_drops_metrics_rows_written_after_the_checkpoint(tmp_path):
+    """A run killed at iteration 5 whose last checkpoint is at 3 wrote rows 4 and 5 (the last one cut short): the
+    resumed run computes them again, so they go, and each iteration keeps one row."""
+    from mrcnn.engine.trainer import _keep_metrics_until
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"iter": 0, "init": {}}] + [{"iter": i, "loss": 1.0 / i} for i in range(1, 5)] + [{"iter": 3, "eval": {}}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"iter": 5, "lo')
+    _keep_metrics_until(path, 3)
+    kept = _rows(tmp_path)
+    assert [(r["iter"], "eval" in r) for r in kept] == [(0, False), (1, False), (2, False), (3, False), (3, True)]
+
+
+def test_new_run_never_lands_on_an_old_one(synth_data, tmp_path):
+    run = tmp_path / "run"
+    _train(tiny_config(max_iter=2), synth_data, run)
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(MrcnnError, match="already holds a training run .*--resume continues it, --overwrite"):
+        _train(tiny_config(max_iter=1), synth_data, run)
+    assert (run / "last.pt").read_bytes() == before and len([r for r in _rows(run) if "loss" in r]) == 2
+    with pytest.raises(MrcnnError, match="choose one"):
+        _train(tiny_config(max_iter=1), synth_data, run, resume=True, overwrite=True)
+    (run / "notes.txt").write_text("mine")
+    _train(tiny_config(max_iter=1), synth_data, run, overwrite=True)
+    assert [r["iter"] for r in _rows(run) if "loss" in r] == [1]  # the old run's rows are gone, not appended to
+    assert load_checkpoint(run / "last.pt")["iteration"] == 1 and (run / "notes.txt").read_text() == "mine"
 
 
 def test_repeated_nonfinite_steps_abort_and_keep_checkpoint(synth_data, tmp_path):

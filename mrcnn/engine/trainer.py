@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from mrcnn.config import Config
-from mrcnn.engine.checkpoint import load_checkpoint, save_checkpoint
+from mrcnn.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from mrcnn.engine.evaluation import evaluate, format_table
 from mrcnn.engine.progress import reporter
 from mrcnn.errors import MrcnnError
@@ -184,6 +184,7 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     weights: str | Path | None = None,
     device: str | None = None,
     strict: bool = False,
@@ -203,6 +204,7 @@ def train(
     workers = loader_workers(s.num_workers, info)
     out_dir = Path(out_dir)
     say = log if info.is_main else (lambda _m: None)
+    old_run = _check_run_folder(out_dir, resume, overwrite)
 
     # 1. data: the class list comes from the dataset and fixes the model's head size
     base, train_ds, Sampler = build_train_data(cfg, data_dir, strict, say)
@@ -254,9 +256,15 @@ def train(
             find_unused_parameters=True)
 
     if info.is_main:
+        for old in old_run:  # --overwrite: the old run's files, not the folder's other contents
+            old.unlink(missing_ok=True)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
-    metrics_file = open(out_dir / "metrics.jsonl", "a") if info.is_main else None
+        text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
+        atomic_write(out_dir / "config.json", lambda tmp: Path(tmp).write_text(text))
+    metrics_path = out_dir / "metrics.jsonl"
+    if info.is_main:
+        _keep_metrics_until(metrics_path, start_iter)
+    metrics_file = open(metrics_path, "a") if info.is_main else None
     if init and start_iter == 0 and metrics_file is not None:
         metrics_file.write(json.dumps({"iter": 0, "init": init}) + "\n")
 
@@ -378,6 +386,40 @@ def train(
     if metrics_file:
         metrics_file.close()
     return TrainResult(out_dir, done, path, last_metrics, skipped)
+
+
+RUN_FILES = ("last.pt", "model_final.pt", "metrics.jsonl")
+
+
+def _check_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """A new run never lands on an old one's checkpoints and metrics unless asked to (`--overwrite`); returns the
+    old run's files to remove once the new run is set up (so a failing start leaves them as they were)."""
+    if resume and overwrite:
+        raise MrcnnError("--resume continues the run in --out, --overwrite starts it over: choose one")
+    if resume or not out_dir.is_dir():
+        return []
+    held = [out_dir / n for n in RUN_FILES if (out_dir / n).exists()]
+    if held and not overwrite:
+        raise MrcnnError(f"{out_dir} already holds a training run ({', '.join(p.name for p in held)}); --resume "
+                         "continues it, --overwrite starts over in it, or choose another --out")
+    return held
+
+
+def _keep_metrics_until(path: Path, iteration: int) -> None:
+    """On resume, drop the metrics rows a killed run wrote after its last checkpoint (they are computed again), so
+    that every iteration has one row. Rewritten atomically."""
+    if iteration == 0 or not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            if int(json.loads(line).get("iter", 0)) <= iteration:
+                keep.append(line)
+        except (ValueError, AttributeError, TypeError):
+            continue  # a line the kill cut short
+    if len(keep) != len(lines):
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{k}\n" for k in keep)))
 
 
 def _initial_weights(model, cfg: Config, weights, class_names: list[str], resume: bool, say) -> dict:
