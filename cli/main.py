@@ -80,7 +80,8 @@ def data_synth(
 @app.command()
 @handled
 def train(
-    data: Path = typer.Option(..., "--data", help="COCO-format folder (train2017/, val2017/, annotations/)"),
+    data: Path = typer.Option(..., "--data", help="COCO-format dataset: a COCO 2017 or Roboflow folder, or a "
+                              "dataset .json naming each split's annotations and images"),
     out: Path = typer.Option(..., "--out", help="run folder (checkpoints, metrics.jsonl)"),
     config: str = typer.Option("r50-fpn", "--config", help="named config: r50-fpn, r18-fpn, shapes-tiny, ..."),
     amp: str = typer.Option(None, "--amp", help="bf16 | fp16 | off"),
@@ -127,8 +128,8 @@ def train(
 @handled
 def eval_(
     artifact: Path = typer.Argument(..., help="checkpoint (.pt) or exported model (.onnx)"),
-    data: Path = typer.Option(..., "--data", help="COCO-format folder"),
-    split: str = typer.Option("val2017", "--split"),
+    data: Path = typer.Option(..., "--data", help="COCO-format dataset folder or dataset .json (as for train)"),
+    split: str = typer.Option("val2017", "--split", help="split to evaluate: val2017 / val, train2017 / train, ..."),
     batch: int = typer.Option(2, "--batch"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write metrics + COCO results json"),
     device: Optional[str] = typer.Option(None, "--device"),

@@ -13,7 +13,7 @@ def evaluate_artifact(artifact: str | Path, data_dir: str | Path, *, split: str 
                       device: str | None = None, json_out: str | Path | None = None, strict: bool = False,
                       log: Callable[[str], None] = print, progress: bool = True, max_images: int = 0) -> dict:
     """COCO bbox + segm AP of a checkpoint (.pt) or an exported model (.onnx, on ONNX Runtime)."""
-    from mrcnn.data.coco import CocoDetection
+    from mrcnn.data.layout import open_split
     from mrcnn.engine.evaluation import evaluate, write_json
     from mrcnn.runtime import ARTIFACT_SUFFIXES, load_artifact
 
@@ -24,7 +24,7 @@ def evaluate_artifact(artifact: str | Path, data_dir: str | Path, *, split: str 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = load_artifact(artifact, dev, log=log)
     names = predictor.class_names
-    ds = CocoDetection(data_dir, split, strict=strict, logger=log)
+    ds = open_split(data_dir, split, strict=strict, logger=log)
     if len(names) != len(ds.class_names):
         raise MrcnnError(f"{artifact} predicts {len(names)} classes but {data_dir} has {len(ds.class_names)}")
     metrics, results = evaluate(predictor, ds, batch_size=batch_size, log=log,

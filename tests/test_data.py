@@ -343,6 +343,75 @@ def test_missing_annotation_file(tmp_path):
         CocoDetection(tmp_path, "val2017")
 
 
+# -- dataset layouts: COCO 2017, Roboflow, a dataset file --------------------------------------------------------
+
+def _roboflow(data: Path, dst: Path) -> Path:
+    """The synthetic set rearranged as a Roboflow COCO export: SPLIT/_annotations.coco.json beside its images."""
+    for split, name in (("train2017", "train"), ("val2017", "valid")):
+        shutil.copytree(data / split, dst / name)
+        shutil.copy(data / "annotations" / f"instances_{split}.json", dst / name / "_annotations.coco.json")
+    return dst
+
+
+def _dataset_file(data: Path, where: Path) -> Path:
+    """A dataset .json elsewhere naming the synthetic set's files by paths relative to itself."""
+    import os
+
+    where.mkdir(parents=True)
+    rel = lambda p: os.path.relpath(p, where)  # noqa: E731
+    spec = {s: {"annotations": rel(data / "annotations" / f"instances_{s}2017.json"), "images": rel(data / f"{s}2017")}
+            for s in ("train", "val")}
+    (where / "data.json").write_text(json.dumps(spec))
+    return where / "data.json"
+
+
+def _same_samples(a: CocoDetection, b: CocoDetection) -> None:
+    assert a.class_names == b.class_names and len(a) == len(b) > 0
+    for i in range(len(a)):
+        ta, tb = a._target(i), b._target(i)
+        assert a.image_path(i).read_bytes() == b.image_path(i).read_bytes()
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert (torch.equal(ta[k], tb[k]) if torch.is_tensor(ta[k]) else ta[k] == tb[k]), (i, k)
+
+
+@pytest.mark.parametrize("layout", ["roboflow", "dataset_file"])
+def test_other_layouts_read_the_same_samples(data, tmp_path, layout):
+    from mrcnn.data.layout import open_split
+
+    root = _roboflow(data, tmp_path / "rf") if layout == "roboflow" else _dataset_file(data, tmp_path / "spec")
+    for split, coco_split in (("train", "train2017"), ("val", "val2017"), ("val2017", "val2017")):
+        a, b = open_split(root, split, logger=pytest.fail), CocoDetection(data, coco_split)
+        _same_samples(a, b)
+        assert a.coco.dataset == b.coco.dataset  # the ground truth evaluation scores against
+    assert open_split(root, "test", required=False) is None
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("empty_folder", "no 'train' split (looked for annotations/instances_train2017.json, train/_annotations.coco.json"),
+    ("no_such_path", "no such dataset folder or file"),
+    ("spec_without_split", "the dataset file has no 'train' split"),
+    ("spec_bad_entry", 'needs exactly "annotations" and "images" paths'),
+    ("spec_not_json", "not a readable dataset file (JSONDecodeError"),
+    ("spec_missing_file", "annotation file not found"),
+])
+def test_dataset_layout_errors_are_one_line(tmp_path, case, needle):
+    from mrcnn.data.layout import open_split
+
+    target = tmp_path / "d"
+    if case == "empty_folder":
+        target.mkdir()
+    elif case != "no_such_path":
+        target = tmp_path / "data.json"
+        target.write_text({"spec_without_split": '{"val": {"annotations": "a.json", "images": "im"}}',
+                           "spec_bad_entry": '{"train": {"annotations": "a.json"}}',
+                           "spec_not_json": "{train: a.json",
+                           "spec_missing_file": '{"train": {"annotations": "a.json", "images": "im"}}'}[case])
+    with pytest.raises(MrcnnError) as e:
+        open_split(target, "train")
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
 # -- transforms, dataset, sampler -------------------------------------------------------------------------------
 
 def test_transforms(data):

@@ -153,6 +153,22 @@ def test_resume_drops_metrics_rows_written_after_the_checkpoint(tmp_path):
     assert [(r["iter"], "eval" in r) for r in kept] == [(0, False), (1, False), (2, False), (3, False), (3, True)]
 
 
+def test_roboflow_layout_trains_and_evaluates_as_coco_2017(synth_data, tmp_path):
+    """The same data in a Roboflow folder (SPLIT/_annotations.coco.json) trains the same weights as in the COCO 2017
+    layout, and the run evaluates on its `valid` split (after 2 steps AP is ~0: the equal ground truth is shown in
+    test_data.py::test_other_layouts_read_the_same_samples)."""
+    from test_data import _roboflow
+
+    runs = {}
+    for name, root in (("coco", synth_data), ("roboflow", _roboflow(synth_data, tmp_path / "rf"))):
+        runs[name] = train(tiny_config(max_iter=2), root, tmp_path / name, log=lambda m: None, progress=False,
+                           device="cpu")
+    rel, key = max_rel_diff(_weights(runs["roboflow"].checkpoint), _weights(runs["coco"].checkpoint))
+    a, b = runs["roboflow"].metrics, runs["coco"].metrics
+    print(f"weights rel diff {rel:.1e} ({key}); segm AP {a['segm']['AP']:.4f} vs {b['segm']['AP']:.4f}")
+    assert rel == 0.0 and a == b and "bbox" in a
+
+
 def test_new_run_never_lands_on_an_old_one(synth_data, tmp_path):
     run = tmp_path / "run"
     _train(tiny_config(max_iter=2), synth_data, run)

@@ -125,10 +125,10 @@ def make_train_loader(train_ds, sampler, cfg: Config, info: DistInfo, start_iter
 
 
 def build_train_data(cfg: Config, data_dir: str | Path, strict: bool, log):
-    from mrcnn.data.coco import CocoDetection
+    from mrcnn.data.layout import open_split
     from mrcnn.data.transforms import GlobalBatchSampler, TrainDataset, TrainTransform
 
-    base = CocoDetection(data_dir, "train2017", strict=strict, logger=log)
+    base = open_split(data_dir, "train", strict=strict, logger=log)
     if len(base) == 0:
         raise MrcnnError(f"{data_dir}: no usable training images")
     tfm = TrainTransform(cfg.input.min_size, cfg.input.max_size, cfg.input.hflip_prob)
@@ -280,16 +280,20 @@ def train(
         return out_dir / ("model_final.pt" if final else "last.pt")
 
     val_ds = None
-    val_ann = Path(data_dir) / "annotations" / "instances_val2017.json"
+    val_missing = False
 
     def run_eval(it: int) -> dict:
-        nonlocal val_ds
-        if not info.is_main or not val_ann.exists():
+        nonlocal val_ds, val_missing
+        if not info.is_main or val_missing:
             return {}
-        from mrcnn.data.coco import CocoDetection
+        from mrcnn.data.layout import open_split
 
         if val_ds is None:
-            val_ds = CocoDetection(data_dir, "val2017", strict=strict, logger=say)
+            val_ds = open_split(data_dir, "val", required=False, strict=strict, logger=say)
+            if val_ds is None:
+                val_missing = True
+                say(f"no validation split in {data_dir}: no COCO evaluation")
+                return {}
         model.eval()
         with _compile_errors(s.compile):
             metrics, _ = evaluate(Predictor(model, cfg.input), val_ds, batch_size=max(s.batch, 1), log=say,
