@@ -95,6 +95,7 @@ class SolverConfig:
     eval_period: int = 0  # 0 = only at the end
     checkpoint_period: int = 0  # 0 = only at the end
     max_bad_steps: int = 5  # consecutive non-finite steps before aborting
+    best_metric: str = "segm.AP"  # evaluation metric (IOU_TYPE.STAT) whose best value keeps model_best.pt; "" = off
     num_workers: int = -1  # data loader processes; -1: 0 when training on the CPU (the step uses every core),
     # else min(4, CPU cores per rank - 1), as the seed's and torchvision's 4 (a COCO-sized sample costs ~15 ms of
     # decode, mask and resize work, a batch of 4 with collating 60-80 ms: about one GPU step;

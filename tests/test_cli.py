@@ -40,6 +40,9 @@ def test_synth_and_malformed_json(tmp_path):
     (["train", "--config", "shapes-tiny", "--data", ".", "--out", "r", "--set", "model.bogus=1"], "bogus"),
     (["convert", "torchvision", "missing.pth", "out.pt"], "missing.pth"),
     (["train", "--config", "shapes-tiny", "--data", ".", "--out", "r", "--workers", "-2"], "--workers must be"),
+    (["train", "--config", "shapes-tiny", "--data", ".", "--out", "r", "--set", "solver.best_metric=segm.mAP"],
+     "solver.best_metric must be"),
+    (["train", "--config", "shapes-tiny", "--data", "nowhere", "--out", "r"], "nowhere: no such dataset"),
 ])
 def test_bad_input_one_line(tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)

@@ -210,8 +210,14 @@ def test_loss_halves_on_synthetic_data(tmp_path):
     cfg = get_config("shapes-tiny")
     cfg.input.min_size = cfg.input.max_size = 128
     cfg.solver.max_iter = 120
+    cfg.solver.eval_period = 40
     t0 = time.time()
     _train(cfg, data, tmp_path / "run")
+    evals = [(r["iter"], r["eval"]["segm"]["AP"]) for r in _rows(tmp_path / "run") if "eval" in r]
+    best = load_checkpoint(tmp_path / "run" / "model_best.pt")
+    print(f"segm AP by evaluation {evals}; model_best.pt at iteration {best['iteration']}")
+    assert [it for it, _ in evals] == [40, 80] and best["best"]["value"] == max(ap for _, ap in evals)
+    assert best["iteration"] == max(evals, key=lambda e: e[1])[0] and "optimizer" not in best
     rows = [r for r in _rows(tmp_path / "run") if "loss" in r]
     first = sum(r["loss"] for r in rows[:5]) / 5
     last = sum(r["loss"] for r in rows[-10:]) / 10

@@ -201,6 +201,7 @@ def train(
         raise MrcnnError(f"--amp must be one of off, bf16, fp16 (got {s.amp!r})")
     if s.accum < 1 or s.batch < 1 or s.max_iter < 1:
         raise MrcnnError("--batch, --accum and --max-iter must be >= 1")
+    best_key = _best_metric_key(s.best_metric)
     workers = loader_workers(s.num_workers, info)
     out_dir = Path(out_dir)
     say = log if info.is_main else (lambda _m: None)
@@ -233,6 +234,7 @@ def train(
     # 3. resume
     start_iter = 0
     last_path = out_dir / "last.pt"
+    best: dict = {}  # {"metric", "value", "iter"} of the best evaluation so far
     if resume:
         if not last_path.exists():
             raise MrcnnError(f"--resume: no checkpoint at {last_path}")
@@ -247,6 +249,7 @@ def train(
         _set_rng_state(ck.get("rng", {}))
         start_iter = int(ck["iteration"])
         init = ck.get("init") or {}
+        best = ck.get("best") or {}
         say(f"resumed from {last_path} at iteration {start_iter}")
 
     ddp_model = model
@@ -272,7 +275,7 @@ def train(
         payload = {"config": cfg.to_dict(), "class_names": base.class_names, "model": model.state_dict(),
                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "iteration": it,
-                   "rng": _rng_state(), "init": init}
+                   "rng": _rng_state(), "init": init, "best": best}
         if info.is_main:
             save_checkpoint(last_path, payload)
             if final:
@@ -301,7 +304,22 @@ def train(
         model.train()
         say(f"iteration {it} COCO AP\n" + format_table(metrics))
         _write_metrics({"iter": it, "eval": metrics})
+        keep_if_best(it, metrics)
         return metrics
+
+    def keep_if_best(it: int, metrics: dict) -> None:
+        """model_best.pt: the weights of the evaluation with the highest `solver.best_metric` (first on ties)."""
+        nonlocal best
+        if best_key is None or best_key[0] not in metrics:
+            return
+        value = float(metrics[best_key[0]][best_key[1]])
+        if best and value <= best["value"]:
+            return
+        best = {"metric": s.best_metric, "value": value, "iter": it}
+        save_checkpoint(out_dir / "model_best.pt", {"config": cfg.to_dict(), "class_names": base.class_names,
+                                                     "model": model.state_dict(), "iteration": it, "best": best,
+                                                     "init": init})
+        say(f"model_best.pt: {s.best_metric} {value:.4f} at iteration {it}")
 
     def _write_metrics(row: dict) -> None:
         if metrics_file is not None:
@@ -392,7 +410,20 @@ def train(
     return TrainResult(out_dir, done, path, last_metrics, skipped)
 
 
-RUN_FILES = ("last.pt", "model_final.pt", "metrics.jsonl")
+RUN_FILES = ("last.pt", "model_final.pt", "model_best.pt", "metrics.jsonl")
+
+
+def _best_metric_key(name: str) -> tuple[str, str] | None:
+    """`solver.best_metric` "segm.AP" -> ("segm", "AP"); "" -> None."""
+    from mrcnn.engine.evaluation import STAT_NAMES
+
+    if not name:
+        return None
+    iou_type, _, stat = name.partition(".")
+    if iou_type not in ("bbox", "segm") or stat not in STAT_NAMES:
+        raise MrcnnError(f"solver.best_metric must be bbox.STAT or segm.STAT with STAT one of "
+                         f"{', '.join(STAT_NAMES)} (or empty: off), got {name!r}")
+    return iou_type, stat
 
 
 def _check_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
