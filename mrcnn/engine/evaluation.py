@@ -75,29 +75,51 @@ def evaluate(
     log: Callable[[str], None] = print,
     progress: bool = True,
     max_images: int = 0,
+    distributed: bool = False,
 ) -> tuple[dict, list[dict]]:
     """Predict every image of a `CocoDetection` dataset and evaluate. Returns (metrics, coco results).
 
     The images (the first `max_images`) are batched landscape first, then portrait (`aspect_groups`), so a batch
     seldom pads a landscape and a portrait image to a square. Only images are loaded (no target masks); an image that
-    cannot be read is warned about by the dataset and left out of the evaluation."""
+    cannot be read is warned about by the dataset and left out of the evaluation.
+
+    `distributed` (in a joined torch.distributed group of W > 1 ranks): rank r predicts batches r, r + W, ... of the
+    same batching, the results are gathered on rank 0, which runs COCOeval, and every rank returns its metrics (the
+    results: all of them on rank 0, none elsewhere). Each image is predicted in the batch it has in one process, so
+    the metrics equal a single process's."""
+    import torch.distributed as dist
+
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed and dist.is_initialized() else (0, 1)
     n = len(dataset) if not max_images else min(max_images, len(dataset))
     order = list(range(n))
     if batch_size > 1 and hasattr(dataset, "aspect_groups"):
         groups = dataset.aspect_groups()
         order.sort(key=lambda i: groups[i])
+    batches = [order[start:start + batch_size] for start in range(0, n, batch_size)][rank::world]
     results: list[dict] = []
     image_ids: list[int] = []
-    with reporter(n, "eval", log=log, enabled=progress) as rep, torch.inference_mode():
-        for start in range(0, n, batch_size):
-            batch = [(dataset.ids[i], dataset.load_image(i)) for i in order[start : start + batch_size]]
+    total = sum(len(b) for b in batches)
+    with reporter(total, "eval", log=log, enabled=progress) as rep, torch.inference_mode():
+        done = 0
+        for indices in batches:
+            batch = [(dataset.ids[i], dataset.load_image(i)) for i in indices]
             batch = [(iid, img) for iid, img in batch if img is not None]  # unreadable: warned about, not evaluated
             preds = predictor([img for _, img in batch]) if batch else []
             for (iid, _), pred in zip(batch, preds):
                 image_ids.append(int(iid))
                 results.extend(detections_to_coco(pred, iid, dataset.cat_ids))
-            rep.update(min(start + batch_size, n))
-    metrics = coco_eval(dataset.coco, results, sorted(set(image_ids)))
+            done += len(indices)
+            rep.update(done)
+    if world > 1:
+        parts = [None] * world if rank == 0 else None
+        dist.gather_object((results, image_ids), parts, dst=0)
+        results, image_ids = ([r for p in parts for r in p[0]], [i for p in parts for i in p[1]]) if rank == 0 \
+            else ([], [])
+    metrics = coco_eval(dataset.coco, results, sorted(set(image_ids))) if rank == 0 else None
+    if world > 1:
+        box = [metrics]
+        dist.broadcast_object_list(box, src=0)
+        metrics = box[0]
     return metrics, results
 
 

@@ -287,7 +287,7 @@ def train(
 
     def run_eval(it: int) -> dict:
         nonlocal val_ds, val_missing
-        if not info.is_main or val_missing:
+        if val_missing:
             return {}
         from mrcnn.data.layout import open_split
 
@@ -299,8 +299,9 @@ def train(
                 return {}
         model.eval()
         with _compile_errors(s.compile):
+            # every rank predicts its share of the images; rank 0 runs COCOeval, every rank gets the metrics
             metrics, _ = evaluate(Predictor(model, cfg.input), val_ds, batch_size=max(s.batch, 1), log=say,
-                                  progress=progress)
+                                  progress=progress and info.is_main, distributed=info.world > 1)
         model.train()
         say(f"iteration {it} COCO AP\n" + format_table(metrics))
         _write_metrics({"iter": it, "eval": metrics})
@@ -315,7 +316,9 @@ def train(
         value = float(metrics[best_key[0]][best_key[1]])
         if best and value <= best["value"]:
             return
-        best = {"metric": s.best_metric, "value": value, "iter": it}
+        best = {"metric": s.best_metric, "value": value, "iter": it}  # on every rank: their last.pt payloads agree
+        if not info.is_main:
+            return
         save_checkpoint(out_dir / "model_best.pt", {"config": cfg.to_dict(), "class_names": base.class_names,
                                                      "model": model.state_dict(), "iteration": it, "best": best,
                                                      "init": init})
