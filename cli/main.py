@@ -166,6 +166,25 @@ def export(
                       height=height, width=width, dynamic_size=dynamic_size, overrides=list(set_), log=_log)
 
 
+@app.command()
+@handled
+def predict(
+    artifact: Path = typer.Argument(..., help="checkpoint (.pt) or exported model (.onnx)"),
+    images: List[Path] = typer.Argument(..., help="image files or folders of images"),
+    out: Path = typer.Option(Path("predictions"), "--out", help="folder for the PNG overlays and predictions.json"),
+    score: float = typer.Option(0.5, "--score", help="keep detections with at least this score"),
+    batch: int = typer.Option(1, "--batch", help="images per forward pass"),
+    no_overlays: bool = typer.Option(False, "--no-overlays", help="write predictions.json only"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Detections on images: PNG overlays (masks, boxes, labels) and a COCO-format predictions.json."""
+    from mrcnn.predict import predict as run_predict
+
+    res = run_predict(artifact, images, out, score=score, batch_size=batch, device=device,
+                      overlays=not no_overlays, log=_log)
+    print(f"{res['detections']} detections on {res['images']} images -> {res['out']}")
+
+
 @convert_app.command("torchvision")
 @handled
 def convert_torchvision(
