@@ -84,3 +84,21 @@ def test_code_carrying_checkpoint_is_refused_in_one_line(tmp_path, monkeypatch, 
     # the reason, not torch's paragraph that ends by advising weights_only=False
     assert "refused by the weights-only loader: Unsupported global" in err, err
     assert "weights_only` set to `False" not in err and len(err) < 300, err
+
+
+def test_plain_progress_lines_give_an_eta_from_the_rate_since_start(monkeypatch):
+    """Off a terminal, progress is plain lines; the ETA counts from the first update (a resumed run's start), not
+    from iteration 0: 10 iterations in 10 s leave 80 iterations = 1m20s."""
+    import mrcnn.engine.progress as progress
+
+    clock = iter([0.0, 100.0, 110.0, 200.0])
+    monkeypatch.setattr(progress.time, "time", lambda: next(clock))
+    monkeypatch.setattr(progress, "is_terminal", lambda: False)
+    lines: list[str] = []
+    with progress.reporter(100, "train", log=lines.append, every=10) as rep:
+        rep.update(10, "loss 1.0")
+        rep.update(20, "loss 0.9")
+        rep.update(100)
+    assert lines == ["train: 10/100 loss 1.0 (100s)", "train: 20/100 loss 0.9 (110s, eta 1m20s)",
+                     "train: 100/100 (200s)"], lines
+    assert [progress.format_duration(s) for s in (42, 425, 11520)] == ["42s", "7m05s", "3h12m"]

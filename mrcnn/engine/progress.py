@@ -14,6 +14,16 @@ def is_terminal() -> bool:
         return False
 
 
+def format_duration(seconds: float) -> str:
+    """42s, 7m05s, 3h12m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 class Reporter:
     """`update(done, info)` for `total` steps. `info` is a short status string (loss, img/s...)."""
 
@@ -28,6 +38,7 @@ class Reporter:
         self._task = None
         self._t0 = time.time()
         self._last = -1
+        self._first: tuple[int, float] | None = None
 
     def __enter__(self) -> "Reporter":
         if self.enabled and is_terminal():
@@ -45,9 +56,16 @@ class Reporter:
         if self._rich is not None:
             self._rich.update(self._task, completed=done, info=info)
         elif done == self.total or done - self._last >= self.every or self._last < 0:
+            now = time.time()
+            if self._first is None:  # a resumed run's first update is where it starts: its rate counts from there
+                self._first = (done, now)
             self._last = done
-            elapsed = time.time() - self._t0
-            self.log(f"{self.description}: {done}/{self.total} {info} ({elapsed:.0f}s)".replace("  ", " "))
+            elapsed = now - self._t0
+            eta = ""
+            d0, t0 = self._first
+            if self.total > done > d0 and now > t0:
+                eta = f", eta {format_duration((self.total - done) * (now - t0) / (done - d0))}"
+            self.log(f"{self.description}: {done}/{self.total} {info} ({elapsed:.0f}s{eta})".replace("  ", " "))
 
     def __exit__(self, *exc) -> None:
         if self._rich is not None:
