@@ -134,14 +134,17 @@ def eval_(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write metrics + COCO results json"),
     device: Optional[str] = typer.Option(None, "--device"),
     strict: bool = typer.Option(False, "--strict"),
+    per_class: bool = typer.Option(True, "--per-class/--no-per-class", help="also print AP per class"),
 ) -> None:
-    """COCO bbox + segm AP table."""
-    from mrcnn.engine.evaluation import format_table
+    """COCO bbox + segm AP table (and AP per class)."""
+    from mrcnn.engine.evaluation import format_per_class, format_table
     from mrcnn.pipeline import evaluate_artifact
 
     metrics = evaluate_artifact(artifact, data, split=split, batch_size=batch, device=device, json_out=json_out,
                                 strict=strict, log=_log)
     print(format_table(metrics))
+    if per_class:
+        print(format_per_class(metrics))
 
 
 @app.command()

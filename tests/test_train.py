@@ -118,6 +118,37 @@ def _sharded_eval_worker(rank, world, store, data, out):
     dist.destroy_process_group()
 
 
+def test_per_class_ap_equals_cocoeval_of_that_class_alone(synth_data):
+    """AP per class (from the accumulated precision of one COCOeval) equals COCOeval run on that category alone; the
+    mean over classes with ground truth is the summary AP."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    from mrcnn.data.coco import CocoDetection
+    from mrcnn.engine.evaluation import evaluate, format_per_class
+
+    ds = CocoDetection(synth_data, "train2017")
+    metrics, results = evaluate(JitteredTruth(ds), ds, batch_size=2, progress=False, log=lambda m: None)
+    for iou_type in ("bbox", "segm"):
+        per = metrics["per_class"][iou_type]
+        assert list(per) == ds.class_names
+        for cat_id, name in zip(ds.cat_ids, ds.class_names):
+            with contextlib.redirect_stdout(io.StringIO()):
+                ev = COCOeval(ds.coco, ds.coco.loadRes(results), iou_type)
+                ev.params.catIds = [cat_id]
+                ev.evaluate()
+                ev.accumulate()
+                ev.summarize()
+            assert abs(per[name] - ev.stats[0]) < 1e-12, (iou_type, name, per[name], ev.stats[0])
+        valid = [v for v in per.values() if v >= 0]
+        print(iou_type, {k: round(v, 4) for k, v in per.items()})
+        assert abs(sum(valid) / len(valid) - metrics[iou_type]["AP"]) < 1e-12 and len(set(valid)) > 1
+    table = format_per_class(metrics).splitlines()
+    assert table[0].split() == ["class", "bbox", "AP", "segm", "AP"] and len(table) == 1 + len(ds.class_names)
+
+
 def test_sharded_evaluation_equals_one_process(synth_data, tmp_path):
     """DDP evaluation: 2 ranks predict alternate batches (12 images in batches of 5: 2 batches vs 1), rank 0 gathers
     and runs COCOeval; every rank's metrics equal one process's evaluation of all images."""

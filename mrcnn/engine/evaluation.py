@@ -65,7 +65,20 @@ def coco_eval(coco_gt, results: list[dict], image_ids: Sequence[int], iou_types=
             ev.accumulate()
             ev.summarize()
         metrics[iou_type] = {k: float(v) for k, v in zip(STAT_NAMES, ev.stats[:6])}
+        metrics.setdefault("per_class", {})[iou_type] = per_class_ap(ev, coco_gt)
     return metrics
+
+
+def per_class_ap(ev, coco_gt) -> dict[str, float]:
+    """AP (IoU 0.50:0.95, all areas, 100 detections) of each category from an accumulated COCOeval, by name, as
+    COCOeval's summary computes the mean over categories (-1 where a class has no ground truth)."""
+    precision = ev.eval["precision"]  # [T IoUs, R recalls, K categories, A areas, M max-dets]
+    out = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        out[str(coco_gt.cats[cat_id]["name"])] = float(p.mean()) if p.size else -1.0
+    return out
 
 
 def evaluate(
@@ -129,6 +142,21 @@ def format_table(metrics: dict) -> str:
     for iou_type in ("bbox", "segm"):
         if iou_type in metrics:
             lines.append(f"{iou_type:6}" + "".join(f"{metrics[iou_type][k]:8.4f}" for k in STAT_NAMES))
+    return "\n".join(lines)
+
+
+def format_per_class(metrics: dict) -> str:
+    """Per-class AP: a row per class, columns bbox / segm (`-` where a class has no ground truth)."""
+    per = metrics.get("per_class") or {}
+    types = [t for t in ("bbox", "segm") if t in per]
+    if not types:
+        return ""
+    names = list(per[types[0]])
+    width = max(8, *(len(n) for n in names))
+    lines = [f"{'class':<{width}}" + "".join(f"{t + ' AP':>10}" for t in types)]
+    for n in names:
+        lines.append(f"{n:<{width}}" + "".join(f"{per[t][n]:10.4f}" if per[t][n] >= 0 else f"{'-':>10}"
+                                                 for t in types))
     return "\n".join(lines)
 
 
