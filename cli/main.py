@@ -91,6 +91,7 @@ def train(
                                   help="torch.compile the backbone + FPN (the first steps compile)"),
     batch: int = typer.Option(None, "--batch", help="images per device per micro-step"),
     max_iter: int = typer.Option(None, "--max-iter", help="optimizer steps"),
+    epochs: float = typer.Option(None, "--epochs", help="passes over the training images (instead of --max-iter)"),
     lr: float = typer.Option(None, "--lr", help="base LR for the reference batch (scaled linearly)"),
     eval_period: int = typer.Option(None, "--eval-period", help="COCO eval every P iterations (0: at the end)"),
     checkpoint_period: int = typer.Option(None, "--checkpoint-period", help="checkpoint every P iterations"),
@@ -120,6 +121,10 @@ def train(
             setattr(s, name, value)
     if seed is not None:
         cfg.seed = seed
+    if epochs is not None:
+        if max_iter is not None:
+            raise MrcnnError("--epochs and --max-iter both set the length of the run: give one")
+        s.epochs = epochs
     result = run_train(cfg, data, out, resume=resume, overwrite=overwrite, weights=weights, device=device, strict=strict, log=_log)
     print(f"done: {result.iteration} iterations, checkpoint {result.checkpoint}")
 

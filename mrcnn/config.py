@@ -85,6 +85,7 @@ class SolverConfig:
     steps: tuple[float, ...] = (0.667, 0.889)  # fractions of max_iter where LR drops by gamma
     gamma: float = 0.1
     max_iter: int = 90000
+    epochs: float = 0.0  # > 0: max_iter = ceil(epochs x training images / global batch), set when the data is read
     amp: str = "off"  # off | bf16 | fp16
     fp16_init_scale: float = 8192.0
     accum: int = 1

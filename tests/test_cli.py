@@ -43,6 +43,8 @@ def test_synth_and_malformed_json(tmp_path):
     (["train", "--config", "shapes-tiny", "--data", ".", "--out", "r", "--set", "solver.best_metric=segm.mAP"],
      "solver.best_metric must be"),
     (["train", "--config", "shapes-tiny", "--data", "nowhere", "--out", "r"], "nowhere: no such dataset"),
+    (["train", "--config", "shapes-tiny", "--data", ".", "--out", "r", "--epochs", "2", "--max-iter", "5"],
+     "--epochs and --max-iter"),
 ])
 def test_bad_input_one_line(tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)

@@ -260,6 +260,15 @@ def test_roboflow_layout_trains_and_evaluates_as_coco_2017(synth_data, tmp_path)
     assert rel == 0.0 and a == b and "bbox" in a
 
 
+def test_epochs_set_the_iterations_from_the_dataset_size(synth_data, tmp_path):
+    """--epochs 1.5 over the 12 training images at batch 2: ceil(1.5 x 12 / 2) = 9 iterations, LR milestones at
+    the fractions of those 9."""
+    res = _train(tiny_config(epochs=1.5, max_iter=3), synth_data, tmp_path / "run")
+    rows = [r for r in _rows(tmp_path / "run") if "loss" in r]
+    cfg = load_checkpoint(res.checkpoint)["config"]["solver"]
+    assert res.iteration == 9 and len(rows) == 9 and cfg["max_iter"] == 9, (res.iteration, len(rows))
+
+
 def test_new_run_never_lands_on_an_old_one(synth_data, tmp_path):
     run = tmp_path / "run"
     _train(tiny_config(max_iter=2), synth_data, run)

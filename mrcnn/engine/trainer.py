@@ -211,6 +211,12 @@ def train(
     base, train_ds, Sampler = build_train_data(cfg, data_dir, strict, say)
     cfg.model.num_classes = len(base.class_names) + 1
     global_batch = s.batch * s.accum * info.world
+    if s.epochs < 0:
+        raise MrcnnError(f"--epochs must be > 0, got {s.epochs}")
+    if s.epochs > 0:
+        s.max_iter = max(1, math.ceil(s.epochs * len(train_ds) / global_batch))
+        say(f"{s.epochs:g} epochs of {len(train_ds)} images at a global batch of {global_batch}: "
+            f"{s.max_iter} iterations")
     # (batches padded to max_size x max_size gain nothing from grouping: their sampling stays as it was)
     groups = base.aspect_groups() if cfg.input.aspect_ratio_grouping and not cfg.input.pad_to_max else None
     sampler = Sampler(len(train_ds), global_batch, seed=cfg.seed, groups=groups)
