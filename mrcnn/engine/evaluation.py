@@ -112,7 +112,9 @@ def evaluate(
     results: list[dict] = []
     image_ids: list[int] = []
     total = sum(len(b) for b in batches)
-    with reporter(total, "eval", log=log, enabled=progress) as rep, torch.inference_mode():
+    # plain lines (off a terminal) at quarters: an evaluation inside a training log is a few lines, not twenty
+    with reporter(total, "eval", log=log, enabled=progress, every=max(1, total // 4)) as rep, \
+            torch.inference_mode():
         done = 0
         for indices in batches:
             batch = [(dataset.ids[i], dataset.load_image(i)) for i in indices]

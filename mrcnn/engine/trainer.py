@@ -210,6 +210,9 @@ def train(
     # 1. data: the class list comes from the dataset and fixes the model's head size
     base, train_ds, Sampler = build_train_data(cfg, data_dir, strict, say)
     cfg.model.num_classes = len(base.class_names) + 1
+    names = base.class_names
+    say(f"data: {len(base)} training images, {len(names)} classes ({', '.join(names[:8])}"
+        f"{', ...' if len(names) > 8 else ''})")
     global_batch = s.batch * s.accum * info.world
     if s.epochs < 0:
         raise MrcnnError(f"--epochs must be > 0, got {s.epochs}")
