@@ -77,6 +77,20 @@ def data_synth(
     print(f"wrote {out}: {summary}")
 
 
+@data_app.command("check")
+@handled
+def data_check(
+    data: Path = typer.Argument(..., help="dataset folder (COCO 2017 or Roboflow layout) or dataset .json"),
+    split: List[str] = typer.Option(["train", "val"], "--split", help="splits to check (repeatable)"),
+    decode: bool = typer.Option(False, "--decode", help="also decode every image (finds corrupt files; slower)"),
+) -> None:
+    """Report what a dataset holds and what training would skip; exit 1 when anything would be skipped."""
+    from mrcnn.data.check import check_dataset
+
+    check_dataset(data, list(split), decode=decode, log=_log)
+    print(f"{data}: ok")
+
+
 @app.command()
 @handled
 def train(

@@ -412,6 +412,47 @@ def test_dataset_layout_errors_are_one_line(tmp_path, case, needle):
     assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
+def test_data_check_counts_equal_pycocotools(data):
+    from mrcnn.data.check import check_dataset
+
+    lines: list[str] = []
+    report = check_dataset(data, decode=True, log=lines.append, progress=False)
+    for split in ("train", "val"):
+        coco = _coco(data / "annotations" / f"instances_{split}2017.json")
+        anns = coco.dataset["annotations"]
+        r = report[split]
+        inst = [a for a in anns if not a["iscrowd"]]
+        assert (r["images"], r["instances"], r["crowd"]) == (len(coco.imgs), len(inst), len(anns) - len(inst))
+        assert r["images_without_instances"] == sum(1 for i in coco.imgs if not any(a["image_id"] == i for a in inst))
+        assert r["per_class"] == {c["name"]: sum(1 for a in inst if a["category_id"] == c["id"])
+                                  for c in coco.dataset["categories"]}
+        assert r["skipped"] == {}
+    assert sum("nothing skipped" in line for line in lines) == 2
+
+
+def test_data_check_lists_every_problem_and_fails(data, tmp_path):
+    """A missing image, a degenerate box and (found only by --decode) a corrupt image file: each one warning line,
+    then exit 1 with one error line counting them."""
+    from typer.testing import CliRunner
+
+    from conftest import one_error_line
+    from mrcnn.cli.main import app
+
+    root = _copy(data, tmp_path)
+    (root / "val2017" / "000000000001.png").unlink()
+    _edit_json(root, lambda d: d["annotations"][-1].update(bbox=[3, 4, 0.5, 9]))
+    victim = sorted((root / "train2017").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:200])
+    runner = CliRunner()
+    fast = runner.invoke(app, ["data", "check", str(root)])
+    assert "2 problem(s)" in one_error_line(fast)
+    r = runner.invoke(app, ["data", "check", str(root), "--decode"])
+    assert "3 problem(s)" in one_error_line(r)
+    warnings = [line for line in r.stdout.splitlines() if "warning:" in line and line.endswith(": skipped")]
+    assert len(warnings) == 3 and any("missing image" in w for w in warnings), r.stdout
+    assert any("degenerate box" in w for w in warnings) and any(victim.name in w for w in warnings), warnings
+
+
 # -- transforms, dataset, sampler -------------------------------------------------------------------------------
 
 def test_transforms(data):

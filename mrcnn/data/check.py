@@ -1,0 +1,71 @@
+"""`mrcnn data check DATA`: read a dataset the way training does and report what it holds and what it would skip,
+before hours of training find out (images, instances per class, crowd regions, every bad-data case of
+`CocoDetection`; with `decode`, corrupt image files too)."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mrcnn.errors import MrcnnError
+
+
+def check_split(data: str | Path, split: str, *, decode: bool = False, log: Callable[[str], None] = print,
+                progress: bool = True) -> dict | None:
+    """Counts and problems of one split (None where the dataset has no such split)."""
+    from mrcnn.data.coco import CocoDetection
+    from mrcnn.data.layout import find_split
+    from mrcnn.engine.progress import reporter
+
+    found = find_split(data, split)
+    if found is None:
+        return None
+    log(f"{split}: {found}")
+    ds = CocoDetection(data, split, ann_file=found.annotations, img_dir=found.images,
+                       logger=lambda m: log(f"  warning: {m}"))
+    if decode:
+        with reporter(len(ds), f"{split}: decoding", log=log, enabled=progress, every=max(1, len(ds) // 4)) as rep:
+            for i in range(len(ds)):
+                ds.load_image(i)  # a corrupt or mis-sized file is warned about and counted
+                rep.update(i + 1)
+    A = ds._anns
+    crowd = A.iscrowd
+    starts = A.image_start
+    cum = np.concatenate([[0], np.cumsum(~crowd)])
+    per_image = cum[starts[1:]] - cum[starts[:-1]]  # instances (not crowd) of each image
+    ids = A.category_id[~crowd]
+    per_class = {name: int((ids == cid).sum()) for cid, name in zip(ds.cat_ids, ds.class_names)}
+    out = {"annotations": str(found.annotations), "images_dir": str(found.images), "images": len(ds),
+           "images_without_instances": int((per_image == 0).sum()), "instances": int((~crowd).sum()),
+           "crowd": int(crowd.sum()), "classes": len(ds.class_names), "per_class": per_class,
+           "skipped": dict(Counter(ds.skipped))}
+    log(f"  {out['images']} images ({out['images_without_instances']} without instances), {out['instances']} "
+        f"instances (+{out['crowd']} crowd regions), {out['classes']} classes")
+    log("  instances per class: " + ", ".join(f"{n} {c}" for n, c in per_class.items()))
+    empty = [n for n, c in per_class.items() if c == 0]
+    if empty:
+        log(f"  warning: classes without instances: {', '.join(empty)}")
+    log(f"  {ds.report() or 'nothing skipped'}")
+    return out
+
+
+def check_dataset(data: str | Path, splits: Sequence[str] = ("train", "val"), *, decode: bool = False,
+                  log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Every split of `splits` that `data` has; MrcnnError where it has none, or (after the report) where anything
+    would be skipped."""
+    from mrcnn.data.layout import require_split
+
+    report = {}
+    for split in splits:
+        r = check_split(data, split, decode=decode, log=log, progress=progress)
+        if r is not None:
+            report[split] = r
+    if not report:
+        require_split(data, splits[0])  # raises with what was looked for
+    problems = sum(sum(r["skipped"].values()) for r in report.values())
+    if problems:
+        raise MrcnnError(f"{data}: {problems} problem(s), listed above; training skips those samples "
+                         "(--strict: stops at the first)")
+    return report
