@@ -439,6 +439,21 @@ def test_loader_workers_train_the_same_weights(synth_data, tmp_path):
     assert rel == 0.0, (rel, key)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_image_found_by_a_worker_is_reported_at_the_end(synth_data, tmp_path, workers):
+    """A corrupt training image read inside a DataLoader worker is counted in the end-of-run report (the worker's own
+    counter stays in the worker; the batch carries what it passed over)."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    victim = sorted((data / "train2017").iterdir())[5]
+    victim.write_bytes(victim.read_bytes()[:150])
+    lines: list[str] = []
+    train(tiny_config(max_iter=6, num_workers=workers), data, tmp_path / "run", log=lines.append, progress=False,
+          evaluate_at_end=False, device="cpu")  # 6 x 2 = every one of the 12 images once
+    print([line for line in lines if "skipped" in line])
+    assert "skipped: 1 corrupt image" in lines, lines[-3:]
+
+
 def test_loader_workers_auto(monkeypatch):
     from mrcnn.engine.trainer import DistInfo, loader_workers
 

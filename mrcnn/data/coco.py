@@ -150,7 +150,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.strict = strict
         self.logger = logger or _stderr_logger
         self.skipped: collections.Counter = collections.Counter()
-        self._bad_files: set[int] = set()
+        self._bad_files: dict[int, str] = {}  # item -> reason, for files found unreadable when read
         name = self.ann_file.name
 
         doc = load_coco_json(self.ann_file)
@@ -327,10 +327,21 @@ class CocoDetection(torch.utils.data.Dataset):
         if self.strict:
             raise MrcnnError(f"{path}: {problem}")
         if i not in self._bad_files:
-            self._bad_files.add(i)
+            self._bad_files[i] = reason
             self.skipped[reason] += 1
             self.logger(f"{path}: {problem}: skipped")
         return None
+
+    def bad_files(self) -> dict[int, str]:
+        """Items whose files were found unreadable so far, in this process: {item: reason}."""
+        return dict(self._bad_files)
+
+    def note_bad_files(self, found: dict[int, str]) -> None:
+        """Count files that another process (a DataLoader worker, another rank) found unreadable; each item once."""
+        for i, reason in found.items():
+            if int(i) not in self._bad_files:
+                self._bad_files[int(i)] = reason
+                self.skipped[reason] += 1
 
     def load_image(self, i: int) -> torch.Tensor | None:
         """Item i's image alone (evaluation needs no targets), or None when it cannot be read (warned about once
@@ -348,7 +359,10 @@ class CocoDetection(torch.utils.data.Dataset):
                 continue
             image = self._load_image(j)
             if image is not None:
-                return image, self._target(j)
+                target = self._target(j)
+                if k:  # items passed over for this one: the main process counts them (workers' counts stay there)
+                    target["bad_files"] = {m: self._bad_files[m] for m in ((i + q) % n for q in range(k))}
+                return image, target
         raise MrcnnError(f"{self.img_dir}: no readable image in the dataset")
 
     def _target(self, i: int) -> dict:

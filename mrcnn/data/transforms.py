@@ -112,14 +112,18 @@ class TrainDataset(torch.utils.data.Dataset):
 
 def collate(batch: list, size_divisible: int = 32, pad_to: tuple[int, int] | None = None) -> dict:
     """[(image [3,h,w] float, target)] -> {images [B,3,H,W] (zero-padded to size_divisible, and to at least
-    `pad_to`), image_sizes [B,2] int64 (h, w), targets, orig_sizes [(H, W)], image_ids, indices}.
+    `pad_to`), image_sizes [B,2] int64 (h, w), targets, orig_sizes [(H, W)], image_ids, indices, bad_files}.
 
     A fixed `pad_to` makes each image's result independent of which images share its batch (padding changes
     GroupNorm statistics and border convolutions), which exact accumulation / DDP equivalence needs."""
     images = [b[0] for b in batch]
-    targets = [b[1] for b in batch]
+    targets = [dict(b[1]) for b in batch]
+    bad_files: dict[int, str] = {}
+    for t in targets:
+        bad_files.update(t.pop("bad_files", {}))
     padded, sizes = batch_images(images, size_divisible, pad_to)
     return {
+        "bad_files": bad_files,  # items the dataset passed over for these (unreadable files): {item: reason}
         "images": padded,
         "image_sizes": sizes,
         "targets": targets,

@@ -130,6 +130,8 @@ def evaluate(
         dist.gather_object((results, image_ids), parts, dst=0)
         results, image_ids = ([r for p in parts for r in p[0]], [i for p in parts for i in p[1]]) if rank == 0 \
             else ([], [])
+    if rank == 0 and len(set(image_ids)) < n:  # every rank's unreadable images, warned about where they were read
+        log(f"evaluation left out {n - len(set(image_ids))} of {n} images (unreadable files)")
     metrics = coco_eval(dataset.coco, results, sorted(set(image_ids))) if rank == 0 else None
     if world > 1:
         box = [metrics]

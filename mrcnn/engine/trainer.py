@@ -353,6 +353,8 @@ def train(
             finite = True
             for micro in range(s.accum):
                 batch = next(data_iter)
+                if batch["bad_files"]:  # found by a loader worker: counted here for the end-of-run report
+                    base.note_bad_files(batch["bad_files"])
                 images, sizes, targets = _to_device(batch, info.device, s.channels_last)
                 sync = micro == s.accum - 1 or info.world == 1
                 ctx = ddp_model.no_sync() if (not sync and info.world > 1) else contextlib.nullcontext()
@@ -414,6 +416,11 @@ def train(
     _barrier(info)
     if skipped:
         say(f"skipped {skipped} non-finite step(s)")
+    if info.world > 1:  # each rank read its own share of the images: the report counts what any rank found
+        found = [None] * info.world
+        dist.all_gather_object(found, base.bad_files())
+        for f in found:
+            base.note_bad_files(f)
     report = base.report() if hasattr(base, "report") else ""
     if report:
         say(report)
