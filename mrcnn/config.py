@@ -64,6 +64,8 @@ class ModelConfig:
 @dataclass
 class InputConfig:
     min_size: int = 800  # shorter side after resize
+    train_min_sizes: tuple[int, ...] = ()  # multi-scale training: each sample's shorter side drawn from these (e.g.
+    # 640,672,704,736,768,800 as detectron2); () = min_size. Evaluation and export use min_size
     max_size: int = 1333  # cap of the longer side
     size_divisible: int = 32  # batches are padded to a multiple of this
     hflip_prob: float = 0.5  # training only
@@ -155,8 +157,10 @@ def _parse_value(text: str, current: Any, where: str) -> Any:
             return float(text)
         if isinstance(current, (tuple, list)):
             items = [t for t in text.strip("()[]").split(",") if t.strip()]
-            kind = type(current[0]) if current else float
-            return tuple(kind(t) for t in items)
+            if current:
+                return tuple(type(current[0])(t) for t in items)
+            # an empty default (backbone_blocks, train_min_sizes) says no type: whole numbers stay int
+            return tuple(int(t) if t.strip().lstrip("+-").isdigit() else float(t) for t in items)
         return text
     except ValueError:
         raise MrcnnError(f"bad override {where!r}: cannot parse {text!r} as {type(current).__name__}") from None

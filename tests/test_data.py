@@ -481,6 +481,24 @@ def test_transforms(data):
     assert torch.equal(always[1]["boxes"], ft["boxes"])
 
 
+def test_multi_scale_training_draws_each_size_per_sample(data):
+    """input.train_min_sizes: each sample's shorter side is one of the sizes (longer side capped), drawn from the
+    sample's seed: the same key gives the same size, and over 24 draws every size occurs."""
+    from mrcnn.config import get_config
+
+    cfg = get_config("shapes-tiny", ["input.train_min_sizes=64,96,128", "input.max_size=1000"])
+    assert cfg.input.train_min_sizes == (64, 96, 128)
+    base = CocoDetection(data, "train2017")
+    ds = TrainDataset(base, TrainTransform(cfg.input.min_size, 1000, 0.5, cfg.input.train_min_sizes), seed=3)
+    sides = [min(ds[(e, i)][0].shape[-2:]) for e in range(3) for i in range(len(base))]
+    again = [min(ds[(e, i)][0].shape[-2:]) for e in range(3) for i in range(len(base))]
+    assert sides == again and set(sides) == {64, 96, 128}, sorted(set(sides))
+    capped = TrainTransform(128, 150, 0.5, (128, 256))
+    for k in range(8):
+        image, _ = capped(base[0][0], base[0][1], torch.Generator().manual_seed(k))
+        assert max(image.shape[-2:]) <= 150
+
+
 def test_train_dataset_seeded(data):
     ds = TrainDataset(CocoDetection(data, "train2017"), TrainTransform(96, 128, 0.5), seed=7)
     flips = []

@@ -65,16 +65,26 @@ class EvalTransform:
 class TrainTransform(EvalTransform):
     """EvalTransform, then a horizontal flip with probability hflip_prob.
 
+    Multi-scale training (`min_sizes`, the seed's MIN_SIZE_TRAIN tuple, detectron2's "choice" sampling): each sample's
+    shorter side is drawn uniformly from `min_sizes` (first, from the sample's generator), the longer side still
+    capped at max_size; empty: always `min_size`, and nothing is drawn.
     The flip decision is `torch.rand(1, generator=generator) < hflip_prob`, drawn on every call (even with
     hflip_prob 0 or 1) so the generator stream does not depend on the probability.
     """
 
-    def __init__(self, min_size: int, max_size: int, hflip_prob: float = 0.5) -> None:
+    def __init__(self, min_size: int, max_size: int, hflip_prob: float = 0.5,
+                 min_sizes: tuple[int, ...] = ()) -> None:
         super().__init__(min_size, max_size)
         self.hflip_prob = float(hflip_prob)
+        self.min_sizes = tuple(int(v) for v in min_sizes)
+        if any(v < 1 for v in self.min_sizes):
+            raise MrcnnError(f"input.train_min_sizes must be positive sizes, got {self.min_sizes}")
 
     def __call__(self, image: Tensor, target: dict, generator: torch.Generator | None = None):
-        image, target = _resize(image, target, self.min_size, self.max_size)
+        min_size = self.min_size
+        if self.min_sizes:
+            min_size = self.min_sizes[int(torch.randint(len(self.min_sizes), (1,), generator=generator))]
+        image, target = _resize(image, target, min_size, self.max_size)
         u = float(torch.rand(1, generator=generator))
         if u < self.hflip_prob:
             image, target = hflip(image, target)

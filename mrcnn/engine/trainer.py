@@ -131,7 +131,7 @@ def build_train_data(cfg: Config, data_dir: str | Path, strict: bool, log):
     base = open_split(data_dir, "train", strict=strict, logger=log)
     if len(base) == 0:
         raise MrcnnError(f"{data_dir}: no usable training images")
-    tfm = TrainTransform(cfg.input.min_size, cfg.input.max_size, cfg.input.hflip_prob)
+    tfm = TrainTransform(cfg.input.min_size, cfg.input.max_size, cfg.input.hflip_prob, cfg.input.train_min_sizes)
     ds = TrainDataset(base, tfm, seed=cfg.seed)
     return base, ds, GlobalBatchSampler
 
