@@ -6,8 +6,9 @@
 #
 #   bash benchmarks/gpu_session.sh [build] [roi] [train] [tests] [kernels] [profile] [diag] [data]
 #
-# No argument: `build roi train`, the one call that measures the open goal (issue 2, item 10: AMP + channels-last
-# training >= 1.3x torchvision), sized for a lease of 15 device minutes in all (a machine's start takes 1-2 of them):
+# No argument: `build roi train profile`, the one call that measures the open goal (issue 2, item 10: AMP +
+# channels-last training >= 1.3x torchvision) and, with the time the eager settings leave, profiles a bf16 step (what
+# to cut next if the goal is missed), sized for a lease of 15 device minutes in all (a machine's start takes 1-2):
 #   call 1  MRCNN_COMMIT=<sha> bash benchmarks/gpu_session.sh                 (timeout_s 600; at most 9 min)
 #   call 2  MRCNN_COMMIT=<sha> bash benchmarks/gpu_session.sh build tests kernels   (only if time is left; carry .whl)
 # Every stage and every training setting first checks the time left of GPU_SESSION_BUDGET_S (default 540 s from
@@ -23,7 +24,8 @@
 #            `--compile both` (compiling takes the warm-up steps; ~4 min allowed), then fp32 800x800
 #   tests    every `cuda`-marked test (needs pycocotools: carry its wheel, below)
 #   kernels  benchmarks/kernels.py --device cuda
-#   profile, diag, data   optional: op tables of a bf16 step; cudaMalloc counts under two allocator settings; the
+#   profile  op tables of a bf16 800x1344 step (in the default call, last, when >= 90 s are left)
+#   diag, data   optional: cudaMalloc counts under two allocator settings; the
 #            trainer's data loader with 0 and 4 workers on the host's cores
 #
 # The GPU image has its own PyTorch/torchvision (not this project's pinned ones) and no registry. `tests` needs
@@ -37,7 +39,7 @@ set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/session.log") 2>&1
-stages=${*:-build roi train}
+stages=${*:-build roi train profile}
 has() { [[ " $stages " == *" $1 "* ]]; }
 BUDGET=${GPU_SESSION_BUDGET_S:-540}
 left() { echo $((BUDGET - SECONDS)); }   # SECONDS counts from the script's start
