@@ -202,3 +202,28 @@ def test_load_initial_weights_refuses_a_file_missing_tensors(tmp_path):
     with pytest.raises(MrcnnError, match="lacks 1 of the model's tensors, e.g. 'rpn.head.conv.weight'"):
         load_initial_weights(model, path, SHAPES)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing half-loaded
+
+
+@pytest.mark.slow
+def test_fine_tuning_torchvision_weights_end_to_end(synth_data, tmp_path):
+    """The path a user takes with torchvision's COCO weights: `mrcnn convert torchvision` (with class names), then
+    `mrcnn train --config torchvision-r50-fpn --weights` on a dataset sharing one class name: that class keeps its
+    rows, the others start fresh, and the run trains and evaluates. A later `--resume` does not reload --weights."""
+    torch.manual_seed(0)
+    tv = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=4)
+    src = tmp_path / "tv.pth"
+    torch.save(tv.state_dict(), src)
+    ckpt = tmp_path / "tv.pt"
+    r = run_cli(["convert", "torchvision", str(src), str(ckpt), "--classes", "person,circle,car"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    args = ["train", "--config", "torchvision-r50-fpn", "--data", str(synth_data), "--out", str(tmp_path / "run"),
+            "--set", "input.min_size=128", "--set", "input.max_size=128", "--batch", "2",
+            "--set", "solver.warmup_iters=1", "--checkpoint-period", "1", "--weights", str(ckpt)]
+    r = run_cli([*args, "--max-iter", "1"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "classes kept by name: circle; new (fresh class-specific rows): square, triangle, star, ellipse" \
+        in r.stdout, r.stdout[-2000:]
+    assert "COCO AP" in r.stdout
+    r = run_cli([*args, "--max-iter", "2", "--resume"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "--weights" in r.stdout and "is not used" in r.stdout and "at iteration 1" in r.stdout
