@@ -84,7 +84,8 @@ class SolverConfig:
     weight_decay: float = 1e-4
     warmup_iters: int = 1000
     warmup_factor: float = 1.0 / 3
-    steps: tuple[float, ...] = (0.667, 0.889)  # fractions of max_iter where LR drops by gamma
+    lr_schedule: str = "multistep"  # multistep (the seed's) | cosine (half cosine to 0 over max_iter)
+    steps: tuple[float, ...] = (0.667, 0.889)  # multistep: fractions of max_iter where LR drops by gamma
     gamma: float = 0.1
     max_iter: int = 90000
     epochs: float = 0.0  # > 0: max_iter = ceil(epochs x training images / global batch), set when the data is read
@@ -96,6 +97,7 @@ class SolverConfig:
     # host-bound GPU step; the first steps of each new input shape compile (~20 s on 2 CPU cores for R-18)
     grad_clip: float = 0.0  # 0 = off
     eval_period: int = 0  # 0 = only at the end
+    eval_max_images: int = 0  # periodic / final evaluation on the first N val images (0: all); `mrcnn eval` reads all
     checkpoint_period: int = 0  # 0 = only at the end
     max_bad_steps: int = 5  # consecutive non-finite steps before aborting
     best_metric: str = "segm.AP"  # evaluation metric (IOU_TYPE.STAT) whose best value keeps model_best.pt; "" = off

@@ -269,6 +269,36 @@ def test_epochs_set_the_iterations_from_the_dataset_size(synth_data, tmp_path):
     assert res.iteration == 9 and len(rows) == 9 and cfg["max_iter"] == 9, (res.iteration, len(rows))
 
 
+def test_cosine_schedule_equals_torch_cosine_annealing():
+    """solver.lr_schedule=cosine after warmup 0 is torch's CosineAnnealingLR(T_max=max_iter, eta_min=0); with warmup
+    the first iterations are scaled by the same linear ramp as multistep."""
+    from mrcnn.config import get_config
+    from mrcnn.engine.trainer import lr_factor
+
+    cfg = get_config("shapes-tiny", ["solver.lr_schedule=cosine", "solver.warmup_iters=0", "solver.max_iter=50"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=50)
+    worst = 0.0
+    for it in range(51):
+        worst = max(worst, abs(lr_factor(it, cfg) - opt.param_groups[0]["lr"]))
+        opt.step()
+        ref.step()
+    print(f"cosine vs CosineAnnealingLR: max |diff| {worst:.1e}")
+    assert worst < 1e-9 and lr_factor(50, cfg) < 1e-12
+    warm = get_config("shapes-tiny", ["solver.lr_schedule=cosine", "solver.warmup_iters=10", "solver.max_iter=50"])
+    multi = get_config("shapes-tiny", ["solver.warmup_iters=10", "solver.max_iter=50"])
+    for it in (0, 5):
+        assert abs(lr_factor(it, warm) / lr_factor(it, cfg) - lr_factor(it, multi)) < 1e-12
+
+
+def test_evaluation_during_training_can_use_the_first_val_images(synth_data, tmp_path):
+    cfg = tiny_config(max_iter=1)
+    cfg.solver.eval_max_images = 2
+    train(cfg, synth_data, tmp_path / "run", log=lambda m: None, progress=False, device="cpu")
+    evals = [r["eval"] for r in _rows(tmp_path / "run") if "eval" in r]
+    assert len(evals) == 1 and evals[0]["images"] == 2, evals
+
+
 def test_new_run_never_lands_on_an_old_one(synth_data, tmp_path):
     run = tmp_path / "run"
     _train(tiny_config(max_iter=2), synth_data, run)

@@ -133,6 +133,8 @@ def evaluate(
     if rank == 0 and len(set(image_ids)) < n:  # every rank's unreadable images, warned about where they were read
         log(f"evaluation left out {n - len(set(image_ids))} of {n} images (unreadable files)")
     metrics = coco_eval(dataset.coco, results, sorted(set(image_ids))) if rank == 0 else None
+    if metrics is not None:
+        metrics["images"] = len(set(image_ids))  # evaluated (readable) images
     if world > 1:
         box = [metrics]
         dist.broadcast_object_list(box, src=0)

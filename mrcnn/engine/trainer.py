@@ -73,12 +73,15 @@ def _all_min(flag: bool, info: DistInfo) -> bool:
 # -- schedule -------------------------------------------------------------------------------------------------------
 
 def lr_factor(it: int, cfg: Config) -> float:
-    """Linear warmup then multistep decay (maskrcnn-benchmark's WarmupMultiStepLR)."""
+    """Linear warmup, then multistep decay (maskrcnn-benchmark's WarmupMultiStepLR, the default) or a half cosine
+    from 1 to 0 over the run (detectron2's WarmupCosineLR: `solver.lr_schedule=cosine`)."""
     s = cfg.solver
     f = 1.0
     if it < s.warmup_iters:
         alpha = it / max(s.warmup_iters, 1)
         f = s.warmup_factor * (1 - alpha) + alpha
+    if s.lr_schedule == "cosine":
+        return f * 0.5 * (1.0 + math.cos(math.pi * min(it, s.max_iter) / max(s.max_iter, 1)))
     milestones = [int(round(frac * s.max_iter)) for frac in s.steps]
     return f * (s.gamma ** sum(1 for m in milestones if it >= m))
 
@@ -197,6 +200,10 @@ def train(
 
     info = init_distributed(device)
     s = cfg.solver
+    if s.lr_schedule not in ("multistep", "cosine"):
+        raise MrcnnError(f"solver.lr_schedule must be multistep or cosine, got {s.lr_schedule!r}")
+    if s.eval_max_images < 0:
+        raise MrcnnError(f"solver.eval_max_images must be >= 0 (0: all), got {s.eval_max_images}")
     if s.amp not in ("off", "bf16", "fp16"):
         raise MrcnnError(f"--amp must be one of off, bf16, fp16 (got {s.amp!r})")
     if s.accum < 1 or s.batch < 1 or s.max_iter < 1:
@@ -310,7 +317,8 @@ def train(
         with _compile_errors(s.compile):
             # every rank predicts its share of the images; rank 0 runs COCOeval, every rank gets the metrics
             metrics, _ = evaluate(Predictor(model, cfg.input), val_ds, batch_size=max(s.batch, 1), log=say,
-                                  progress=progress and info.is_main, distributed=info.world > 1)
+                                  progress=progress and info.is_main, distributed=info.world > 1,
+                                  max_images=s.eval_max_images)
         model.train()
         say(f"iteration {it} COCO AP\n" + format_table(metrics))
         _write_metrics({"iter": it, "eval": metrics})
