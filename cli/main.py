@@ -96,7 +96,8 @@ def data_check(
 def train(
     data: Path = typer.Option(..., "--data", help="COCO-format dataset: a COCO 2017 or Roboflow folder, or a "
                               "dataset .json naming each split's annotations and images"),
-    out: Path = typer.Option(..., "--out", help="run folder (checkpoints, metrics.jsonl)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (checkpoints, metrics.jsonl); default: the "
+                                       "next runs/train/exp{N}, or with --resume the latest one"),
     config: str = typer.Option("r50-fpn", "--config", help="named config: r50-fpn, r18-fpn, shapes-tiny, ..."),
     amp: str = typer.Option(None, "--amp", help="bf16 | fp16 | off"),
     accum: int = typer.Option(None, "--accum", help="gradient accumulation steps"),
@@ -124,7 +125,7 @@ def train(
 ) -> None:
     """Train a Mask R-CNN (AMP, DDP under torchrun, accumulation, channels-last, resume)."""
     from mrcnn.config import get_config
-    from mrcnn.engine.trainer import train as run_train
+    from mrcnn.engine.trainer import default_run_dir, train as run_train
 
     cfg = get_config(config, list(set_))
     s = cfg.solver
@@ -139,6 +140,9 @@ def train(
         if max_iter is not None:
             raise MrcnnError("--epochs and --max-iter both set the length of the run: give one")
         s.epochs = epochs
+    if out is None:
+        out = default_run_dir(resume)
+        print(f"run folder: {out}")
     result = run_train(cfg, data, out, resume=resume, overwrite=overwrite, weights=weights, device=device, strict=strict, log=_log)
     print(f"done: {result.iteration} iterations, checkpoint {result.checkpoint}")
 

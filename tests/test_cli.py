@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,27 @@ def test_plain_progress_lines_give_an_eta_from_the_rate_since_start(monkeypatch)
     assert lines == ["train: 10/100 loss 1.0 (100s)", "train: 20/100 loss 0.9 (110s, eta 1m20s)",
                      "train: 100/100 (200s)"], lines
     assert [progress.format_duration(s) for s in (42, 425, 11520)] == ["42s", "7m05s", "3h12m"]
+
+
+def test_train_without_out_takes_the_next_run_folder_and_resumes_the_latest(tmp_path, monkeypatch):
+    """As Ultralytics: runs/train/exp, exp2, ...; --resume without --out continues the newest run."""
+    import os
+
+    from mrcnn.data.synth import generate_synthetic
+    from mrcnn.engine.trainer import default_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    generate_synthetic(tmp_path / "d", n_train=4, n_val=2, size=96, seed=0)
+    args = ["train", "--config", "shapes-tiny", "--data", "d", "--batch", "2", "--set", "input.min_size=96",
+            "--set", "input.max_size=96", "--set", "solver.eval_max_images=1"]
+    for expect in ("exp", "exp2"):
+        r = runner.invoke(app, [*args, "--max-iter", "1"])
+        assert r.exit_code == 0, r.output[-1500:]
+        assert f"run folder: {Path('runs', 'train', expect)}" in r.stdout
+        assert (tmp_path / "runs" / "train" / expect / "model_final.pt").exists()
+    os.utime(tmp_path / "runs" / "train" / "exp" / "last.pt")  # the older run, touched last
+    assert default_run_dir(resume=True) == Path("runs", "train", "exp")
+    r = runner.invoke(app, [*args, "--max-iter", "2", "--resume"])
+    assert r.exit_code == 0 and "resumed from runs/train/exp/last.pt at iteration 1" in r.stdout, r.output[-1500:]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "under torchrun give --out" in one_error_line(runner.invoke(app, [*args, "--max-iter", "1"]))

@@ -236,6 +236,9 @@ def train(
     # 2. model, optimizer, scaler
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model)
+    n_all = sum(p.numel() for p in model.parameters())
+    n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"model: {cfg.name}, {n_all / 1e6:.1f} M parameters ({n_trained / 1e6:.1f} M trained)")
     init = _initial_weights(model, cfg, weights, base.class_names, resume, say)
     model = model.to(info.device)
     if s.channels_last:
@@ -438,6 +441,23 @@ def train(
 
 
 RUN_FILES = ("last.pt", "model_final.pt", "model_best.pt", "metrics.jsonl")
+
+
+def default_run_dir(resume: bool, root: str | Path = Path("runs") / "train") -> Path:
+    """The run folder when --out is not given (as Ultralytics' runs/train/exp, exp2, ...): a new run takes the first
+    free `exp{N}`; --resume takes the run under `root` whose last.pt is newest."""
+    root = Path(root)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MrcnnError("under torchrun give --out: every rank must name the same run folder")
+    if resume:
+        runs = [p.parent for p in root.glob("exp*/last.pt")]
+        if not runs:
+            raise MrcnnError(f"--resume: no run with a last.pt under {root}; pass --out")
+        return max(runs, key=lambda p: (p / "last.pt").stat().st_mtime)
+    n = 1
+    while (root / (f"exp{n}" if n > 1 else "exp")).exists():
+        n += 1
+    return root / (f"exp{n}" if n > 1 else "exp")
 
 
 def _best_metric_key(name: str) -> tuple[str, str] | None:
