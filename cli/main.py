@@ -125,7 +125,8 @@ def train(
 ) -> None:
     """Train a Mask R-CNN (AMP, DDP under torchrun, accumulation, channels-last, resume)."""
     from mrcnn.config import get_config
-    from mrcnn.engine.trainer import default_run_dir, train as run_train
+    from mrcnn.engine.runs import default_run_dir
+    from mrcnn.engine.trainer import train as run_train
 
     cfg = get_config(config, list(set_))
     s = cfg.solver
@@ -197,15 +198,18 @@ def export(
 def predict(
     artifact: Path = typer.Argument(..., help="checkpoint (.pt) or exported model (.onnx)"),
     images: List[Path] = typer.Argument(..., help="image files or folders of images"),
-    out: Path = typer.Option(Path("predictions"), "--out", help="folder for the PNG overlays and predictions.json"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for the PNG overlays and predictions.json "
+                                       "(default: the next runs/predict/exp{N})"),
     score: float = typer.Option(0.5, "--score", help="keep detections with at least this score"),
     batch: int = typer.Option(1, "--batch", help="images per forward pass"),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="write predictions.json only"),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Detections on images: PNG overlays (masks, boxes, labels) and a COCO-format predictions.json."""
+    from mrcnn.engine.runs import next_run_dir
     from mrcnn.predict import predict as run_predict
 
+    out = out if out is not None else next_run_dir("predict")
     res = run_predict(artifact, images, out, score=score, batch_size=batch, device=device,
                       overlays=not no_overlays, log=_log)
     print(f"{res['detections']} detections on {res['images']} images -> {res['out']}")

@@ -112,7 +112,7 @@ def test_train_without_out_takes_the_next_run_folder_and_resumes_the_latest(tmp_
     import os
 
     from mrcnn.data.synth import generate_synthetic
-    from mrcnn.engine.trainer import default_run_dir
+    from mrcnn.engine.runs import default_run_dir
 
     monkeypatch.chdir(tmp_path)
     generate_synthetic(tmp_path / "d", n_train=4, n_val=2, size=96, seed=0)
@@ -127,5 +127,9 @@ def test_train_without_out_takes_the_next_run_folder_and_resumes_the_latest(tmp_
     assert default_run_dir(resume=True) == Path("runs", "train", "exp")
     r = runner.invoke(app, [*args, "--max-iter", "2", "--resume"])
     assert r.exit_code == 0 and "resumed from runs/train/exp/last.pt at iteration 1" in r.stdout, r.output[-1500:]
+    for expect in ("exp", "exp2"):  # predict: runs/predict/exp{N} likewise
+        r = runner.invoke(app, ["predict", "runs/train/exp/model_final.pt", "d/val2017", "--score", "0"])
+        assert r.exit_code == 0 and f"-> {Path('runs', 'predict', expect)}" in r.stdout, r.output[-1500:]
+        assert (tmp_path / "runs" / "predict" / expect / "predictions.json").exists()
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert "under torchrun give --out" in one_error_line(runner.invoke(app, [*args, "--max-iter", "1"]))

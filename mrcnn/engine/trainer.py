@@ -443,23 +443,6 @@ def train(
 RUN_FILES = ("last.pt", "model_final.pt", "model_best.pt", "metrics.jsonl")
 
 
-def default_run_dir(resume: bool, root: str | Path = Path("runs") / "train") -> Path:
-    """The run folder when --out is not given (as Ultralytics' runs/train/exp, exp2, ...): a new run takes the first
-    free `exp{N}`; --resume takes the run under `root` whose last.pt is newest."""
-    root = Path(root)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise MrcnnError("under torchrun give --out: every rank must name the same run folder")
-    if resume:
-        runs = [p.parent for p in root.glob("exp*/last.pt")]
-        if not runs:
-            raise MrcnnError(f"--resume: no run with a last.pt under {root}; pass --out")
-        return max(runs, key=lambda p: (p / "last.pt").stat().st_mtime)
-    n = 1
-    while (root / (f"exp{n}" if n > 1 else "exp")).exists():
-        n += 1
-    return root / (f"exp{n}" if n > 1 else "exp")
-
-
 def _best_metric_key(name: str) -> tuple[str, str] | None:
     """`solver.best_metric` "segm.AP" -> ("segm", "AP"); "" -> None."""
     from mrcnn.engine.evaluation import STAT_NAMES
