@@ -1,7 +1,7 @@
 """Quality: train the CPU config (shapes-tiny) from scratch on the synthetic dataset within a time budget
 (default 10 minutes) and report held-out val bbox/segm AP. Target: bbox AP >= 0.5 and segm AP >= 0.5.
 
-  python benchmarks/train_synthetic.py [--minutes 10] [--out /tmp/synth-bench]
+  python benchmarks/train_synthetic.py [--minutes 10] [--out /tmp/synth-bench] [--set section.key=value ...]
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget for training (checked)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--set", action="append", default=[], help="config override section.key=value (repeatable)")
     a = ap.parse_args()
 
     from mrcnn.config import get_config
@@ -35,7 +36,7 @@ def main() -> None:
     data = out / "data"
     if not (data / "annotations" / "instances_val2017.json").exists():
         generate_synthetic(data, n_train=a.train, n_val=a.val, size=256, seed=0)
-    cfg = get_config("shapes-tiny")
+    cfg = get_config("shapes-tiny", a.set)
     if a.max_iter:
         cfg.solver.max_iter = a.max_iter
     run = out / f"run-{int(time.time())}"

@@ -381,10 +381,12 @@ def train(
                     sums[k] += v / s.accum
             finite = _all_min(finite, info)
             stepped = False
+            grad_norm = None
             if finite:
                 if s.grad_clip > 0:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+                    # the norm before clipping, logged (one more small device-to-host copy, only when clipping)
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip))
                 scale_before = scaler.get_scale() if scaler.is_enabled() else None
                 scaler.step(optimizer)
                 scaler.update()
@@ -402,6 +404,8 @@ def train(
             total = sum(sums.values())
             row = {"iter": it + 1, "lr": optimizer.param_groups[0]["lr"], "loss": total, **sums,
                    "img_s": global_batch / dt, "time": dt, "skipped": not stepped}
+            if grad_norm is not None:
+                row["grad_norm"] = grad_norm
             _write_metrics(row)
             if bad_in_a_row >= s.max_bad_steps:
                 if metrics_file:
