@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -145,7 +146,8 @@ def train(
         out = default_run_dir(resume)
         print(f"run folder: {out}")
     result = run_train(cfg, data, out, resume=resume, overwrite=overwrite, weights=weights, device=device, strict=strict, log=_log)
-    print(f"done: {result.iteration} iterations, checkpoint {result.checkpoint}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line, not one per rank
+        print(f"done: {result.iteration} iterations, checkpoint {result.checkpoint}")
 
 
 @app.command("eval")

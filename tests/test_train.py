@@ -62,6 +62,7 @@ def test_ddp_two_ranks_equal_single_process(synth_data, tmp_path):
                           "--out", str(tmp_path / "ddp"), "--batch", "2", *common],
                          cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert ddp.returncode == 0, ddp.stdout[-2000:] + ddp.stderr[-3000:]
+    assert ddp.stdout.count("done: ") == 1 and "terminate called" not in ddp.stderr, ddp.stdout[-2000:]
     single = run_cli(["train", "--out", str(tmp_path / "single"), "--batch", "4", *common], cwd=tmp_path)
     assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-3000:]
     rows = _rows(tmp_path / "ddp")

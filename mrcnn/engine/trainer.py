@@ -39,6 +39,7 @@ class DistInfo:
     world: int = 1
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False  # this process group was joined here: left (destroyed) at the end of train()
 
     @property
     def is_main(self) -> bool:
@@ -57,9 +58,10 @@ def init_distributed(device: str | None = None) -> DistInfo:
         if dev.index is None:  # "cuda": this process's GPU (torchrun's LOCAL_RANK), an explicit index for set_device
             dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank=rank, world=world, local_rank=local_rank, device=dev)
+    return DistInfo(rank=rank, world=world, local_rank=local_rank, device=dev, owns_group=owns)
 
 
 def _all_min(flag: bool, info: DistInfo) -> bool:
@@ -441,6 +443,9 @@ def train(
         say(report)
     if metrics_file:
         metrics_file.close()
+    if info.owns_group:  # an undestroyed gloo group can abort the interpreter's exit ("terminate called ...")
+        _barrier(info)
+        dist.destroy_process_group()
     return TrainResult(out_dir, done, path, last_metrics, skipped)
 
 
