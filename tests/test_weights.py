@@ -109,7 +109,7 @@ def test_torchvision_mask_rcnn_state_dict_is_converted_on_the_fly(tmp_path):
     assert not bad, bad[:3]
 
 
-def test_untrained_frozen_config_is_warned_about(synth_data, tmp_path):
+def test_untrained_frozen_config_is_warned_about():
     from mrcnn.engine.trainer import _initial_weights
 
     said: list[str] = []

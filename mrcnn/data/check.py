@@ -15,16 +15,13 @@ from mrcnn.errors import MrcnnError
 def check_split(data: str | Path, split: str, *, decode: bool = False, log: Callable[[str], None] = print,
                 progress: bool = True) -> dict | None:
     """Counts and problems of one split (None where the dataset has no such split)."""
-    from mrcnn.data.coco import CocoDetection
-    from mrcnn.data.layout import find_split
+    from mrcnn.data.layout import open_split
     from mrcnn.engine.progress import reporter
 
-    found = find_split(data, split)
-    if found is None:
+    ds = open_split(data, split, required=False, logger=lambda m: log(f"  warning: {m}"))
+    if ds is None:
         return None
-    log(f"{split}: {found}")
-    ds = CocoDetection(data, split, ann_file=found.annotations, img_dir=found.images,
-                       logger=lambda m: log(f"  warning: {m}"))
+    log(f"{split}: {ds.ann_file} (images in {ds.img_dir})")
     if decode:
         with reporter(len(ds), f"{split}: decoding", log=log, enabled=progress, every=max(1, len(ds) // 4)) as rep:
             for i in range(len(ds)):
@@ -37,7 +34,7 @@ def check_split(data: str | Path, split: str, *, decode: bool = False, log: Call
     per_image = cum[starts[1:]] - cum[starts[:-1]]  # instances (not crowd) of each image
     ids = A.category_id[~crowd]
     per_class = {name: int((ids == cid).sum()) for cid, name in zip(ds.cat_ids, ds.class_names)}
-    out = {"annotations": str(found.annotations), "images_dir": str(found.images), "images": len(ds),
+    out = {"annotations": str(ds.ann_file), "images_dir": str(ds.img_dir), "images": len(ds),
            "images_without_instances": int((per_image == 0).sum()), "instances": int((~crowd).sum()),
            "crowd": int(crowd.sum()), "classes": len(ds.class_names), "per_class": per_class,
            "skipped": dict(Counter(ds.skipped))}

@@ -42,6 +42,16 @@ def _map_key(key: str) -> Optional[str]:
     return None
 
 
+def unwrap_state_dict(obj):
+    """The state dict inside a training script's checkpoint ({"model": sd} as torchvision's reference scripts save,
+    {"state_dict": sd} as many trainers do); anything else as it is."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+    return obj
+
+
 def num_classes_of(sd: dict) -> int:
     w = sd.get("roi_heads.box_predictor.cls_score.weight")
     if w is None:
@@ -100,9 +110,7 @@ def convert_torchvision(
     """
     from mrcnn.engine.checkpoint import FORMAT, VERSION, safe_load, save_checkpoint
 
-    obj = safe_load(src_path, "torchvision checkpoint")
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]
+    obj = unwrap_state_dict(safe_load(src_path, "torchvision checkpoint"))
     if not isinstance(obj, dict):
         raise MrcnnError(f"{src_path} holds no state dict")
     model, cfg = load_torchvision(obj, bn_eps)

@@ -65,17 +65,14 @@ class InitReport:
 def _state_dict_of(obj, path: Path) -> tuple[dict, Optional[list[str]]]:
     """(state dict, class names or None) of whatever the file holds; torchvision Mask R-CNN keys are converted."""
     from mrcnn.engine.checkpoint import FORMAT
+    from mrcnn.model.convert import unwrap_state_dict
 
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if not isinstance(obj.get("model"), dict):
             raise MrcnnError(f"{path}: checkpoint has no model weights")
         names = obj.get("class_names")
         return obj["model"], [str(n) for n in names] if isinstance(names, (list, tuple)) else None
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict"):  # torchvision reference scripts and most trainers nest the weights
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
+    obj = unwrap_state_dict(obj)
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise MrcnnError(f"{path}: holds no state dict of tensors")
     return {str(k).removeprefix("module."): v for k, v in obj.items()}, None  # DDP models save "module." keys
