@@ -36,7 +36,12 @@ def handled(fn):
         try:
             return fn(*args, **kwargs)
         except MrcnnError as e:
-            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            code = getattr(e, "exit_code", 1)  # a run stopped by a signal: 128 + its number, not an error
+            if code != 1:
+                print(line, file=sys.stderr, flush=True)
+                raise typer.Exit(code)
+            _fail(line)
         except FileNotFoundError as e:
             _fail(f"{e.filename}: no such file or directory")
         except KeyboardInterrupt:

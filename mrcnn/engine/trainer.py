@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from mrcnn.config import Config
 from mrcnn.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from mrcnn.engine.evaluation import evaluate, format_table
 from mrcnn.engine.progress import reporter
+from mrcnn.engine.stop import StopOnSignal, TrainingStopped
 from mrcnn.errors import MrcnnError
 from mrcnn.model.preprocess import min_batch_shape
 
@@ -64,12 +66,15 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank=rank, world=world, local_rank=local_rank, device=dev, owns_group=owns)
 
 
-def _all_min(flag: bool, info: DistInfo) -> bool:
+def _agree(finite: bool, stop: bool, info: DistInfo) -> tuple[bool, bool]:
+    """(every rank's step is finite, some rank was asked to stop): one all-reduce per iteration under DDP."""
     if info.world == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=info.device if info.device.type == "cuda" else "cpu")
+        return finite, stop
+    t = torch.tensor([1.0 if finite else 0.0, 0.0 if stop else 1.0],
+                     device=info.device if info.device.type == "cuda" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item() > 0.5)
+    ok, go_on = t.tolist()
+    return ok > 0.5, go_on < 0.5
 
 
 # -- schedule -------------------------------------------------------------------------------------------------------
@@ -352,12 +357,31 @@ def train(
             metrics_file.flush()
 
     # 4. loop
-    data_iter = iter(make_train_loader(train_ds, sampler, cfg, info, start_iter, workers))
     model.train()
     bad_in_a_row = skipped = 0
     last_metrics: dict = {}
-    with reporter(s.max_iter, "train", log=say, enabled=progress and info.is_main,
-                  every=max(1, s.max_iter // 50)) as rep:
+    saved_at = start_iter  # the iteration last.pt holds
+    stop = StopOnSignal()
+
+    def stop_run(done: int) -> None:
+        """A stop was requested (SIGINT / SIGTERM, on any rank): last.pt at iteration `done`, then
+        TrainingStopped (the CLI's exit status: 128 + the signal's number)."""
+        if done > saved_at:
+            checkpoint(done)
+        name = stop.name or "a signal to another rank"
+        _write_metrics({"iter": done, "stopped": name})
+        if metrics_file:
+            metrics_file.close()
+        if info.owns_group:
+            _barrier(info)
+            dist.destroy_process_group()
+        raise TrainingStopped(f"stopped by {name} after iteration {done}: last.pt saved; continue with "
+                              f"`mrcnn train --resume --out {out_dir}`", stop.requested or int(signal.SIGTERM))
+
+    with stop, reporter(s.max_iter, "train", log=say, enabled=progress and info.is_main,
+                        every=max(1, s.max_iter // 50)) as rep:
+        # (workers forked after the handlers are set ignore a terminal's Ctrl-C: the trainer stops them)
+        data_iter = iter(make_train_loader(train_ds, sampler, cfg, info, start_iter, workers))
         rep.update(start_iter)
         for it in range(start_iter, s.max_iter):
             t0 = time.perf_counter()
@@ -365,7 +389,14 @@ def train(
             sums = {k: 0.0 for k in LOSS_KEYS}
             finite = True
             for micro in range(s.accum):
-                batch = next(data_iter)
+                try:
+                    batch = next(data_iter)
+                except Exception:
+                    if stop.requested is None:
+                        raise
+                    # the signal also reached the loader workers (a scheduler signals the whole job): the
+                    # iterations done so far are whole, so stop at the last one
+                    stop_run(it)
                 if batch["bad_files"]:  # found by a loader worker: counted here for the end-of-run report
                     base.note_bad_files(batch["bad_files"])
                 images, sizes, targets = _to_device(batch, info.device, s.channels_last)
@@ -381,7 +412,7 @@ def train(
                 finite = finite and all(math.isfinite(v) for v in values)
                 for k, v in zip(LOSS_KEYS, values):
                     sums[k] += v / s.accum
-            finite = _all_min(finite, info)
+            finite, stop_now = _agree(finite, stop.requested is not None, info)
             stepped = False
             grad_norm = None
             if finite:
@@ -419,6 +450,9 @@ def train(
             done = it + 1
             if s.checkpoint_period and done % s.checkpoint_period == 0 and done < s.max_iter:
                 checkpoint(done)
+                saved_at = done
+            if stop_now and done < s.max_iter:  # (at max_iter the run ends as usual: model_final.pt is written)
+                stop_run(done)
             if s.eval_period and done % s.eval_period == 0 and done < s.max_iter:
                 last_metrics = run_eval(done) or last_metrics
                 _barrier(info)
