@@ -123,7 +123,7 @@ extern "C" int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const 
       if (plane == 0) continue;
       const mrcnn::RoiGeometry g = roi_taps(rois, n, l, s, taps);
       const int samples = g.grid_h * g.grid_w;
-      const float count = static_cast<float>(samples);
+      const mrcnn::SampleShare share = mrcnn::sample_share(samples);
       const int64_t b = static_cast<int64_t>(rois[n * 5]);
       for (int64_t c = c0; c < c1; ++c) {
         float* gin = grad_inputs[l] + (b * channels + c) * plane;
@@ -133,10 +133,10 @@ extern "C" int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const 
           const float go = gout[bin];
           for (int k = 0; k < samples; ++k, ++t) {
             if (!t->valid) continue;
-            gin[t->p1] += go * t->w1 / count;
-            gin[t->p2] += go * t->w2 / count;
-            gin[t->p3] += go * t->w3 / count;
-            gin[t->p4] += go * t->w4 / count;
+            gin[t->p1] += mrcnn::tap_share(go, t->w1, share);
+            gin[t->p2] += mrcnn::tap_share(go, t->w2, share);
+            gin[t->p3] += mrcnn::tap_share(go, t->w3, share);
+            gin[t->p4] += mrcnn::tap_share(go, t->w4, share);
           }
         }
       }

@@ -77,15 +77,15 @@ __global__ void roi_align_backward_kernel(Pyramid P, Pooling s, const float* roi
     float* gin = P.grads[r.level] + r.plane_offset;
     const int h = static_cast<int>(P.heights[r.level]), w = static_cast<int>(P.widths[r.level]);
     const float go = grad_output[e];
-    const float count = static_cast<float>(r.g.grid_h * r.g.grid_w);
+    const mrcnn::SampleShare share = mrcnn::sample_share(r.g.grid_h * r.g.grid_w);
     for (int iy = 0; iy < r.g.grid_h; ++iy)
       for (int ix = 0; ix < r.g.grid_w; ++ix) {
         const mrcnn::BilinearTaps t = mrcnn::bilinear_taps(r.g, r.ph, r.pw, iy, ix, h, w);
         if (!t.valid) continue;
-        atomicAdd(gin + t.p1, go * t.w1 / count);
-        atomicAdd(gin + t.p2, go * t.w2 / count);
-        atomicAdd(gin + t.p3, go * t.w3 / count);
-        atomicAdd(gin + t.p4, go * t.w4 / count);
+        atomicAdd(gin + t.p1, mrcnn::tap_share(go, t.w1, share));
+        atomicAdd(gin + t.p2, mrcnn::tap_share(go, t.w2, share));
+        atomicAdd(gin + t.p3, mrcnn::tap_share(go, t.w3, share));
+        atomicAdd(gin + t.p4, mrcnn::tap_share(go, t.w4, share));
       }
   }
 }

@@ -94,6 +94,26 @@ HOST_DEVICE inline BilinearTaps bilinear_taps(const RoiGeometry& g, int ph, int 
   return t;
 }
 
+// A bin's share of its gradient for one tap in the backward pass: torchvision's (go * w) / count, count = samples
+// per bin. For a power-of-two count (sampling_ratio 2: 4) the division is done as the multiplication by 1 / count,
+// which is exact and rounds identically (the same result bit for bit), at a fraction of a division's cost.
+struct SampleShare {
+  float count, inverse;
+  bool power_of_two;
+};
+
+HOST_DEVICE inline SampleShare sample_share(int samples) {
+  SampleShare s;
+  s.count = static_cast<float>(samples);
+  s.inverse = 1.0f / s.count;
+  s.power_of_two = samples > 0 && (samples & (samples - 1)) == 0;
+  return s;
+}
+
+HOST_DEVICE inline float tap_share(float go, float w, const SampleShare& s) {
+  return s.power_of_two ? (go * w) * s.inverse : (go * w) / s.count;
+}
+
 // Level of RoI n in a pyramid of `levels` maps (roi_levels NULL: level 0), or -1 when that level or the RoI's batch
 // index (roi[0]) is out of range.
 HOST_DEVICE inline int roi_level(const float* roi, const int64_t* roi_levels, int64_t n, int64_t levels,
