@@ -15,8 +15,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Mask R-CNN training and deployment toolchain.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets.")
 convert_app = typer.Typer(no_args_is_help=True, help="Import weights from other frameworks.")
+config_app = typer.Typer(no_args_is_help=True, help="Named configs and config files.")
 app.add_typer(data_app, name="data")
 app.add_typer(convert_app, name="convert")
+app.add_typer(config_app, name="config")
 
 
 def _log(msg: str) -> None:
@@ -97,6 +99,28 @@ def data_check(
     print(f"{data}: ok")
 
 
+@config_app.command("list")
+@handled
+def config_list() -> None:
+    """The named configs (`--config NAME`)."""
+    from mrcnn.config import describe_presets
+
+    for name, text in describe_presets():
+        print(f"{name:<22}{text}")
+
+
+@config_app.command("show")
+@handled
+def config_show(
+    name: str = typer.Argument(..., help="a named config or a .json config file"),
+    set_: List[str] = typer.Option([], "--set", help="config override section.key=value (repeatable)"),
+) -> None:
+    """Every field of a config as JSON: save it, edit it, train with `--config FILE.json`."""
+    from mrcnn.config import get_config
+
+    print(get_config(name, list(set_)).to_json(indent=2))
+
+
 @app.command()
 @handled
 def train(
@@ -104,7 +128,8 @@ def train(
                               "dataset .json naming each split's annotations and images"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (checkpoints, metrics.jsonl); default: the "
                                        "next runs/train/exp{N}, or with --resume the latest one"),
-    config: str = typer.Option("r50-fpn", "--config", help="named config: r50-fpn, r18-fpn, shapes-tiny, ..."),
+    config: str = typer.Option("r50-fpn", "--config", help="named config (r50-fpn, r18-fpn, shapes-tiny, ...: "
+                               "`mrcnn config list`) or a .json config file (`mrcnn config show NAME`)"),
     amp: str = typer.Option(None, "--amp", help="bf16 | fp16 | off"),
     accum: int = typer.Option(None, "--accum", help="gradient accumulation steps"),
     channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory format"),

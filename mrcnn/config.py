@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
 
 from mrcnn.errors import MrcnnError
 
@@ -119,8 +120,8 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=indent)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
@@ -168,9 +169,33 @@ def _parse_value(text: str, current: Any, where: str) -> Any:
         raise MrcnnError(f"bad override {where!r}: cannot parse {text!r} as {type(current).__name__}") from None
 
 
+def _typed(t: Any, v: Any, key: str) -> Any:
+    """`v` as a value of the field type `t` (ints are accepted where floats are meant), or one error line."""
+    def number(x: Any, kind: type) -> bool:
+        return isinstance(x, (int, float) if kind is float else kind) and not isinstance(x, bool)
+
+    if t is bool:
+        ok = isinstance(v, bool)
+    elif t in (int, float):
+        ok = number(v, t)
+        v = t(v) if ok else v
+    elif t is str:
+        ok = isinstance(v, str)
+    elif get_origin(t) is tuple:
+        kind = get_args(t)[0]
+        ok = isinstance(v, (list, tuple)) and all(number(x, kind) for x in v)
+        v = tuple(kind(x) for x in v) if ok else v
+    else:
+        ok = True
+    if not ok:
+        name = f"a list of {get_args(t)[0].__name__}" if get_origin(t) is tuple else f"a {t.__name__}"
+        raise MrcnnError(f"config key {key!r} must be {name}, got {v!r}")
+    return v
+
+
 def _from_dict(cls: type, d: dict[str, Any], prefix: str) -> Any:
     if not isinstance(d, dict):
-        raise MrcnnError(f"config section {prefix or '<root>'} is not a mapping")
+        raise MrcnnError(f"config section {prefix.rstrip('.') or '<root>'} is not a mapping")
     hints = get_type_hints(cls)
     kwargs = {}
     names = {f.name for f in dataclasses.fields(cls)}
@@ -180,26 +205,60 @@ def _from_dict(cls: type, d: dict[str, Any], prefix: str) -> Any:
         t = hints[k]
         if dataclasses.is_dataclass(t):
             kwargs[k] = _from_dict(t, v, prefix + k + ".")
-        elif isinstance(v, list):
-            kwargs[k] = tuple(v)
         else:
-            kwargs[k] = v
+            kwargs[k] = _typed(t, v, prefix + k)
     return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`base` with the keys of `changes` replaced, section by section (a partial config file over a preset)."""
+    out = dict(base)
+    for k, v in changes.items():
+        if k not in base:
+            raise MrcnnError(f"unknown config key {prefix + k!r}")
+        out[k] = _merge(base[k], v, prefix + k + ".") if isinstance(base[k], dict) and isinstance(v, dict) else v
+    return out
+
+
+def load_config_file(path: str | Path) -> Config:
+    """A JSON config: a whole one (a run's `config.json`, `mrcnn config show NAME` output) or a partial one naming
+    its preset, `{"base": "shapes-tiny", "solver": {"max_iter": 1000}}` (the keys it gives replace the preset's)."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MrcnnError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MrcnnError(f"{path}: not a JSON config ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise MrcnnError(f"{path}: a config file holds a JSON object, got {type(d).__name__}")
+    base = d.pop("base", None)
+    if base is not None and base not in PRESETS:
+        raise MrcnnError(f"{path}: unknown base config {base!r}; choose one of: {', '.join(PRESETS)}")
+    try:
+        if base is not None:
+            d = _merge(PRESETS[base]().to_dict(), {"name": path.stem, **d})
+        return Config.from_dict(d)
+    except MrcnnError as e:
+        raise MrcnnError(f"{path}: {e}") from None
 
 
 # -- named presets --------------------------------------------------------------------------------------------------
 
 def _r50() -> Config:
+    """The seed's R-50-FPN 1x (frozen BN, 2 frozen stages: train from ImageNet weights with --weights)."""
     return Config(name="r50-fpn")
 
 
 def _r18() -> Config:
+    """R-18-FPN, otherwise r50-fpn."""
     c = Config(name="r18-fpn")
     c.model.backbone = "resnet18"
     return c
 
 
 def _torchvision() -> Config:
+    """torchvision's maskrcnn_resnet50_fpn (what `mrcnn convert torchvision` produces; 91 COCO ids, BN eps 0)."""
     # torchvision maskrcnn_resnet50_fpn: same structure, RoIAlign aligned=False, frozen BN, 3 trainable stages.
     c = Config(name="torchvision-r50-fpn")
     c.model.num_classes = 91  # torchvision's COCO category ids (1..90, with gaps)
@@ -208,7 +267,7 @@ def _torchvision() -> Config:
 
 
 def _shapes_tiny() -> Config:
-    """Small CPU config for the embedded synthetic dataset: trains from scratch in minutes on 2 cores."""
+    """Small CPU config for the embedded synthetic dataset: trains from scratch in minutes on 2 cores (GN, 256 px)."""
     c = Config(name="shapes-tiny")
     m = c.model
     m.num_classes = 6
@@ -244,6 +303,12 @@ def _shapes_tiny() -> Config:
     return c
 
 
+def describe_presets() -> list[tuple[str, str]]:
+    """(name, first line of its docstring) of every named config."""
+    return [(name, (make.__doc__ or "").strip().splitlines()[0] if make.__doc__ else "") for name, make in
+            PRESETS.items()]
+
+
 PRESETS = {
     "r50-fpn": _r50,
     "r18-fpn": _r18,
@@ -253,6 +318,9 @@ PRESETS = {
 
 
 def get_config(name: str, overrides: list[str] | None = None) -> Config:
-    if name not in PRESETS:
-        raise MrcnnError(f"unknown config {name!r}; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[name]().override(overrides)
+    """A preset by name, or a JSON config file (`load_config_file`), then the `section.key=value` overrides."""
+    if name in PRESETS:
+        return PRESETS[name]().override(overrides)
+    if name.endswith(".json") or Path(name).is_file():
+        return load_config_file(name).override(overrides)
+    raise MrcnnError(f"unknown config {name!r}; choose one of: {', '.join(PRESETS)}, or a .json config file")

@@ -242,7 +242,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self.ids: list[int] = sorted(images)
         self._categories = [cats[c] for c in self.cat_ids]
         self._cat_ids = np.array(self.cat_ids, dtype=np.int64)
-        self._sizes = np.array([(images[i]["height"], images[i]["width"]) for i in self.ids], dtype=np.int64)
+        self._sizes = np.array([(images[i]["height"], images[i]["width"]) for i in self.ids],
+                               dtype=np.int64).reshape(-1, 2)  # (a split without images: shape (0, 2))
         self._image_ids = np.array(self.ids, dtype=np.int64)
         self._file_names = np.array([images[i]["file_name"] for i in self.ids], dtype=np.str_)
         self._anns = _Annotations([by_image[i] for i in self.ids])

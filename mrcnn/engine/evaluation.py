@@ -17,6 +17,7 @@ import torch
 
 from mrcnn.engine.checkpoint import atomic_write
 from mrcnn.engine.progress import reporter
+from mrcnn.errors import MrcnnError
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -104,6 +105,8 @@ def evaluate(
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed and dist.is_initialized() else (0, 1)
     n = len(dataset) if not max_images else min(max_images, len(dataset))
+    if n == 0:
+        raise MrcnnError(f"{getattr(dataset, 'ann_file', 'the dataset')}: no images to evaluate")
     order = list(range(n))
     if batch_size > 1 and hasattr(dataset, "aspect_groups"):
         groups = dataset.aspect_groups()

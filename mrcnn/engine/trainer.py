@@ -319,9 +319,10 @@ def train(
 
         if val_ds is None:
             val_ds = open_split(data_dir, "val", required=False, strict=strict, logger=say)
-            if val_ds is None:
+            if val_ds is None or len(val_ds) == 0:
                 val_missing = True
-                say(f"no validation split in {data_dir}: no COCO evaluation")
+                say(f"{'no validation split' if val_ds is None else 'a validation split without images'} in "
+                    f"{data_dir}: no COCO evaluation")
                 return {}
         model.eval()
         with _compile_errors(s.compile):
