@@ -389,7 +389,9 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             sums = {k: 0.0 for k in LOSS_KEYS}
             finite = True
+            data_time = 0.0  # waiting for the loader and the host-to-device copies (detectron2's data_time)
             for micro in range(s.accum):
+                t_data = time.perf_counter()
                 try:
                     batch = next(data_iter)
                 except Exception:
@@ -401,6 +403,7 @@ def train(
                 if batch["bad_files"]:  # found by a loader worker: counted here for the end-of-run report
                     base.note_bad_files(batch["bad_files"])
                 images, sizes, targets = _to_device(batch, info.device, s.channels_last)
+                data_time += time.perf_counter() - t_data
                 sync = micro == s.accum - 1 or info.world == 1
                 ctx = ddp_model.no_sync() if (not sync and info.world > 1) else contextlib.nullcontext()
                 with ctx, _compile_errors(s.compile):
@@ -437,9 +440,11 @@ def train(
             dt = time.perf_counter() - t0
             total = sum(sums.values())
             row = {"iter": it + 1, "lr": optimizer.param_groups[0]["lr"], "loss": total, **sums,
-                   "img_s": global_batch / dt, "time": dt, "skipped": not stepped}
+                   "img_s": global_batch / dt, "time": dt, "data_time": data_time, "skipped": not stepped}
             if grad_norm is not None:
                 row["grad_norm"] = grad_norm
+            if info.device.type == "cuda":  # the peak since the start, as detectron2's max_mem
+                row["max_mem_mb"] = torch.cuda.max_memory_allocated(info.device) / 2 ** 20
             _write_metrics(row)
             if bad_in_a_row >= s.max_bad_steps:
                 if metrics_file:
@@ -447,7 +452,8 @@ def train(
                 raise MrcnnError(
                     f"non-finite loss in {bad_in_a_row} consecutive steps (iteration {it + 1}); stopped. "
                     f"Last good checkpoint: {last_path if last_path.exists() else 'none'}")
-            rep.update(it + 1, f"loss {total:.3f} {global_batch / dt:.1f} img/s")
+            mem = f" {row['max_mem_mb'] / 1024:.1f}G" if "max_mem_mb" in row else ""
+            rep.update(it + 1, f"loss {total:.3f} {global_batch / dt:.1f} img/s{mem}")
             done = it + 1
             if s.checkpoint_period and done % s.checkpoint_period == 0 and done < s.max_iter:
                 checkpoint(done)
