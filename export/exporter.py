@@ -59,6 +59,20 @@ def _quiet_loggers():
             lg.setLevel(lv)
 
 
+def _newest_opset() -> Optional[int]:
+    try:
+        import onnx
+    except ImportError:  # reported where the export needs it
+        return None
+    return int(onnx.defs.onnx_opset_version())
+
+
+def _onnx_version() -> str:
+    import onnx
+
+    return onnx.__version__
+
+
 def check_options(target: str, opset: int, output: Optional[str | Path], batch: Optional[int],
                   dynamic_batch: bool, height: Optional[int], width: Optional[int], dynamic_size: bool) -> None:
     """Every user error that can be found before loading anything: one MrcnnError line each."""
@@ -67,6 +81,10 @@ def check_options(target: str, opset: int, output: Optional[str | Path], batch: 
     if opset < MIN_OPSET:
         raise MrcnnError(f"opset {opset} is too old: RoIAlign with torchvision's aligned={{False,True}} semantics "
                          f"needs ONNX RoiAlign-16 (coordinate_transformation_mode); use --opset {MIN_OPSET} or newer")
+    newest = _newest_opset()
+    if newest is not None and opset > newest:
+        raise MrcnnError(f"opset {opset} is newer than the installed onnx package knows (onnx "
+                         f"{_onnx_version()}: up to opset {newest}); use --opset {newest} or older")
     if output is not None and Path(output).is_dir():
         raise MrcnnError(f"{output}: is a directory, expected an .onnx file path")
     if batch is not None and dynamic_batch:

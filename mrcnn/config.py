@@ -127,6 +127,71 @@ class Config:
     def from_dict(cls, d: dict[str, Any]) -> "Config":
         return _from_dict(cls, d, "")
 
+    def validate(self) -> "Config":
+        """Every field within its range, or one MrcnnError naming the key (before any model or file is made)."""
+        m, i, s = self.model, self.input, self.solver
+        checks = [
+            ("model.num_classes", m.num_classes >= 2, "be >= 2 (background + 1 class)"),
+            ("model.backbone_blocks", len(m.backbone_blocks) in (0, 4) and all(b >= 1 for b in m.backbone_blocks),
+             "be empty (standard) or 4 block counts >= 1"),
+            ("model.backbone_width", m.backbone_width >= 1, "be >= 1"),
+            ("model.trainable_layers", 0 <= m.trainable_layers <= 5, "be 0..5"),
+            ("model.fpn_channels", m.fpn_channels >= 1, "be >= 1"),
+            ("model.anchor_sizes", len(m.anchor_sizes) == 5 and all(a > 0 for a in m.anchor_sizes),
+             "be 5 positive sizes, one per FPN level P2..P6"),
+            ("model.aspect_ratios", len(m.aspect_ratios) >= 1 and all(a > 0 for a in m.aspect_ratios),
+             "be one or more positive ratios"),
+            ("model.rpn_fg_iou", 0 <= m.rpn_bg_iou <= m.rpn_fg_iou <= 1, "be in [rpn_bg_iou, 1]"),
+            ("model.roi_fg_iou", 0 <= m.roi_bg_iou <= m.roi_fg_iou <= 1, "be in [roi_bg_iou, 1]"),
+            ("model.rpn_batch_per_image", m.rpn_batch_per_image >= 1, "be >= 1"),
+            ("model.roi_batch_per_image", m.roi_batch_per_image >= 1, "be >= 1"),
+            ("model.rpn_positive_fraction", 0 < m.rpn_positive_fraction <= 1, "be in (0, 1]"),
+            ("model.roi_positive_fraction", 0 < m.roi_positive_fraction <= 1, "be in (0, 1]"),
+            ("model.rpn_nms", 0 <= m.rpn_nms <= 1, "be in [0, 1]"),
+            ("model.box_nms", 0 <= m.box_nms <= 1, "be in [0, 1]"),
+            ("model.rpn_pre_nms_top_n_train", min(m.rpn_pre_nms_top_n_train, m.rpn_pre_nms_top_n_test,
+                                                  m.rpn_post_nms_top_n_train, m.rpn_post_nms_top_n_test) >= 1,
+             "and the other rpn_*_top_n be >= 1"),
+            ("model.box_score_thresh", 0 <= m.box_score_thresh < 1, "be in [0, 1)"),
+            ("model.rpn_min_size", m.rpn_min_size >= 0 and m.box_min_size >= 0, "and model.box_min_size be >= 0"),
+            ("model.box_weights", len(m.box_weights) == 4 and all(w > 0 for w in m.box_weights),
+             "be 4 positive weights (x, y, w, h)"),
+            ("model.detections_per_img", m.detections_per_img >= 1, "be >= 1"),
+            ("model.representation_size", m.representation_size >= 1, "be >= 1"),
+            ("model.box_roi_size", m.box_roi_size >= 1 and m.mask_roi_size >= 1, "and model.mask_roi_size be >= 1"),
+            ("model.mask_head_channels", m.mask_head_channels >= 1 and m.mask_head_layers >= 1,
+             "and model.mask_head_layers be >= 1"),
+            ("model.mask_resolution", m.mask_resolution == 2 * m.mask_roi_size,
+             f"be the mask head's output size, 2 x model.mask_roi_size = {2 * m.mask_roi_size}"),
+            ("model.image_mean", len(m.image_mean) == 3, "be 3 values (R, G, B)"),
+            ("model.image_std", len(m.image_std) == 3 and all(v > 0 for v in m.image_std),
+             "be 3 positive values (R, G, B)"),
+            ("input.min_size", 1 <= i.min_size <= i.max_size, "be in [1, input.max_size]"),
+            ("input.train_min_sizes", all(1 <= v <= i.max_size for v in i.train_min_sizes),
+             "be sizes in [1, input.max_size]"),
+            ("input.size_divisible", i.size_divisible >= 1, "be >= 1"),
+            ("input.hflip_prob", 0 <= i.hflip_prob <= 1, "be in [0, 1]"),
+            ("solver.base_lr", s.base_lr >= 0, "be >= 0"),
+            ("solver.lr_reference_batch", s.lr_reference_batch >= 1, "be >= 1"),
+            ("solver.momentum", 0 <= s.momentum < 1, "be in [0, 1)"),
+            ("solver.weight_decay", s.weight_decay >= 0, "be >= 0"),
+            ("solver.warmup_iters", s.warmup_iters >= 0, "be >= 0"),
+            ("solver.warmup_factor", 0 < s.warmup_factor <= 1, "be in (0, 1]"),
+            ("solver.steps", all(0 < f < 1 for f in s.steps) and list(s.steps) == sorted(s.steps),
+             "be increasing fractions of the run in (0, 1) (0.75 = at 75% of max_iter), not iteration numbers"),
+            ("solver.gamma", s.gamma > 0, "be > 0"),
+            ("solver.fp16_init_scale", s.fp16_init_scale > 0, "be > 0"),
+            ("solver.grad_clip", s.grad_clip >= 0, "be >= 0 (0: off)"),
+            ("solver.eval_period", s.eval_period >= 0 and s.checkpoint_period >= 0,
+             "and solver.checkpoint_period be >= 0 (0: at the end)"),
+            ("solver.max_bad_steps", s.max_bad_steps >= 1, "be >= 1"),
+        ]
+        for key, ok, must in checks:
+            if not ok:
+                value = getattr({"model": m, "input": i, "solver": s}[key.split(".")[0]], key.split(".")[1])
+                raise MrcnnError(f"{key} must {must}; got {value!r}")
+        return self
+
     def override(self, assignments: list[str] | None) -> "Config":
         """Apply `section.key=value` strings (e.g. `model.fpn_channels=128`, `solver.steps=0.5,0.8`)."""
         d = self.to_dict()
@@ -320,7 +385,7 @@ PRESETS = {
 def get_config(name: str, overrides: list[str] | None = None) -> Config:
     """A preset by name, or a JSON config file (`load_config_file`), then the `section.key=value` overrides."""
     if name in PRESETS:
-        return PRESETS[name]().override(overrides)
+        return PRESETS[name]().override(overrides).validate()
     if name.endswith(".json") or Path(name).is_file():
-        return load_config_file(name).override(overrides)
+        return load_config_file(name).override(overrides).validate()
     raise MrcnnError(f"unknown config {name!r}; choose one of: {', '.join(PRESETS)}, or a .json config file")

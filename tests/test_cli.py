@@ -205,3 +205,43 @@ def test_a_val_split_without_images(tmp_path, monkeypatch):
     assert "a validation split without images" in r.stdout, r.stdout
     err = one_error_line(runner.invoke(app, ["eval", "r/model_final.pt", "--data", "d"]))
     assert "instances_val2017.json: no images to evaluate" in err, err
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ("input.min_size=0", "input.min_size must be in [1, input.max_size]"),
+    ("model.fpn_channels=-1", "model.fpn_channels must be >= 1"),
+    ("model.rpn_positive_fraction=2", "model.rpn_positive_fraction must be in (0, 1]"),
+    ("solver.base_lr=-1", "solver.base_lr must be >= 0"),
+    ("input.size_divisible=0", "input.size_divisible must be >= 1"),
+    ("solver.steps=60000,80000", "not iteration numbers"),
+    ("model.anchor_sizes=16,32", "model.anchor_sizes must be 5 positive sizes"),
+    ("model.aspect_ratios=", "model.aspect_ratios must be one or more"),
+    ("input.hflip_prob=3", "input.hflip_prob must be in [0, 1]"),
+    ("model.mask_resolution=0", "2 x model.mask_roi_size = 28"),
+    ("solver.momentum=-1", "solver.momentum must be in [0, 1)"),
+    ("model.num_classes=1", "model.num_classes must be >= 2"),
+])
+def test_out_of_range_config_is_one_line_before_anything_is_written(tmp_path, monkeypatch, setting, needle):
+    """Each of these was a traceback from deep inside torch (or, for steps / hflip_prob / mask_resolution, a run
+    that silently did something else)."""
+    monkeypatch.chdir(tmp_path)
+    err = one_error_line(runner.invoke(app, ["train", "--config", "shapes-tiny", "--data", ".", "--out", "r",
+                                             "--set", setting]))
+    assert needle in err, err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("device, needle", [("tpu", "expected cpu, cuda or cuda:N"),
+                                            ("cuda:99", "cuda:99"), ("cuda", "cuda")])
+def test_bad_device_is_one_line(tmp_path, monkeypatch, device, needle):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 99:
+        pytest.skip("this machine has 100 GPUs")
+    monkeypatch.chdir(tmp_path)
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible: --device cuda is valid here")
+    for args in (["train", "--config", "shapes-tiny", "--data", ".", "--out", "r"], ["eval", "x.pt", "--data", "."]):
+        err = one_error_line(runner.invoke(app, [*args, "--device", device]))
+        assert "--device" in err and needle in err, err
+    assert not (tmp_path / "r").exists()

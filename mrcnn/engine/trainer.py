@@ -29,6 +29,7 @@ from mrcnn.engine.progress import reporter
 from mrcnn.engine.stop import StopOnSignal, TrainingStopped
 from mrcnn.errors import MrcnnError
 from mrcnn.model.preprocess import min_batch_shape
+from mrcnn.runtime import parse_device
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -55,7 +56,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = parse_device(device)
     if dev.type == "cuda":
         if dev.index is None:  # "cuda": this process's GPU (torchrun's LOCAL_RANK), an explicit index for set_device
             dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
@@ -205,6 +206,7 @@ def train(
     from mrcnn.model import build_model
     from mrcnn.model.predictor import Predictor
 
+    cfg.validate()
     info = init_distributed(device)
     s = cfg.solver
     if s.lr_schedule not in ("multistep", "cosine"):

@@ -15,12 +15,33 @@ from mrcnn.errors import MrcnnError
 ARTIFACT_SUFFIXES = (".pt", ".pth", ".onnx")
 
 
+def parse_device(device: str) -> "torch.device":
+    """`--device` of train / eval / predict: cpu, cuda, cuda:N (a GPU torch sees), or one MrcnnError."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise MrcnnError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise MrcnnError(f"--device {device}: no CUDA GPU visible to torch (torch {torch.__version__})")
+        if dev.index is not None and dev.index >= n:
+            raise MrcnnError(f"--device {device}: torch sees {n} GPU(s) (cuda:0..cuda:{n - 1})")
+    elif dev.type != "cpu":
+        raise MrcnnError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    return dev
+
+
 def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[[str], None] = print,
                   **kwargs):
     """A predictor for a checkpoint (.pt/.pth) or an exported model (.onnx). The predictor has `.cfg` and
     `.class_names`."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if device is not None:
+        parse_device(device)
     if suffix == ".onnx":
         from mrcnn.runtime.onnx_predictor import OnnxPredictor
 
@@ -40,4 +61,4 @@ def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[
     raise MrcnnError(f"{path}: unsupported artifact type {path.suffix!r} (expected {', '.join(ARTIFACT_SUFFIXES)})")
 
 
-__all__ = ["load_artifact", "ARTIFACT_SUFFIXES"]
+__all__ = ["load_artifact", "parse_device", "ARTIFACT_SUFFIXES"]
