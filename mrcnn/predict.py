@@ -40,26 +40,23 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _check_readable(files: list[Path]) -> list[tuple[int, int]]:
+def _check_readable(files: list[Path]) -> None:
     from PIL import Image
 
-    sizes = []
     for f in files:
         try:
             with Image.open(f) as im:
                 im.verify()  # header and structure, without decoding the pixels
-                sizes.append(im.size)
         except Exception as e:  # noqa: BLE001 - PIL raises many kinds for bad files
             raise MrcnnError(f"{f}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")\
                 from None
-    return sizes
 
 
 def read_image(path: Path) -> torch.Tensor:
-    from PIL import Image
+    """[3, H, W] uint8, the file's EXIF orientation applied (as the training data is read)."""
+    from mrcnn.data.image_io import read_rgb
 
-    with Image.open(path) as im:
-        return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(read_rgb(path)[0].copy()).permute(2, 0, 1).contiguous()
 
 
 def palette(n: int) -> list[tuple[int, int, int]]:
@@ -138,7 +135,7 @@ def predict(artifact: str | Path, inputs: Sequence[str | Path], out_dir: str | P
     if batch_size < 1:
         raise MrcnnError(f"--batch must be >= 1, got {batch_size}")
     files = image_files(inputs)
-    sizes = _check_readable(files)
+    _check_readable(files)
     predictor = load_artifact(artifact, device, log=log)
     names = list(predictor.class_names)
     out_dir = Path(out_dir)
@@ -153,7 +150,7 @@ def predict(artifact: str | Path, inputs: Sequence[str | Path], out_dir: str | P
             images = [read_image(files[i]) for i in chunk]
             for i, image, result in zip(chunk, images, predictor(images)):
                 result = {k: v.cpu() for k, v in result.items()}
-                w, h = sizes[i]
+                h, w = image.shape[1:]
                 doc["images"].append({"id": i + 1, "file_name": str(files[i]), "width": w, "height": h})
                 doc["annotations"] += _annotations(result, i + 1, len(doc["annotations"]) + 1, score,
                                                   len(names))

@@ -735,3 +735,55 @@ def test_forked_workers_share_annotations(tmp_path):
           f"pycocotools COCO {g_peer:.1f} MiB")
     assert g_peer >= 10, f"the peer copied only {g_peer:.1f} MiB: the measurement does not see copy-on-write"
     assert g_ours <= 0.25 * g_peer, (g_ours, g_peer)
+
+
+def _exif_dataset(root: Path, json_size: tuple[int, int]) -> np.ndarray:
+    """One image meant to be seen as 80 wide x 48 high (a red box on grey), stored turned on its side with EXIF
+    orientation 6 ("turn 90 degrees clockwise to view"), as a phone held upright stores it. The json records
+    `json_size` (w, h) and one box annotation. Returns the image as meant to be seen."""
+    from PIL import Image
+
+    seen = np.full((48, 80, 3), 90, np.uint8)
+    seen[10:30, 20:60] = (220, 30, 30)
+    seen[40:44, 70:76] = (10, 200, 10)  # asymmetric: any wrong turn or mirror changes the pixels
+    stored = Image.fromarray(seen).transpose(Image.Transpose.ROTATE_90)  # 48 wide x 80 high on disk
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (root / "val2017").mkdir(parents=True)
+    stored.save(root / "val2017" / "phone.png", exif=exif)
+    (root / "annotations").mkdir()
+    w, h = json_size
+    doc = {"images": [{"id": 1, "file_name": "phone.png", "width": w, "height": h}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 10, 40, 20], "area": 800,
+                            "iscrowd": 0, "segmentation": [[20, 10, 60, 10, 60, 30, 20, 30]]}],
+           "categories": [{"id": 1, "name": "box"}]}
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(doc))
+    return seen
+
+
+def test_exif_orientation_is_applied_as_annotation_tools_show_the_image(tmp_path):
+    """The loader and `predict` read the image as meant to be seen (PIL alone gives the stored, sideways pixels:
+    48x80 against the json's 80x48, which skipped the sample as a size mismatch), so the box's mask covers the red
+    pixels; a json whose size fits neither is a mismatch that names the orientation."""
+    from PIL import Image
+
+    from mrcnn.predict import read_image
+
+    seen = _exif_dataset(tmp_path / "d", (80, 48))
+    with Image.open(tmp_path / "d" / "val2017" / "phone.png") as im:
+        assert im.size == (48, 80)  # stored sideways
+    ds = CocoDetection(tmp_path / "d", "val2017", logger=lambda m: pytest.fail(m))
+    image, target = ds[0]
+    assert torch.equal(image, torch.from_numpy(seen).permute(2, 0, 1)), "not the image as meant to be seen"
+    assert torch.equal(read_image(tmp_path / "d" / "val2017" / "phone.png"), image)
+    red = (image[0] == 220) & (image[1] == 30)
+    mask = target["masks"][0].bool()
+    print(f"red pixels {int(red.sum())}, mask pixels {int(mask.sum())}, overlap {int((red & mask).sum())}")
+    assert int((red & mask).sum()) == int(red.sum()) == 800
+
+    _exif_dataset(tmp_path / "e", (60, 60))
+    warnings: list[str] = []
+    ds = CocoDetection(tmp_path / "e", "val2017", logger=warnings.append)
+    assert ds.load_image(0) is None
+    assert len(warnings) == 1 and "image size 80x48 (after its EXIF orientation 6) differs from annotation 60x60" \
+        in warnings[0], warnings

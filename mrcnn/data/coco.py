@@ -33,9 +33,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from pycocotools.coco import COCO
 
+from mrcnn.data.image_io import read_rgb
 from mrcnn.data.segmentation import finite_numbers, parse_segmentation, segmentation_mask
 from mrcnn.errors import MrcnnError
 
@@ -315,15 +316,14 @@ class CocoDetection(torch.utils.data.Dataset):
         path = self.image_path(i)
         h, w = self.image_size(i)
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                arr = np.asarray(im)
+            arr, orientation = read_rgb(path)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             problem, reason = f"corrupt image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", "corrupt image"
         else:
             if arr.shape[:2] == (h, w):
                 return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-            problem = f"image size {arr.shape[1]}x{arr.shape[0]} differs from annotation {w}x{h}"
+            turned = f" (after its EXIF orientation {orientation})" if orientation != 1 else ""
+            problem = f"image size {arr.shape[1]}x{arr.shape[0]}{turned} differs from annotation {w}x{h}"
             reason = "image size mismatch"
         if self.strict:
             raise MrcnnError(f"{path}: {problem}")
