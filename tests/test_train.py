@@ -150,6 +150,71 @@ def test_per_class_ap_equals_cocoeval_of_that_class_alone(synth_data):
     assert table[0].split() == ["class", "bbox", "AP", "segm", "AP"] and len(table) == 1 + len(ds.class_names)
 
 
+def _renumbered(src: Path, dst: Path, split: str = "train2017", rename: dict | None = None) -> Path:
+    """A copy of a dataset whose `split` json numbers its categories the other way round (names kept, as another
+    export of the same data might); `rename` {old: new} changes names too."""
+    if not dst.exists():
+        shutil.copytree(src, dst)
+    path = dst / "annotations" / f"instances_{split}.json"
+    doc = json.loads(path.read_text())
+    ids = sorted(c["id"] for c in doc["categories"])
+    new = {i: ids[len(ids) - 1 - k] for k, i in enumerate(ids)}
+    for c in doc["categories"]:
+        c["id"] = new[c["id"]]
+        c["name"] = (rename or {}).get(c["name"], c["name"])
+    for a in doc["annotations"]:
+        a["category_id"] = new[a["category_id"]]
+    path.write_text(json.dumps(doc))
+    return dst
+
+
+def test_evaluation_matches_classes_by_name(synth_data, tmp_path):
+    """A val json that numbers the same categories in another order scores a model exactly as the original does:
+    detections go to categories by name. By position (what evaluation did before) the same detections score
+    another class's ground truth."""
+    from mrcnn.data.coco import CocoDetection
+    from mrcnn.engine.evaluation import evaluate
+
+    quiet = {"progress": False, "log": lambda m: None, "batch_size": 4}
+    ds = CocoDetection(synth_data, "train2017")
+    pred = JitteredTruth(ds)  # labels in ds's class order
+    ref, _ = evaluate(pred, ds, **quiet)
+    other = CocoDetection(_renumbered(synth_data, tmp_path / "renumbered"), "train2017")
+    assert other.class_names == ds.class_names[::-1]
+    got, _ = evaluate(pred, other, class_names=ds.class_names, **quiet)
+    by_position, _ = evaluate(pred, other, **quiet)
+    print(f"segm AP: original {ref['segm']['AP']:.4f}, renumbered by name {got['segm']['AP']:.4f}, "
+          f"by position {by_position['segm']['AP']:.4f}")
+    for iou_type in ("bbox", "segm"):  # equal up to the order COCOeval averages its categories in
+        diff = max(abs(got[iou_type][k] - ref[iou_type][k]) for k in ref[iou_type])
+        per = max(abs(got["per_class"][iou_type][n] - v) for n, v in ref["per_class"][iou_type].items())
+        assert diff < 1e-12 and per < 1e-12, (iou_type, diff, per)
+    assert by_position["segm"]["AP"] < 0.5 * ref["segm"]["AP"]
+
+
+def test_training_checks_val_and_resume_classes_by_name(synth_data, tmp_path):
+    """Before the run starts: a val split with other classes is one error line (it used to be found, if at all, at
+    the first evaluation); a renumbered one is matched by name. --resume on data with other classes is refused."""
+    renamed = _renumbered(synth_data, tmp_path / "renamed", "val2017", rename={"star": "asterisk"})
+    with pytest.raises(MrcnnError, match="only in the training split: star; only in the data: asterisk"):
+        train(tiny_config(max_iter=1), renamed, tmp_path / "r1", log=lambda m: None, progress=False, device="cpu")
+    assert not (tmp_path / "r1").exists()
+    said: list[str] = []
+    res = train(tiny_config(max_iter=1), _renumbered(synth_data, tmp_path / "ok", "val2017"), tmp_path / "r2",
+                log=said.append, progress=False, device="cpu")
+    assert any("classes matched by name" in m for m in said) and "segm" in res.metrics
+    from mrcnn.pipeline import evaluate_artifact
+
+    said.clear()
+    evaluate_artifact(res.checkpoint, tmp_path / "ok", device="cpu", log=said.append, progress=False)
+    assert any("classes matched by name" in m for m in said), said
+    with pytest.raises(MrcnnError, match="only in .*model_final.pt: star; only in the data: asterisk"):
+        evaluate_artifact(res.checkpoint, renamed, device="cpu", log=said.append, progress=False)
+    other = _renumbered(synth_data, tmp_path / "other", "train2017", rename={"star": "asterisk"})
+    with pytest.raises(MrcnnError, match="--resume: .* was trained on the classes"):
+        _train(tiny_config(max_iter=2), other, tmp_path / "r2", resume=True)
+
+
 def test_sharded_evaluation_equals_one_process(synth_data, tmp_path):
     """DDP evaluation: 2 ranks predict alternate batches (12 images in batches of 5: 2 batches vs 1), rank 0 gathers
     and runs COCOeval; every rank's metrics equal one process's evaluation of all images."""

@@ -82,6 +82,26 @@ def per_class_ap(ev, coco_gt) -> dict[str, float]:
     return out
 
 
+def category_ids_for(class_names: Sequence[str], dataset, what: str = "the model") -> list[int]:
+    """The dataset's category id of each of the model's classes (label k -> result k - 1), matched by name: two
+    exports of one dataset may number (and so order) their categories differently, and matching by position would
+    then score a class's detections against another class's ground truth. Other classes: one MrcnnError."""
+    names, data_names = list(class_names), list(dataset.class_names)
+    if names == data_names:
+        return list(dataset.cat_ids)
+    where = getattr(dataset, "ann_file", "the dataset")
+    missing, extra = [n for n in names if n not in data_names], [n for n in data_names if n not in names]
+    if missing or extra or len(set(names)) != len(names) or len(set(data_names)) != len(data_names):
+        def listed(xs: list[str]) -> str:
+            return ", ".join(xs[:6]) + (", ..." if len(xs) > 6 else "")
+
+        detail = "; ".join(p for p in (f"only in {what}: {listed(missing)}" if missing else "",
+                                       f"only in the data: {listed(extra)}" if extra else "") if p) \
+            or "class names repeat"
+        raise MrcnnError(f"{where}: its classes are not {what}'s ({detail})")
+    return [dataset.cat_ids[data_names.index(n)] for n in names]
+
+
 def evaluate(
     predictor: Callable[[list[torch.Tensor]], list[dict]],
     dataset,
@@ -90,12 +110,15 @@ def evaluate(
     progress: bool = True,
     max_images: int = 0,
     distributed: bool = False,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Predict every image of a `CocoDetection` dataset and evaluate. Returns (metrics, coco results).
 
     The images (the first `max_images`) are batched landscape first, then portrait (`aspect_groups`), so a batch
     seldom pads a landscape and a portrait image to a square. Only images are loaded (no target masks); an image that
-    cannot be read is warned about by the dataset and left out of the evaluation.
+    cannot be read is warned about by the dataset and left out of the evaluation. `class_names`: the predictor's
+    classes (label k is class_names[k - 1]), matched to the dataset's categories by name (`category_ids_for`);
+    None: label k is the dataset's k-th category.
 
     `distributed` (in a joined torch.distributed group of W > 1 ranks): rank r predicts batches r, r + W, ... of the
     same batching, the results are gathered on rank 0, which runs COCOeval, and every rank returns its metrics (the
@@ -104,6 +127,7 @@ def evaluate(
     import torch.distributed as dist
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed and dist.is_initialized() else (0, 1)
+    cat_ids = list(dataset.cat_ids) if class_names is None else category_ids_for(class_names, dataset)
     n = len(dataset) if not max_images else min(max_images, len(dataset))
     if n == 0:
         raise MrcnnError(f"{getattr(dataset, 'ann_file', 'the dataset')}: no images to evaluate")
@@ -125,7 +149,7 @@ def evaluate(
             preds = predictor([img for _, img in batch]) if batch else []
             for (iid, _), pred in zip(batch, preds):
                 image_ids.append(int(iid))
-                results.extend(detections_to_coco(pred, iid, dataset.cat_ids))
+                results.extend(detections_to_coco(pred, iid, cat_ids))
             done += len(indices)
             rep.update(done)
     if world > 1:

@@ -229,6 +229,7 @@ def train(
     names = base.class_names
     say(f"data: {len(base)} training images, {len(names)} classes ({', '.join(names[:8])}"
         f"{', ...' if len(names) > 8 else ''})")
+    val_ds = _open_val(data_dir, names, strict, say) if (evaluate_at_end or s.eval_period) else None
     global_batch = s.batch * s.accum * info.world
     if s.epochs < 0:
         raise MrcnnError(f"--epochs must be > 0, got {s.epochs}")
@@ -269,6 +270,10 @@ def train(
         ck = load_checkpoint(last_path)
         if Config.from_dict(ck["config"]).model != cfg.model:
             raise MrcnnError(f"--resume: {last_path} was trained with a different model config")
+        if list(ck.get("class_names") or names) != names:
+            raise MrcnnError(f"--resume: {last_path} was trained on the classes {', '.join(ck['class_names'][:6])}"
+                             f"{', ...' if len(ck['class_names']) > 6 else ''}; {data_dir} has "
+                             f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''}")
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -310,28 +315,15 @@ def train(
                 save_checkpoint(out_dir / "model_final.pt", payload)
         return out_dir / ("model_final.pt" if final else "last.pt")
 
-    val_ds = None
-    val_missing = False
-
     def run_eval(it: int) -> dict:
-        nonlocal val_ds, val_missing
-        if val_missing:
-            return {}
-        from mrcnn.data.layout import open_split
-
         if val_ds is None:
-            val_ds = open_split(data_dir, "val", required=False, strict=strict, logger=say)
-            if val_ds is None or len(val_ds) == 0:
-                val_missing = True
-                say(f"{'no validation split' if val_ds is None else 'a validation split without images'} in "
-                    f"{data_dir}: no COCO evaluation")
-                return {}
+            return {}
         model.eval()
         with _compile_errors(s.compile):
             # every rank predicts its share of the images; rank 0 runs COCOeval, every rank gets the metrics
             metrics, _ = evaluate(Predictor(model, cfg.input), val_ds, batch_size=max(s.batch, 1), log=say,
                                   progress=progress and info.is_main, distributed=info.world > 1,
-                                  max_images=s.eval_max_images)
+                                  max_images=s.eval_max_images, class_names=names)
         model.train()
         say(f"iteration {it} COCO AP\n" + format_table(metrics))
         _write_metrics({"iter": it, "eval": metrics})
@@ -490,6 +482,24 @@ def train(
         _barrier(info)
         dist.destroy_process_group()
     return TrainResult(out_dir, done, path, last_metrics, skipped)
+
+
+def _open_val(data_dir, class_names: list[str], strict: bool, say):
+    """The val split that training evaluates on, or None (there is none, or it has no images: said once). Its
+    classes must be the training split's, matched by name; checked here, before the run starts, not at its first
+    evaluation hours later."""
+    from mrcnn.data.layout import open_split
+    from mrcnn.engine.evaluation import category_ids_for
+
+    val = open_split(data_dir, "val", required=False, strict=strict, logger=say)
+    if val is None or len(val) == 0:
+        say(f"{'no validation split' if val is None else 'a validation split without images'} in {data_dir}: "
+            "no COCO evaluation")
+        return None
+    if val.class_names != class_names:
+        category_ids_for(class_names, val, what="the training split")
+        say("classes matched by name: the val split numbers its categories in another order than the train split")
+    return val
 
 
 RUN_FILES = ("last.pt", "model_final.pt", "model_best.pt", "metrics.jsonl")
