@@ -18,6 +18,8 @@ def evaluate_artifact(artifact: str | Path, data_dir: str | Path, *, split: str 
     from mrcnn.runtime import ARTIFACT_SUFFIXES, load_artifact
 
     artifact = Path(artifact)
+    if batch_size < 1:
+        raise MrcnnError(f"--batch must be >= 1, got {batch_size}")
     if artifact.suffix.lower() not in ARTIFACT_SUFFIXES:
         raise MrcnnError(f"{artifact}: unsupported artifact type {artifact.suffix!r} "
                          f"(expected {', '.join(ARTIFACT_SUFFIXES)})")
@@ -43,6 +45,8 @@ def demo(out: str | Path = "mrcnn-demo", *, max_iter: int | None = None, n_train
     from mrcnn.data.synth import generate_synthetic
     from mrcnn.engine.trainer import train
 
+    if max_iter is not None and max_iter < 1:  # (0 once ran the whole demo)
+        raise MrcnnError(f"--max-iter must be >= 1, got {max_iter}")
     out = Path(out)
     data = out / "data"
     steps = 5 if export else 3
@@ -52,7 +56,7 @@ def demo(out: str | Path = "mrcnn-demo", *, max_iter: int | None = None, n_train
     else:
         log(f"[1/{steps}] synthetic dataset already at {data}")
     cfg = get_config("shapes-tiny")
-    if max_iter:
+    if max_iter is not None:
         cfg.solver.max_iter = max_iter
     log(f"[2/{steps}] training {cfg.name} for {cfg.solver.max_iter} iterations -> {out / 'run'}")
     result = train(cfg, data, out / "run", overwrite=True, log=log, progress=progress, evaluate_at_end=False)

@@ -46,6 +46,8 @@ def test_synth_and_malformed_json(tmp_path):
     (["train", "--config", "shapes-tiny", "--data", "nowhere", "--out", "r"], "nowhere: no such dataset"),
     (["train", "--config", "shapes-tiny", "--data", ".", "--out", "r", "--epochs", "2", "--max-iter", "5"],
      "--epochs and --max-iter"),
+    (["eval", "x.pt", "--data", ".", "--batch", "0"], "--batch must be >= 1"),  # was a traceback
+    (["demo", "--max-iter", "0"], "--max-iter must be >= 1"),  # 0 ran the whole demo
 ])
 def test_bad_input_one_line(tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)

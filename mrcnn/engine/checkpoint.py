@@ -65,7 +65,7 @@ def safe_load(path: str | Path, what: str = "checkpoint", map_location: str | to
     if not path.exists():
         raise MrcnnError(f"{path}: no such {what}")
     if path.is_dir():
-        raise MrcnnError(f"{path}: is a directory, expected a {what} file")
+        raise MrcnnError(f"{path}: is a directory, expected a {what}")
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols of garbage files: the error says it
             warnings.simplefilter("ignore", UserWarning)
