@@ -124,12 +124,14 @@ def config_show(
 @app.command()
 @handled
 def train(
-    data: Path = typer.Option(..., "--data", help="COCO-format dataset: a COCO 2017 or Roboflow folder, or a "
-                              "dataset .json naming each split's annotations and images"),
+    data: Optional[Path] = typer.Option(None, "--data", help="COCO-format dataset: a COCO 2017 or Roboflow folder, "
+                                        "or a dataset .json naming each split's annotations and images (with "
+                                        "--resume: default the run's own)"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (checkpoints, metrics.jsonl); default: the "
                                        "next runs/train/exp{N}, or with --resume the latest one"),
-    config: str = typer.Option("r50-fpn", "--config", help="named config (r50-fpn, r18-fpn, shapes-tiny, ...: "
-                               "`mrcnn config list`) or a .json config file (`mrcnn config show NAME`)"),
+    config: Optional[str] = typer.Option(None, "--config", help="named config (r50-fpn, the default; r18-fpn, "
+                                         "shapes-tiny, ...: `mrcnn config list`) or a .json config file (`mrcnn "
+                                         "config show NAME`); with --resume: default the run's own"),
     amp: str = typer.Option(None, "--amp", help="bf16 | fp16 | off"),
     accum: int = typer.Option(None, "--accum", help="gradient accumulation steps"),
     channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory format"),
@@ -156,10 +158,18 @@ def train(
 ) -> None:
     """Train a Mask R-CNN (AMP, DDP under torchrun, accumulation, channels-last, resume)."""
     from mrcnn.config import get_config
-    from mrcnn.engine.runs import default_run_dir
+    from mrcnn.engine.runs import default_run_dir, resume_settings
     from mrcnn.engine.trainer import train as run_train
 
-    cfg = get_config(config, list(set_))
+    if out is None:
+        out = default_run_dir(resume)
+        print(f"run folder: {out}")
+    if resume:
+        cfg, data = resume_settings(out, config, list(set_), data)
+    elif data is None:
+        raise MrcnnError("--data is required: a COCO-format dataset folder or dataset .json")
+    else:
+        cfg = get_config(config or "r50-fpn", list(set_))
     s = cfg.solver
     for name, value in (("amp", amp), ("accum", accum), ("channels_last", channels_last), ("compile", compile_),
                         ("batch", batch), ("max_iter", max_iter), ("base_lr", lr), ("eval_period", eval_period),
@@ -172,9 +182,8 @@ def train(
         if max_iter is not None:
             raise MrcnnError("--epochs and --max-iter both set the length of the run: give one")
         s.epochs = epochs
-    if out is None:
-        out = default_run_dir(resume)
-        print(f"run folder: {out}")
+    elif max_iter is not None:
+        s.epochs = 0.0  # an explicit --max-iter wins over a config's (or a resumed run's) epochs
     result = run_train(cfg, data, out, resume=resume, overwrite=overwrite, weights=weights, device=device, strict=strict, log=_log)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line, not one per rank
         print(f"done: {result.iteration} iterations, checkpoint {result.checkpoint}")

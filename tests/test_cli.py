@@ -48,6 +48,8 @@ def test_synth_and_malformed_json(tmp_path):
      "--epochs and --max-iter"),
     (["eval", "x.pt", "--data", ".", "--batch", "0"], "--batch must be >= 1"),  # was a traceback
     (["demo", "--max-iter", "0"], "--max-iter must be >= 1"),  # 0 ran the whole demo
+    (["train", "--config", "shapes-tiny", "--out", "r"], "--data is required"),
+    (["train", "--resume", "--out", "r"], "--resume: no checkpoint at r/last.pt"),
 ])
 def test_bad_input_one_line(tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)

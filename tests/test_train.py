@@ -354,7 +354,7 @@ def test_signal_stops_after_the_iteration_and_resume_equals_uninterrupted(synth_
     assert 2 <= k < 10 and not (run / "model_final.pt").exists(), k
     assert f"after iteration {k}:" in lines[0]
 
-    res = run_cli([*_STOP_ARGS, "--data", str(synth_data), "--out", str(run), "--resume"], cwd=tmp_path)
+    res = run_cli(["train", "--resume", "--out", str(run)], cwd=tmp_path)  # what the line says: config, data kept
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"at iteration {k}" in res.stdout
     rel, key = max_rel_diff(_weights(run / "model_final.pt"), _weights(uninterrupted / "model_final.pt"))
@@ -397,7 +397,9 @@ def test_ddp_ranks_stop_together_on_sigterm_to_torchrun(synth_data, tmp_path):
     # each rank says where it stopped: both after the iteration that rank 0's last.pt holds
     assert err.count(f"stopped by SIGTERM after iteration {k}:") == 2, err[-3000:]
 
-    res = subprocess.run(cmd(run, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "mrcnn", "train", "--resume",
+                          "--out", str(run), "--device", "cpu"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert f"at iteration {k}" in res.stdout
     diffs = [r["ddp_param_max_diff"] for r in _rows(run) if "ddp_param_max_diff" in r]

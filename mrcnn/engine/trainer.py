@@ -308,7 +308,7 @@ def train(
         payload = {"config": cfg.to_dict(), "class_names": base.class_names, "model": model.state_dict(),
                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "iteration": it,
-                   "rng": _rng_state(), "init": init, "best": best}
+                   "rng": _rng_state(), "init": init, "best": best, "data": str(Path(data_dir).resolve())}
         if info.is_main:
             save_checkpoint(last_path, payload)
             if final:
