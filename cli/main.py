@@ -140,6 +140,8 @@ def train(
     batch: int = typer.Option(None, "--batch", help="images per device per micro-step"),
     max_iter: int = typer.Option(None, "--max-iter", help="optimizer steps"),
     epochs: float = typer.Option(None, "--epochs", help="passes over the training images (instead of --max-iter)"),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="wall-clock budget: the run shortens itself to "
+                                      "what fits at its measured pace (LR steps move with its end)"),
     lr: float = typer.Option(None, "--lr", help="base LR for the reference batch (scaled linearly)"),
     eval_period: int = typer.Option(None, "--eval-period", help="COCO eval every P iterations (0: at the end)"),
     checkpoint_period: int = typer.Option(None, "--checkpoint-period", help="checkpoint every P iterations"),
@@ -173,7 +175,8 @@ def train(
     s = cfg.solver
     for name, value in (("amp", amp), ("accum", accum), ("channels_last", channels_last), ("compile", compile_),
                         ("batch", batch), ("max_iter", max_iter), ("base_lr", lr), ("eval_period", eval_period),
-                        ("checkpoint_period", checkpoint_period), ("num_workers", workers)):
+                        ("checkpoint_period", checkpoint_period), ("num_workers", workers),
+                        ("max_minutes", max_minutes)):
         if value is not None:
             setattr(s, name, value)
     if seed is not None:

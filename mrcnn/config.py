@@ -90,6 +90,8 @@ class SolverConfig:
     gamma: float = 0.1
     max_iter: int = 90000
     epochs: float = 0.0  # > 0: max_iter = ceil(epochs x training images / global batch), set when the data is read
+    max_minutes: float = 0.0  # > 0: a wall-clock budget for the training loop (as Ultralytics' `time`): max_iter
+    # shrinks to what fits at the measured pace, so the LR steps stay at their fractions of the shortened run
     amp: str = "off"  # off | bf16 | fp16
     fp16_init_scale: float = 8192.0
     accum: int = 1
@@ -180,6 +182,7 @@ class Config:
             ("solver.steps", all(0 < f < 1 for f in s.steps) and list(s.steps) == sorted(s.steps),
              "be increasing fractions of the run in (0, 1) (0.75 = at 75% of max_iter), not iteration numbers"),
             ("solver.gamma", s.gamma > 0, "be > 0"),
+            ("solver.max_minutes", s.max_minutes >= 0, "be >= 0 (0: no time budget)"),
             ("solver.fp16_init_scale", s.fp16_init_scale > 0, "be > 0"),
             ("solver.grad_clip", s.grad_clip >= 0, "be >= 0 (0: off)"),
             ("solver.eval_period", s.eval_period >= 0 and s.checkpoint_period >= 0,

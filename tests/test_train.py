@@ -543,6 +543,31 @@ def test_metrics_rows_time_the_loader_apart(synth_data, tmp_path, monkeypatch):
     assert all(r["data_time"] < 0.06 for r in fast if "loss" in r)
 
 
+def test_time_budget_shortens_the_run_and_moves_its_lr_steps(synth_data, tmp_path):
+    """--max-minutes: a 400-iteration run given 4 s ends early, near its budget, with both LR drops inside the
+    shortened run (they move with its end); a budget the run fits in changes nothing (weights equal, rel 0.0)."""
+    said: list[str] = []
+    cfg = tiny_config(max_iter=400, max_minutes=4 / 60)
+    t0 = time.perf_counter()
+    res = train(cfg, synth_data, tmp_path / "budget", log=said.append, progress=False, evaluate_at_end=False,
+                device="cpu")
+    wall = time.perf_counter() - t0
+    rows = [r for r in _rows(tmp_path / "budget") if "loss" in r]
+    lrs = sorted({round(r["lr"], 12) for r in rows[len(rows) // 2:]}, reverse=True)
+    print(f"{len(rows)} of 400 iterations in {wall:.1f} s; {[m for m in said if 'time budget' in m][-1:]}; "
+          f"LRs in the second half {lrs}")
+    assert 10 <= res.iteration == len(rows) < 400 and any("time budget 0.0666667 min" in m for m in said)
+    assert sum(r["time"] for r in rows) <= 8.0, "the loop ran far past its 4 s budget"
+    lr0 = rows[1]["lr"]  # (warmup is 1 iteration)
+    assert math.isclose(rows[-1]["lr"], lr0 * 0.01, rel_tol=1e-9), (rows[-1]["lr"], lr0)
+    assert load_checkpoint(res.checkpoint)["config"]["solver"]["max_iter"] == res.iteration
+
+    a = _train(tiny_config(max_iter=3), synth_data, tmp_path / "plain")
+    b = _train(tiny_config(max_iter=3, max_minutes=10.0), synth_data, tmp_path / "fits")
+    rel, key = max_rel_diff(_weights(b.checkpoint), _weights(a.checkpoint))
+    assert rel == 0.0 and b.iteration == 3, (rel, key)
+
+
 def test_new_run_never_lands_on_an_old_one(synth_data, tmp_path):
     run = tmp_path / "run"
     _train(tiny_config(max_iter=2), synth_data, run)

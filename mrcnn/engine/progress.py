@@ -67,6 +67,12 @@ class Reporter:
                 eta = f", eta {format_duration((self.total - done) * (now - t0) / (done - d0))}"
             self.log(f"{self.description}: {done}/{self.total} {info} ({elapsed:.0f}s{eta})".replace("  ", " "))
 
+    def set_total(self, total: int) -> None:
+        """A run that found out it will be shorter (a time budget)."""
+        self.total = max(int(total), 1)
+        if self._rich is not None:
+            self._rich.update(self._task, total=self.total)
+
     def __exit__(self, *exc) -> None:
         if self._rich is not None:
             self._rich.__exit__(*exc)

@@ -378,7 +378,10 @@ def train(
         # (workers forked after the handlers are set ignore a terminal's Ctrl-C: the trainer stops them)
         data_iter = iter(make_train_loader(train_ds, sampler, cfg, info, start_iter, workers))
         rep.update(start_iter)
+        budget = TimeBudget(s.max_minutes * 60.0, start_iter, s.max_iter)
         for it in range(start_iter, s.max_iter):
+            if it >= s.max_iter:  # a time budget shortened the run (the loader's batches beyond it go unused)
+                break
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             sums = {k: 0.0 for k in LOSS_KEYS}
@@ -449,6 +452,12 @@ def train(
             mem = f" {row['max_mem_mb'] / 1024:.1f}G" if "max_mem_mb" in row else ""
             rep.update(it + 1, f"loss {total:.3f} {global_batch / dt:.1f} img/s{mem}")
             done = it + 1
+            fits = budget.iterations_that_fit(done, s.max_iter, info)
+            if fits is not None and fits < s.max_iter:
+                say(f"time budget {s.max_minutes:g} min: {fits} of {s.max_iter} iterations fit at "
+                    f"{budget.pace(done):.2f} s per iteration; the LR steps move with the end")
+                s.max_iter = fits
+                rep.set_total(fits)
             if s.checkpoint_period and done % s.checkpoint_period == 0 and done < s.max_iter:
                 checkpoint(done)
                 saved_at = done
@@ -482,6 +491,31 @@ def train(
         _barrier(info)
         dist.destroy_process_group()
     return TrainResult(out_dir, done, path, last_metrics, skipped)
+
+
+class TimeBudget:
+    """`solver.max_minutes`: from the pace so far (evaluations included), how many iterations fit in the budget.
+    Asked at every 2% of the run (from the 10th iteration on, past the slow first steps); the answer only ever
+    shortens the run, and with no budget, or one that fits the run, it is None (the run is what it would be)."""
+
+    def __init__(self, seconds: float, start_iter: int, max_iter: int) -> None:
+        self.seconds, self.start = seconds, start_iter
+        self.every = max(1, (max_iter - start_iter) // 50)
+        self.t0 = time.perf_counter()
+
+    def pace(self, done: int) -> float:
+        return (time.perf_counter() - self.t0) / max(done - self.start, 1)
+
+    def iterations_that_fit(self, done: int, max_iter: int, info: DistInfo | None = None) -> int | None:
+        if self.seconds <= 0 or done - self.start < 10 or (done - self.start) % self.every:
+            return None
+        left = self.seconds - (time.perf_counter() - self.t0)
+        fits = done + max(0, int(left / self.pace(done)))
+        if info is not None and info.world > 1:  # every rank ends where rank 0's clock says
+            box = [fits]
+            dist.broadcast_object_list(box, src=0)
+            fits = int(box[0])
+        return fits if fits < max_iter else None
 
 
 def _open_val(data_dir, class_names: list[str], strict: bool, say):
