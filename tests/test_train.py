@@ -409,6 +409,26 @@ def test_ddp_ranks_stop_together_on_sigterm_to_torchrun(synth_data, tmp_path):
     assert rel <= 1e-6, f"rel {rel:.3e} at {key}"
 
 
+def test_ddp_ranks_end_together_within_a_time_budget(synth_data, tmp_path):
+    """--max-minutes under torchrun: each rank's clock differs, rank 0's decision holds for both, so the run ends
+    with both ranks at the same iteration and equal parameters (no rank waits forever in a collective)."""
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    if not Path(torchrun).exists():
+        pytest.skip("torchrun not found next to the interpreter")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = [a if a != "10" else "400" for a in _STOP_ARGS]  # --max-iter 400
+    res = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "mrcnn", *args, "--data",
+                          str(synth_data), "--out", str(tmp_path / "ddp"), "--batch", "2", "--max-minutes", "0.05"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    rows = _rows(tmp_path / "ddp")
+    n = sum(1 for r in rows if "loss" in r)
+    diffs = [r["ddp_param_max_diff"] for r in rows if "ddp_param_max_diff" in r]
+    print(f"DDP with a 3 s budget: {n} of 400 iterations, rank parameter diff {diffs}")
+    assert 10 <= n < 400 and diffs == [0.0], (n, diffs)
+    assert load_checkpoint(tmp_path / "ddp" / "model_final.pt")["iteration"] == n
+
+
 def test_second_signal_aborts_and_workers_ignore_ctrl_c():
     from mrcnn.engine.stop import StopOnSignal
 
