@@ -454,9 +454,10 @@ def train(
             done = it + 1
             fits = budget.iterations_that_fit(done, s.max_iter, info)
             if fits is not None and fits < s.max_iter:
-                say(f"time budget {s.max_minutes:g} min: {fits} of {s.max_iter} iterations fit at "
-                    f"{budget.pace(done):.2f} s per iteration; the LR steps move with the end")
-                s.max_iter = fits
+                if budget.planned == budget.end:  # said once; the end is re-estimated every 2% of the run
+                    say(f"time budget {s.max_minutes:g} min: {fits} of {s.max_iter} iterations fit at "
+                        f"{budget.pace(done):.2f} s per iteration; the LR steps move with the end")
+                s.max_iter = budget.end = fits
                 rep.set_total(fits)
             if s.checkpoint_period and done % s.checkpoint_period == 0 and done < s.max_iter:
                 checkpoint(done)
@@ -467,6 +468,8 @@ def train(
                 last_metrics = run_eval(done) or last_metrics
                 _barrier(info)
     done = max(s.max_iter, start_iter)  # the loop either ran to max_iter or raised
+    if budget.end < budget.planned:
+        say(f"time budget {s.max_minutes:g} min: the run ended at iteration {done} of {budget.planned} planned")
     # 5. cross-rank consistency check, final checkpoint, final eval
     max_diff = _ddp_param_max_diff(model, info)
     if max_diff is not None:
@@ -500,6 +503,7 @@ class TimeBudget:
 
     def __init__(self, seconds: float, start_iter: int, max_iter: int) -> None:
         self.seconds, self.start = seconds, start_iter
+        self.planned = self.end = max_iter
         self.every = max(1, (max_iter - start_iter) // 50)
         self.t0 = time.perf_counter()
 
