@@ -203,13 +203,16 @@ def eval_(
     device: Optional[str] = typer.Option(None, "--device"),
     strict: bool = typer.Option(False, "--strict"),
     per_class: bool = typer.Option(True, "--per-class/--no-per-class", help="also print AP per class"),
+    max_images: int = typer.Option(0, "--max-images", help="evaluate the first N images only (0: all)"),
 ) -> None:
     """COCO bbox + segm AP table (and AP per class)."""
     from mrcnn.engine.evaluation import format_per_class, format_table
     from mrcnn.pipeline import evaluate_artifact
 
+    if max_images < 0:
+        raise MrcnnError(f"--max-images must be >= 0 (0: all), got {max_images}")
     metrics = evaluate_artifact(artifact, data, split=split, batch_size=batch, device=device, json_out=json_out,
-                                strict=strict, log=_log)
+                                strict=strict, log=_log, max_images=max_images)
     print(format_table(metrics))
     if per_class:
         print(format_per_class(metrics))

@@ -486,6 +486,19 @@ def test_eval_accepts_onnx(tiny_onnx, synth_data):
     assert "classes matched by name" in r.stdout  # the ONNX model's classes come in another order than the data's
 
 
+def test_eval_max_images(tiny, synth_data, tmp_path):
+    """--max-images N evaluates the first N images: the json's metrics and results cover those only."""
+    out = tmp_path / "m.json"
+    r = runner.invoke(app, ["eval", str(tiny["ckpt"]), "--data", str(synth_data), "--max-images", "2", "--json",
+                            str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["metrics"]["images"] == 2 and len({d["image_id"] for d in doc["results"]}) <= 2, doc["metrics"]
+    err = one_error_line(runner.invoke(app, ["eval", str(tiny["ckpt"]), "--data", str(synth_data),
+                                             "--max-images", "-1"]))
+    assert "--max-images must be >= 0" in err
+
+
 # -- mrcnn predict: overlays and predictions.json, from a checkpoint or an ONNX file ------------------------------------
 
 def _write_pngs(folder: Path) -> list[Path]:
