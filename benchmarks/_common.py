@@ -18,6 +18,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine(device: str) -> dict:
     d = {"device": device, "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
          "platform": platform.platform(), "torch": torch.__version__}
+    try:  # the CPU model and its vector extensions: float rounding (and so a long chaotic training run) follows them
+        info = Path("/proc/cpuinfo").read_text()
+        d["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                               if ln.startswith("model name")), "")
+        flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+        d["cpu_vector"] = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
+    except OSError:
+        pass
     if device.startswith("cuda") and torch.cuda.is_available():
         d["gpu"] = torch.cuda.get_device_name(0)
     return d
