@@ -14,7 +14,7 @@ def evaluate_artifact(artifact: str | Path, data_dir: str | Path, *, split: str 
                       log: Callable[[str], None] = print, progress: bool = True, max_images: int = 0) -> dict:
     """COCO bbox + segm AP of a checkpoint (.pt) or an exported model (.onnx, on ONNX Runtime)."""
     from mrcnn.data.layout import open_split
-    from mrcnn.engine.evaluation import category_ids_for, evaluate, write_json
+    from mrcnn.engine.evaluation import evaluate, match_classes, write_json
     from mrcnn.runtime import ARTIFACT_SUFFIXES, load_artifact
 
     artifact = Path(artifact)
@@ -27,11 +27,9 @@ def evaluate_artifact(artifact: str | Path, data_dir: str | Path, *, split: str 
     predictor = load_artifact(artifact, dev, log=log)
     names = predictor.class_names
     ds = open_split(data_dir, split, strict=strict, logger=log)
-    if names != ds.class_names:
-        category_ids_for(names, ds, what=str(artifact))  # other classes: one error line, before predicting
-        log(f"classes matched by name: {ds.ann_file} numbers its categories in another order than {artifact}")
+    cat_ids = match_classes(names, ds, str(artifact), log)  # other classes: one error line, before predicting
     metrics, results = evaluate(predictor, ds, batch_size=batch_size, log=log,
-                                progress=progress, max_images=max_images, class_names=names)
+                                progress=progress, max_images=max_images, cat_ids=cat_ids)
     if json_out:
         write_json(json_out, {"metrics": metrics, "results": results})
     return metrics

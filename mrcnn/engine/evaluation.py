@@ -102,6 +102,16 @@ def category_ids_for(class_names: Sequence[str], dataset, what: str = "the model
     return [dataset.cat_ids[data_names.index(n)] for n in names]
 
 
+def match_classes(class_names: Sequence[str], dataset, what: str, log: Callable[[str], None]) -> list[int]:
+    """`category_ids_for`, saying so when the names matched in another order than the dataset's (the check made
+    before a training run or an evaluation starts)."""
+    cat_ids = category_ids_for(class_names, dataset, what)
+    if cat_ids != list(dataset.cat_ids):
+        log(f"classes matched by name: {getattr(dataset, 'ann_file', 'the dataset')} numbers its categories in "
+            f"another order than {what}")
+    return cat_ids
+
+
 def evaluate(
     predictor: Callable[[list[torch.Tensor]], list[dict]],
     dataset,
@@ -110,15 +120,15 @@ def evaluate(
     progress: bool = True,
     max_images: int = 0,
     distributed: bool = False,
-    class_names: Sequence[str] | None = None,
+    cat_ids: Sequence[int] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Predict every image of a `CocoDetection` dataset and evaluate. Returns (metrics, coco results).
 
     The images (the first `max_images`) are batched landscape first, then portrait (`aspect_groups`), so a batch
     seldom pads a landscape and a portrait image to a square. Only images are loaded (no target masks); an image that
-    cannot be read is warned about by the dataset and left out of the evaluation. `class_names`: the predictor's
-    classes (label k is class_names[k - 1]), matched to the dataset's categories by name (`category_ids_for`);
-    None: label k is the dataset's k-th category.
+    cannot be read is warned about by the dataset and left out of the evaluation. `cat_ids`: the dataset's category
+    id of each of the predictor's labels (label k -> cat_ids[k - 1]; from `match_classes`, by name); None: label k
+    is the dataset's k-th category.
 
     `distributed` (in a joined torch.distributed group of W > 1 ranks): rank r predicts batches r, r + W, ... of the
     same batching, the results are gathered on rank 0, which runs COCOeval, and every rank returns its metrics (the
@@ -127,7 +137,7 @@ def evaluate(
     import torch.distributed as dist
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed and dist.is_initialized() else (0, 1)
-    cat_ids = list(dataset.cat_ids) if class_names is None else category_ids_for(class_names, dataset)
+    cat_ids = list(dataset.cat_ids) if cat_ids is None else list(cat_ids)
     n = len(dataset) if not max_images else min(max_images, len(dataset))
     if n == 0:
         raise MrcnnError(f"{getattr(dataset, 'ann_file', 'the dataset')}: no images to evaluate")
