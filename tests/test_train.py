@@ -566,8 +566,8 @@ def test_metrics_rows_time_the_loader_apart(synth_data, tmp_path, monkeypatch):
 def test_time_budget_shortens_the_run_and_moves_its_lr_steps(synth_data, tmp_path, monkeypatch):
     """--max-minutes: a 400-iteration run given 4 s ends early, near its budget, with both LR drops inside the
     shortened run (they move with its end); a budget the run fits in changes nothing (weights equal, rel 0.0).
-    The loop runs on a clock that advances 10 ms per reading (4-5 readings per iteration: about 45 ms), so what is checked
-    does not depend on how loaded the machine is (on a busy one, 16 real iterations once took 32 s)."""
+    The loop runs on a clock that advances 10 ms per reading (4-5 readings per iteration: about 45 ms), so what is
+    checked does not depend on how loaded the machine is (on a busy one, 16 real iterations once took 32 s)."""
     import itertools
 
     from mrcnn.engine import trainer as trainer_module
