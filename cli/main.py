@@ -143,6 +143,8 @@ def train(
     max_minutes: float = typer.Option(None, "--max-minutes", help="wall-clock budget: the run shortens itself to "
                                       "what fits at its measured pace (LR steps move with its end)"),
     lr: float = typer.Option(None, "--lr", help="base LR for the reference batch (scaled linearly)"),
+    ema: float = typer.Option(None, "--ema", help="decay of a moving average of the weights that evaluation and "
+                              "the saved models use (e.g. 0.9998; 0: off)"),
     eval_period: int = typer.Option(None, "--eval-period", help="COCO eval every P iterations (0: at the end)"),
     checkpoint_period: int = typer.Option(None, "--checkpoint-period", help="checkpoint every P iterations"),
     workers: int = typer.Option(None, "--workers",
@@ -176,7 +178,7 @@ def train(
     for name, value in (("amp", amp), ("accum", accum), ("channels_last", channels_last), ("compile", compile_),
                         ("batch", batch), ("max_iter", max_iter), ("base_lr", lr), ("eval_period", eval_period),
                         ("checkpoint_period", checkpoint_period), ("num_workers", workers),
-                        ("max_minutes", max_minutes)):
+                        ("max_minutes", max_minutes), ("ema_decay", ema)):
         if value is not None:
             setattr(s, name, value)
     if seed is not None:

@@ -99,6 +99,8 @@ class SolverConfig:
     compile: bool = False  # torch.compile (inductor) the backbone + FPN: fused elementwise ops, fewer launches for a
     # host-bound GPU step; the first steps of each new input shape compile (~20 s on 2 CPU cores for R-18)
     grad_clip: float = 0.0  # 0 = off
+    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights (mrcnn/engine/ema.py)
+    ema_tau: float = 2000.0  # the average's decay ramps up as decay * (1 - exp(-step / tau)) (Ultralytics' 2000)
     eval_period: int = 0  # 0 = only at the end
     eval_max_images: int = 0  # periodic / final evaluation on the first N val images (0: all); `mrcnn eval` reads all
     checkpoint_period: int = 0  # 0 = only at the end
@@ -192,6 +194,8 @@ class Config:
             ("solver.max_minutes", s.max_minutes >= 0, "be >= 0 (0: no time budget)"),
             ("solver.fp16_init_scale", s.fp16_init_scale > 0, "be > 0"),
             ("solver.grad_clip", s.grad_clip >= 0, "be >= 0 (0: off)"),
+            ("solver.ema_decay", 0 <= s.ema_decay < 1, "be in [0, 1) (0: off)"),
+            ("solver.ema_tau", s.ema_tau >= 0, "be >= 0 (0: no ramp)"),
             ("solver.eval_period", s.eval_period >= 0 and s.checkpoint_period >= 0,
              "and solver.checkpoint_period be >= 0 (0: at the end)"),
             ("solver.max_bad_steps", s.max_bad_steps >= 1, "be >= 1"),

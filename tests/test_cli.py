@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import one_error_line
 from typer.testing import CliRunner
@@ -139,6 +140,28 @@ def test_train_without_out_takes_the_next_run_folder_and_resumes_the_latest(tmp_
     assert "under torchrun give --out" in one_error_line(runner.invoke(app, [*args, "--max-iter", "1"]))
 
 
+def test_ema_option_saves_the_average_and_resume_can_turn_it_off(tmp_path, monkeypatch):
+    """--ema D: the saved "model" is the average (not the online weights, kept under "ema" for --resume); resuming
+    with --ema 0 continues from the online weights and says so."""
+    from mrcnn.data.synth import generate_synthetic
+    from mrcnn.engine.checkpoint import load_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    generate_synthetic(tmp_path / "d", n_train=4, n_val=2, size=96, seed=0)
+    args = ["train", "--config", "shapes-tiny", "--data", "d", "--out", "r", "--batch", "2", "--set",
+            "input.min_size=96", "--set", "input.max_size=96", "--set", "solver.ema_tau=0"]
+    r = runner.invoke(app, [*args, "--max-iter", "2", "--ema", "0.5"])
+    assert r.exit_code == 0 and "COCO AP (weight average)" in r.stdout, r.output[-1500:]
+    ck = load_checkpoint(tmp_path / "r" / "model_final.pt")
+    avg, online = ck["model"], ck["ema"]["online"]
+    k = "roi_heads.box_predictor.cls_score.weight"
+    print(f"{k}: |average - online| max {float((avg[k] - online[k]).abs().max()):.3e}, decay {ck['ema']['decay']}")
+    assert ck["ema"]["decay"] == 0.5 and ck["ema"]["updates"] == 2 and not torch.equal(avg[k], online[k])
+    r = runner.invoke(app, ["train", "--out", "r", "--resume", "--max-iter", "3", "--ema", "0"])
+    assert r.exit_code == 0 and "continues without its weight average" in r.stdout, r.output[-1500:]
+    assert "ema" not in load_checkpoint(tmp_path / "r" / "model_final.pt")
+
+
 def test_config_show_round_trips_and_a_file_trains_like_its_preset(tmp_path, monkeypatch):
     """`config show NAME` prints every field; that file, a partial file over the preset and a run's own
     config.json all give the preset's config (with the overrides applied), and train the same weights."""
@@ -224,6 +247,7 @@ def test_a_val_split_without_images(tmp_path, monkeypatch):
     ("model.mask_resolution=0", "2 x model.mask_roi_size = 28"),
     ("solver.momentum=-1", "solver.momentum must be in [0, 1)"),
     ("model.num_classes=1", "model.num_classes must be >= 2"),
+    ("solver.ema_decay=1", "solver.ema_decay must be in [0, 1)"),
 ])
 def test_out_of_range_config_is_one_line_before_anything_is_written(tmp_path, monkeypatch, setting, needle):
     """Each of these was a traceback from deep inside torch (or, for steps / hflip_prob / mask_resolution, a run

@@ -525,6 +525,85 @@ def test_evaluation_during_training_can_use_the_first_val_images(synth_data, tmp
     assert len(evals) == 1 and evals[0]["images"] == 2, evals
 
 
+def test_weight_average_follows_its_recurrence_and_leaves_training_alone(synth_data, tmp_path, monkeypatch):
+    """solver.ema_decay: the checkpoint's "model" is e_u = d_u e_{u-1} + (1 - d_u) w_u with d_u = decay (1 - exp(-u /
+    tau)) over the online weights w_u after each step (recomputed here in float64 from the weights the optimizer
+    stepped); those online weights equal a run without the average bit for bit; evaluation during training sees the
+    average, and the model gets its online weights back after it."""
+    import mrcnn.engine.trainer as trainer
+    from mrcnn.engine.ema import ModelEMA
+
+    decay, tau = 0.8, 2.0
+    seen: list[dict] = []  # the online weights at the average's creation and after each of its updates
+    evaluated: list[dict] = []
+    made, update, evaluate = ModelEMA.__init__, ModelEMA.update, trainer.evaluate
+
+    def spy_init(self, model, *a, **k):
+        made(self, model, *a, **k)
+        seen.append({n: t.detach().double().clone() for n, t in model.state_dict().items()})
+
+    def spy_update(self):
+        update(self)
+        seen.append({n: t.double().clone() for n, t in zip(self.names, self._online)})
+
+    def spy_evaluate(predictor, *a, **k):
+        evaluated.append({n: t.detach().clone() for n, t in predictor.model.state_dict().items()})
+        return evaluate(predictor, *a, **k)
+
+    monkeypatch.setattr(ModelEMA, "__init__", spy_init)
+    monkeypatch.setattr(ModelEMA, "update", spy_update)
+    monkeypatch.setattr(trainer, "evaluate", spy_evaluate)
+    with_avg = train(tiny_config(max_iter=4, ema_decay=decay, ema_tau=tau), synth_data, tmp_path / "ema",
+                     log=lambda m: None, progress=False, evaluate_at_end=True, device="cpu")
+    plain = _train(tiny_config(max_iter=4), synth_data, tmp_path / "plain")
+    ck = load_checkpoint(with_avg.checkpoint)
+    assert len(seen) == 5 and ck["ema"]["updates"] == 4, (len(seen), ck["ema"]["updates"])
+
+    same, key = max_rel_diff(ck["ema"]["online"], _weights(plain.checkpoint))
+    expected = dict(seen[0])
+    for u, w in enumerate(seen[1:], start=1):
+        d = decay * (1 - math.exp(-u / tau))
+        expected = {n: d * expected[n] + (1 - d) * w[n] if w[n].is_floating_point() else w[n] for n in w}
+    rel, key2 = max_rel_diff(ck["model"], expected)
+    apart, _ = max_rel_diff(ck["model"], ck["ema"]["online"])
+    at_eval, _ = max_rel_diff(evaluated[-1], ck["model"])
+    print(f"online vs run without average: rel {same:.1e} ({key}); average vs float64 recurrence: rel {rel:.2e} "
+          f"({key2}); average vs online: rel {apart:.2e}; evaluated weights vs average: rel {at_eval:.1e}")
+    assert same == 0.0
+    assert rel <= 1e-6
+    assert apart > 1e-3  # the average is not the online weights (else the comparison above proves nothing)
+    assert len(evaluated) == 1 and at_eval == 0.0
+
+
+def test_resume_continues_the_weight_average(synth_data, tmp_path, monkeypatch):
+    """A run stopped (SIGTERM) mid-run and resumed ends with the uninterrupted run's average and online
+    weights bit for bit: the checkpoint carries the average and its update count."""
+    from mrcnn.engine.ema import ModelEMA
+    from mrcnn.engine.stop import TrainingStopped
+
+    cfg = dict(max_iter=6, ema_decay=0.9, ema_tau=3.0)
+    full = _train(tiny_config(**cfg), synth_data, tmp_path / "full")
+    update = ModelEMA.update
+
+    def stop_at_3(self):
+        update(self)
+        if self.updates == 3:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(ModelEMA, "update", stop_at_3)
+    with pytest.raises(TrainingStopped):
+        _train(tiny_config(**cfg), synth_data, tmp_path / "stopped")
+    k = load_checkpoint(tmp_path / "stopped" / "last.pt")["iteration"]
+    assert 3 <= k < 6, k  # (the signal came during step 3: the stop is agreed on at the next iteration)
+    monkeypatch.setattr(ModelEMA, "update", update)
+    resumed = _train(tiny_config(**cfg), synth_data, tmp_path / "stopped", resume=True)
+    a, b = load_checkpoint(resumed.checkpoint), load_checkpoint(full.checkpoint)
+    avg, _ = max_rel_diff(a["model"], b["model"])
+    online, _ = max_rel_diff(a["ema"]["online"], b["ema"]["online"])
+    print(f"stopped at {k}, resumed: average rel {avg:.1e}, online rel {online:.1e}; updates {a['ema']['updates']}")
+    assert avg == 0.0 and online == 0.0 and a["ema"]["updates"] == 6
+
+
 def test_gradient_clipping_logs_the_norm_and_bounds_the_step(synth_data, tmp_path):
     """solver.grad_clip: metrics.jsonl logs the gradient norm before clipping (the same in a run that clips hard and
     one that never clips: same batch, same weights), and the hard-clipped run's first step moves the weights less."""

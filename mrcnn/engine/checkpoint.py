@@ -2,7 +2,9 @@
 
 Format (a plain dict of tensors and builtins):
   format="mrcnn-checkpoint", version=1, config=Config.to_dict(), class_names=[...], model=state_dict,
-  and for training runs: optimizer, scheduler, scaler, iteration, rng, metrics.
+  and for training runs: optimizer, scheduler, scaler, iteration, rng, metrics. With a weight average
+  (`solver.ema_decay`) "model" holds the average (what eval / export / predict use) and ema={decay, tau, updates,
+  online} the weights the optimizer steps (what --resume continues).
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from mrcnn.config import Config
 from mrcnn.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from mrcnn.engine.ema import ModelEMA
 from mrcnn.engine.evaluation import evaluate, format_table
 from mrcnn.engine.progress import reporter
 from mrcnn.engine.stop import StopOnSignal, TrainingStopped
@@ -267,7 +268,8 @@ def train(
             raise MrcnnError(f"--resume: {last_path} was trained on the classes {', '.join(ck['class_names'][:6])}"
                              f"{', ...' if len(ck['class_names']) > 6 else ''}; {data_dir} has "
                              f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''}")
-        model.load_state_dict(ck["model"])
+        # with an EMA, "model" holds the averaged weights and "ema" the online ones the optimizer steps
+        model.load_state_dict(ck["ema"]["online"] if ck.get("ema") else ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         if ck.get("scaler"):
@@ -277,6 +279,14 @@ def train(
         init = ck.get("init") or {}
         best = ck.get("best") or {}
         say(f"resumed from {last_path} at iteration {start_iter}")
+    ema = ModelEMA(model, s.ema_decay, s.ema_tau) if s.ema_decay > 0 else None  # (after every .to(): it keeps
+    # references to the model's tensors)
+    if resume and ck.get("ema") and ema is not None:
+        ema.load(ck["model"], ck["ema"]["updates"])
+    elif resume and ema is not None and start_iter > 0:
+        say(f"solver.ema_decay={s.ema_decay:g}: {last_path} has no weight average; it starts at iteration {start_iter}")
+    elif resume and ck.get("ema"):
+        say("solver.ema_decay=0: the run continues without its weight average, from the weights the optimizer steps")
 
     ddp_model = model
     if info.world > 1:
@@ -298,10 +308,13 @@ def train(
         metrics_file.write(json.dumps({"iter": 0, "init": init}) + "\n")
 
     def checkpoint(it: int, final: bool = False) -> Path:
-        payload = {"config": cfg.to_dict(), "class_names": base.class_names, "model": model.state_dict(),
+        payload = {"config": cfg.to_dict(), "class_names": base.class_names,
+                   "model": ema.state_dict() if ema is not None else model.state_dict(),
                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "iteration": it,
                    "rng": _rng_state(), "init": init, "best": best, "data": str(Path(data_dir).resolve())}
+        if ema is not None:
+            payload["ema"] = {"decay": ema.decay, "tau": ema.tau, "updates": ema.updates, "online": model.state_dict()}
         if info.is_main:
             save_checkpoint(last_path, payload)
             if final:
@@ -311,16 +324,17 @@ def train(
     def run_eval(it: int) -> dict:
         if val_ds is None:
             return {}
-        model.eval()
-        with _compile_errors(s.compile):
-            # every rank predicts its share of the images; rank 0 runs COCOeval, every rank gets the metrics
-            metrics, _ = evaluate(Predictor(model, cfg.input), val_ds, batch_size=max(s.batch, 1), log=say,
-                                  progress=progress and info.is_main, distributed=info.world > 1,
-                                  max_images=s.eval_max_images, cat_ids=val_cat_ids)
-        model.train()
-        say(f"iteration {it} COCO AP\n" + format_table(metrics))
-        _write_metrics({"iter": it, "eval": metrics})
-        keep_if_best(it, metrics)
+        with ema.applied() if ema is not None else contextlib.nullcontext():  # the averaged weights, if any
+            model.eval()
+            with _compile_errors(s.compile):
+                # every rank predicts its share of the images; rank 0 runs COCOeval, every rank gets the metrics
+                metrics, _ = evaluate(Predictor(model, cfg.input), val_ds, batch_size=max(s.batch, 1), log=say,
+                                      progress=progress and info.is_main, distributed=info.world > 1,
+                                      max_images=s.eval_max_images, cat_ids=val_cat_ids)
+            model.train()
+            say(f"iteration {it} COCO AP{' (weight average)' if ema is not None else ''}\n" + format_table(metrics))
+            _write_metrics({"iter": it, "eval": metrics})
+            keep_if_best(it, metrics)
         return metrics
 
     def keep_if_best(it: int, metrics: dict) -> None:
@@ -418,6 +432,8 @@ def train(
                 scaler.step(optimizer)
                 scaler.update()
                 stepped = scale_before is None or scaler.get_scale() >= scale_before
+                if stepped and ema is not None:
+                    ema.update()
             if not stepped:
                 optimizer.zero_grad(set_to_none=True)
                 if scaler.is_enabled() and not finite:
