@@ -211,13 +211,38 @@ def eval_(
     from mrcnn.engine.evaluation import format_per_class, format_table
     from mrcnn.pipeline import evaluate_artifact
 
-    if max_images < 0:
-        raise MrcnnError(f"--max-images must be >= 0 (0: all), got {max_images}")
     metrics = evaluate_artifact(artifact, data, split=split, batch_size=batch, device=device, json_out=json_out,
                                 strict=strict, log=_log, max_images=max_images)
     print(format_table(metrics))
     if per_class:
         print(format_per_class(metrics))
+
+
+@app.command()
+@handled
+def validate(
+    artifact: Path = typer.Argument(..., help="exported model (.onnx) or checkpoint (.pt) to check"),
+    data: Path = typer.Option(..., "--data", help="COCO-format dataset folder or dataset .json (as for train)"),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="the model to compare with (default: the "
+                                             "checkpoint an exported model was made from, named in its metadata)"),
+    max_ap_drop: Optional[float] = typer.Option(None, "--max-ap-drop", help="exit 1 when bbox or segm AP is lower "
+                                                "than the reference's by more than this (0.01 = 1 AP point)"),
+    split: str = typer.Option("val2017", "--split", help="split to evaluate: val2017 / val, train2017 / train, ..."),
+    batch: int = typer.Option(2, "--batch"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report (metrics, drops, pairing)"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    strict: bool = typer.Option(False, "--strict"),
+    max_images: int = typer.Option(0, "--max-images", help="the first N images only (0: all)"),
+) -> None:
+    """COCO AP of a model and of its reference on the same images, detections paired up, and an AP-drop gate."""
+    from mrcnn.pipeline import format_validation, validate_artifact
+
+    report = validate_artifact(artifact, data, reference=reference, max_ap_drop=max_ap_drop, split=split,
+                               batch_size=batch, device=device, json_out=json_out, strict=strict, log=_log,
+                               max_images=max_images)
+    print(format_validation(report))
+    if report["failed"]:
+        raise MrcnnError(f"{artifact}: {'; '.join(report['failed'])}, more than --max-ap-drop {max_ap_drop:g}")
 
 
 @app.command()
@@ -287,16 +312,25 @@ def demo(
     no_export: bool = typer.Option(False, "--no-export", help="stop after the PyTorch evaluation"),
 ) -> None:
     """The whole pipeline on the embedded synthetic data: synth -> train -> COCO eval -> ONNX export (trt,
-    portable) -> COCO eval on ONNX Runtime."""
+    portable) -> validation on ONNX Runtime against the checkpoint."""
     from mrcnn.engine.evaluation import format_table
-    from mrcnn.pipeline import demo as run_demo
+    from mrcnn.engine.validation import format_pairs
+    from mrcnn.pipeline import DEMO_MAX_AP_DROP, demo as run_demo
 
     res = run_demo(out, max_iter=max_iter, export=not no_export, log=_log)
     print(f"PyTorch checkpoint {res['checkpoint']}")
     print(format_table(res["metrics"]))
+    failed = []
     for target, r in res.get("onnx", {}).items():
+        v = r["validation"]
         print(f"ONNX Runtime, {target} flavour: {r['path']}")
         print(format_table(r["metrics"]))
+        print("AP drop vs the checkpoint: " + ", ".join(f"{t} {d['AP']:+.4f}" for t, d in v["ap_drop"].items())
+              + f" (gate {DEMO_MAX_AP_DROP:g}: {'FAILED' if v['failed'] else 'passed'})")
+        print(format_pairs(v["detections"]))
+        failed += [f"{target} flavour: {f}" for f in v["failed"]]
+    if failed:
+        raise MrcnnError(f"demo: {'; '.join(failed)}, more than {DEMO_MAX_AP_DROP:g} below the checkpoint's")
 
 
 def main() -> None:

@@ -136,9 +136,10 @@ def metadata(cfg, class_names: list[str], target: str, opset: int, dynamic: dict
 
 def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: str | Path, *, target: str = "trt",
                  opset: int = DEFAULT_OPSET, batch: Optional[int] = None, height: Optional[int] = None,
-                 width: Optional[int] = None, log: Callable[[str], None] = print):
+                 width: Optional[int] = None, log: Callable[[str], None] = print, source: Optional[dict] = None):
     """Export `model` (eval) to `output`. batch None -> dynamic batch; height/width None -> dynamic size.
-    Returns the onnx ModelProto that was written."""
+    `source`: the checkpoint it came from ({"checkpoint": path, "sha256": ...}, metadata `mrcnn.source`: the
+    reference `mrcnn validate` compares the model with). Returns the onnx ModelProto that was written."""
     import onnx
 
     from mrcnn import kernels
@@ -180,7 +181,10 @@ def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: st
             first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
             raise MrcnnError(f"ONNX export failed: {first[:300]}") from e
     proto = program.model_proto
-    for k, v in metadata(cfg, class_names, target, opset, {"batch": dyn_batch, "size": dyn_size}).items():
+    meta = metadata(cfg, class_names, target, opset, {"batch": dyn_batch, "size": dyn_size})
+    if source:
+        meta["mrcnn.source"] = json.dumps(source, sort_keys=True)
+    for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     proto.producer_name = "mrcnn"
@@ -199,13 +203,16 @@ def export_checkpoint(checkpoint: str | Path, output: Optional[str | Path] = Non
                       overrides: Optional[list[str]] = None, log: Callable[[str], None] = print) -> Path:
     """`mrcnn export CKPT`: default output CKPT with suffix .onnx (next to the checkpoint).
     `overrides` (section.key=value) adjust inference settings such as model.box_score_thresh."""
-    from mrcnn.engine.checkpoint import load_model
+    from mrcnn.engine.checkpoint import file_sha256, load_model
 
     check_options(target, opset, output, batch, dynamic_batch, height, width, dynamic_size)
     ckpt_path = Path(checkpoint)
     out = Path(output) if output is not None else ckpt_path.with_suffix(".onnx")
     model, cfg, names = load_model(ckpt_path, "cpu", overrides)
+    source = {"checkpoint": str(ckpt_path.resolve()), "sha256": file_sha256(ckpt_path)}
+    if overrides:  # other inference settings than the checkpoint's: validate compares with the same overrides
+        source["overrides"] = list(overrides)
     export_model(model, cfg, names, out, target=target, opset=opset, batch=batch, height=height, width=width,
-                 log=log)
+                 log=log, source=source)
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return out

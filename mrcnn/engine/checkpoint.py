@@ -44,6 +44,17 @@ def atomic_write(path: str | Path, write_fn) -> Path:
     return path
 
 
+def file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a file (read in 1 MiB blocks): which checkpoint an export came from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     payload = {"format": FORMAT, "version": VERSION, **payload}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))

@@ -35,18 +35,23 @@ def parse_device(device: str) -> "torch.device":
 
 
 def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[[str], None] = print,
-                  **kwargs):
-    """A predictor for a checkpoint (.pt/.pth) or an exported model (.onnx). The predictor has `.cfg` and
-    `.class_names`."""
+                  overrides: Optional[list[str]] = None, **kwargs):
+    """A predictor for a checkpoint (.pt/.pth) or an exported model (.onnx). The predictor has `.cfg`,
+    `.class_names` and `.backend` (what runs it, in words). `overrides` (section.key=value inference settings, as
+    `export --set` takes them) apply to a checkpoint; an exported model has its own built in."""
     path = Path(path)
     suffix = path.suffix.lower()
     if device is not None:
         parse_device(device)
+    if overrides and suffix == ".onnx":
+        raise MrcnnError(f"{path}: an exported model's settings are fixed at export; --set applies to checkpoints")
     if suffix == ".onnx":
         from mrcnn.runtime.onnx_predictor import OnnxPredictor
 
         providers = ["CPUExecutionProvider"] if device == "cpu" else None  # None: CUDA where ORT and a GPU allow
-        return OnnxPredictor(path, providers=providers, log=log, **kwargs)
+        pred = OnnxPredictor(path, providers=providers, log=log, **kwargs)
+        pred.backend = f"ONNX Runtime ({', '.join(p.replace('ExecutionProvider', '') for p in pred.providers)})"
+        return pred
     if suffix in (".pt", ".pth"):
         import torch
 
@@ -54,9 +59,9 @@ def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[
         from mrcnn.model.predictor import Predictor
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model, cfg, names = load_model(path, dev)
+        model, cfg, names = load_model(path, dev, overrides)
         pred = Predictor(model, cfg.input, **kwargs)
-        pred.cfg, pred.class_names = cfg, names
+        pred.cfg, pred.class_names, pred.backend = cfg, names, f"PyTorch ({dev})"
         return pred
     raise MrcnnError(f"{path}: unsupported artifact type {path.suffix!r} (expected {', '.join(ARTIFACT_SUFFIXES)})")
 
