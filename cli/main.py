@@ -269,6 +269,36 @@ def export(
 
 @app.command()
 @handled
+def bench(
+    artifacts: List[Path] = typer.Argument(..., help="checkpoints (.pt) and exported models (.onnx), compared side "
+                                           "by side"),
+    batch: int = typer.Option(1, "--batch", help="images per call"),
+    size: str = typer.Option("480x640", "--size", help="HxW of the synthetic images (without --data)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="take the first images of this dataset's val split"),
+    iters: int = typer.Option(50, "--iters", help="timed calls per artifact"),
+    warmup: int = typer.Option(5, "--warmup", help="untimed calls per artifact first"),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for torch and ONNX Runtime (0: their default)"),
+    paste: bool = typer.Option(True, "--paste/--no-paste", help="paste masks into the image (as predict does)"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the measurements"),
+) -> None:
+    """Latency (mean, p50, p90, p99), images/s and memory of artifacts, timed taking turns on the same images."""
+    from mrcnn.engine.bench import bench_artifacts, format_bench
+    from mrcnn.engine.evaluation import write_json
+
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise MrcnnError(f"--size must be HxW (e.g. 480x640), got {size!r}") from None
+    report = bench_artifacts(artifacts, batch=batch, size=(h, w), data=data, iters=iters, warmup=warmup,
+                             device=device, threads=threads, paste=paste, log=_log)
+    print(format_bench(report))
+    if json_out:
+        write_json(json_out, report)
+
+
+@app.command()
+@handled
 def predict(
     artifact: Path = typer.Argument(..., help="checkpoint (.pt) or exported model (.onnx)"),
     images: List[Path] = typer.Argument(..., help="image files or folders of images"),

@@ -64,7 +64,7 @@ class OnnxPredictor:
     [n,4], scores [n], labels [n], masks [n,1,H,W] pasted probabilities, masks28 [n,M,M] (original pixels)."""
 
     def __init__(self, path: str | Path, providers: Optional[list[str]] = None, paste: bool = True,
-                 threads: int = 0, log: Callable[[str], None] = print) -> None:
+                 threads: int = 0, log: Callable[[str], None] = print, spin: bool = True) -> None:
         import onnx
 
         from mrcnn.config import Config
@@ -86,7 +86,7 @@ class OnnxPredictor:
         self.flavour = meta.get("mrcnn.flavour", "portable")
         self.paste = paste
         self.providers = providers or default_providers()
-        self.session = ort_session(model, self.providers, threads, log)
+        self.session = ort_session(model, self.providers, threads, log, spin=spin)
         if has_custom_ops(model):
             from mrcnn.runtime import ort_ops
 
