@@ -598,3 +598,23 @@ def test_predict_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, case, 
     out = tmp_path / "out"
     err = one_error_line(runner.invoke(app, ["predict", str(tiny["ckpt"]), str(target), "--out", str(out), *extra]))
     assert needle in err and not out.exists()
+
+
+def test_validate_applies_the_export_overrides_to_the_reference(tiny, synth_data, tmp_path):
+    """An ONNX exported with `--set model.detections_per_img=10`: validate's default reference, the checkpoint named
+    in the metadata, runs with the same setting (every detection pairs), whereas the checkpoint as saved keeps 50
+    per image; the metadata records the override."""
+    from mrcnn.pipeline import validate_artifact
+
+    path = export_checkpoint(tiny["ckpt"], tmp_path / "ten.onnx", target="portable",
+                             overrides=["model.detections_per_img=10"], log=lambda m: None)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["mrcnn.source"])["overrides"] == ["model.detections_per_img=10"]
+    same = validate_artifact(path, synth_data, device="cpu", max_images=2, log=lambda m: None,
+                             progress=False)["detections"]
+    saved = validate_artifact(path, synth_data, reference=tiny["ckpt"], device="cpu", max_images=2,
+                              log=lambda m: None, progress=False)["detections"]
+    print(f"default reference: {same['paired']} of {same['detections']} paired; the saved checkpoint keeps "
+          f"{saved['reference_detections']}")
+    assert same["detections"] == 20 and same["paired"] == same["reference_detections"] == 20
+    assert saved["reference_detections"] > 20 and saved["paired"] == 20
