@@ -618,3 +618,40 @@ def test_validate_applies_the_export_overrides_to_the_reference(tiny, synth_data
           f"{saved['reference_detections']}")
     assert same["detections"] == 20 and same["paired"] == same["reference_detections"] == 20
     assert saved["reference_detections"] > 20 and saved["paired"] == 20
+
+
+POST_OPS = ("TopK", "NonZero", "NonMaxSuppression", "RoiAlign")  # where the detection post-processing begins
+
+
+def test_portable_network_builds_into_a_tensorrt_rtx_engine_on_cpu(tiny, tiny_onnx):
+    """design.md §6 claim 5, as far as TensorRT-RTX allows: the portable graph's network (backbone, FPN, RPN head:
+    everything before the first TopK / NonZero / NonMaxSuppression / RoiAlign) builds into an engine on this CPU
+    machine (CPU-only AOT), dynamic batch and size. The whole graph does not: TensorRT-RTX 1.7 has no RoiAlign or
+    NonZero importer and no NonMaxSuppression kernel (README)."""
+    trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13)")
+    model = onnx.load(str(tiny_onnx["portable"]))
+    nodes = list(model.graph.node)
+    first = next(i for i, n in enumerate(nodes) if n.op_type in POST_OPS)
+    convs = [n for n in nodes[:first] if n.op_type == "Conv"]
+    weights = {t.name: t.dims[0] for t in model.graph.initializer if len(t.dims) == 4}  # conv weights [O,I,k,k]
+    A = len(tiny["cfg"].model.aspect_ratios)  # anchors per location: objectness A, deltas 4A channels
+    heads = [c.output[0] for c in convs if weights.get(c.input[1]) in (A, 4 * A)]  # the RPN head, every level
+    sub = onnx.utils.Extractor(model).extract_model(["images", "image_sizes"], heads)
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse(sub.SerializeToString())
+    assert ok, [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("images", (1, 3, 64, 64), (1, 3, 256, 256), (2, 3, 512, 512))
+    profile.set_shape("image_sizes", (1, 2), (1, 2), (2, 2))
+    config.add_optimization_profile(profile)
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    assert plan is not None, "TensorRT-RTX could not build the network part"
+    print(f"TensorRT-RTX {trt.__version__}: {len(sub.graph.node)} nodes ({len(heads)} RPN head outputs, op types "
+          f"{sorted({n.op_type for n in sub.graph.node})}) -> engine of {plan.nbytes / 1e6:.1f} MB in "
+          f"{time.perf_counter() - t0:.1f} s")
+    assert len(heads) == 10 and plan.nbytes > 1e6  # 5 levels x (objectness, deltas); the weights are in the engine
