@@ -345,7 +345,7 @@ def demo(
     portable) -> validation on ONNX Runtime against the checkpoint."""
     from mrcnn.engine.evaluation import format_table
     from mrcnn.engine.validation import format_pairs
-    from mrcnn.pipeline import DEMO_MAX_AP_DROP, demo as run_demo
+    from mrcnn.pipeline import DEMO_MAX_AP_DROP, demo as run_demo, format_ap_drop
 
     res = run_demo(out, max_iter=max_iter, export=not no_export, log=_log)
     print(f"PyTorch checkpoint {res['checkpoint']}")
@@ -355,8 +355,7 @@ def demo(
         v = r["validation"]
         print(f"ONNX Runtime, {target} flavour: {r['path']}")
         print(format_table(r["metrics"]))
-        print("AP drop vs the checkpoint: " + ", ".join(f"{t} {d['AP']:+.4f}" for t, d in v["ap_drop"].items())
-              + f" (gate {DEMO_MAX_AP_DROP:g}: {'FAILED' if v['failed'] else 'passed'})")
+        print(format_ap_drop(v))
         print(format_pairs(v["detections"]))
         failed += [f"{target} flavour: {f}" for f in v["failed"]]
     if failed:

@@ -10,16 +10,14 @@ from mrcnn.errors import MrcnnError
 
 
 def _check_artifact(artifact: Path, batch_size: int, max_images: int = 0) -> None:
-    """Before anything is loaded (load_artifact says the same of a suffix, after checking --device)."""
-    from mrcnn.runtime import ARTIFACT_SUFFIXES
+    """Before anything is loaded (load_artifact checks --device first)."""
+    from mrcnn.runtime import check_artifact_type
 
     if batch_size < 1:
         raise MrcnnError(f"--batch must be >= 1, got {batch_size}")
     if max_images < 0:
         raise MrcnnError(f"--max-images must be >= 0 (0: all), got {max_images}")
-    if artifact.suffix.lower() not in ARTIFACT_SUFFIXES:
-        raise MrcnnError(f"{artifact}: unsupported artifact type {artifact.suffix!r} "
-                         f"(expected {', '.join(ARTIFACT_SUFFIXES)})")
+    check_artifact_type(artifact)
 
 
 def _score(predictor, name: str, ds, batch_size: int, log, progress: bool, max_images: int) -> tuple[dict, list]:
@@ -133,14 +131,20 @@ def format_validation(report: dict) -> str:
         lines.append("no reference model (give --reference CHECKPOINT): AP only")
         return "\n".join(lines)
     lines += [f"reference {r['path']} on {r['backend']}", format_table(r["metrics"])]
-    lines.append("AP drop (reference - this): " + ", ".join(
-        f"{t} {d['AP']:+.4f} ({r['metrics'][t]['AP']:.4f} -> {a['metrics'][t]['AP']:.4f})"
-        for t, d in report["ap_drop"].items()))
-    lines.append(format_pairs(report["detections"]))
-    if report["max_ap_drop"] is not None:
-        lines.append(f"gate --max-ap-drop {report['max_ap_drop']:g}: "
-                     + ("; ".join(report["failed"]) + ": FAILED" if report["failed"] else "passed"))
+    lines += [format_ap_drop(report), format_pairs(report["detections"])]
     return "\n".join(lines)
+
+
+def format_ap_drop(report: dict) -> str:
+    """One line: each AP drop (reference -> this) and, where there is one, the gate's verdict."""
+    a, r = report["artifact"], report["reference"]
+    line = "AP drop (reference - this): " + ", ".join(
+        f"{t} {d['AP']:+.4f} ({r['metrics'][t]['AP']:.4f} -> {a['metrics'][t]['AP']:.4f})"
+        for t, d in report["ap_drop"].items())
+    if report["max_ap_drop"] is not None:
+        line += (f"; gate --max-ap-drop {report['max_ap_drop']:g}: "
+                 + ("; ".join(report["failed"]) + ": FAILED" if report["failed"] else "passed"))
+    return line
 
 
 def demo(out: str | Path = "mrcnn-demo", *, max_iter: int | None = None, n_train: int = 200, n_val: int = 50,

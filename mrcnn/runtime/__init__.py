@@ -34,6 +34,14 @@ def parse_device(device: str) -> "torch.device":
     return dev
 
 
+def check_artifact_type(path: str | Path) -> Path:
+    """The artifact types a backend exists for (.pt/.pth, .onnx), or one MrcnnError."""
+    path = Path(path)
+    if path.suffix.lower() not in ARTIFACT_SUFFIXES:
+        raise MrcnnError(f"{path}: unsupported artifact type {path.suffix!r} (expected {', '.join(ARTIFACT_SUFFIXES)})")
+    return path
+
+
 def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[[str], None] = print,
                   overrides: Optional[list[str]] = None, **kwargs):
     """A predictor for a checkpoint (.pt/.pth) or an exported model (.onnx). The predictor has `.cfg`,
@@ -43,6 +51,7 @@ def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[
     suffix = path.suffix.lower()
     if device is not None:
         parse_device(device)
+    check_artifact_type(path)
     if overrides and suffix == ".onnx":
         raise MrcnnError(f"{path}: an exported model's settings are fixed at export; --set applies to checkpoints")
     if suffix == ".onnx":
@@ -52,7 +61,7 @@ def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[
         pred = OnnxPredictor(path, providers=providers, log=log, **kwargs)
         pred.backend = f"ONNX Runtime ({', '.join(p.replace('ExecutionProvider', '') for p in pred.providers)})"
         return pred
-    if suffix in (".pt", ".pth"):
+    else:  # .pt / .pth
         import torch
 
         from mrcnn.engine.checkpoint import load_model
@@ -63,7 +72,6 @@ def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[
         pred = Predictor(model, cfg.input, **kwargs)
         pred.cfg, pred.class_names, pred.backend = cfg, names, f"PyTorch ({dev})"
         return pred
-    raise MrcnnError(f"{path}: unsupported artifact type {path.suffix!r} (expected {', '.join(ARTIFACT_SUFFIXES)})")
 
 
-__all__ = ["load_artifact", "parse_device", "ARTIFACT_SUFFIXES"]
+__all__ = ["check_artifact_type", "load_artifact", "parse_device", "ARTIFACT_SUFFIXES"]
