@@ -251,7 +251,8 @@ def export(
     checkpoint: Path = typer.Argument(..., help="mrcnn checkpoint (.pt)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file (default: CHECKPOINT.onnx)"),
     target: str = typer.Option("trt", "--target", help="trt (mrcnn custom ops -> TensorRT plugins) | portable "
-                                                       "(standard ONNX ops only)"),
+                                                       "(standard ONNX ops only) | rtx (standard ops TensorRT-RTX "
+                                                       "builds: RoIAlign as gathers, NMS as a loop)"),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 16: RoiAlign semantics)"),
     batch: Optional[int] = typer.Option(None, "--batch", help="static batch size (default: dynamic)"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="dynamic batch (the default)"),
@@ -265,6 +266,27 @@ def export(
 
     export_checkpoint(checkpoint, output, target=target, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
                       height=height, width=width, dynamic_size=dynamic_size, overrides=list(set_), log=_log)
+
+
+@app.command()
+@handled
+def build(
+    onnx_model: Path = typer.Argument(..., help="an mrcnn export (.onnx)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="engine file (default: ONNX_MODEL.plan)"),
+    runtime: str = typer.Option("tensorrt-rtx", "--runtime", help="tensorrt-rtx (builds without a GPU; rtx "
+                                                                  "flavour) | tensorrt"),
+    batch: int = typer.Option(1, "--batch", help="largest batch of the profile (dynamic-batch models)"),
+    min_shape: Optional[str] = typer.Option(None, "--min-shape", help="BxHxW of images, e.g. 1x32x32"),
+    opt_shape: Optional[str] = typer.Option(None, "--opt-shape", help="BxHxW the engine is tuned for"),
+    max_shape: Optional[str] = typer.Option(None, "--max-shape", help="BxHxW, e.g. 1x1344x1344"),
+) -> None:
+    """Build a TensorRT(-RTX) engine (.plan, with a .plan.json description) from an exported ONNX."""
+    from mrcnn.engine.build import build_artifact, parse_shape
+
+    shapes = [None if v is None else parse_shape(v, flag)
+              for v, flag in ((min_shape, "--min-shape"), (opt_shape, "--opt-shape"), (max_shape, "--max-shape"))]
+    build_artifact(onnx_model, output, runtime=runtime, min_shape=shapes[0], opt_shape=shapes[1],
+                   max_shape=shapes[2], batch=batch, log=_log)
 
 
 @app.command()

@@ -25,7 +25,7 @@ import torch
 
 from mrcnn.errors import MrcnnError
 
-TARGETS = ("trt", "portable")
+TARGETS = ("trt", "portable", "rtx")
 MIN_OPSET = 16  # RoiAlign-16: coordinate_transformation_mode (output_half_pixel == torchvision aligned=False)
 DEFAULT_OPSET = 18
 INPUT_NAMES = ["images", "image_sizes"]
@@ -169,7 +169,8 @@ def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: st
         f"size {'dynamic' if dyn_size else f'{height}x{width}'})")
     if opset < DEFAULT_OPSET:
         log(f"opset {opset}: traced at opset {DEFAULT_OPSET} and converted down by onnx's version converter")
-    with torch.no_grad(), kernels.backend("kernels"), warnings.catch_warnings(), _quiet_loggers():
+    with torch.no_grad(), kernels.backend("kernels"), kernels.pyramid_roi_align_export(target == "rtx"), \
+            warnings.catch_warnings(), _quiet_loggers():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(

@@ -201,19 +201,169 @@ def box_nms_portable(boxes, scores, classes, valid, iou_threshold: float, score_
 
 
 def box_iou_portable(a, b):
-    """mrcnn.ops.box_iou on [B,N,4] x [B,M,4] -> [B,N,M] float32 (float16 upcast first, like the reference)."""
+    """mrcnn.ops.box_iou on [B,N,4] x [B,M,4] -> [B,N,M] float32 (float16 upcast first, like the reference), with
+    its operation order; every [B,N,M] intermediate is made once from per-box columns (no [B,N,M,2] slices)."""
     a, b = op.Cast(a, to=_FLOAT), op.Cast(b, to=_FLOAT)
-    area_a = op.Mul(op.Sub(_col(a, 2), _col(a, 0)), op.Sub(_col(a, 3), _col(a, 1)))  # [B,N]
-    area_b = op.Mul(op.Sub(_col(b, 2), _col(b, 0)), op.Sub(_col(b, 3), _col(b, 1)))  # [B,M]
-    a4, b4 = op.Unsqueeze(a, _c([2])), op.Unsqueeze(b, _c([1]))  # [B,N,1,4], [B,1,M,4]
-    lo, hi = _c([0]), _c([2])
-    lt = op.Max(op.Slice(a4, lo, hi, _c([-1])), op.Slice(b4, lo, hi, _c([-1])))
-    rb = op.Min(op.Slice(a4, hi, _c([4]), _c([-1])), op.Slice(b4, hi, _c([4]), _c([-1])))
-    wh = op.Max(op.Sub(rb, lt), _c(0.0, np.float32))
-    inter = op.Mul(_col(wh, 0), _col(wh, 1))  # [B,N,M]
-    union = op.Sub(op.Add(op.Unsqueeze(area_a, _c([2])), op.Unsqueeze(area_b, _c([1]))), inter)
+    ra, cb = _c([2]), _c([1])  # a's boxes along rows, b's along columns
+    ax1, ay1, ax2, ay2 = (op.Unsqueeze(_col(a, i), ra) for i in range(4))  # [B,N,1]
+    bx1, by1, bx2, by2 = (op.Unsqueeze(_col(b, i), cb) for i in range(4))  # [B,1,M]
+    area_a = op.Mul(op.Sub(ax2, ax1), op.Sub(ay2, ay1))
+    area_b = op.Mul(op.Sub(bx2, bx1), op.Sub(by2, by1))
     zero = _c(0.0, np.float32)
+    w = op.Max(op.Sub(op.Min(ax2, bx2), op.Max(ax1, bx1)), zero)
+    h = op.Max(op.Sub(op.Min(ay2, by2), op.Max(ay1, by1)), zero)
+    inter = op.Mul(w, h)  # [B,N,M]
+    union = op.Sub(op.Add(area_a, area_b), inter)
     return op.Where(op.Greater(union, zero), op.Div(inter, union), zero)
+
+
+# -- rtx: standard ONNX ops that TensorRT-RTX builds (no RoiAlign, NonZero, NonMaxSuppression; TopK k <= 3840) --
+
+RTX_MAX_TOPK = 3840  # TensorRT's largest TopK k ("K exceeds the maximum value allowed (3840)")
+
+
+def _axis_samples(start, bin_size, size, pooled: int, sub: int, sr: int):
+    """One axis of torchvision's RoIAlign sampling (roi_align_kernel.cpp pre_calc), for sub-sample `sub` of each of
+    the `pooled` bins of every RoI: (low index, high index, low weight, high weight), each [R, pooled]; the weights
+    are 0 where the sample lies outside [-1, size] (torchvision's empty sample). start, bin_size [R,1] float32;
+    size [R,1] int64 (the level's height or width)."""
+    p = _c(np.arange(pooled, dtype=np.float32)[None], np.float32)  # [1,P]
+    frac = _c(float(sub + 0.5), np.float32)
+    # y = roi_start + ph * bin + (iy + .5) * bin / grid, in torchvision's operation order
+    y = op.Add(op.Add(start, op.Mul(p, bin_size)), op.Div(op.Mul(frac, bin_size), _c(float(sr), np.float32)))
+    size_f = op.Cast(size, to=_FLOAT)
+    zero, one = _c(0.0, np.float32), _c(1.0, np.float32)
+    inside = op.And(op.GreaterOrEqual(y, _c(-1.0, np.float32)), op.LessOrEqual(y, size_f))
+    y = op.Max(y, zero)
+    low = op.Floor(y)
+    last = op.Sub(size_f, one)
+    edge = op.GreaterOrEqual(low, last)
+    low = op.Where(edge, last, low)
+    high = op.Where(edge, last, op.Add(low, one))
+    y = op.Where(edge, last, y)
+    l_w = op.Sub(y, low)
+    h_w = op.Sub(one, l_w)
+    return (op.Cast(low, to=_INT64), op.Cast(high, to=_INT64), op.Where(inside, h_w, zero), op.Where(inside, l_w, zero))
+
+
+def roi_align_rtx(inputs, rois, levels, spatial_scales: Sequence[float], pooled_h: int, pooled_w: int,
+                  sampling_ratio: int, aligned: bool):
+    """torch.ops.mrcnn.roi_align (RoIAlign over the pyramid, RoI n from level levels[n]; torchvision's semantics)
+    as gathers: every level's pixels in one channels-last table [sum_l B*H_l*W_l, C], and per (sub-sample,
+    corner) one Gather of [R, PH, PW] rows, weighted and summed like torchvision's CPU kernel. No RoiAlign node, no
+    per-level split of the RoIs (NonZero): the RoIs stay in one fixed-size batch."""
+    PH, PW, sr = int(pooled_h), int(pooled_w), int(sampling_ratio)
+    if sr <= 0:
+        raise ValueError("the rtx RoIAlign needs a fixed sampling_ratio > 0 (the sample grid is static)")
+    feats = list(inputs)
+    shapes = [op.Shape(f) for f in feats]
+    C = _dim(shapes[0], 1)
+    # 1. the table; level l's rows start at offsets[l], pixel (b, y, x) at row offsets[l] + (b * H_l + y) * W_l + x
+    table = op.Concat(*[op.Reshape(op.Transpose(f, perm=[0, 2, 3, 1]), op.Concat(_c([-1]), C, axis=0))
+                        for f in feats], axis=0)
+    heights = op.Concat(*[_dim(s, 2) for s in shapes], axis=0)  # [L]
+    widths = op.Concat(*[_dim(s, 3) for s in shapes], axis=0)
+    rows = op.Concat(*[op.Mul(op.Mul(_dim(s, 0), _dim(s, 2)), _dim(s, 3)) for s in shapes], axis=0)
+    offsets = op.CumSum(rows, _c(0), exclusive=1)
+    # 2. per RoI: its level's size, offset and scale; the RoI in that level's coordinates
+    R = _dim(op.Shape(rois), 0)
+    lv = levels if levels is not None else op.Expand(_c([0]), R)
+    u = _c([1])
+    H = op.Unsqueeze(op.Gather(heights, lv), u)  # [R,1]
+    W = op.Unsqueeze(op.Gather(widths, lv), u)
+    base = op.Unsqueeze(op.Gather(offsets, lv), u)
+    scale = op.Unsqueeze(op.Gather(_c(_floats(spatial_scales), np.float32), lv), u)
+    b = op.Cast(op.Slice(rois, _c([0]), _c([1]), _c([1])), to=_INT64)  # [R,1]
+    shift = _c(0.5 if aligned else 0.0, np.float32)
+    x1, y1, x2, y2 = (op.Sub(op.Mul(op.Slice(rois, _c([i]), _c([i + 1]), _c([1])), scale), shift)
+                      for i in range(1, 5))
+    roi_w, roi_h = op.Sub(x2, x1), op.Sub(y2, y1)
+    if not aligned:
+        roi_w, roi_h = op.Max(roi_w, _c(1.0, np.float32)), op.Max(roi_h, _c(1.0, np.float32))
+    bin_w = op.Div(roi_w, _c(float(PW), np.float32))
+    bin_h = op.Div(roi_h, _c(float(PH), np.float32))
+    row0 = op.Mul(op.Mul(b, H), W)  # the image's first row in the level
+    # 3. sum over the sr x sr sub-samples of the 4 bilinear corners, then the mean (torchvision's order)
+    acc = None
+    for iy in range(sr):
+        y_lo, y_hi, wy_lo, wy_hi = _axis_samples(y1, bin_h, H, PH, iy, sr)
+        for ix in range(sr):
+            x_lo, x_hi, wx_lo, wx_hi = _axis_samples(x1, bin_w, W, PW, ix, sr)
+            val = None
+            for yi, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):
+                yrow = op.Unsqueeze(op.Add(op.Add(base, row0), op.Mul(yi, W)), _c([2]))  # [R,PH,1]
+                for xi, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
+                    index = op.Add(yrow, op.Unsqueeze(xi, u))  # [R,PH,PW]
+                    w = op.Unsqueeze(op.Mul(op.Unsqueeze(wy, _c([2])), op.Unsqueeze(wx, u)), _c([3]))  # [R,PH,PW,1]
+                    term = op.Mul(w, op.Gather(table, index, axis=0))  # [R,PH,PW,C]
+                    val = term if val is None else op.Add(val, term)
+            acc = val if acc is None else op.Add(acc, val)
+    out = op.Div(acc, _c(float(sr * sr), np.float32))
+    return op.Transpose(out, perm=[0, 3, 1, 2])  # [R,C,PH,PW]
+
+
+@onnxscript.script()
+def _greedy_keep(ok: onnxscript.BOOL[...], suppresses: onnxscript.FLOAT[...]) -> onnxscript.BOOL[...]:
+    """Greedy NMS's keep mask from the suppression matrix (suppresses[b,i,j] = 1: candidate i, ranked before j,
+    removes j if kept): the fixed point of keep = ok and not any_i(keep[i] and suppresses[i,j]), iterated from
+    keep = ok until it stops changing. Candidate j's value is final once every candidate ranked before it is, so
+    the loop ends after at most (longest suppression chain + 1) rounds, with exactly the greedy result."""
+    keep = ok
+    go = op.Constant(value=onnx.helper.make_tensor("go", onnx.TensorProto.BOOL, [], [True]))
+    while go:
+        hits = op.Squeeze(op.MatMul(op.Unsqueeze(op.Cast(keep, to=1), [1]), suppresses), [1])
+        new = op.And(ok, op.Not(op.Greater(hits, op.Constant(value_float=0.0))))
+        go = op.Greater(op.ReduceMax(op.Cast(op.Xor(new, keep), to=1), keepdims=0), op.Constant(value_float=0.0))
+        keep = new
+    return keep
+
+
+def box_nms_rtx(boxes, scores, classes, valid, iou_threshold: float, score_threshold: float, max_output: int):
+    """BoxNms without NonMaxSuppression: the T = min(N, 3840) highest-scored candidates (TensorRT's TopK limit),
+    their pairwise suppression matrix (earlier rank, same class, IoU > threshold) and the greedy keep mask as a
+    fixed point (_greedy_keep, an ONNX Loop). Equal to BoxNms whenever the candidates fit in T, or when at least
+    max_output of the first T are kept: greedy NMS decides each box from the higher-scored ones only."""
+    K = int(max_output)
+    # 1. the top T candidates by score; the others get -inf and rank last
+    cand = valid
+    if score_threshold != float("-inf"):
+        cand = op.And(cand, op.Greater(scores, _c(float(score_threshold), np.float32)))
+    masked = op.Where(cand, scores, _c(float("-inf"), np.float32))
+    T = op.Min(_dim(op.Shape(scores), 1), _c([RTX_MAX_TOPK]))
+    _, idx = op.TopK(masked, T, axis=1, largest=1, sorted=1)  # [B,T] by score, ties: lower index first
+    ok = op.Greater(op.GatherElements(op.Cast(cand, to=_FLOAT), idx, axis=1), _c(0.5, np.float32))
+    idx4 = op.Expand(op.Unsqueeze(idx, _c([-1])), op.Concat(op.Shape(idx), _c([4]), axis=0))
+    top_boxes = op.GatherElements(boxes, idx4, axis=1)  # [B,T,4]
+    top_scores = op.GatherElements(scores, idx, axis=1)
+    top_classes = op.GatherElements(classes, idx, axis=1)
+    # 2. suppression matrix [B,T,T]: i ranked before j, same class, IoU > threshold
+    rank = op.Range(_c(0), op.Squeeze(T, _c([0])), _c(1))  # [T]
+    before = op.Less(op.Unsqueeze(rank, _c([1])), op.Unsqueeze(rank, _c([0])))
+    same = op.Equal(op.Unsqueeze(top_classes, _c([2])), op.Unsqueeze(top_classes, _c([1])))
+    over = op.Greater(box_iou_portable(top_boxes, top_boxes), _c(float(iou_threshold), np.float32))
+    suppresses = op.Cast(op.And(op.And(over, same), before), to=_FLOAT)
+    keep = _greedy_keep(ok, suppresses)  # [B,T]
+    # 3. the first K kept, in rank order (TopK of -rank over the kept), then padded to K slots
+    key = op.Where(keep, op.Neg(op.Cast(rank, to=_FLOAT)), _c(-float(RTX_MAX_TOPK + 1), np.float32))
+    k = op.Min(T, _c([K]))
+    _, pos = op.TopK(key, k, axis=1, largest=1, sorted=1)  # [B,k]
+    num = op.Min(op.ReduceSum(op.Cast(keep, to=_INT64), _c([1]), keepdims=0), _c([K]))  # [B]
+    slot = op.Range(_c(0), op.Squeeze(k, _c([0])), _c(1))
+    filled = op.Less(op.Unsqueeze(slot, _c([0])), op.Unsqueeze(num, _c([1])))  # [B,k]
+    pos4 = op.Expand(op.Unsqueeze(pos, _c([-1])), op.Concat(op.Shape(pos), _c([4]), axis=0))
+    out_boxes = op.Where(op.Unsqueeze(filled, _c([-1])), op.GatherElements(top_boxes, pos4, axis=1),
+                         _c(0.0, np.float32))
+    out_scores = op.Where(filled, op.GatherElements(top_scores, pos, axis=1), _c(0.0, np.float32))
+    out_classes = op.Where(filled, op.GatherElements(top_classes, pos, axis=1), _c(0))
+    out_indices = op.Where(filled, op.GatherElements(idx, pos, axis=1), _c(-1))
+    # fewer than K candidates in all (T < K): pad the slots
+    B = _dim(op.Shape(scores), 0)
+    pad = op.Concat(B, op.Sub(_c([K]), k), axis=0)
+    out_boxes = op.Concat(out_boxes, op.Expand(_c(0.0, np.float32), op.Concat(pad, _c([4]), axis=0)), axis=1)
+    out_scores = op.Concat(out_scores, op.Expand(_c(0.0, np.float32), pad), axis=1)
+    out_classes = op.Concat(out_classes, op.Expand(_c(0), pad), axis=1)
+    out_indices = op.Concat(out_indices, op.Expand(_c(-1), pad), axis=1)
+    return out_boxes, out_scores, out_classes, out_indices, num
 
 
 # -- tables ---------------------------------------------------------------------------------------------------------
@@ -226,12 +376,16 @@ def translation_table(target: str) -> dict:
     ops = torch.ops.mrcnn
     if target == "trt":
         fns = (anchor_grid_trt, pre_nms_select_trt, box_nms_trt, box_iou_trt)
-    elif target == "portable":
-        fns = (anchor_grid_portable, pre_nms_select_portable, box_nms_portable, box_iou_portable)
+    elif target in ("portable", "rtx"):
+        fns = (anchor_grid_portable, pre_nms_select_portable,
+               box_nms_portable if target == "portable" else box_nms_rtx, box_iou_portable)
     else:
         raise ValueError(target)
-    return {ops.anchor_grid.default: fns[0], ops.pre_nms_select.default: fns[1], ops.box_nms.default: fns[2],
-            ops.box_iou.default: fns[3]}
+    table = {ops.anchor_grid.default: fns[0], ops.pre_nms_select.default: fns[1], ops.box_nms.default: fns[2],
+             ops.box_iou.default: fns[3]}
+    if target == "rtx":  # the model's RoIAlign is the one pyramid op there (multiscale_roi_align, export/exporter.py)
+        table[ops.roi_align.default] = roi_align_rtx
+    return table
 
 
 __all__ = ["translation_table"]

@@ -59,6 +59,8 @@ __all__ = [
     "set_cuda_roi_align",
     "cuda_roi_align_enabled",
     "cuda_roi_align",
+    "set_pyramid_roi_align_export",
+    "pyramid_roi_align_export",
     "set_backend",
     "get_backend",
     "backend",
@@ -562,10 +564,29 @@ def cuda_roi_align_enabled() -> bool:
 cuda_roi_align = _scoped(set_cuda_roi_align, "set_cuda_roi_align(enabled) inside the block, restored afterwards.")
 
 
+_PYRAMID_ROI_ALIGN_EXPORT = False
+
+
+def set_pyramid_roi_align_export(enabled: bool) -> bool:
+    """Whether an export traces RoIAlign as one torch.ops.mrcnn.roi_align node over the whole pyramid (the `rtx`
+    ONNX flavour decomposes that node into gathers) instead of torchvision's op per level. Returns the previous
+    value."""
+    global _PYRAMID_ROI_ALIGN_EXPORT
+    prev, _PYRAMID_ROI_ALIGN_EXPORT = _PYRAMID_ROI_ALIGN_EXPORT, bool(enabled)
+    return prev
+
+
+pyramid_roi_align_export = _scoped(set_pyramid_roi_align_export,
+                                   "set_pyramid_roi_align_export(enabled) inside the block, restored afterwards.")
+
+
 def native_roi_align_applies(input: Tensor, rois: Tensor, dtype: torch.dtype | None = None) -> bool:
     """Model code runs RoIAlign on the native kernel for float32 training (backend not "reference") on CPU, and on
-    CUDA when enabled (set_cuda_roi_align). `dtype`: the dtype `input` will be cast to for the op (default its
-    own). Eval and export keep torchvision's op, which the ONNX exporter translates to RoiAlign."""
+    CUDA when enabled (set_cuda_roi_align), and traces it for an `rtx` export (pyramid_roi_align_export). `dtype`:
+    the dtype `input` will be cast to for the op (default its own). Eval and the other exports keep torchvision's
+    op, which the ONNX exporter translates to RoiAlign."""
+    if _PYRAMID_ROI_ALIGN_EXPORT and (dtype or input.dtype) == torch.float32 and rois.dtype == torch.float32:
+        return True
     dev = input.device.type
     return (_backend != "reference" and input.requires_grad and torch.is_grad_enabled()
             and (dev == "cpu" or (dev == "cuda" and _CUDA_ROI_ALIGN and cuda_built()))

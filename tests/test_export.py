@@ -1,7 +1,9 @@
-"""ONNX export, both flavours, on ONNX Runtime (design.md §4, §6 claim 4).
+"""ONNX export, every flavour, on ONNX Runtime (design.md §4, §6 claims 4 and 5).
 
     trt       mrcnn::AnchorGrid / PreNmsSelect / BoxNms nodes, run on ORT as Python custom ops on the C++ kernels
     portable  standard ONNX ops only
+    rtx       standard ONNX ops that TensorRT-RTX builds: RoIAlign as gathers, NMS as a Loop (no RoiAlign, NonZero,
+              NonMaxSuppression); the whole graph builds into a TensorRT-RTX engine on this CPU machine
 
 Checks: equality with our PyTorch model (random + synthetic images, >= 20 detections per image), with each other,
 batch independence (B = 1, 2, 4, mixed sizes), zero detections, one dynamic model at several sizes, the trt nodes
@@ -42,7 +44,8 @@ from test_equivalence import (  # noqa: E402  (helpers only; tests/ is on sys.pa
     MAX_SIZE, MIN_SIZE, _match, _noise, _run_torchvision, _synthetic, _tame,
 )
 
-TARGETS = ("trt", "portable")
+TARGETS = ("trt", "portable", "rtx")
+NOT_IN_RTX = ("RoiAlign", "NonZero", "NonMaxSuppression")  # TensorRT-RTX 1.7: no importer / no kernel
 BOX_TOL, SCORE_TOL, MASK_TOL = 1e-2, 1e-4, 1e-3
 MIN_DETECTIONS = 20
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +160,9 @@ def test_flavour_equals_pytorch(tiny, predictors, target):
 
 def test_flavours_equal_each_other(predictors):
     images = _images()
-    _compare(predictors["portable"](images), predictors["trt"](images), "trt vs portable")
+    portable = predictors["portable"](images)
+    _compare(portable, predictors["trt"](images), "trt vs portable")
+    _compare(portable, predictors["rtx"](images), "rtx vs portable")
 
 
 # -- 2. batch: each image's results equal its batch-1 results (same padded tensor) ----------------------------------
@@ -193,7 +198,7 @@ def test_pad_to_max_results_do_not_depend_on_batch_mates(tiny, predictors):
 
 # -- 3. no detection above the threshold: num_detections = 0, no error (static export through the CLI) -------------
 
-@pytest.mark.parametrize("target, opset", [("trt", 17), ("portable", 16)])  # also: the oldest opsets allowed
+@pytest.mark.parametrize("target, opset", [("trt", 17), ("portable", 16), ("rtx", 16)])  # the oldest opsets too
 def test_zero_detections(tiny, tmp_path, target, opset):
     out = tmp_path / f"none-{target}.onnx"
     r = runner.invoke(app, ["export", str(tiny["ckpt"]), "-o", str(out), "--target", target, "--batch", "1",
@@ -351,12 +356,17 @@ def test_graphs_check_and_describe_themselves(tiny_onnx, tiny):
         if target == "portable":
             assert domains <= {"", "ai.onnx"}, domains
             assert {"TopK", "NonMaxSuppression", "RoiAlign"} <= ops
+        elif target == "rtx":
+            assert domains <= {"", "ai.onnx"}, domains
+            assert not ops & set(NOT_IN_RTX), ops & set(NOT_IN_RTX)
+            assert sum(n.op_type == "Loop" for n in model.graph.node) == 2  # the RPN's and the detections' NMS
         else:
             assert "NonMaxSuppression" not in ops and "TopK" not in ops
-        roi = [n for n in model.graph.node if n.op_type == "RoiAlign"]
-        assert roi and all(_attr_value(a) == "output_half_pixel" for n in roi for a in n.attribute
-                           if a.name == "coordinate_transformation_mode"), "RoiAlign must be aligned=False semantics"
-        assert all(any(a.name == "coordinate_transformation_mode" for a in n.attribute) for n in roi)
+        if target != "rtx":
+            roi = [n for n in model.graph.node if n.op_type == "RoiAlign"]
+            assert roi and all(_attr_value(a) == "output_half_pixel" for n in roi for a in n.attribute
+                               if a.name == "coordinate_transformation_mode"), "RoiAlign: aligned=False semantics"
+            assert all(any(a.name == "coordinate_transformation_mode" for a in n.attribute) for n in roi)
         outs = {o.name: o.type.tensor_type for o in inferred.graph.output}
         assert list(outs) == ["boxes", "scores", "labels", "masks", "num_detections"]
         assert outs["labels"].elem_type == onnx.TensorProto.INT64
@@ -381,12 +391,28 @@ def test_graphs_check_and_describe_themselves(tiny_onnx, tiny):
         assert meta["mrcnn.version"] == mrcnn.__version__
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_box_iou_exports(tmp_path, target):
-    """BoxIou (a training op, absent from the inference graph) exports too: node or decomposition, on ORT."""
-    from mrcnn import kernels
+def _op_session(module: torch.nn.Module, args: tuple, dynamic_shapes, target: str):
+    """One op's graph in `target`'s translation, as an ORT session (inputs in `args` order) and its op types."""
     from mrcnn.export.translations import translation_table
     from mrcnn.runtime.onnx_predictor import ort_session
+
+    with torch.no_grad():
+        prog = torch.onnx.export(module.eval(), args, dynamo=True, custom_translation_table=translation_table(target),
+                                 dynamic_shapes=dynamic_shapes, opset_version=18, verbose=False)
+    sess = ort_session(prog.model_proto, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(*inputs):
+        return [torch.from_numpy(o) for o in sess.run(None, {n: x.numpy() for n, x in zip(names, inputs)})]
+
+    return run, {(x.domain, x.op_type) for x in prog.model_proto.graph.node}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_box_iou_exports(target):
+    """BoxIou (a training op, absent from the inference graph) exports too: node or decomposition, on ORT."""
+    from mrcnn import kernels
+    from mrcnn.ops import box_iou
 
     class Iou(torch.nn.Module):
         def forward(self, a, b):
@@ -397,18 +423,144 @@ def test_box_iou_exports(tmp_path, target):
     a[..., 2:] += a[..., :2]
     b = torch.cat([a[:, :3], torch.zeros(2, 2, 4)], 1)  # duplicates and degenerate boxes
     n, m = torch.export.Dim("n", min=2), torch.export.Dim("m", min=2)
-    prog = torch.onnx.export(Iou().eval(), (a, b), dynamo=True, custom_translation_table=translation_table(target),
-                             dynamic_shapes=({1: n}, {1: m}), opset_version=18, verbose=False)
-    ops = {(x.domain, x.op_type) for x in prog.model_proto.graph.node}
+    run, ops = _op_session(Iou(), (a, b), ({1: n}, {1: m}), target)
     assert (("mrcnn", "BoxIou") in ops) == (target == "trt"), ops
-    sess = ort_session(prog.model_proto, providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: a.numpy(), sess.get_inputs()[1].name:
-                                            b.numpy()})[0])
-    from mrcnn.ops import box_iou
-
+    got = run(a, b)[0]
     d = float((got - box_iou(a.double(), b.double())).abs().max())
     print(f"BoxIou {target}: max |ORT - float64 reference| = {d:.3g}")
     assert got.shape == (2, 7, 5) and d <= 1e-5
+
+
+class _Nms(torch.nn.Module):
+    def __init__(self, iou: float, score: float, k: int) -> None:
+        super().__init__()
+        self.args = (iou, score, k)
+
+    def forward(self, boxes, scores, classes, valid):
+        from mrcnn import kernels
+
+        return kernels.box_nms(boxes, scores, classes, valid, *self.args)
+
+
+def _nms_case(B: int, N: int, seed: int, clusters: int = 4, classes: int = 3):
+    """Boxes jittered around a few centres (chains of suppression), classes 1..classes, scores rounded to 0.01
+    (ties), some invalid and some degenerate (zero-width) boxes."""
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.rand(B, clusters, 2, generator=g) * 200
+    pick = torch.randint(0, clusters, (B, N), generator=g)
+    c = centre.gather(1, pick[..., None].expand(B, N, 2)) + torch.randn(B, N, 2, generator=g) * 6
+    wh = 20 + torch.rand(B, N, 2, generator=g) * 30
+    boxes = torch.cat([c - wh / 2, c + wh / 2], -1)
+    boxes[:, ::9, 2] = boxes[:, ::9, 0]  # degenerate
+    scores = (torch.rand(B, N, generator=g) * 100).round() / 100
+    cls = torch.randint(1, classes + 1, (B, N), generator=g)
+    valid = torch.rand(B, N, generator=g) > 0.1
+    return boxes, scores, cls, valid
+
+
+def _nms_dims():
+    b, n = torch.export.Dim("b", min=1, max=64), torch.export.Dim("n", min=2, max=100000)
+    return ({0: b, 1: n}, {0: b, 1: n}, {0: b, 1: n}, {0: b, 1: n})
+
+
+def _check_nms(got, ref, what: str) -> None:
+    gb, gs, gc, gi, gn = got
+    rb, rs, rc, ri, rn = ref
+    print(f"{what}: num {gn.tolist()} (reference {rn.tolist()}), max box diff "
+          f"{float((gb - rb.float()).abs().max()) if gb.numel() else 0.0:.3g}")
+    assert gn.tolist() == rn.tolist(), what
+    assert torch.equal(gi, ri) and torch.equal(gc, rc), f"{what}: indices {gi.tolist()} vs {ri.tolist()}"
+    assert torch.equal(gb, rb.float()) and torch.equal(gs, rs.float()), what  # gathered, not computed
+
+
+@pytest.mark.parametrize("score", [0.05, float("-inf")])  # detections; RPN (no score threshold)
+def test_box_nms_rtx_equals_reference(score):
+    """The rtx BoxNms (top-T, suppression matrix, greedy keep as an ONNX Loop) on ORT equals the float64 greedy
+    loop exactly (same kept indices in the same order) on clustered boxes with suppression chains, score ties,
+    invalid and degenerate boxes, batch 2; on one box, on no candidate at all, and with fewer candidates than
+    slots (padding)."""
+    from mrcnn.ops.nms import box_nms_reference
+
+    K = 40
+    case = _nms_case(2, 300, 0)
+    run, ops = _op_session(_Nms(0.5, score, K), case, _nms_dims(), "rtx")
+    assert ("", "Loop") in ops and ("", "NonMaxSuppression") not in ops, ops
+    none = list(_nms_case(2, 30, 1))
+    none[3] = torch.zeros_like(none[3])
+    for what, args in (("clusters", case), ("dense", _nms_case(2, 2000, 2, clusters=2, classes=1)),
+                       ("one box", (torch.tensor([[[1.0, 2.0, 30.0, 40.0]]]), torch.tensor([[0.9]]),
+                                    torch.tensor([[2]]), torch.tensor([[True]]))),
+                       ("no candidate", tuple(none)), ("fewer than K", _nms_case(2, 12, 3))):
+        ref = box_nms_reference(*args, 0.5, score, K)
+        _check_nms(run(*args), ref, f"{what} (score > {score})")
+    assert int(ref[4].min()) < K  # the last case pads
+
+
+def test_box_nms_rtx_beyond_the_topk_limit():
+    """N > 3840 (TensorRT's TopK limit): the rtx BoxNms sees the 3840 highest-scored candidates. It still equals the
+    reference when at least K of those are kept (greedy NMS decides each box from higher-scored ones only); when
+    fewer are kept it returns those, where the reference goes on into the lower-scored rest (the documented
+    limit: a conversion gap `mrcnn validate` shows)."""
+    from mrcnn.export.translations import RTX_MAX_TOPK
+    from mrcnn.ops.nms import box_nms_reference
+
+    N, K = 5000, 100
+    g = torch.Generator().manual_seed(4)
+    xy = torch.stack(torch.meshgrid(torch.arange(100.0), torch.arange(50.0), indexing="ij"), -1).reshape(1, N, 2)
+    boxes = torch.cat([xy * 20, xy * 20 + 10], -1)  # disjoint
+    scores = torch.rand(1, N, generator=g)
+    cls, valid = torch.ones(1, N, dtype=torch.int64), torch.ones(1, N, dtype=torch.bool)
+    run, _ = _op_session(_Nms(0.5, 0.0, K), (boxes, scores, cls, valid), _nms_dims(), "rtx")
+    _check_nms(run(boxes, scores, cls, valid), box_nms_reference(boxes, scores, cls, valid, 0.5, 0.0, K),
+               "disjoint, 5000 candidates")
+    same = boxes.clone()
+    top = scores[0].argsort(descending=True)[:RTX_MAX_TOPK]
+    same[0, top] = boxes[0, top[0]]  # the top 3840 are one box: 1 kept among them
+    got = run(same, scores, cls, valid)
+    ref = box_nms_reference(same, scores, cls, valid, 0.5, 0.0, K)
+    print(f"top {RTX_MAX_TOPK} identical: rtx keeps {got[4].tolist()}, the reference {ref[4].tolist()}")
+    assert got[4].tolist() == [1] and ref[4].tolist() == [K] and int(got[3][0, 0]) == int(ref[3][0, 0])
+
+
+@pytest.mark.parametrize("size, aligned", [(7, False), (14, True)])
+def test_roi_align_rtx_equals_torchvision(size, aligned):
+    """The rtx RoIAlign (torch.ops.mrcnn.roi_align over a 3-level pyramid as gathers) on ORT equals torchvision's
+    roi_align in float64, each RoI on its own level, within 1e-5: RoIs inside, partly and wholly outside the image,
+    sub-pixel, on the border, batch 2; and on no RoI at all."""
+    from torchvision.ops import roi_align
+
+    from mrcnn import kernels
+
+    scales = [0.25, 0.125, 0.0625]
+
+    class Pyramid(torch.nn.Module):
+        def forward(self, f0, f1, f2, rois, levels):
+            return kernels.multilevel_roi_align([f0, f1, f2], rois, levels, scales, size, 2, aligned)
+
+    g = torch.Generator().manual_seed(5)
+    feats = [torch.rand(2, 3, 64 // d, 80 // d, generator=g) for d in (4, 8, 16)]
+    xy = torch.rand(40, 2, generator=g) * 100 - 10
+    wh = torch.rand(40, 2, generator=g) * 60
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[0] = torch.tensor([0.0, 0.0, 80.0, 64.0])  # the whole image
+    boxes[1] = torch.tensor([79.0, 63.0, 80.0, 64.0])  # the bottom-right corner
+    boxes[2] = torch.tensor([-50.0, -40.0, -20.0, -5.0])  # wholly outside
+    boxes[3] = torch.tensor([10.2, 10.3, 10.4, 10.5])  # sub-pixel
+    rois = torch.cat([torch.randint(0, 2, (40, 1), generator=g).float(), boxes], 1)
+    levels = torch.randint(0, 3, (40,), generator=g)
+    r = torch.export.Dim("r", min=2, max=100000)
+    with kernels.pyramid_roi_align_export(True):
+        run, ops = _op_session(Pyramid(), (*feats, rois, levels), (None, None, None, {0: r}, {0: r}), "rtx")
+    assert not {o for _, o in ops} & set(NOT_IN_RTX), ops
+    got = run(*feats, rois, levels)[0]
+    ref = torch.cat([roi_align(feats[int(lv)].double(), rois[i:i + 1].double(), size, scales[int(lv)], 2, aligned)
+                     for i, lv in enumerate(levels)])
+    d = float((got - ref).abs().max())
+    print(f"RoIAlign rtx {size}x{size} aligned={aligned}: max |ORT - torchvision float64| = {d:.3g} over "
+          f"{rois.shape[0]} RoIs; RoI 2 (outside) max {float(got[2].abs().max()):.3g}")
+    assert got.shape == ref.shape and d <= 1e-5
+    empty = run(*feats, rois[:0], levels[:0])[0]
+    assert empty.shape == (0, 3, size, size)
 
 
 # -- 6. an outside peer: torchvision's eager Mask R-CNN, through the converter ---------------------------------------
@@ -620,38 +772,51 @@ def test_validate_applies_the_export_overrides_to_the_reference(tiny, synth_data
     assert saved["reference_detections"] > 20 and saved["paired"] == 20
 
 
-POST_OPS = ("TopK", "NonZero", "NonMaxSuppression", "RoiAlign")  # where the detection post-processing begins
-
-
-def test_portable_network_builds_into_a_tensorrt_rtx_engine_on_cpu(tiny, tiny_onnx):
-    """design.md §6 claim 5, as far as TensorRT-RTX allows: the portable graph's network (backbone, FPN, RPN head:
-    everything before the first TopK / NonZero / NonMaxSuppression / RoiAlign) builds into an engine on this CPU
-    machine (CPU-only AOT), dynamic batch and size. The whole graph does not: TensorRT-RTX 1.7 has no RoiAlign or
-    NonZero importer and no NonMaxSuppression kernel (README)."""
+def test_rtx_graph_builds_into_a_tensorrt_rtx_engine_on_cpu(tiny_onnx, tmp_path):
+    """design.md §6 claim 5: `mrcnn build` makes the whole `rtx` graph (backbone to masks) a TensorRT-RTX engine on
+    this CPU machine (CPU-only AOT), dynamic batch 1..2 and size 64..512, with a description beside it. The
+    portable graph does not build: TensorRT-RTX 1.7 has no RoiAlign or NonZero importer and no NonMaxSuppression
+    kernel; that is one error line naming the parser's reason, and no file."""
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13)")
-    model = onnx.load(str(tiny_onnx["portable"]))
-    nodes = list(model.graph.node)
-    first = next(i for i, n in enumerate(nodes) if n.op_type in POST_OPS)
-    convs = [n for n in nodes[:first] if n.op_type == "Conv"]
-    weights = {t.name: t.dims[0] for t in model.graph.initializer if len(t.dims) == 4}  # conv weights [O,I,k,k]
-    A = len(tiny["cfg"].model.aspect_ratios)  # anchors per location: objectness A, deltas 4A channels
-    heads = [c.output[0] for c in convs if weights.get(c.input[1]) in (A, 4 * A)]  # the RPN head, every level
-    sub = onnx.utils.Extractor(model).extract_model(["images", "image_sizes"], heads)
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    ok = parser.parse(sub.SerializeToString())
-    assert ok, [str(parser.get_error(i)) for i in range(parser.num_errors)]
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape("images", (1, 3, 64, 64), (1, 3, 256, 256), (2, 3, 512, 512))
-    profile.set_shape("image_sizes", (1, 2), (1, 2), (2, 2))
-    config.add_optimization_profile(profile)
+    plan = tmp_path / "tiny.plan"
     t0 = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
-    assert plan is not None, "TensorRT-RTX could not build the network part"
-    print(f"TensorRT-RTX {trt.__version__}: {len(sub.graph.node)} nodes ({len(heads)} RPN head outputs, op types "
-          f"{sorted({n.op_type for n in sub.graph.node})}) -> engine of {plan.nbytes / 1e6:.1f} MB in "
-          f"{time.perf_counter() - t0:.1f} s")
-    assert len(heads) == 10 and plan.nbytes > 1e6  # 5 levels x (objectness, deltas); the weights are in the engine
+    r = runner.invoke(app, ["build", str(tiny_onnx["rtx"]), "-o", str(plan), "--min-shape", "1x64x64",
+                            "--opt-shape", "1x256x256", "--max-shape", "2x512x512"])
+    dt = time.perf_counter() - t0
+    assert r.exit_code == 0, r.stdout + r.stderr
+    info = json.loads((tmp_path / "tiny.plan.json").read_text())
+    print(f"TensorRT-RTX {trt.__version__}: the rtx graph -> engine of {plan.stat().st_size / 1e6:.1f} MB in "
+          f"{dt:.1f} s; profile {info['profile']}")
+    assert plan.stat().st_size > 5e6  # the weights (9.6 MB in float32) are in the engine
+    assert info["profile"]["images"] == {"min": [1, 64, 64], "opt": [1, 256, 256], "max": [2, 512, 512]}
+    assert info["runtime"] == "tensorrt-rtx" and info["metadata"]["mrcnn.flavour"] == "rtx"
+    bad = tmp_path / "portable.plan"
+    err = one_error_line(runner.invoke(app, ["build", str(tiny_onnx["portable"]), "-o", str(bad)]))
+    print(f"portable: {err}")
+    assert ("RoiAlign" in err or "NonZero" in err) and "--target rtx" in err
+    assert not bad.exists() and not list(tmp_path.glob("portable.plan*"))
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("missing", "no such ONNX file"),
+    ("not onnx", "not a readable ONNX model"),
+    ("bad shape", "expected BxHxW"),
+    ("min > max", "min <= opt <= max"),
+    ("not a multiple", "multiples of size_divisible=32"),
+    ("unknown runtime", "unknown runtime"),
+])
+def test_build_bad_input_is_one_line_and_writes_nothing(tiny_onnx, tmp_path, case, needle):
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13)")
+    src = str(tiny_onnx["rtx"])
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    args = {"missing": [str(tmp_path / "none.onnx")], "not onnx": [str(junk)],
+            "bad shape": [src, "--max-shape", "2x512"], "min > max": [src, "--min-shape", "2x64x64",
+                                                                      "--max-shape", "1x512x512"],
+            "not a multiple": [src, "--min-shape", "1x64x64", "--opt-shape", "1x100x100", "--max-shape",
+                               "1x512x512"],
+            "unknown runtime": [src, "--runtime", "onnxruntime"]}[case]
+    out = tmp_path / "out.plan"
+    err = one_error_line(runner.invoke(app, ["build", *args, "-o", str(out)]))
+    assert needle in err, err
+    assert not list(tmp_path.glob("out.plan*"))
