@@ -364,7 +364,7 @@ def demo(
     no_export: bool = typer.Option(False, "--no-export", help="stop after the PyTorch evaluation"),
 ) -> None:
     """The whole pipeline on the embedded synthetic data: synth -> train -> COCO eval -> ONNX export (trt,
-    portable) -> validation on ONNX Runtime against the checkpoint."""
+    portable, rtx) -> validation on ONNX Runtime against the checkpoint -> TensorRT-RTX engine of the rtx model."""
     from mrcnn.engine.evaluation import format_table
     from mrcnn.engine.validation import format_pairs
     from mrcnn.pipeline import DEMO_MAX_AP_DROP, demo as run_demo, format_ap_drop
@@ -380,6 +380,12 @@ def demo(
         print(format_ap_drop(v))
         print(format_pairs(v["detections"]))
         failed += [f"{target} flavour: {f}" for f in v["failed"]]
+    engine = res.get("engine")
+    if engine and "path" in engine:
+        print(f"TensorRT-RTX engine: {engine['path']} ({engine['mb']:.1f} MB, built in {engine['seconds']:.1f} s on "
+              f"this machine; it runs where TensorRT-RTX and an RTX-class GPU are)")
+    elif engine:
+        print(f"TensorRT-RTX engine: skipped, {engine['skipped']}")
     if failed:
         raise MrcnnError(f"demo: {'; '.join(failed)}, more than {DEMO_MAX_AP_DROP:g} below the checkpoint's")
 

@@ -1,6 +1,7 @@
 """Library entry points behind the CLI commands (the CLI only parses and prints)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -150,8 +151,9 @@ def format_ap_drop(report: dict) -> str:
 def demo(out: str | Path = "mrcnn-demo", *, max_iter: int | None = None, n_train: int = 200, n_val: int = 50,
          export: bool = True, log: Callable[[str], None] = print, progress: bool = True) -> dict:
     """The whole pipeline on the embedded synthetic dataset: data -> train (CPU config) -> COCO evaluation ->
-    ONNX export (trt and portable flavours) -> validation of the ONNX models on ONNX Runtime against the checkpoint
-    (COCO AP, drop, detections paired; report["failed"] of each lists AP drops above DEMO_MAX_AP_DROP)."""
+    ONNX export (trt, portable and rtx flavours) -> validation of the ONNX models on ONNX Runtime against the
+    checkpoint (COCO AP, drop, detections paired; report["failed"] of each lists AP drops above DEMO_MAX_AP_DROP)
+    -> the rtx model built into a TensorRT-RTX engine where tensorrt_rtx imports (report["engine"])."""
     from mrcnn.config import get_config
     from mrcnn.data.synth import generate_synthetic
     from mrcnn.engine.trainer import train
@@ -160,7 +162,7 @@ def demo(out: str | Path = "mrcnn-demo", *, max_iter: int | None = None, n_train
         raise MrcnnError(f"--max-iter must be >= 1, got {max_iter}")
     out = Path(out)
     data = out / "data"
-    steps = 5 if export else 3
+    steps = 6 if export else 3
     if not (data / "annotations" / "instances_val2017.json").exists():
         log(f"[1/{steps}] synthetic dataset -> {data}")
         generate_synthetic(data, n_train=n_train, n_val=n_val, size=256, seed=0)
@@ -182,17 +184,35 @@ def demo(out: str | Path = "mrcnn-demo", *, max_iter: int | None = None, n_train
         from mrcnn.export import export_checkpoint
 
         report["onnx"] = {}
-        for target in ("trt", "portable"):
+        for target in DEMO_FLAVOURS:
             onnx_path = out / f"model-{target}.onnx"
             log(f"[4/{steps}] export {target} flavour -> {onnx_path}")
             export_checkpoint(result.checkpoint, onnx_path, target=target, log=log)
-        for target in ("trt", "portable"):
+        for target in DEMO_FLAVOURS:
             onnx_path = out / f"model-{target}.onnx"
             log(f"[5/{steps}] validation of {onnx_path} (ONNX Runtime) against the checkpoint (`mrcnn validate`)")
             v = validate_artifact(onnx_path, data, max_ap_drop=DEMO_MAX_AP_DROP, log=log, progress=progress,
                                   reference_eval=reference)
             report["onnx"][target] = {"path": str(onnx_path), "metrics": v["artifact"]["metrics"], "validation": v}
+        report["engine"] = _demo_engine(out / "model-rtx.onnx", f"[6/{steps}]", log)
     return report
 
 
+def _demo_engine(onnx_path: Path, step: str, log: Callable[[str], None]) -> dict:
+    """The demo's `mrcnn build`: the rtx model as a TensorRT-RTX engine, or why not (not installed)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        reason = "TensorRT-RTX is not installed (pip install tensorrt-rtx-cu13)"
+        log(f"{step} engine build skipped: {reason}")
+        return {"skipped": reason}
+    from mrcnn.engine.build import build_artifact
+
+    log(f"{step} TensorRT-RTX engine from {onnx_path} (`mrcnn build`; running it needs an RTX-class GPU)")
+    t0 = time.perf_counter()
+    plan = build_artifact(onnx_path, runtime="tensorrt-rtx", log=log)
+    return {"path": str(plan), "mb": plan.stat().st_size / 1e6, "seconds": time.perf_counter() - t0}
+
+
+DEMO_FLAVOURS = ("trt", "portable", "rtx")
 DEMO_MAX_AP_DROP = 0.005  # the demo's gate on its ONNX models (measured drop: 0, every detection paired)

@@ -2,5 +2,5 @@
 # README command 2: set up, then run the test suite against the installed package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MRCNN_EXTRAS=test,onnx,tensorrt-rtx bash scripts/setup.sh
+bash scripts/setup.sh
 exec .venv/bin/pytest -q "$@"
