@@ -260,12 +260,22 @@ def export(
     width: Optional[int] = typer.Option(None, "--width", help="static padded input width (with --height)"),
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="dynamic input size (the default)"),
     set_: List[str] = typer.Option([], "--set", help="config override, e.g. model.box_score_thresh=0.3"),
+    engine: bool = typer.Option(False, "--engine", help="also build the engine (as `mrcnn build` with its default "
+                                                        "profile; --target rtx: TensorRT-RTX, else TensorRT)"),
 ) -> None:
     """Export a checkpoint to ONNX (self-describing: config, classes, preprocessing in metadata_props)."""
     from mrcnn.export import export_checkpoint
 
-    export_checkpoint(checkpoint, output, target=target, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
-                      height=height, width=width, dynamic_size=dynamic_size, overrides=list(set_), log=_log)
+    if engine:  # before the export: a missing runtime is one line, not an ONNX without its engine
+        from mrcnn.engine.build import engine_runtime, import_runtime
+
+        import_runtime(engine_runtime(target))
+    path = export_checkpoint(checkpoint, output, target=target, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
+                             height=height, width=width, dynamic_size=dynamic_size, overrides=list(set_), log=_log)
+    if engine:
+        from mrcnn.engine.build import build_artifact
+
+        build_artifact(path, runtime=engine_runtime(target), log=_log)
 
 
 @app.command()

@@ -24,7 +24,8 @@ RUNTIMES = {"tensorrt-rtx": ("tensorrt_rtx", "tensorrt-rtx-cu13"), "tensorrt": (
 Shape = tuple[int, int, int]  # (batch, height, width) of the `images` input
 
 
-def _import_runtime(runtime: str):
+def import_runtime(runtime: str):
+    """The runtime's Python module, or one MrcnnError with the package to install."""
     if runtime not in RUNTIMES:
         raise MrcnnError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
     module, package = RUNTIMES[runtime]
@@ -35,6 +36,11 @@ def _import_runtime(runtime: str):
     except ImportError as e:
         raise MrcnnError(f"--runtime {runtime}: cannot import {module} ({str(e).splitlines()[0][:120]}); "
                          f"pip install {package}") from None
+
+
+def engine_runtime(target: str) -> str:
+    """The runtime an export flavour's engine is built with: rtx -> tensorrt-rtx, trt / portable -> tensorrt."""
+    return "tensorrt-rtx" if target == "rtx" else "tensorrt"
 
 
 def parse_shape(text: str, what: str) -> Shape:
@@ -118,7 +124,7 @@ def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: in
         raise MrcnnError(f"--batch must be >= 1, got {batch}")
     meta, dims = _onnx_interface(path)
     flavour = meta["mrcnn.flavour"]
-    trt = _import_runtime(runtime)
+    trt = import_runtime(runtime)
     shapes = [tuple(g) if g is not None else d for g, d in zip(given, default_profile(meta, dims, batch))]
     lo, mid, hi = shapes
     if not all(a <= b <= c for a, b, c in zip(lo, mid, hi)):
@@ -186,4 +192,5 @@ def build_artifact(onnx_path: str | Path, output: Optional[str | Path] = None, *
     return out
 
 
-__all__ = ["RUNTIMES", "build_artifact", "build_engine", "default_profile", "parse_shape"]
+__all__ = ["RUNTIMES", "build_artifact", "build_engine", "default_profile", "engine_runtime", "import_runtime",
+           "parse_shape"]

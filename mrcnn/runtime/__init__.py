@@ -37,6 +37,9 @@ def parse_device(device: str) -> "torch.device":
 def check_artifact_type(path: str | Path) -> Path:
     """The artifact types a backend exists for (.pt/.pth, .onnx), or one MrcnnError."""
     path = Path(path)
+    if path.suffix.lower() in (".plan", ".engine"):
+        raise MrcnnError(f"{path}: running TensorRT engines is not supported yet (`mrcnn build` makes them; they "
+                         f"run where TensorRT and a GPU are); use the .onnx it was built from")
     if path.suffix.lower() not in ARTIFACT_SUFFIXES:
         raise MrcnnError(f"{path}: unsupported artifact type {path.suffix!r} (expected {', '.join(ARTIFACT_SUFFIXES)})")
     return path
