@@ -284,14 +284,15 @@ def roi_align_rtx(inputs, rois, levels, spatial_scales: Sequence[float], pooled_
     bin_h = op.Div(roi_h, _c(float(PH), np.float32))
     row0 = op.Mul(op.Mul(b, H), W)  # the image's first row in the level
     # 3. sum over the sr x sr sub-samples of the 4 bilinear corners, then the mean (torchvision's order)
+    first = op.Add(base, row0)  # [R,1]
+    xs = [_axis_samples(x1, bin_w, W, PW, ix, sr) for ix in range(sr)]  # the x taps, shared by every y sub-sample
     acc = None
     for iy in range(sr):
         y_lo, y_hi, wy_lo, wy_hi = _axis_samples(y1, bin_h, H, PH, iy, sr)
-        for ix in range(sr):
-            x_lo, x_hi, wx_lo, wx_hi = _axis_samples(x1, bin_w, W, PW, ix, sr)
+        for x_lo, x_hi, wx_lo, wx_hi in xs:
             val = None
             for yi, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):
-                yrow = op.Unsqueeze(op.Add(op.Add(base, row0), op.Mul(yi, W)), _c([2]))  # [R,PH,1]
+                yrow = op.Unsqueeze(op.Add(first, op.Mul(yi, W)), _c([2]))  # [R,PH,1]
                 for xi, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
                     index = op.Add(yrow, op.Unsqueeze(xi, u))  # [R,PH,PW]
                     w = op.Unsqueeze(op.Mul(op.Unsqueeze(wy, _c([2])), op.Unsqueeze(wx, u)), _c([3]))  # [R,PH,PW,1]

@@ -200,13 +200,13 @@ def demo(out: str | Path = "mrcnn-demo", *, max_iter: int | None = None, n_train
 
 def _demo_engine(onnx_path: Path, step: str, log: Callable[[str], None]) -> dict:
     """The demo's `mrcnn build`: the rtx model as a TensorRT-RTX engine, or why not (not installed)."""
-    import importlib.util
+    from mrcnn.engine.build import build_artifact, import_runtime
 
-    if importlib.util.find_spec("tensorrt_rtx") is None:
-        reason = "TensorRT-RTX is not installed (pip install tensorrt-rtx-cu13)"
-        log(f"{step} engine build skipped: {reason}")
-        return {"skipped": reason}
-    from mrcnn.engine.build import build_artifact
+    try:
+        import_runtime("tensorrt-rtx")
+    except MrcnnError as e:  # its line names the package to install
+        log(f"{step} engine build skipped: {e}")
+        return {"skipped": str(e)}
 
     log(f"{step} TensorRT-RTX engine from {onnx_path} (`mrcnn build`; running it needs an RTX-class GPU)")
     t0 = time.perf_counter()

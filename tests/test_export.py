@@ -772,12 +772,16 @@ def test_validate_applies_the_export_overrides_to_the_reference(tiny, synth_data
     assert saved["reference_detections"] > 20 and saved["paired"] == 20
 
 
+def _needs_rtx():
+    return pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13)")
+
+
 def test_rtx_graph_builds_into_a_tensorrt_rtx_engine_on_cpu(tiny_onnx, synth_data, tmp_path):
     """design.md §6 claim 5: `mrcnn build` makes the whole `rtx` graph (backbone to masks) a TensorRT-RTX engine on
     this CPU machine (CPU-only AOT), dynamic batch 1..2 and size 64..512, with a description beside it. The
     portable graph does not build: TensorRT-RTX 1.7 has no RoiAlign or NonZero importer and no NonMaxSuppression
     kernel; that is one error line naming the parser's reason, and no file."""
-    trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13)")
+    trt = _needs_rtx()
     plan = tmp_path / "tiny.plan"
     t0 = time.perf_counter()
     r = runner.invoke(app, ["build", str(tiny_onnx["rtx"]), "-o", str(plan), "--min-shape", "1x64x64",
@@ -808,7 +812,7 @@ def test_rtx_graph_builds_into_a_tensorrt_rtx_engine_on_cpu(tiny_onnx, synth_dat
     ("unknown runtime", "unknown runtime"),
 ])
 def test_build_bad_input_is_one_line_and_writes_nothing(tiny_onnx, tmp_path, case, needle):
-    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13)")
+    _needs_rtx()
     src = str(tiny_onnx["rtx"])
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
@@ -828,7 +832,7 @@ def test_export_engine_builds_the_plan_too(tiny, tmp_path):
     """`mrcnn export --target rtx --engine`: the ONNX and its TensorRT-RTX engine in one command (the default
     profile: shapes-tiny pads every batch to 256x256); with a runtime that does not import, one error line before
     anything is exported."""
-    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13)")
+    _needs_rtx()
     out = tmp_path / "m.onnx"
     r = runner.invoke(app, ["export", str(tiny["ckpt"]), "-o", str(out), "--target", "rtx", "--engine"])
     assert r.exit_code == 0, r.stdout + r.stderr

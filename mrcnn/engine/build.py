@@ -1,7 +1,7 @@
 """`mrcnn build`: an exported ONNX -> a serialized TensorRT / TensorRT-RTX engine (`.plan`), written atomically, with a
 `.plan.json` beside it that keeps the ONNX's description (config, classes, preprocessing) and the shape profile.
 
-    build_engine(onnx, runtime, min_shape, opt_shape, max_shape) -> bytes     the engine
+    build_engine(onnx, runtime, min_shape, opt_shape, max_shape) -> memoryview  the engine's bytes
     default_profile(onnx metadata, graph input dims, batch)     -> (min, opt, max), each (B, H, W) of `images`
     build_artifact(onnx, output, ...)                            -> Path      `mrcnn build`
 
@@ -159,12 +159,12 @@ def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: in
         reason = " ".join((errors.errors or ["no reason given"])[-1].split())[:300]
         raise MrcnnError(f"{runtime} could not build an engine from {path.name}: {reason}{_hint(flavour, runtime)}")
     log(f"built in {time.perf_counter() - t0:.1f} s")
-    return bytes(memoryview(plan)), meta, shapes, trt.__version__
+    return memoryview(plan), meta, shapes, trt.__version__  # the engine's buffer, not a copy of it
 
 
 def build_engine(onnx_path: str | Path, runtime: str = "tensorrt-rtx", min_shape: Optional[Shape] = None,
                  opt_shape: Optional[Shape] = None, max_shape: Optional[Shape] = None, batch: int = 1,
-                 log: Callable[[str], None] = lambda m: None) -> bytes:
+                 log: Callable[[str], None] = lambda m: None) -> memoryview:
     """The serialized engine of an mrcnn ONNX for `runtime`, with one optimisation profile (shapes of `images`;
     those not given come from default_profile). One MrcnnError line for every failure, with the builder's reason."""
     return _build(Path(onnx_path), runtime, (min_shape, opt_shape, max_shape), batch, log)[0]
@@ -188,7 +188,7 @@ def build_artifact(onnx_path: str | Path, output: Optional[str | Path] = None, *
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(plan))
     sidecar = out.with_name(out.name + ".json")
     atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1, sort_keys=True)))
-    log(f"wrote {out} ({len(plan) / 1e6:.1f} MB) and {sidecar.name}")
+    log(f"wrote {out} ({plan.nbytes / 1e6:.1f} MB) and {sidecar.name}")
     return out
 
 
