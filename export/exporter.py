@@ -1,4 +1,5 @@
-"""`mrcnn export`: checkpoint -> self-describing ONNX (flavour `trt` or `portable`), written atomically.
+"""`mrcnn export`: checkpoint -> self-describing ONNX (flavour `trt`, `portable` or `rtx`; float32, or with --fp16
+the networks in float16), written atomically.
 
 Path: torch.export (non-strict) of the eval forward with the model's custom ops as torch.ops.mrcnn.* nodes
 (mrcnn.kernels backend "kernels"; only their fake kernels run while tracing), then torch.onnx's dynamo translation
@@ -15,6 +16,7 @@ Graph interface:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import warnings
@@ -105,7 +107,8 @@ def _example_inputs(batch: int, height: int, width: int) -> tuple[torch.Tensor, 
     return images, sizes
 
 
-def metadata(cfg, class_names: list[str], target: str, opset: int, dynamic: dict) -> dict[str, str]:
+def metadata(cfg, class_names: list[str], target: str, opset: int, dynamic: dict,
+             precision: str = "fp32") -> dict[str, str]:
     import mrcnn
     from mrcnn.model.preprocess import min_batch_shape
 
@@ -123,6 +126,7 @@ def metadata(cfg, class_names: list[str], target: str, opset: int, dynamic: dict
         "mrcnn.version": mrcnn.__version__,
         "mrcnn.flavour": target,
         "mrcnn.opset": str(opset),
+        "mrcnn.precision": precision,
         "mrcnn.config": cfg.to_json(),
         "mrcnn.class_names": json.dumps(list(class_names)),
         "mrcnn.preprocess": json.dumps(preprocess, sort_keys=True),
@@ -136,8 +140,11 @@ def metadata(cfg, class_names: list[str], target: str, opset: int, dynamic: dict
 
 def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: str | Path, *, target: str = "trt",
                  opset: int = DEFAULT_OPSET, batch: Optional[int] = None, height: Optional[int] = None,
-                 width: Optional[int] = None, log: Callable[[str], None] = print, source: Optional[dict] = None):
-    """Export `model` (eval) to `output`. batch None -> dynamic batch; height/width None -> dynamic size.
+                 width: Optional[int] = None, fp16: bool = False, log: Callable[[str], None] = print,
+                 source: Optional[dict] = None):
+    """Export `model` (eval) to `output`. batch None -> dynamic batch; height/width None -> dynamic size;
+    fp16: the networks in float16, the ops between them float32 (mrcnn.model.precision.half_network; `model` itself
+    is not changed).
     `source`: the checkpoint it came from ({"checkpoint": path, "sha256": ...}, metadata `mrcnn.source`: the
     reference `mrcnn validate` compares the model with). Returns the onnx ModelProto that was written."""
     import onnx
@@ -165,7 +172,12 @@ def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: st
         img_dims[3] = div * torch.export.Dim("width_div", min=1, max=MAX_SIDE // div)
     dynamic_shapes = (img_dims or None, size_dims or None)
     model = model.eval()
-    log(f"exporting {cfg.name} ({target}, opset {opset}, batch {'dynamic' if dyn_batch else batch}, "
+    if fp16:
+        from mrcnn.model.precision import half_network
+
+        model = half_network(copy.deepcopy(model))
+    precision = "fp16" if fp16 else "fp32"
+    log(f"exporting {cfg.name} ({target}, {precision}, opset {opset}, batch {'dynamic' if dyn_batch else batch}, "
         f"size {'dynamic' if dyn_size else f'{height}x{width}'})")
     if opset < DEFAULT_OPSET:
         log(f"opset {opset}: traced at opset {DEFAULT_OPSET} and converted down by onnx's version converter")
@@ -182,7 +194,7 @@ def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: st
             first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
             raise MrcnnError(f"ONNX export failed: {first[:300]}") from e
     proto = program.model_proto
-    meta = metadata(cfg, class_names, target, opset, {"batch": dyn_batch, "size": dyn_size})
+    meta = metadata(cfg, class_names, target, opset, {"batch": dyn_batch, "size": dyn_size}, precision)
     if source:
         meta["mrcnn.source"] = json.dumps(source, sort_keys=True)
     for k, v in meta.items():
@@ -201,7 +213,8 @@ def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: st
 def export_checkpoint(checkpoint: str | Path, output: Optional[str | Path] = None, *, target: str = "trt",
                       opset: int = DEFAULT_OPSET, batch: Optional[int] = None, dynamic_batch: bool = False,
                       height: Optional[int] = None, width: Optional[int] = None, dynamic_size: bool = False,
-                      overrides: Optional[list[str]] = None, log: Callable[[str], None] = print) -> Path:
+                      fp16: bool = False, overrides: Optional[list[str]] = None,
+                      log: Callable[[str], None] = print) -> Path:
     """`mrcnn export CKPT`: default output CKPT with suffix .onnx (next to the checkpoint).
     `overrides` (section.key=value) adjust inference settings such as model.box_score_thresh."""
     from mrcnn.engine.checkpoint import file_sha256, load_model
@@ -214,6 +227,6 @@ def export_checkpoint(checkpoint: str | Path, output: Optional[str | Path] = Non
     if overrides:  # other inference settings than the checkpoint's: validate compares with the same overrides
         source["overrides"] = list(overrides)
     export_model(model, cfg, names, out, target=target, opset=opset, batch=batch, height=height, width=width,
-                 log=log, source=source)
+                 fp16=fp16, log=log, source=source)
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return out
