@@ -259,6 +259,8 @@ def export(
     height: Optional[int] = typer.Option(None, "--height", help="static padded input height (with --width)"),
     width: Optional[int] = typer.Option(None, "--width", help="static padded input width (with --height)"),
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="dynamic input size (the default)"),
+    fp16: bool = typer.Option(False, "--fp16", help="networks in float16 (BatchNorm folded first), the ops between "
+                                                    "them and the inputs / outputs float32; half the weights' size"),
     set_: List[str] = typer.Option([], "--set", help="config override, e.g. model.box_score_thresh=0.3"),
     engine: bool = typer.Option(False, "--engine", help="also build the engine (as `mrcnn build` with its default "
                                                         "profile; --target rtx: TensorRT-RTX, else TensorRT)"),
@@ -271,7 +273,8 @@ def export(
 
         import_runtime(engine_runtime(target))
     path = export_checkpoint(checkpoint, output, target=target, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
-                             height=height, width=width, dynamic_size=dynamic_size, overrides=list(set_), log=_log)
+                             height=height, width=width, dynamic_size=dynamic_size, fp16=fp16, overrides=list(set_),
+                             log=_log)
     if engine:
         from mrcnn.engine.build import build_artifact
 
@@ -289,6 +292,8 @@ def build(
     min_shape: Optional[str] = typer.Option(None, "--min-shape", help="BxHxW of images, e.g. 1x32x32"),
     opt_shape: Optional[str] = typer.Option(None, "--opt-shape", help="BxHxW the engine is tuned for"),
     max_shape: Optional[str] = typer.Option(None, "--max-shape", help="BxHxW, e.g. 1x1344x1344"),
+    fp16: bool = typer.Option(False, "--fp16", help="tensorrt: let the builder use float16 in a float32 graph (an "
+                                                    "`export --fp16` graph is float16 without it, on both runtimes)"),
 ) -> None:
     """Build a TensorRT(-RTX) engine (.plan, with a .plan.json description) from an exported ONNX."""
     from mrcnn.engine.build import build_artifact, parse_shape
@@ -296,7 +301,7 @@ def build(
     shapes = [None if v is None else parse_shape(v, flag)
               for v, flag in ((min_shape, "--min-shape"), (opt_shape, "--opt-shape"), (max_shape, "--max-shape"))]
     build_artifact(onnx_model, output, runtime=runtime, min_shape=shapes[0], opt_shape=shapes[1],
-                   max_shape=shapes[2], batch=batch, log=_log)
+                   max_shape=shapes[2], batch=batch, fp16=fp16, log=_log)
 
 
 @app.command()
@@ -374,7 +379,8 @@ def demo(
     no_export: bool = typer.Option(False, "--no-export", help="stop after the PyTorch evaluation"),
 ) -> None:
     """The whole pipeline on the embedded synthetic data: synth -> train -> COCO eval -> ONNX export (trt,
-    portable, rtx) -> validation on ONNX Runtime against the checkpoint -> TensorRT-RTX engine of the rtx model."""
+    portable, rtx, rtx --fp16) -> validation on ONNX Runtime against the checkpoint -> TensorRT-RTX engines of the
+    rtx models."""
     from mrcnn.engine.evaluation import format_table
     from mrcnn.engine.validation import format_pairs
     from mrcnn.pipeline import DEMO_MAX_AP_DROP, demo as run_demo, format_ap_drop
@@ -390,12 +396,12 @@ def demo(
         print(format_ap_drop(v))
         print(format_pairs(v["detections"]))
         failed += [f"{target} flavour: {f}" for f in v["failed"]]
-    engine = res.get("engine")
-    if engine and "path" in engine:
-        print(f"TensorRT-RTX engine: {engine['path']} ({engine['mb']:.1f} MB, built in {engine['seconds']:.1f} s on "
-              f"this machine; it runs where TensorRT-RTX and an RTX-class GPU are)")
-    elif engine:
-        print(f"TensorRT-RTX engine: skipped, {engine['skipped']}")
+    for engine in res.get("engines", []):
+        if "path" in engine:
+            print(f"TensorRT-RTX engine: {engine['path']} ({engine['mb']:.1f} MB, built in {engine['seconds']:.1f} s "
+                  f"on this machine; it runs where TensorRT-RTX and an RTX-class GPU are)")
+        else:
+            print(f"TensorRT-RTX engines: skipped, {engine['skipped']}")
     if failed:
         raise MrcnnError(f"demo: {'; '.join(failed)}, more than {DEMO_MAX_AP_DROP:g} below the checkpoint's")
 

@@ -45,6 +45,8 @@ from test_equivalence import (  # noqa: E402  (helpers only; tests/ is on sys.pa
 )
 
 TARGETS = ("trt", "portable", "rtx")
+FP16_TARGETS = ("trt", "rtx")
+FP16_BOX_TOL, FP16_SCORE_TOL = 0.5, 2e-3  # a float16 network (features within 4e-3, tests/test_precision.py)
 NOT_IN_RTX = ("RoiAlign", "NonZero", "NonMaxSuppression")  # TensorRT-RTX 1.7: no importer / no kernel
 BOX_TOL, SCORE_TOL, MASK_TOL = 1e-2, 1e-4, 1e-3
 MIN_DETECTIONS = 20
@@ -83,6 +85,15 @@ def tiny_onnx(tiny):
                                         overrides=["model.box_score_thresh=0.0"], log=lambda m: None)
         print(f"export {target}: {time.perf_counter() - t0:.1f} s")
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_fp16(tiny):
+    """The tiny model exported with --fp16, trt and rtx flavours (portable has the same float16 network between
+    float32 ops whose portable forms are checked in float32 above)."""
+    return {target: export_checkpoint(tiny["ckpt"], tiny["ckpt"].parent / f"tiny-{target}-fp16.onnx", target=target,
+                                      fp16=True, overrides=["model.box_score_thresh=0.0"], log=lambda m: None)
+            for target in FP16_TARGETS}
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +174,68 @@ def test_flavours_equal_each_other(predictors):
     portable = predictors["portable"](images)
     _compare(portable, predictors["trt"](images), "trt vs portable")
     _compare(portable, predictors["rtx"](images), "rtx vs portable")
+
+
+def _float_elements(model) -> dict[str, int]:
+    """Initializer elements per data type name (FLOAT, FLOAT16, ...), floating types only."""
+    out: dict[str, int] = {}
+    for t in model.graph.initializer:
+        name = onnx.TensorProto.DataType.Name(t.data_type)
+        if name.startswith(("FLOAT", "DOUBLE", "BFLOAT")):
+            n = 1
+            for d in t.dims:
+                n *= d
+            out[name] = out.get(name, 0) + n
+    return out
+
+
+def test_fp16_export_holds_float16_weights(tiny_onnx, tiny_fp16):
+    """`export --fp16`: the weights are float16 (what stays float32 is GroupNorm's, < 1%), the file about half the
+    size, the graph's inputs and outputs the float32 export's, and the metadata says so."""
+    for target, path in tiny_fp16.items():
+        m16, m32 = onnx.load(str(path)), onnx.load(str(tiny_onnx[target]))
+        e16, e32 = _float_elements(m16), _float_elements(m32)
+        ratio = path.stat().st_size / tiny_onnx[target].stat().st_size
+        print(f"{target}: float32 export {e32}, --fp16 {e16}; file {path.stat().st_size / 1e6:.2f} MB = "
+              f"{ratio:.2f} of float32")
+        assert e16.get("FLOAT16", 0) >= 0.99 * sum(e16.values())
+        assert ratio <= 0.65  # the weights halve; the graph itself (rtx: the NMS loop, the gathers) stays
+        io = lambda m: [(v.name, v.type.tensor_type.elem_type) for v in [*m.graph.input, *m.graph.output]]  # noqa
+        assert io(m16) == io(m32)
+        meta16 = {p.key: p.value for p in m16.metadata_props}
+        meta32 = {p.key: p.value for p in m32.metadata_props}
+        assert meta16["mrcnn.precision"] == "fp16" and meta32["mrcnn.precision"] == "fp32"
+
+
+def test_fp16_graph_tracks_the_float32_model(tiny, tiny_fp16):
+    """The float16 graphs on ONNX Runtime: the trt and rtx flavours equal each other (one float16 network, float32
+    ops), and nearly every detection of the float32 PyTorch model has a twin (same label, box within 0.5 px, score
+    within 2e-3). With random weights many scores are near-tied, so float16 rounding reorders some of the lowest
+    ones past the last slot: a share, not all, is asserted."""
+    images = _images()
+    ref = Predictor(tiny["model"], tiny["cfg"].input)(images)
+    runs = {t: load_artifact(p, "cpu", log=lambda m: None)(images) for t, p in tiny_fp16.items()}
+    _compare(runs["trt"], runs["rtx"], "fp16: rtx vs trt")
+    got = runs["rtx"]
+    twins = total = 0
+    d_box, d_score = [], []
+    for r, o in zip(ref, got):
+        for i in range(len(r["boxes"])):
+            same = o["labels"] == r["labels"][i]
+            if not same.any():
+                continue
+            db = (o["boxes"][same] - r["boxes"][i]).abs().amax(-1)
+            j = int(db.argmin())
+            ds = float((o["scores"][same][j] - r["scores"][i]).abs())
+            if float(db[j]) <= FP16_BOX_TOL and ds <= FP16_SCORE_TOL:
+                twins += 1
+                d_box.append(float(db[j]))
+                d_score.append(ds)
+        total += len(r["boxes"])
+    print(f"fp16 vs float32 PyTorch: {twins}/{total} detections with a twin; their box diff max {max(d_box):.3g} "
+          f"px, score diff max {max(d_score):.3g}")
+    assert total >= MIN_DETECTIONS * len(images)
+    assert twins >= 0.9 * total
 
 
 # -- 2. batch: each image's results equal its batch-1 results (same padded tensor) ----------------------------------
@@ -810,6 +883,7 @@ def test_rtx_graph_builds_into_a_tensorrt_rtx_engine_on_cpu(tiny_onnx, synth_dat
     ("min > max", "min <= opt <= max"),
     ("not a multiple", "multiples of size_divisible=32"),
     ("unknown runtime", "unknown runtime"),
+    ("fp16 of a float32 graph", "export it with `mrcnn export CKPT --target rtx --fp16`"),
 ])
 def test_build_bad_input_is_one_line_and_writes_nothing(tiny_onnx, tmp_path, case, needle):
     _needs_rtx()
@@ -821,7 +895,8 @@ def test_build_bad_input_is_one_line_and_writes_nothing(tiny_onnx, tmp_path, cas
                                                                       "--max-shape", "1x512x512"],
             "not a multiple": [src, "--min-shape", "1x64x64", "--opt-shape", "1x100x100", "--max-shape",
                                "1x512x512"],
-            "unknown runtime": [src, "--runtime", "onnxruntime"]}[case]
+            "unknown runtime": [src, "--runtime", "onnxruntime"],
+            "fp16 of a float32 graph": [src, "--fp16"]}[case]
     out = tmp_path / "out.plan"
     err = one_error_line(runner.invoke(app, ["build", *args, "-o", str(out)]))
     assert needle in err, err
@@ -839,6 +914,17 @@ def test_export_engine_builds_the_plan_too(tiny, tmp_path):
     info = json.loads((tmp_path / "m.plan.json").read_text())
     print(f"engine {(tmp_path / 'm.plan').stat().st_size / 1e6:.1f} MB, profile {info['profile']['images']}")
     assert out.exists() and info["profile"]["images"]["max"] == [1, 256, 256]
+    assert info["precision"] == "fp32"
+    half = tmp_path / "h.onnx"
+    r = runner.invoke(app, ["export", str(tiny["ckpt"]), "-o", str(half), "--target", "rtx", "--fp16", "--engine"])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    info16 = json.loads((tmp_path / "h.plan.json").read_text())
+    saved = (tmp_path / "m.plan").stat().st_size - (tmp_path / "h.plan").stat().st_size
+    halves = 2 * _float_elements(onnx.load(half))["FLOAT16"]  # bytes the float16 weights save against float32
+    print(f"--fp16 engine {(tmp_path / 'h.plan').stat().st_size / 1e6:.1f} MB: {saved / 1e6:.2f} MB smaller, "
+          f"its float16 weights save {halves / 1e6:.2f} MB")
+    assert info16["precision"] == "fp16" and info16["metadata"]["mrcnn.precision"] == "fp16"
+    assert 0.7 * halves < saved < 1.5 * halves  # the engine holds the weights in float16
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is None:

@@ -9,6 +9,11 @@ Runtimes: `tensorrt-rtx` (`import tensorrt_rtx`; its builder runs on a machine w
 no plugin layers: it takes the `rtx` flavour) and `tensorrt` (`import tensorrt`; the `portable` flavour uses its
 RoiAlign and NMS layers; the `trt` flavour needs the mrcnn plugin library, not built yet). Running an engine needs a
 GPU with that runtime.
+
+Precision: an engine computes in the types of its graph. An `export --fp16` graph (metadata mrcnn.precision fp16)
+builds strongly typed: float16 networks, float32 ops between them, on both runtimes. `--fp16` on a float32 graph
+is full TensorRT's weakly typed FP16 flag (the builder may pick float16 per layer); TensorRT-RTX is strongly typed
+only, so there it is one error line that says to export with --fp16.
 """
 from __future__ import annotations
 
@@ -116,14 +121,28 @@ def _hint(flavour: str, runtime: str) -> str:
     return ""
 
 
-def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: int, log: Callable[[str], None]):
-    """(engine bytes, ONNX metadata, profile (min, opt, max), runtime version)."""
+def _precision(meta: dict, runtime: str, fp16: bool) -> str:
+    """The engine's precision: the graph's (`fp32` / `fp16`), or `fp16-weak` for --fp16 on a float32 graph
+    (tensorrt only)."""
+    graph = meta.get("mrcnn.precision", "fp32")
+    if not fp16 or graph == "fp16":
+        return graph
+    if runtime == "tensorrt-rtx":
+        raise MrcnnError("--fp16: TensorRT-RTX builds the types the graph has (strongly typed) and this graph is "
+                         "float32; export it with `mrcnn export CKPT --target rtx --fp16` and build that")
+    return "fp16-weak"
+
+
+def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: int, log: Callable[[str], None],
+           fp16: bool = False):
+    """(engine bytes, ONNX metadata, profile (min, opt, max), runtime version, precision)."""
     if not path.is_file():
         raise MrcnnError(f"{path}: no such ONNX file")
     if batch < 1:
         raise MrcnnError(f"--batch must be >= 1, got {batch}")
     meta, dims = _onnx_interface(path)
     flavour = meta["mrcnn.flavour"]
+    precision = _precision(meta, runtime, fp16)
     trt = import_runtime(runtime)
     shapes = [tuple(g) if g is not None else d for g, d in zip(given, default_profile(meta, dims, batch))]
     lo, mid, hi = shapes
@@ -140,7 +159,10 @@ def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: in
         raise MrcnnError(f"image sizes of the profile must be multiples of size_divisible={div}, got {bad[0][1:]}")
     errors = _Errors(trt)
     builder = trt.Builder(errors.logger)
-    network = builder.create_network(0)
+    flags = 0  # TensorRT-RTX: strongly typed always
+    if runtime == "tensorrt" and precision == "fp16":
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, errors.logger)
     if not parser.parse_from_file(str(path)):
         first = str(parser.get_error(0)) if parser.num_errors else (errors.errors or ["unknown error"])[0]
@@ -151,7 +173,9 @@ def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: in
     profile.set_shape("images", *[(b, 3, h, w) for b, h, w in shapes])
     profile.set_shape("image_sizes", *[(b, 2) for b, _, _ in shapes])
     config.add_optimization_profile(profile)
-    log(f"building a {runtime} {trt.__version__} engine from {path.name} ({flavour} flavour), images "
+    if precision == "fp16-weak":
+        config.set_flag(trt.BuilderFlag.FP16)
+    log(f"building a {runtime} {trt.__version__} {precision} engine from {path.name} ({flavour} flavour), images "
         f"min {lo} opt {mid} max {hi} (B, H, W)")
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
@@ -159,20 +183,20 @@ def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: in
         reason = " ".join((errors.errors or ["no reason given"])[-1].split())[:300]
         raise MrcnnError(f"{runtime} could not build an engine from {path.name}: {reason}{_hint(flavour, runtime)}")
     log(f"built in {time.perf_counter() - t0:.1f} s")
-    return memoryview(plan), meta, shapes, trt.__version__  # the engine's buffer, not a copy of it
+    return memoryview(plan), meta, shapes, trt.__version__, precision  # the engine's buffer, not a copy of it
 
 
 def build_engine(onnx_path: str | Path, runtime: str = "tensorrt-rtx", min_shape: Optional[Shape] = None,
                  opt_shape: Optional[Shape] = None, max_shape: Optional[Shape] = None, batch: int = 1,
-                 log: Callable[[str], None] = lambda m: None) -> memoryview:
+                 fp16: bool = False, log: Callable[[str], None] = lambda m: None) -> memoryview:
     """The serialized engine of an mrcnn ONNX for `runtime`, with one optimisation profile (shapes of `images`;
     those not given come from default_profile). One MrcnnError line for every failure, with the builder's reason."""
-    return _build(Path(onnx_path), runtime, (min_shape, opt_shape, max_shape), batch, log)[0]
+    return _build(Path(onnx_path), runtime, (min_shape, opt_shape, max_shape), batch, log, fp16)[0]
 
 
 def build_artifact(onnx_path: str | Path, output: Optional[str | Path] = None, *, runtime: str = "tensorrt-rtx",
                    min_shape: Optional[Shape] = None, opt_shape: Optional[Shape] = None,
-                   max_shape: Optional[Shape] = None, batch: int = 1,
+                   max_shape: Optional[Shape] = None, batch: int = 1, fp16: bool = False,
                    log: Callable[[str], None] = print) -> Path:
     """`mrcnn build ONNX`: the engine at `output` (default: the ONNX with suffix .plan) and its description at
     `output`.json, both written atomically; nothing is written when the build fails."""
@@ -182,8 +206,8 @@ def build_artifact(onnx_path: str | Path, output: Optional[str | Path] = None, *
     out = Path(output) if output is not None else src.with_suffix(".plan")
     if out.is_dir():
         raise MrcnnError(f"{out}: is a directory, expected an engine file path")
-    plan, meta, shapes, version = _build(src, runtime, (min_shape, opt_shape, max_shape), batch, log)
-    info = {"runtime": runtime, "runtime_version": version, "onnx": str(src.resolve()),
+    plan, meta, shapes, version, precision = _build(src, runtime, (min_shape, opt_shape, max_shape), batch, log, fp16)
+    info = {"runtime": runtime, "runtime_version": version, "precision": precision, "onnx": str(src.resolve()),
             "profile": {"images": {k: list(s) for k, s in zip(("min", "opt", "max"), shapes)}}, "metadata": meta}
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(plan))
     sidecar = out.with_name(out.name + ".json")
