@@ -151,9 +151,10 @@ def format_ap_drop(report: dict) -> str:
 def demo(out: str | Path = "mrcnn-demo", *, max_iter: int | None = None, n_train: int = 200, n_val: int = 50,
          export: bool = True, log: Callable[[str], None] = print, progress: bool = True) -> dict:
     """The whole pipeline on the embedded synthetic dataset: data -> train (CPU config) -> COCO evaluation ->
-    ONNX export (trt, portable and rtx flavours) -> validation of the ONNX models on ONNX Runtime against the
-    checkpoint (COCO AP, drop, detections paired; report["failed"] of each lists AP drops above DEMO_MAX_AP_DROP)
-    -> the rtx model built into a TensorRT-RTX engine where tensorrt_rtx imports (report["engine"])."""
+    ONNX export (DEMO_FLAVOURS: trt, portable, rtx, and rtx with --fp16) -> validation of the ONNX models on ONNX
+    Runtime against the checkpoint (COCO AP, drop, detections paired; report["failed"] of each lists AP drops above
+    DEMO_MAX_AP_DROP) -> the two rtx models built into TensorRT-RTX engines where tensorrt_rtx imports
+    (report["engines"])."""
     from mrcnn.config import get_config
     from mrcnn.data.synth import generate_synthetic
     from mrcnn.engine.trainer import train
@@ -184,35 +185,40 @@ def demo(out: str | Path = "mrcnn-demo", *, max_iter: int | None = None, n_train
         from mrcnn.export import export_checkpoint
 
         report["onnx"] = {}
-        for target in DEMO_FLAVOURS:
-            onnx_path = out / f"model-{target}.onnx"
-            log(f"[4/{steps}] export {target} flavour -> {onnx_path}")
-            export_checkpoint(result.checkpoint, onnx_path, target=target, log=log)
-        for target in DEMO_FLAVOURS:
-            onnx_path = out / f"model-{target}.onnx"
+        for name, (target, fp16) in DEMO_FLAVOURS.items():
+            onnx_path = out / f"model-{name}.onnx"
+            log(f"[4/{steps}] export {target} flavour{' --fp16' if fp16 else ''} -> {onnx_path}")
+            export_checkpoint(result.checkpoint, onnx_path, target=target, fp16=fp16, log=log)
+        for name in DEMO_FLAVOURS:
+            onnx_path = out / f"model-{name}.onnx"
             log(f"[5/{steps}] validation of {onnx_path} (ONNX Runtime) against the checkpoint (`mrcnn validate`)")
             v = validate_artifact(onnx_path, data, max_ap_drop=DEMO_MAX_AP_DROP, log=log, progress=progress,
                                   reference_eval=reference)
-            report["onnx"][target] = {"path": str(onnx_path), "metrics": v["artifact"]["metrics"], "validation": v}
-        report["engine"] = _demo_engine(out / "model-rtx.onnx", f"[6/{steps}]", log)
+            report["onnx"][name] = {"path": str(onnx_path), "metrics": v["artifact"]["metrics"], "validation": v}
+        report["engines"] = _demo_engines([out / f"model-{n}.onnx" for n in ("rtx", "rtx-fp16")], f"[6/{steps}]",
+                                          log)
     return report
 
 
-def _demo_engine(onnx_path: Path, step: str, log: Callable[[str], None]) -> dict:
-    """The demo's `mrcnn build`: the rtx model as a TensorRT-RTX engine, or why not (not installed)."""
+def _demo_engines(onnx_paths: list[Path], step: str, log: Callable[[str], None]) -> list[dict]:
+    """The demo's `mrcnn build`: the rtx models as TensorRT-RTX engines, or why not (not installed)."""
     from mrcnn.engine.build import build_artifact, import_runtime
 
     try:
         import_runtime("tensorrt-rtx")
     except MrcnnError as e:  # its line names the package to install
-        log(f"{step} engine build skipped: {e}")
-        return {"skipped": str(e)}
+        log(f"{step} engine builds skipped: {e}")
+        return [{"skipped": str(e)}]
+    engines = []
+    for onnx_path in onnx_paths:
+        log(f"{step} TensorRT-RTX engine from {onnx_path} (`mrcnn build`; running it needs an RTX-class GPU)")
+        t0 = time.perf_counter()
+        plan = build_artifact(onnx_path, runtime="tensorrt-rtx", log=log)
+        engines.append({"path": str(plan), "mb": plan.stat().st_size / 1e6, "seconds": time.perf_counter() - t0})
+    return engines
 
-    log(f"{step} TensorRT-RTX engine from {onnx_path} (`mrcnn build`; running it needs an RTX-class GPU)")
-    t0 = time.perf_counter()
-    plan = build_artifact(onnx_path, runtime="tensorrt-rtx", log=log)
-    return {"path": str(plan), "mb": plan.stat().st_size / 1e6, "seconds": time.perf_counter() - t0}
 
-
-DEMO_FLAVOURS = ("trt", "portable", "rtx")
+# the demo's exports: file name model-NAME.onnx -> (flavour, --fp16)
+DEMO_FLAVOURS = {"trt": ("trt", False), "portable": ("portable", False), "rtx": ("rtx", False),
+                 "rtx-fp16": ("rtx", True)}
 DEMO_MAX_AP_DROP = 0.005  # the demo's gate on its ONNX models (measured drop: 0, every detection paired)
