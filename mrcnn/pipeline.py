@@ -195,8 +195,8 @@ def demo(out: str | Path = "mrcnn-demo", *, max_iter: int | None = None, n_train
             v = validate_artifact(onnx_path, data, max_ap_drop=DEMO_MAX_AP_DROP, log=log, progress=progress,
                                   reference_eval=reference)
             report["onnx"][name] = {"path": str(onnx_path), "metrics": v["artifact"]["metrics"], "validation": v}
-        report["engines"] = _demo_engines([out / f"model-{n}.onnx" for n in ("rtx", "rtx-fp16")], f"[6/{steps}]",
-                                          log)
+        rtx = [out / f"model-{name}.onnx" for name, (target, _) in DEMO_FLAVOURS.items() if target == "rtx"]
+        report["engines"] = _demo_engines(rtx, f"[6/{steps}]", log)
     return report
 
 
