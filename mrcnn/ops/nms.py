@@ -86,7 +86,9 @@ def box_nms_reference(
     score_threshold: float,
     max_output: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Naive float64 greedy loop with the semantics of `box_nms` (ties: lower input index first)."""
+    """Naive float64 greedy loop with the semantics of `box_nms` (ties: lower input index first): each kept box
+    suppresses the later candidates of its class that it overlaps by more than `iou_threshold` (the IoUs of one
+    kept box with all later candidates in one call)."""
     ok = _candidates(scores, valid, score_threshold)
     b64 = boxes.double()
     s64 = scores.double()
@@ -94,19 +96,17 @@ def box_nms_reference(
     for i in range(boxes.shape[0]):
         cand = torch.where(ok[i])[0].tolist()
         cand.sort(key=lambda j: (-float(s64[i, j]), j))
-        suppressed = set()
+        order = torch.tensor(cand, dtype=torch.int64, device=boxes.device)
+        suppressed = torch.zeros(len(cand), dtype=torch.bool, device=boxes.device)
         keep = []
         for pos, j in enumerate(cand):
-            if j in suppressed:
+            if suppressed[pos]:
                 continue
             keep.append(j)
             if len(keep) == max_output:
                 break
-            for j2 in cand[pos + 1 :]:
-                if j2 in suppressed or int(classes[i, j2]) != int(classes[i, j]):
-                    continue
-                iou = float(box_iou(b64[i, j][None], b64[i, j2][None])[0, 0])
-                if iou > iou_threshold:
-                    suppressed.add(j2)
+            later = order[pos + 1:]
+            iou = box_iou(b64[i, j][None], b64[i, later])[0]
+            suppressed[pos + 1:] |= (iou > iou_threshold) & (classes[i, later] == classes[i, j])
         keeps.append(torch.tensor(keep, dtype=torch.int64, device=boxes.device))
     return _pack(boxes, scores, classes, keeps, max_output)
