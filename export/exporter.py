@@ -61,6 +61,29 @@ def _quiet_loggers():
             lg.setLevel(lv)
 
 
+@contextlib.contextmanager
+def _without_slices_split():
+    """torch.onnx's optimize=True runs onnxscript's default rewrite rules. One of them, SlicesSplit (two Slices of
+    one tensor's last axis in halves -> a Split), matches every pair of Slice nodes: on the rtx graph's gathers it
+    took 23 of a 62 s export (shapes-tiny, 2 cores) and rewrote nothing, here or in any other flavour. The other
+    rules and the constant folding run as before; an onnxscript without this rule list exports unchanged."""
+    from onnxscript import rewriter
+
+    rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+    try:
+        from onnxscript.rewriter.rules.common import slice_split_rule
+    except ImportError:
+        slice_split_rule = None
+    if not isinstance(rules, tuple) or slice_split_rule is None:
+        yield
+        return
+    rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in rules if r is not slice_split_rule)
+    try:
+        yield
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = rules
+
+
 def _newest_opset() -> Optional[int]:
     try:
         import onnx
@@ -182,7 +205,7 @@ def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: st
     if opset < DEFAULT_OPSET:
         log(f"opset {opset}: traced at opset {DEFAULT_OPSET} and converted down by onnx's version converter")
     with torch.no_grad(), kernels.backend("kernels"), kernels.pyramid_roi_align_export(target == "rtx"), \
-            warnings.catch_warnings(), _quiet_loggers():
+            warnings.catch_warnings(), _quiet_loggers(), _without_slices_split():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
