@@ -903,10 +903,11 @@ def test_build_bad_input_is_one_line_and_writes_nothing(tiny_onnx, tmp_path, cas
     assert not list(tmp_path.glob("out.plan*"))
 
 
-def test_export_engine_builds_the_plan_too(tiny, tmp_path):
+def test_export_engine_builds_the_plan_too(tiny, tiny_fp16, tmp_path):
     """`mrcnn export --target rtx --engine`: the ONNX and its TensorRT-RTX engine in one command (the default
-    profile: shapes-tiny pads every batch to 256x256); with a runtime that does not import, one error line before
-    anything is exported."""
+    profile: shapes-tiny pads every batch to 256x256); the --fp16 export's engine (`mrcnn build`, the same default
+    profile) holds its weights in float16; with a runtime that does not import, one error line before anything is
+    exported."""
     _needs_rtx()
     out = tmp_path / "m.onnx"
     r = runner.invoke(app, ["export", str(tiny["ckpt"]), "-o", str(out), "--target", "rtx", "--engine"])
@@ -915,14 +916,14 @@ def test_export_engine_builds_the_plan_too(tiny, tmp_path):
     print(f"engine {(tmp_path / 'm.plan').stat().st_size / 1e6:.1f} MB, profile {info['profile']['images']}")
     assert out.exists() and info["profile"]["images"]["max"] == [1, 256, 256]
     assert info["precision"] == "fp32"
-    half = tmp_path / "h.onnx"
-    r = runner.invoke(app, ["export", str(tiny["ckpt"]), "-o", str(half), "--target", "rtx", "--fp16", "--engine"])
+    r = runner.invoke(app, ["build", str(tiny_fp16["rtx"]), "-o", str(tmp_path / "h.plan")])
     assert r.exit_code == 0, r.stdout + r.stderr
     info16 = json.loads((tmp_path / "h.plan.json").read_text())
     saved = (tmp_path / "m.plan").stat().st_size - (tmp_path / "h.plan").stat().st_size
-    halves = 2 * _float_elements(onnx.load(half))["FLOAT16"]  # bytes the float16 weights save against float32
+    halves = 2 * _float_elements(onnx.load(tiny_fp16["rtx"]))["FLOAT16"]  # bytes float16 weights save vs float32
     print(f"--fp16 engine {(tmp_path / 'h.plan').stat().st_size / 1e6:.1f} MB: {saved / 1e6:.2f} MB smaller, "
           f"its float16 weights save {halves / 1e6:.2f} MB")
+    assert info16["profile"] == info["profile"]
     assert info16["precision"] == "fp16" and info16["metadata"]["mrcnn.precision"] == "fp16"
     assert 0.7 * halves < saved < 1.5 * halves  # the engine holds the weights in float16
     import importlib.util
