@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/pytest -q "$@"
+# two pytest-xdist workers, each test file on one of them (its module fixtures built once); arguments after these
+# override them (`-n 0`: one process)
+exec .venv/bin/pytest -q -n 2 --dist loadfile "$@"

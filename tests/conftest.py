@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-# Deterministic, bounded CPU use (2-core CI machine).
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Bounded CPU use: the cores shared among pytest-xdist's workers (scripts/test.sh runs -n 2 on the 2-core CI
+# machine: one thread each), at most 2 threads for a serial run.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture(scope="session")
