@@ -374,7 +374,7 @@ def _shapes_tiny() -> Config:
     s.lr_reference_batch = 4
     s.warmup_iters = 50
     s.warmup_factor = 0.1
-    s.max_iter = 2400  # 6-10 min on 2 CPU cores, depending on the day (benchmarks/train_synthetic.py)
+    s.max_iter = 2400  # 6-10 min on the 2-core hosts of 11-25..12-02, ~20 min on 2 AVX2-only ones (README)
     s.grad_clip = 10.0  # at LR 0.02 / batch 4 the unclipped run sits at the edge of divergence: a 0.04% smaller LR
     # during warmup (solver.lr_schedule=cosine) sent it to inf at iteration 50; gradient norms are ~4 (median), with
     # spikes of 30-40 early. Clipped: bbox / segm AP 0.548 / 0.538 (unclipped 0.522 / 0.519)
