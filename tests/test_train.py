@@ -756,7 +756,8 @@ def test_compiled_backbone_computes_the_eager_function(device):
     model = model.to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(1)
     # 256 x 256: no activation of this input sits on a kink (ReLU at 0, a max-pool tie) where float32 and float64
-    # take different branches (at 160 x 224 one does: eager float32 is then 3e-3 from float64 in a few gradients)
+    # take different branches on the CPU (at 160 x 224 one does: eager float32 is then 3e-3 from float64 in a few
+    # gradients)
     x = torch.rand(2, 3, 256, 256, generator=g).to(device)
     with torch.no_grad():
         shapes = [f.shape for f in ref.backbone(x.double())]
@@ -767,6 +768,9 @@ def test_compiled_backbone_computes_the_eager_function(device):
         feats = m.backbone(inp)
         sum((f * w.to(f.dtype)).sum() for f, w in zip(feats, out_grads)).backward()
         return [f.detach() for f in feats] + [p.grad for p in m.backbone.parameters() if p.requires_grad]
+
+    names = [f"feature {i}" for i in range(len(shapes))]
+    names += [f"grad {n}" for n, p in model.backbone.named_parameters() if p.requires_grad]
 
     with fp32_exact_cuda():
         want = run(ref, x.double())
@@ -781,11 +785,21 @@ def test_compiled_backbone_computes_the_eager_function(device):
     assert graphs >= 1, "nothing was compiled"
     assert list(model.state_dict()) == keys, "compiling changed the state-dict keys (checkpoints would not load)"
     assert len(compiled) == len(want) and all(c is not None for c in compiled)
-    err_eager = max(_rel(a, b) for a, b in zip(eager, want))
-    err_comp = max(_rel(a, b) for a, b in zip(compiled, want))
-    print(f"{device}: {graphs} graph(s); max rel error vs float64 over features and gradients: eager {err_eager:.2e}, "
-          f"compiled {err_comp:.2e}")
-    assert err_comp <= min(1e-4, 10 * err_eager + 1e-6), (err_eager, err_comp)
+    # Features (forward): no kink between float32 and float64 here, so float32's accuracy, strictly. Gradients: a
+    # ReLU input within rounding of 0 sends a gradient down another branch in float32 than in float64, and each
+    # device's float32 arithmetic puts a different set of activations there. On an H200 (2026-12-04, torch 2.11,
+    # TF32 off) eager float32 was 3.17e-3 from float64 over features and gradients and the compiled code 3.17e-3 as
+    # well, so the compiled gradients must be as close to float64 as eager's, not under a fixed 1e-4
+    nf = len(shapes)
+    e_eager = [_rel(a, b) for a, b in zip(eager, want)]
+    e_comp = [_rel(a, b) for a, b in zip(compiled, want)]
+    worst = sorted(range(len(names)), key=lambda i: -e_comp[i])[:3]
+    print(f"{device}: {graphs} graph(s); max rel error vs float64: features eager {max(e_eager[:nf]):.2e} compiled "
+          f"{max(e_comp[:nf]):.2e}; gradients eager {max(e_eager[nf:]):.2e} compiled {max(e_comp[nf:]):.2e}; "
+          f"compiled's worst: " + ", ".join(f"{names[i]} {e_comp[i]:.2e} (eager {e_eager[i]:.2e})" for i in worst))
+    assert max(e_comp[:nf]) <= min(1e-4, 10 * max(e_eager[:nf]) + 1e-6), (e_eager[:nf], e_comp[:nf])
+    assert max(e_eager[nf:]) <= 1e-2, f"eager float32 gradients {max(e_eager[nf:]):.2e} from float64: no reference"
+    assert max(e_comp[nf:]) <= min(1e-2, 10 * max(e_eager[nf:]) + 1e-6), (max(e_eager[nf:]), max(e_comp[nf:]))
 
 
 def test_train_with_compile_runs_and_saves_plain_checkpoints(synth_data, tmp_path):
