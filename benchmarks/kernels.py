@@ -170,7 +170,7 @@ def main() -> None:
     # Multi-level RoIAlign (training): the box head's 512 RoIs per image on an FPN (P2-P5) of 4 x 800 x 800 (CPU:
     # 2 x 512 x 512), forward + backward, against torchvision's MultiScaleRoIAlign (level mapper, one nonzero and
     # one roi_align per level, reorder). Both run the level mapper; only ours needs no host sync.
-    if dev == "cpu" or K.cuda_roi_align_enabled():  # CUDA: only once its test passed (MRCNN_CUDA_ROI_ALIGN=1)
+    if dev == "cpu" or K.cuda_roi_align_enabled():  # CUDA: unless MRCNN_CUDA_ROI_ALIGN=0
         from mrcnn.model.roi_heads import map_levels
 
         B, side = (4, 800) if dev == "cuda" else (2, 512)

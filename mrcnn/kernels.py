@@ -546,12 +546,13 @@ def multilevel_roi_align(features: Sequence[Tensor], rois: Tensor, levels: Tenso
         raise
 
 
-_CUDA_ROI_ALIGN = os.environ.get("MRCNN_CUDA_ROI_ALIGN", "0") == "1"
+_CUDA_ROI_ALIGN = os.environ.get("MRCNN_CUDA_ROI_ALIGN", "1") != "0"
 
 
 def set_cuda_roi_align(enabled: bool) -> bool:
-    """Whether CUDA training uses the native multi-level RoIAlign (start value: env MRCNN_CUDA_ROI_ALIGN=1; off by
-    default until its CUDA kernel has been checked on a GPU). Returns the previous value."""
+    """Whether CUDA training uses the native multi-level RoIAlign (start value: on; env MRCNN_CUDA_ROI_ALIGN=0 turns
+    it off, and CUDA training then runs torchvision's RoIAlign per FPN level, a device sync each). On by default since
+    test_cuda_roi_align_equals_cpu passed on an H200 (2026-12-04). Returns the previous value."""
     global _CUDA_ROI_ALIGN
     prev, _CUDA_ROI_ALIGN = _CUDA_ROI_ALIGN, bool(enabled)
     return prev
