@@ -785,11 +785,11 @@ def test_compiled_backbone_computes_the_eager_function(device):
     assert graphs >= 1, "nothing was compiled"
     assert list(model.state_dict()) == keys, "compiling changed the state-dict keys (checkpoints would not load)"
     assert len(compiled) == len(want) and all(c is not None for c in compiled)
-    # Features (forward): no kink between float32 and float64 here, so float32's accuracy, strictly. Gradients: a
-    # ReLU input within rounding of 0 sends a gradient down another branch in float32 than in float64, and each
-    # device's float32 arithmetic puts a different set of activations there. On an H200 (2026-12-04, torch 2.11,
-    # TF32 off) eager float32 was 3.17e-3 from float64 over features and gradients and the compiled code 3.17e-3 as
-    # well, so the compiled gradients must be as close to float64 as eager's, not under a fixed 1e-4
+    # Features (forward): float32's accuracy, strictly. Gradients: as close to float64 as eager float32's. On an
+    # H200 (2026-12-04, torch 2.11, TF32 off) eager float32 was 3.17e-3 from float64 (max over features and
+    # gradients, which of the two not recorded) and the compiled code 3.17e-3 as well, so a fixed 1e-4 cap failed
+    # eager's own accuracy there; a ReLU input within rounding of 0 that sends a gradient down another branch in
+    # float32 than in float64 is the suspected cause, not established
     nf = len(shapes)
     e_eager = [_rel(a, b) for a, b in zip(eager, want)]
     e_comp = [_rel(a, b) for a, b in zip(compiled, want)]
