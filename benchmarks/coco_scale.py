@@ -32,8 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from _common import machine, save
+from common import machine, save
 
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
 COCO_SIZES = [(480, 640), (640, 480), (427, 640), (640, 427), (425, 640), (640, 640)]

@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-
-from _common import machine, save
+from common import machine, save
 
 
 def _padded_ratio(sizes: list[tuple[int, int]], groups, batch: int, divisible: int, seed: int) -> float:
@@ -55,8 +54,9 @@ def main() -> None:
     from mrcnn.data.coco import CocoDetection
     from mrcnn.data.synth import generate_synthetic
     from mrcnn.data.transforms import GlobalBatchSampler, TrainDataset, TrainTransform, collate
-    from mrcnn.engine.trainer import DistInfo, make_train_loader
     from mrcnn.model.preprocess import resize_scale
+    from mrcnn.training.data import make_train_loader
+    from mrcnn.training.distributed import DistInfo
 
     data = Path(a.data) if a.data else Path(a.out) / "synth640"
     if not a.data and not (data / "annotations" / "instances_train2017.json").exists():

@@ -59,7 +59,13 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     || exit 1
   export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+# The package as its wheel lays it out (export/ and cli/ inside mrcnn/), on PYTHONPATH: the device image has no
+# registry for `pip install`. The native library is the one `build` makes (MRCNN_KERNELS_LIB).
+STAGE=/tmp/mrcnn-stage
+rm -rf "$STAGE" && mkdir -p "$STAGE" && cp -r mrcnn "$STAGE/" && cp -r export "$STAGE/mrcnn/export" \
+  && cp -r cli "$STAGE/mrcnn/cli"
+export PYTHONPATH=$STAGE${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export MRCNN_KERNELS_LIB=${MRCNN_KERNELS_LIB:-$PWD/build/gpu/plugins/kernels/libmrcnn_kernels.so}
 export MRCNN_COMMIT=${MRCNN_COMMIT:-unknown}
 echo "stages: $stages | budget $BUDGET s | commit $MRCNN_COMMIT"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
@@ -86,7 +92,7 @@ roi_verdict() {  # roi_verdict LOG: keep the verdict of test_cuda_roi_align_equa
 summary() { grep -E "^===|PASSED|FAILED|ERROR|SKIPPED|passed|failed|error" "$1" | tail -"$2"; }
 
 if has roi && ! has tests && fits 60 "roi"; then
-  bounded python3 -m pytest -p no:cacheprovider -v -s tests/test_kernels.py -k test_cuda_roi_align_equals_cpu \
+  bounded python3 -m pytest -p no:cacheprovider -v -s tests/native/test_kernels.py -k test_cuda_roi_align_equals_cpu \
     >"$OUT/pytest_cuda.log" 2>&1
   summary "$OUT/pytest_cuda.log" 12
   roi_verdict "$OUT/pytest_cuda.log"
@@ -111,13 +117,13 @@ if has train; then  # batch 4 (the seed's per-GPU batch); the median step counts
 fi
 
 if has tests && fits 240 "tests"; then  # -s: the tests print what they measured
-  MRCNN_CUDA_ROI_ALIGN=0 bounded python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/test_kernels.py \
-    tests/test_equivalence.py tests/test_train.py >"$OUT/pytest_cuda.log" 2>&1
+  MRCNN_CUDA_ROI_ALIGN=0 bounded python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/native/test_kernels.py \
+    tests/model/test_equivalence.py tests/training/test_train.py >"$OUT/pytest_cuda.log" 2>&1
   roi_verdict "$OUT/pytest_cuda.log"
   if native_roi_ok && fits 120 "tests with MRCNN_CUDA_ROI_ALIGN=1"; then  # the model's tests, native RoIAlign
     echo "=== MRCNN_CUDA_ROI_ALIGN=1" >>"$OUT/pytest_cuda.log"
-    MRCNN_CUDA_ROI_ALIGN=1 bounded python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/test_equivalence.py \
-      tests/test_train.py >>"$OUT/pytest_cuda.log" 2>&1
+    MRCNN_CUDA_ROI_ALIGN=1 bounded python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/model/test_equivalence.py \
+      tests/training/test_train.py >>"$OUT/pytest_cuda.log" 2>&1
   fi
   summary "$OUT/pytest_cuda.log" 60
 fi

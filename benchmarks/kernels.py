@@ -25,11 +25,11 @@ import time
 
 import torch
 import torchvision
+from common import machine, save
 
-from _common import machine, save
-
+from mrcnn import native as K
 from mrcnn.ops import REFERENCE as R  # the pure-torch peers (mrcnn.ops.<name> itself dispatches to the kernels)
-from mrcnn import kernels as K
+from mrcnn.ops import dispatch
 
 
 def timed(fn, device: str, iters: int, warmup: int = 2) -> float:
@@ -170,7 +170,7 @@ def main() -> None:
     # Multi-level RoIAlign (training): the box head's 512 RoIs per image on an FPN (P2-P5) of 4 x 800 x 800 (CPU:
     # 2 x 512 x 512), forward + backward, against torchvision's MultiScaleRoIAlign (level mapper, one nonzero and
     # one roi_align per level, reorder). Both run the level mapper; only ours needs no host sync.
-    if dev == "cpu" or K.cuda_roi_align_enabled():  # CUDA: unless MRCNN_CUDA_ROI_ALIGN=0
+    if dev == "cpu" or dispatch.cuda_roi_align_enabled():  # CUDA: unless MRCNN_CUDA_ROI_ALIGN=0
         from mrcnn.model.roi_heads import map_levels
 
         B, side = (4, 800) if dev == "cuda" else (2, 512)

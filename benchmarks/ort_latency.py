@@ -20,8 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-from _common import machine, save, timed_interleaved
+from common import machine, save, timed_interleaved
 
 
 def _interleaved(runners: dict, warmup: int, iters: int) -> dict:
@@ -35,11 +34,12 @@ def _interleaved(runners: dict, warmup: int, iters: int) -> dict:
 def bench_model(spec: str, batch: int, threads: int, warmup: int, iters: int, targets: list[str], tmp: Path) -> dict:
     import onnx
 
-    from mrcnn import kernels
+    from mrcnn import native as kernels
     from mrcnn.config import get_config
+    from mrcnn.deploy.ort_predictor import ort_session
     from mrcnn.export import export_model
     from mrcnn.model import build_model
-    from mrcnn.runtime.onnx_predictor import ort_session
+    from mrcnn.ops import dispatch
 
     name, _, size = spec.partition(":")
     h, w = (int(v) for v in (size or "256x256").split("x"))
@@ -53,7 +53,7 @@ def bench_model(spec: str, batch: int, threads: int, warmup: int, iters: int, ta
 
     def eager(backend: str):
         def run():
-            with torch.inference_mode(), kernels.backend(backend):
+            with torch.inference_mode(), dispatch.backend(backend):
                 model(images, sizes)
         return run
 

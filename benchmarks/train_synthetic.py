@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-
-from _common import machine, save
+from common import machine, save
 
 
 def main() -> None:
@@ -28,11 +27,11 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="config override section.key=value (repeatable)")
     a = ap.parse_args()
 
+    from mrcnn.api.validate import evaluate_artifact
     from mrcnn.config import get_config
     from mrcnn.data.synth import generate_synthetic
-    from mrcnn.engine.evaluation import format_table
-    from mrcnn.engine.trainer import train
-    from mrcnn.pipeline import evaluate_artifact
+    from mrcnn.evaluation.coco import format_table
+    from mrcnn.training.trainer import train
 
     out = Path(a.out)
     data = out / "data"

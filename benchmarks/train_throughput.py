@@ -19,8 +19,7 @@ import statistics
 from pathlib import Path
 
 import torch
-
-from _common import machine, ratio_interval, save, timed_interleaved
+from common import machine, ratio_interval, save, timed_interleaved
 
 
 def make_batch(n: int, size: int, num_classes: int, device: str, seed: int = 0, width: int = 0):
@@ -60,7 +59,7 @@ def count_ops(step) -> dict[str, int]:
     """aten ops one step dispatches (forward, backward, optimizer): "all", and "compute", those that are not views
     or allocations. A host-bound GPU step costs host time roughly in proportion to its dispatched ops; this count
     does not depend on the device's speed, so it can be measured on any machine."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._python_dispatch import TorchDispatchMode  # noqa: PLC2701 - the peer's own helper
 
     class Count(TorchDispatchMode):
         n = {"all": 0, "compute": 0}
@@ -78,7 +77,8 @@ def count_ops(step) -> dict[str, int]:
 
 def profile(step, device: str, path: str, rows: int = 30) -> None:
     """Top ops of a few steps by self device time (CUDA) or self CPU time, written to `path`."""
-    from torch.profiler import ProfilerActivity, profile as prof
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     with prof(activities=acts) as p:
@@ -121,11 +121,11 @@ def main() -> None:
     ap.add_argument("--no-save", action="store_true")
     a = ap.parse_args()
 
-    from mrcnn import kernels
     from mrcnn.config import get_config
     from mrcnn.model import build_model
     from mrcnn.model.convert import convert_torchvision_state_dict
     from mrcnn.model.preprocess import batch_images
+    from mrcnn.ops import dispatch
 
     num_classes = 81
     dev = a.device
@@ -142,7 +142,7 @@ def main() -> None:
 
         def step():
             opt.zero_grad(set_to_none=True)
-            with kernels.cuda_roi_align(native_roi), \
+            with dispatch.cuda_roi_align(native_roi), \
                     torch.autocast(dev.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
                 losses = forward(model)
             scaler.scale(sum(losses.values())).backward()
@@ -231,7 +231,8 @@ def main() -> None:
                                       "ratio_ci95": {k: [round(x, 4) for x in v] for k, v in ci.items()},
                                       "ratio_fastest_steps": ratio_min, "cuda_mallocs_and_retries": allocs,
                                       "aten_ops_per_step": ops,
-                                      "step_ms": {k: [round(t * 1000, 2) for t in v] for k, v in times.items()}}, a.json)
+                                      "step_ms": {k: [round(t * 1000, 2) for t in v] for k, v in times.items()}},
+                 a.json)
         print(f"saved {p}")
 
 

@@ -55,10 +55,10 @@ def handled(fn):
 @app.command()
 @handled
 def info() -> None:
-    """Versions, GPU visibility and which optional backends work here."""
-    from mrcnn.info import backend_info
+    """Versions, GPU visibility and which optional runtimes work here."""
+    from mrcnn.api.info import runtime_info
 
-    rows = backend_info()
+    rows = runtime_info()
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -75,7 +75,7 @@ def data_synth(
 ) -> None:
     """Generate the deterministic synthetic COCO-format shapes dataset."""
     from mrcnn.data.synth import generate_synthetic
-    from mrcnn.engine.progress import reporter
+    from mrcnn.progress import reporter
 
     if train < 0 or val < 0 or size < 32:
         raise MrcnnError("--train/--val must be >= 0 and --size >= 32")
@@ -162,8 +162,8 @@ def train(
 ) -> None:
     """Train a Mask R-CNN (AMP, DDP under torchrun, accumulation, channels-last, resume)."""
     from mrcnn.config import get_config
-    from mrcnn.engine.runs import default_run_dir, resume_settings
-    from mrcnn.engine.trainer import train as run_train
+    from mrcnn.training.runs import default_run_dir, resume_settings
+    from mrcnn.training.trainer import train as run_train
 
     if out is None:
         out = default_run_dir(resume)
@@ -189,7 +189,8 @@ def train(
         s.epochs = epochs
     elif max_iter is not None:
         s.epochs = 0.0  # an explicit --max-iter wins over a config's (or a resumed run's) epochs
-    result = run_train(cfg, data, out, resume=resume, overwrite=overwrite, weights=weights, device=device, strict=strict, log=_log)
+    result = run_train(cfg, data, out, resume=resume, overwrite=overwrite, weights=weights, device=device,
+                       strict=strict, log=_log)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line, not one per rank
         print(f"done: {result.iteration} iterations, checkpoint {result.checkpoint}")
 
@@ -208,8 +209,8 @@ def eval_(
     max_images: int = typer.Option(0, "--max-images", help="evaluate the first N images only (0: all)"),
 ) -> None:
     """COCO bbox + segm AP table (and AP per class)."""
-    from mrcnn.engine.evaluation import format_per_class, format_table
-    from mrcnn.pipeline import evaluate_artifact
+    from mrcnn.api.validate import evaluate_artifact
+    from mrcnn.evaluation.coco import format_per_class, format_table
 
     metrics = evaluate_artifact(artifact, data, split=split, batch_size=batch, device=device, json_out=json_out,
                                 strict=strict, log=_log, max_images=max_images)
@@ -235,7 +236,7 @@ def validate(
     max_images: int = typer.Option(0, "--max-images", help="the first N images only (0: all)"),
 ) -> None:
     """COCO AP of a model and of its reference on the same images, detections paired up, and an AP-drop gate."""
-    from mrcnn.pipeline import format_validation, validate_artifact
+    from mrcnn.api.validate import format_validation, validate_artifact
 
     report = validate_artifact(artifact, data, reference=reference, max_ap_drop=max_ap_drop, split=split,
                                batch_size=batch, device=device, json_out=json_out, strict=strict, log=_log,
@@ -269,14 +270,14 @@ def export(
     from mrcnn.export import export_checkpoint
 
     if engine:  # before the export: a missing runtime is one line, not an ONNX without its engine
-        from mrcnn.engine.build import engine_runtime, import_runtime
+        from mrcnn.deploy.build import engine_runtime, import_runtime
 
         import_runtime(engine_runtime(target))
     path = export_checkpoint(checkpoint, output, target=target, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
                              height=height, width=width, dynamic_size=dynamic_size, fp16=fp16, overrides=list(set_),
                              log=_log)
     if engine:
-        from mrcnn.engine.build import build_artifact
+        from mrcnn.deploy.build import build_artifact
 
         build_artifact(path, runtime=engine_runtime(target), log=_log)
 
@@ -296,7 +297,7 @@ def build(
                                                     "`export --fp16` graph is float16 without it, on both runtimes)"),
 ) -> None:
     """Build a TensorRT(-RTX) engine (.plan, with a .plan.json description) from an exported ONNX."""
-    from mrcnn.engine.build import build_artifact, parse_shape
+    from mrcnn.deploy.build import build_artifact, parse_shape
 
     shapes = [None if v is None else parse_shape(v, flag)
               for v, flag in ((min_shape, "--min-shape"), (opt_shape, "--opt-shape"), (max_shape, "--max-shape"))]
@@ -320,8 +321,8 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the measurements"),
 ) -> None:
     """Latency (mean, p50, p90, p99), images/s and memory of artifacts, timed taking turns on the same images."""
-    from mrcnn.engine.bench import bench_artifacts, format_bench
-    from mrcnn.engine.evaluation import write_json
+    from mrcnn.deploy.bench import bench_artifacts, format_bench
+    from mrcnn.io import write_json
 
     try:
         h, w = (int(v) for v in size.lower().split("x"))
@@ -347,8 +348,8 @@ def predict(
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Detections on images: PNG overlays (masks, boxes, labels) and a COCO-format predictions.json."""
-    from mrcnn.engine.runs import next_run_dir
-    from mrcnn.predict import predict as run_predict
+    from mrcnn.deploy.predict import predict as run_predict
+    from mrcnn.io import next_run_dir
 
     out = out if out is not None else next_run_dir("predict")
     res = run_predict(artifact, images, out, score=score, batch_size=batch, device=device,
@@ -380,28 +381,13 @@ def demo(
 ) -> None:
     """The whole pipeline on the embedded synthetic data: synth -> train -> COCO eval -> ONNX export (trt,
     portable, rtx, rtx --fp16) -> validation on ONNX Runtime against the checkpoint -> TensorRT-RTX engines of the
-    rtx models."""
-    from mrcnn.engine.evaluation import format_table
-    from mrcnn.engine.validation import format_pairs
-    from mrcnn.pipeline import DEMO_MAX_AP_DROP, demo as run_demo, format_ap_drop
+    rtx models -> bench -> predict overlays, then one summary table."""
+    from mrcnn.api.demo import DEMO_MAX_AP_DROP, format_report
+    from mrcnn.api.demo import demo as run_demo
 
     res = run_demo(out, max_iter=max_iter, export=not no_export, log=_log)
-    print(f"PyTorch checkpoint {res['checkpoint']}")
-    print(format_table(res["metrics"]))
-    failed = []
-    for target, r in res.get("onnx", {}).items():
-        v = r["validation"]
-        print(f"ONNX Runtime, {target} flavour: {r['path']}")
-        print(format_table(r["metrics"]))
-        print(format_ap_drop(v))
-        print(format_pairs(v["detections"]))
-        failed += [f"{target} flavour: {f}" for f in v["failed"]]
-    for engine in res.get("engines", []):
-        if "path" in engine:
-            print(f"TensorRT-RTX engine: {engine['path']} ({engine['mb']:.1f} MB, built in {engine['seconds']:.1f} s "
-                  f"on this machine; it runs where TensorRT-RTX and an RTX-class GPU are)")
-        else:
-            print(f"TensorRT-RTX engines: skipped, {engine['skipped']}")
+    print(format_report(res))
+    failed = [f"{target} flavour: {f}" for target, r in res.get("onnx", {}).items() for f in r["validation"]["failed"]]
     if failed:
         raise MrcnnError(f"demo: {'; '.join(failed)}, more than {DEMO_MAX_AP_DROP:g} below the checkpoint's")
 

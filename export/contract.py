@@ -1,4 +1,4 @@
-"""The `mrcnn` ONNX domain: one entry per custom op (design.md §3), its ONNX schema and shape inference.
+"""The `mrcnn` ONNX domain: one entry per custom op (docs/design.md §3), its ONNX schema and shape inference.
 
     op_type       torch op                         in the exported inference graph
     AnchorGrid    torch.ops.mrcnn.anchor_grid      RPN, one per FPN level
@@ -8,8 +8,8 @@
 
 A node is `domain="mrcnn"`, `op_type=<CamelName>`, attribute `plugin_version="1"` plus one attribute per plugin
 field, named like the torch op's arguments (TensorRT's ONNX parser turns every other attribute of an unknown node into
-a PluginField of the creator `<op_type>`). Inputs/outputs and dtypes follow the torch ops (mrcnn/kernels.py); the
-human-readable contract table is plugins/README.md, and tests/test_export.py checks that the two agree.
+a PluginField of the creator `<op_type>`). Inputs/outputs and dtypes follow the torch ops (mrcnn/native/); the
+human-readable contract table is plugins/README.md, and tests/export/test_export.py checks that the two agree.
 
 `register_schemas()` adds the domain's OpSchemas (with type and shape inference) to onnx's registry of this process,
 so `onnx.checker.check_model(full_check=True)` and `onnx.shape_inference` accept trt-flavour models. Only onnx is

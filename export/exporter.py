@@ -2,7 +2,7 @@
 the networks in float16), written atomically.
 
 Path: torch.export (non-strict) of the eval forward with the model's custom ops as torch.ops.mrcnn.* nodes
-(mrcnn.kernels backend "kernels"; only their fake kernels run while tracing), then torch.onnx's dynamo translation
+(mrcnn.ops.dispatch backend "kernels"; only their fake kernels run while tracing), then torch.onnx's dynamo translation
 with a custom_translation_table per flavour (export/translations.py). RoIAlign comes from torchlib's
 torchvision::roi_align translation (ONNX RoiAlign-16, coordinate_transformation_mode output_half_pixel for
 aligned=False, half_pixel for aligned=True).
@@ -172,10 +172,10 @@ def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: st
     reference `mrcnn validate` compares the model with). Returns the onnx ModelProto that was written."""
     import onnx
 
-    from mrcnn import kernels
-    from mrcnn.engine.checkpoint import atomic_write
     from mrcnn.export.contract import register_schemas
     from mrcnn.export.translations import translation_table
+    from mrcnn.io import atomic_write
+    from mrcnn.ops import dispatch
 
     check_options(target, opset, output, batch, False, height, width, height is None)
     div = cfg.input.size_divisible
@@ -196,7 +196,7 @@ def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: st
     dynamic_shapes = (img_dims or None, size_dims or None)
     model = model.eval()
     if fp16:
-        from mrcnn.model.precision import half_network
+        from mrcnn.export.precision import half_network
 
         model = half_network(copy.deepcopy(model))
     precision = "fp16" if fp16 else "fp32"
@@ -204,7 +204,7 @@ def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: st
         f"size {'dynamic' if dyn_size else f'{height}x{width}'})")
     if opset < DEFAULT_OPSET:
         log(f"opset {opset}: traced at opset {DEFAULT_OPSET} and converted down by onnx's version converter")
-    with torch.no_grad(), kernels.backend("kernels"), kernels.pyramid_roi_align_export(target == "rtx"), \
+    with torch.no_grad(), dispatch.backend("kernels"), dispatch.pyramid_roi_align_export(target == "rtx"), \
             warnings.catch_warnings(), _quiet_loggers(), _without_slices_split():
         warnings.simplefilter("ignore")
         try:
@@ -240,7 +240,8 @@ def export_checkpoint(checkpoint: str | Path, output: Optional[str | Path] = Non
                       log: Callable[[str], None] = print) -> Path:
     """`mrcnn export CKPT`: default output CKPT with suffix .onnx (next to the checkpoint).
     `overrides` (section.key=value) adjust inference settings such as model.box_score_thresh."""
-    from mrcnn.engine.checkpoint import file_sha256, load_model
+    from mrcnn.io import file_sha256
+    from mrcnn.model.checkpoint import load_model
 
     check_options(target, opset, output, batch, dynamic_batch, height, width, dynamic_size)
     ckpt_path = Path(checkpoint)

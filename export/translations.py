@@ -1,4 +1,4 @@
-"""Two ONNX translations of the torch.ops.mrcnn.* nodes of one traced graph (design.md §4).
+"""Two ONNX translations of the torch.ops.mrcnn.* nodes of one traced graph (docs/design.md §4).
 
     trt       one `mrcnn` node per op (export/contract.py): TensorRT maps it to the plugin, ONNX Runtime to the
               Python custom op on the C++ kernels (mrcnn/runtime/ort_ops.py)
@@ -371,7 +371,7 @@ def box_nms_rtx(boxes, scores, classes, valid, iou_threshold: float, score_thres
 
 def translation_table(target: str) -> dict:
     """custom_translation_table for torch.onnx.export: torch.ops.mrcnn.* -> trt nodes or portable decompositions."""
-    import mrcnn.kernels  # noqa: F401 - registers torch.ops.mrcnn.*
+    import mrcnn.native  # noqa: F401 - registers torch.ops.mrcnn.*
 
     register_schemas()
     ops = torch.ops.mrcnn

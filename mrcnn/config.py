@@ -1,6 +1,6 @@
 """Typed, plain configuration: named presets, dotted overrides, round-trip through dicts (checkpoints, ONNX metadata).
 
-Defaults are the seed's R-50-FPN 1x (design.md §5). `torchvision` mode reproduces torchvision's
+Defaults are the seed's R-50-FPN 1x (docs/design.md §5). `torchvision` mode reproduces torchvision's
 maskrcnn_resnet50_fpn choices exactly (used by `mrcnn convert torchvision`).
 """
 from __future__ import annotations

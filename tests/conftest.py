@@ -1,13 +1,14 @@
-"""Shared fixtures: a tiny synthetic dataset generated once per session, tiny training configs."""
+"""Shared fixtures. The expensive ones (a synthetic dataset, a random-weight tiny model and its exports, a model
+trained 150 iterations) are built once per test run and shared by the pytest-xdist workers: the first worker to
+need one builds it under a file lock, the others read it."""
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 # Bounded CPU use: the cores shared among pytest-xdist's workers (scripts/test.sh runs -n 2 on the 2-core CI
 # machine: one thread each), at most 2 threads for a serial run.
@@ -16,83 +17,108 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture(scope="session")
-def synth_data(tmp_path_factory) -> Path:
+def shared(tmp_path_factory, worker_id):
+    """`shared(name, build)`: the folder `name`, filled once by `build(folder)` for all workers of this run."""
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent
+    root = root / "shared"
+    root.mkdir(exist_ok=True)
+
+    def get(name: str, build) -> Path:
+        folder = root / name
+        with FileLock(str(folder) + ".lock"):
+            if not (folder / ".done").exists():
+                folder.mkdir(exist_ok=True)
+                build(folder)
+                (folder / ".done").touch()
+        return folder
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def synth_data(shared) -> Path:
     from mrcnn.data.synth import generate_synthetic
 
-    out = tmp_path_factory.mktemp("synth") / "data"
-    generate_synthetic(out, n_train=12, n_val=4, size=128, seed=3)
-    return out
+    return shared("synth", lambda d: generate_synthetic(d / "data", n_train=12, n_val=4, size=128, seed=3)) / "data"
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
+TINY_NAMES = ["square", "circle", "triangle", "star", "ellipse"]  # the synthetic set's classes, in another order
 
 
-def on_devices(*devices: str) -> list:
-    """pytest params for a device argument: 'cuda' is marked `cuda` and skips with a reason without a GPU."""
-    return [pytest.param(d, marks=[pytest.mark.cuda, needs_cuda]) if d == "cuda" else d for d in devices]
+@pytest.fixture(scope="session")
+def tiny(shared):
+    """shapes-tiny with random weights: checkpoint, the same model in PyTorch (score threshold 0), class names."""
+    from mrcnn.config import Config, get_config
+    from mrcnn.model import build_model
+    from mrcnn.model.checkpoint import load_checkpoint, save_checkpoint
+
+    def build(folder: Path) -> None:
+        torch.manual_seed(0)
+        cfg = get_config("shapes-tiny")
+        model = build_model(cfg.model)
+        save_checkpoint(folder / "tiny.pt", {"config": cfg.to_dict(), "class_names": TINY_NAMES,
+                                             "model": model.state_dict()})
+
+    ckpt = shared("tiny", build) / "tiny.pt"
+    saved = load_checkpoint(ckpt)
+    cfg0 = Config.from_dict(saved["config"]).override(["model.box_score_thresh=0.0"])
+    ours = build_model(cfg0.model)
+    ours.load_state_dict(saved["model"])
+    return {"ckpt": ckpt, "cfg": cfg0, "model": ours.eval(), "names": TINY_NAMES}
 
 
-@contextlib.contextmanager
-def fp32_exact_cuda():
-    """CUDA convolutions and matmuls in true float32 (no TF32) inside the block, restored afterwards: peers compared
-    at float32 tolerances must not differ by TF32 rounding (about 1e-3 relative)."""
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+def _exports(shared, tiny, name: str, targets, fp16: bool) -> dict[str, Path]:
+    import time
+
+    from mrcnn.export import export_checkpoint
+
+    suffix = "-fp16" if fp16 else ""
+
+    def build(folder: Path) -> None:
+        for target in targets:
+            t0 = time.perf_counter()
+            export_checkpoint(tiny["ckpt"], folder / f"tiny-{target}{suffix}.onnx", target=target, fp16=fp16,
+                              overrides=["model.box_score_thresh=0.0"], log=lambda m: None)
+            print(f"export {target}{suffix}: {time.perf_counter() - t0:.1f} s")
+
+    folder = shared(name, build)
+    return {target: folder / f"tiny-{target}{suffix}.onnx" for target in targets}
 
 
-def tiny_config(**solver):
-    """shapes-tiny at 128 px: a few training steps take about a second on 2 cores."""
-    from mrcnn.config import get_config
+@pytest.fixture(scope="session")
+def tiny_onnx(shared, tiny):
+    """Every flavour of the tiny model, dynamic batch and size, score threshold 0."""
+    pytest.importorskip("onnxscript")
+    from helpers import TARGETS
 
-    cfg = get_config("shapes-tiny")
-    cfg.input.min_size = 128
-    cfg.input.max_size = 128
-    cfg.solver.batch = 2
-    cfg.solver.max_iter = 3
-    cfg.solver.warmup_iters = 1
-    for k, v in solver.items():
-        setattr(cfg.solver, k, v)
-    return cfg
+    return _exports(shared, tiny, "tiny-onnx", TARGETS, fp16=False)
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None):
-    """Run `python -m mrcnn ARGS` in a subprocess (cwd outside the checkout, so the installed package is used)."""
-    import subprocess
+@pytest.fixture(scope="session")
+def tiny_fp16(shared, tiny):
+    """The tiny model exported with --fp16, trt and rtx flavours (portable has the same float16 network between
+    float32 ops whose portable forms are checked in float32)."""
+    pytest.importorskip("onnxscript")
+    from helpers import FP16_TARGETS
 
-    e = dict(os.environ)
-    e.update(env or {})
-    e.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run([sys.executable, "-m", "mrcnn", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=e)
-
-
-def max_rel_diff(sd_a: dict, sd_b: dict) -> tuple[float, str]:
-    """Relative difference of two state dicts: ||a - b|| / ||b|| over all floating-point parameters together.
-    Also returns the key whose tensor contributes most to ||a - b||."""
-    assert sd_a.keys() == sd_b.keys()
-    num = den = 0.0
-    worst, key = -1.0, ""
-    for k in sd_a:
-        a, b = sd_a[k], sd_b[k]
-        if not a.is_floating_point() or a.numel() == 0:
-            continue
-        d = float(((a.double() - b.double()) ** 2).sum())
-        num += d
-        den += float((b.double() ** 2).sum())
-        if d > worst:
-            worst, key = d, k
-    return (num ** 0.5) / max(den ** 0.5, 1e-30), key
+    return _exports(shared, tiny, "tiny-fp16", FP16_TARGETS, fp16=True)
 
 
-def one_error_line(result) -> str:
-    """A CliRunner result that failed the project way: exit 1, one `error: ...` line on stderr, no traceback."""
-    err = result.stderr.strip()
-    assert result.exit_code == 1, (result.exit_code, result.stdout, err)
-    assert "Traceback" not in err + result.stdout
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ")
-    return err
+@pytest.fixture(scope="session")
+def trained(shared, synth_data):
+    """A shapes-tiny model trained 150 iterations on the 12 synthetic images (128 px), and its trt-flavour ONNX."""
+    pytest.importorskip("onnxscript")
+    from helpers import tiny_config
+
+    from mrcnn.export import export_checkpoint
+    from mrcnn.training.trainer import train
+
+    def build(out: Path) -> None:
+        res = train(tiny_config(max_iter=150, warmup_iters=10), synth_data, out / "run", log=lambda m: None,
+                    progress=False, evaluate_at_end=False, device="cpu")
+        export_checkpoint(res.checkpoint, out / "model-trt.onnx", target="trt", log=lambda m: None)
+
+    out = shared("trained", build)
+    return {"ckpt": out / "run" / "model_final.pt", "onnx": out / "model-trt.onnx", "dir": out}

@@ -16,7 +16,7 @@ def check_split(data: str | Path, split: str, *, decode: bool = False, log: Call
                 progress: bool = True) -> dict | None:
     """Counts and problems of one split (None where the dataset has no such split)."""
     from mrcnn.data.layout import open_split
-    from mrcnn.engine.progress import reporter
+    from mrcnn.progress import reporter
 
     ds = open_split(data, split, required=False, logger=lambda m: log(f"  warning: {m}"))
     if ds is None:

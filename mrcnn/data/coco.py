@@ -158,7 +158,25 @@ class CocoDetection(torch.utils.data.Dataset):
         if not self.img_dir.is_dir():
             raise MrcnnError(f"image folder not found: {self.img_dir}")
 
-        # 1. categories -> contiguous labels
+        cats = self._read_categories(doc, name)
+        self.cat_ids: list[int] = sorted(cats)
+        self.class_names: list[str] = [str(cats[i]["name"]) for i in self.cat_ids]
+        images = self._read_images(doc, name)
+        by_image = self._read_annotations(doc, name, images, cats)
+
+        # 4. the kept images and annotations, packed into numpy arrays; the parsed json is dropped on return
+        self.ids: list[int] = sorted(images)
+        self._categories = [cats[c] for c in self.cat_ids]
+        self._cat_ids = np.array(self.cat_ids, dtype=np.int64)
+        self._sizes = np.array([(images[i]["height"], images[i]["width"]) for i in self.ids],
+                               dtype=np.int64).reshape(-1, 2)  # (a split without images: shape (0, 2))
+        self._image_ids = np.array(self.ids, dtype=np.int64)
+        self._file_names = np.array([images[i]["file_name"] for i in self.ids], dtype=np.str_)
+        self._anns = _Annotations([by_image[i] for i in self.ids])
+        self._coco: COCO | None = None
+
+    def _read_categories(self, doc: dict, name: str) -> dict[int, dict]:
+        """1. categories (id -> entry); their sorted ids become the contiguous labels 1..C."""
         cats = {}
         for c in doc["categories"]:
             if not isinstance(c, dict) or not isinstance(c.get("id"), int) or "name" not in c:
@@ -168,10 +186,10 @@ class CocoDetection(torch.utils.data.Dataset):
             cats[c["id"]] = c
         if not cats:
             raise MrcnnError(f"{name}: no categories")
-        self.cat_ids: list[int] = sorted(cats)
-        self.class_names: list[str] = [str(cats[i]["name"]) for i in self.cat_ids]
+        return cats
 
-        # 2. images: entry sanity and file presence
+    def _read_images(self, doc: dict, name: str) -> dict[int, dict]:
+        """2. images: entry sanity and file presence (id -> entry of each usable image)."""
         images: dict[int, dict] = {}
         for k, im in enumerate(doc["images"]):
             iid = im.get("id") if isinstance(im, dict) else None
@@ -190,8 +208,10 @@ class CocoDetection(torch.utils.data.Dataset):
                 self._bad(f"{path}: missing image file (image id {iid})", "missing image")
                 continue
             images[iid] = im
+        return images
 
-        # 3. annotations
+    def _read_annotations(self, doc: dict, name: str, images: dict, cats: dict) -> dict[int, list]:
+        """3. annotations: (annotation, parsed segmentation) of each usable one, per usable image."""
         dropped_ids = {im.get("id") for im in doc["images"] if isinstance(im, dict)} - set(images)
         by_image: dict[int, list] = {i: [] for i in images}
         ann_ids: set[int] = set()
@@ -238,17 +258,7 @@ class CocoDetection(torch.utils.data.Dataset):
                 continue
             ann_ids.add(aid)
             by_image[iid].append((a, seg))
-
-        # 4. the kept images and annotations, packed into numpy arrays; the parsed json is dropped on return
-        self.ids: list[int] = sorted(images)
-        self._categories = [cats[c] for c in self.cat_ids]
-        self._cat_ids = np.array(self.cat_ids, dtype=np.int64)
-        self._sizes = np.array([(images[i]["height"], images[i]["width"]) for i in self.ids],
-                               dtype=np.int64).reshape(-1, 2)  # (a split without images: shape (0, 2))
-        self._image_ids = np.array(self.ids, dtype=np.int64)
-        self._file_names = np.array([images[i]["file_name"] for i in self.ids], dtype=np.str_)
-        self._anns = _Annotations([by_image[i] for i in self.ids])
-        self._coco: COCO | None = None
+        return by_image
 
     @property
     def coco(self) -> COCO:
@@ -318,7 +328,8 @@ class CocoDetection(torch.utils.data.Dataset):
         try:
             arr, orientation = read_rgb(path)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            problem, reason = f"corrupt image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", "corrupt image"
+            first = str(e).splitlines()[0] if str(e) else ""
+            problem, reason = f"corrupt image ({type(e).__name__}: {first})", "corrupt image"
         else:
             if arr.shape[:2] == (h, w):
                 return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pycocotools.mask as mask_util
 
-
 _NUMBER_TYPES = {int, float}
 
 

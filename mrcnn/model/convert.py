@@ -4,8 +4,6 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-import torch
-
 from mrcnn.config import get_config
 from mrcnn.errors import MrcnnError
 
@@ -81,7 +79,7 @@ def _model_config(num_classes: int, bn_eps: float):
 
 def load_torchvision(sd: dict, bn_eps: float = 0.0):
     """Build our model (`torchvision-r50-fpn` config) loaded with a torchvision state dict; returns (model, config)."""
-    from mrcnn.model import build_model
+    from mrcnn.model.mask_rcnn import build_model
 
     cfg = _model_config(num_classes_of(sd), bn_eps)
     model = build_model(cfg.model)
@@ -108,7 +106,7 @@ def convert_torchvision(
     with torchvision's reference scripts with 1e-5. `class_names`: the foreground classes (num_classes - 1 names);
     default `class_1`.. Returns the written checkpoint dict.
     """
-    from mrcnn.engine.checkpoint import FORMAT, VERSION, safe_load, save_checkpoint
+    from mrcnn.model.checkpoint import FORMAT, VERSION, safe_load, save_checkpoint
 
     obj = unwrap_state_dict(safe_load(src_path, "torchvision checkpoint"))
     if not isinstance(obj, dict):

@@ -97,3 +97,7 @@ class MaskRCNN(nn.Module):
         losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_rpn_box}
         losses.update(self.roi_heads.losses(roi_feats, proposals, valid, images, targets, generators))
         return losses
+
+
+def build_model(cfg: ModelConfig) -> MaskRCNN:
+    return MaskRCNN(cfg)

@@ -6,8 +6,7 @@ from torch import Tensor
 
 from mrcnn.config import InputConfig
 from mrcnn.model.mask_rcnn import MaskRCNN
-from mrcnn.model.preprocess import (batch_images, min_batch_shape, postprocess_detections, resize_image,
-                                    to_float_image)
+from mrcnn.model.preprocess import batch_images, min_batch_shape, postprocess_detections, resize_image, to_float_image
 
 
 class Predictor:

@@ -19,11 +19,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from mrcnn import kernels
+from mrcnn import native
 from mrcnn.config import ModelConfig
 from mrcnn.model.rpn import gather_rows, pad_rows, sample_balanced
-from mrcnn.ops import box_area, box_iou, box_nms, box_sizes_at_least, clip_boxes, decode_boxes, encode_boxes
-from mrcnn.ops import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match_proposals
+from mrcnn.ops import (
+    BELOW_LOW_THRESHOLD,
+    BETWEEN_THRESHOLDS,
+    box_area,
+    box_iou,
+    box_nms,
+    box_sizes_at_least,
+    clip_boxes,
+    decode_boxes,
+    dispatch,
+    encode_boxes,
+    match_proposals,
+)
 
 
 def _infer_scale(feature: Tensor, image: Tensor, nominal: float) -> float:
@@ -54,10 +65,10 @@ def multiscale_roi_align(
     # RoIAlign runs in float32 (or float64) even under autocast, like torchvision's autocast kernel
     dtype = torch.float64 if features[0].dtype == torch.float64 else torch.float32
     rois = rois.to(dtype)
-    if kernels.native_roi_align_applies(features[0], rois, dtype):
+    if dispatch.native_roi_align_applies(features[0], rois, dtype):
         # training: one native call over the whole pyramid, no split of the RoIs by level (no device sync)
         maps = [f.to(dtype=dtype, memory_format=torch.contiguous_format) for f in features]  # at most one copy
-        return kernels.multilevel_roi_align(maps, rois, levels, scales,
+        return native.multilevel_roi_align(maps, rois, levels, scales,
                                             (output_size, output_size), sampling_ratio, aligned)
     # eval, export, reference backend: torchvision's op per level (exported as ONNX RoiAlign)
     pooled, order = [], []

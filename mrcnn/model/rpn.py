@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrcnn.config import ModelConfig
-# The custom ops (design.md §3) dispatch at call time to the reference or the native kernel (mrcnn.kernels'
+
+# The custom ops (docs/design.md §3) dispatch at call time to the reference or the native kernel (mrcnn.ops.dispatch's
 # backend switch). ONNX export runs under backend "kernels", so the traced graph holds torch.ops.mrcnn.* nodes.
 from mrcnn.ops import BETWEEN_THRESHOLDS, anchor_grid, box_iou, box_nms, encode_boxes, match_proposals, pre_nms_select
 

@@ -64,7 +64,7 @@ class InitReport:
 
 def _state_dict_of(obj, path: Path) -> tuple[dict, Optional[list[str]]]:
     """(state dict, class names or None) of whatever the file holds; torchvision Mask R-CNN keys are converted."""
-    from mrcnn.engine.checkpoint import FORMAT
+    from mrcnn.model.checkpoint import FORMAT
     from mrcnn.model.convert import unwrap_state_dict
 
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -95,7 +95,7 @@ def _check_fit(src: dict, dst: dict, keys, path: Path, what: str) -> None:
 
 def load_initial_weights(model: nn.Module, path: str | Path, class_names: list[str]) -> InitReport:
     """Copy the file's weights into `model` (freshly built for `class_names`, background excluded) in place."""
-    from mrcnn.engine.checkpoint import safe_load
+    from mrcnn.model.checkpoint import safe_load
     from mrcnn.model.convert import convert_torchvision_state_dict
 
     path = Path(path)
@@ -154,3 +154,24 @@ def load_initial_weights(model: nn.Module, path: str | Path, class_names: list[s
     kept = [n for i, n in enumerate(new_fg, start=1) if i in src_row]
     new = [n for i, n in enumerate(new_fg, start=1) if i not in src_row]
     return InitReport(str(path), "mask-rcnn", len(whole), kept, new)
+
+
+def initial_weights(model: nn.Module, cfg, weights, class_names: list[str], resume: bool, say) -> dict:
+    """`--weights`: load the file into the fresh model (not when resuming: the run's own checkpoint wins). Without
+    it, a config that freezes BN and lower stages is told that those stay random."""
+    if resume:
+        if weights is not None:
+            say(f"--resume: continuing from the run's own checkpoint; --weights {weights} is not used")
+        return {}
+    if weights is not None:
+        report = load_initial_weights(model, weights, class_names)
+        say(report.describe())
+        return report.to_dict()
+    m = cfg.model
+    frozen = (["its BatchNorm is frozen"] if m.norm == "frozen_bn" else []) + \
+        ([f"{5 - m.trainable_layers} of 5 backbone stages do not train"] if m.trainable_layers < 5 else [])
+    if frozen:
+        say(f"warning: {cfg.name} starts from random weights, yet {' and '.join(frozen)}; pass --weights (an "
+            "ImageNet ResNet such as torchvision's resnet50-0676ba61.pth, or Mask R-CNN weights), or train "
+            "everything from scratch with --set model.norm=gn --set model.trainable_layers=5")
+    return {}

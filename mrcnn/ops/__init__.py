@@ -1,4 +1,4 @@
-"""Custom ops as pure-torch references: the single source of truth (design.md §3).
+"""Custom ops as pure-torch references: the single source of truth (docs/design.md §3).
 
 Each op is one function with plain tensor inputs, plain attributes and fixed-size outputs. Later, C++/CUDA kernels
 register the same names as `torch.ops.mrcnn.<snake_name>`, and ONNX nodes / TensorRT plugins use the CamelNames:
@@ -8,18 +8,13 @@ register the same names as `torch.ops.mrcnn.<snake_name>`, and ONNX nodes / Tens
     pre_nms_select  PreNmsSelect
     box_nms         BoxNms
 
-The five kernel-backed names exported here dispatch at call time (`mrcnn.kernels.set_backend` / `backend()` context
-manager / env MRCNN_OPS_BACKEND): "auto" (default) runs the native kernel where the library is built and supports
-the device and dtype, else the reference; "reference" and "kernels" force one. `REFERENCE` holds the pure-torch
-functions themselves.
+The five kernel-backed names exported here dispatch at call time (`mrcnn.ops.dispatch`: `set_backend` /
+`backend()` context manager / env MRCNN_OPS_BACKEND): "auto" (default) runs the native kernel where the library is
+built and supports the device and dtype, else the reference; "reference" and "kernels" force one. `REFERENCE` holds
+the pure-torch functions themselves.
 """
 import functools
 
-from mrcnn.ops import anchors as _anchors
-from mrcnn.ops import boxes as _boxes
-from mrcnn.ops import matcher as _matcher
-from mrcnn.ops import nms as _nms
-from mrcnn.ops import proposals as _proposals
 from mrcnn.ops.anchors import base_anchors
 from mrcnn.ops.boxes import (
     DEFAULT_SCALE_CLAMP,
@@ -29,16 +24,9 @@ from mrcnn.ops.boxes import (
     decode_boxes,
     encode_boxes,
 )
+from mrcnn.ops.dispatch import REFERENCE, backend, get_backend, resolve, set_backend  # noqa: E402 - after the ops
 from mrcnn.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS
 from mrcnn.ops.nms import box_nms_reference
-
-REFERENCE = {
-    "anchor_grid": _anchors.anchor_grid,
-    "box_iou": _boxes.box_iou,
-    "pre_nms_select": _proposals.pre_nms_select,
-    "box_nms": _nms.box_nms,
-    "match_proposals": _matcher.match_proposals,
-}
 
 
 def _dispatching(name: str):
@@ -46,9 +34,7 @@ def _dispatching(name: str):
 
     @functools.wraps(ref)
     def op(*args, **kwargs):
-        from mrcnn import kernels
-
-        return kernels.resolve(name)(*args, **kwargs)
+        return resolve(name)(*args, **kwargs)
 
     return op
 
@@ -61,6 +47,10 @@ match_proposals = _dispatching("match_proposals")
 
 __all__ = [
     "REFERENCE",
+    "backend",
+    "get_backend",
+    "resolve",
+    "set_backend",
     "anchor_grid",
     "base_anchors",
     "box_iou",

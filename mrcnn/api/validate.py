@@ -1,0 +1,150 @@
+"""`mrcnn eval` and `mrcnn validate`: an artifact's COCO AP, and its AP against a reference model's with the detections
+paired up (the CLI only parses and prints)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mrcnn.errors import MrcnnError
+
+
+def check_inputs(artifact: Path, batch_size: int, max_images: int = 0) -> None:
+    """Before anything is loaded (load_artifact checks --device first)."""
+    from mrcnn.deploy import check_artifact_type
+
+    if batch_size < 1:
+        raise MrcnnError(f"--batch must be >= 1, got {batch_size}")
+    if max_images < 0:
+        raise MrcnnError(f"--max-images must be >= 0 (0: all), got {max_images}")
+    check_artifact_type(artifact)
+
+
+def score_predictor(predictor, name: str, ds, batch_size: int, log, progress: bool,
+                    max_images: int) -> tuple[dict, list]:
+    """(COCO metrics, COCO results) of a predictor on a dataset split, its classes matched by name."""
+    from mrcnn.evaluation.coco import evaluate, match_classes
+
+    cat_ids = match_classes(predictor.class_names, ds, name, log)  # other classes: one error line, before predicting
+    return evaluate(predictor, ds, batch_size=batch_size, log=log, progress=progress, max_images=max_images,
+                    cat_ids=cat_ids)
+
+
+def evaluate_artifact(artifact: str | Path, data_dir: str | Path, *, split: str = "val2017", batch_size: int = 2,
+                      device: str | None = None, json_out: str | Path | None = None, strict: bool = False,
+                      log: Callable[[str], None] = print, progress: bool = True, max_images: int = 0) -> dict:
+    """COCO bbox + segm AP of a checkpoint (.pt) or an exported model (.onnx, on ONNX Runtime)."""
+    from mrcnn.data.layout import open_split
+    from mrcnn.deploy import load_artifact
+    from mrcnn.io import write_json
+
+    artifact = Path(artifact)
+    check_inputs(artifact, batch_size, max_images)
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    predictor = load_artifact(artifact, dev, log=log)
+    ds = open_split(data_dir, split, strict=strict, logger=log)
+    metrics, results = score_predictor(predictor, str(artifact), ds, batch_size, log, progress, max_images)
+    if json_out:
+        write_json(json_out, {"metrics": metrics, "results": results})
+    return metrics
+
+
+def reference_of(predictor, artifact: Path) -> tuple[Path | None, list[str] | None]:
+    """The checkpoint an exported model names as its source (metadata `mrcnn.source`) and the inference overrides
+    it was exported with; (None, None) for a model that names none. A source that is gone or has changed since the
+    export is one error line: comparing with another model would prove nothing."""
+    import json
+
+    from mrcnn.io import file_sha256
+
+    text = (getattr(predictor, "metadata", None) or {}).get("mrcnn.source")
+    if not text:
+        return None, None
+    src = json.loads(text)
+    path = Path(src["checkpoint"])
+    if not path.exists():
+        raise MrcnnError(f"{artifact} was exported from {path}, which is not there: give --reference CHECKPOINT")
+    if src.get("sha256") and file_sha256(path) != src["sha256"]:
+        raise MrcnnError(f"{artifact} was exported from {path}, which has changed since (its sha256 differs): "
+                         "give --reference CHECKPOINT")
+    return path, src.get("overrides")
+
+
+def validate_artifact(artifact: str | Path, data_dir: str | Path, *, reference: str | Path | None = None,
+                      max_ap_drop: float | None = None, split: str = "val2017", batch_size: int = 2,
+                      device: str | None = None, json_out: str | Path | None = None, strict: bool = False,
+                      log: Callable[[str], None] = print, progress: bool = True, max_images: int = 0,
+                      reference_eval: tuple[dict, list] | None = None) -> dict:
+    """`mrcnn validate`: COCO AP of `artifact` and of its reference (`reference`, or the checkpoint an exported model
+    names) on the same images, their AP drops, the detections paired up (mrcnn.evaluation.comparison), and the gate:
+    report["failed"] lists the AP drops above `max_ap_drop` (the CLI exits 1 when it is not empty).
+    `reference_eval`: the reference's (metrics, results) on the same images when already computed (the demo)."""
+    from mrcnn.data.layout import open_split
+    from mrcnn.deploy import load_artifact
+    from mrcnn.evaluation.comparison import ap_drops, gate, pair_detections
+    from mrcnn.io import write_json
+
+    artifact = Path(artifact)
+    check_inputs(artifact, batch_size, max_images)
+    if max_ap_drop is not None and not max_ap_drop >= 0:
+        raise MrcnnError(f"--max-ap-drop must be >= 0 (AP points as fractions: 0.01 = 1 point), got {max_ap_drop}")
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    predictor = load_artifact(artifact, dev, log=log)
+    overrides = None
+    if reference is None:
+        reference, overrides = reference_of(predictor, artifact)
+    if reference is None and max_ap_drop is not None:
+        raise MrcnnError(f"--max-ap-drop needs a reference model: {artifact} names none; give --reference CHECKPOINT")
+    ref_pred = None
+    if reference is not None:
+        reference = Path(reference)
+        check_inputs(reference, batch_size)
+        ref_pred = load_artifact(reference, dev, log=log, overrides=overrides)
+        if list(ref_pred.class_names) != list(predictor.class_names):
+            raise MrcnnError(f"{artifact} and its reference {reference} have different classes "
+                             f"({', '.join(predictor.class_names[:6])} vs {', '.join(ref_pred.class_names[:6])})")
+    ds = open_split(data_dir, split, strict=strict, logger=log)
+    metrics, results = score_predictor(predictor, str(artifact), ds, batch_size, log, progress, max_images)
+    report: dict = {"artifact": {"path": str(artifact), "runtime": predictor.runtime, "metrics": metrics},
+                    "reference": None, "images": metrics["images"], "max_ap_drop": max_ap_drop, "failed": []}
+    if ref_pred is not None:
+        ref_metrics, ref_results = reference_eval or score_predictor(ref_pred, str(reference), ds, batch_size, log,
+                                                                     progress,
+                                                            max_images)
+        drops = ap_drops(metrics, ref_metrics)
+        report["reference"] = {"path": str(reference), "runtime": ref_pred.runtime, "metrics": ref_metrics}
+        report["ap_drop"] = drops
+        report["detections"] = pair_detections(results, ref_results)
+        if max_ap_drop is not None:
+            report["failed"] = gate(drops, max_ap_drop)
+    if json_out:
+        write_json(json_out, report)
+    return report
+
+
+def format_validation(report: dict) -> str:
+    """The report as `mrcnn validate` prints it."""
+    from mrcnn.evaluation.coco import format_table
+    from mrcnn.evaluation.comparison import format_pairs
+
+    a, r = report["artifact"], report["reference"]
+    lines = [f"{a['path']} on {a['runtime']}, {report['images']} images", format_table(a["metrics"])]
+    if r is None:
+        lines.append("no reference model (give --reference CHECKPOINT): AP only")
+        return "\n".join(lines)
+    lines += [f"reference {r['path']} on {r['runtime']}", format_table(r["metrics"])]
+    lines += [format_ap_drop(report), format_pairs(report["detections"])]
+    return "\n".join(lines)
+
+
+def format_ap_drop(report: dict) -> str:
+    """One line: each AP drop (reference -> this) and, where there is one, the gate's verdict."""
+    a, r = report["artifact"], report["reference"]
+    line = "AP drop (reference - this): " + ", ".join(
+        f"{t} {d['AP']:+.4f} ({r['metrics'][t]['AP']:.4f} -> {a['metrics'][t]['AP']:.4f})"
+        for t, d in report["ap_drop"].items())
+    if report["max_ap_drop"] is not None:
+        line += (f"; gate --max-ap-drop {report['max_ap_drop']:g}: "
+                 + ("; ".join(report["failed"]) + ": FAILED" if report["failed"] else "passed"))
+    return line

@@ -1,0 +1,61 @@
+"""Artifacts and the runtimes that run them (docs/design.md: the runtime follows the artifact).
+
+    load_artifact(path) -> predictor     .pt/.pth: PyTorch (model.Predictor);  .onnx: ONNX Runtime (OnnxPredictor)
+
+A predictor maps `list[uint8 Tensor [3,H,W]]` to one torchvision-format dict per image (original pixels, pasted
+masks) and has `.cfg`, `.class_names` and `.runtime` (what runs it, in words); mrcnn.evaluation.evaluate accepts
+any of them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from mrcnn.errors import MrcnnError
+
+ARTIFACT_SUFFIXES = (".pt", ".pth", ".onnx")
+
+
+def check_artifact_type(path: str | Path) -> Path:
+    """The artifact types a runtime exists for (.pt/.pth, .onnx), or one MrcnnError."""
+    path = Path(path)
+    if path.suffix.lower() in (".plan", ".engine"):
+        raise MrcnnError(f"{path}: running TensorRT engines is not supported yet (`mrcnn build` makes them; they "
+                         f"run where TensorRT and a GPU are); use the .onnx it was built from")
+    if path.suffix.lower() not in ARTIFACT_SUFFIXES:
+        raise MrcnnError(f"{path}: unsupported artifact type {path.suffix!r} (expected {', '.join(ARTIFACT_SUFFIXES)})")
+    return path
+
+
+def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[[str], None] = print,
+                  overrides: Optional[list[str]] = None, **kwargs):
+    """A predictor for a checkpoint (.pt/.pth) or an exported model (.onnx). The predictor has `.cfg`,
+    `.class_names` and `.runtime` (what runs it, in words). `overrides` (section.key=value inference settings, as
+    `export --set` takes them) apply to a checkpoint; an exported model has its own built in."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if device is not None:
+        from mrcnn.device import parse_device
+
+        parse_device(device)
+    check_artifact_type(path)
+    if overrides and suffix == ".onnx":
+        raise MrcnnError(f"{path}: an exported model's settings are fixed at export; --set applies to checkpoints")
+    if suffix == ".onnx":
+        from mrcnn.deploy.ort_predictor import OnnxPredictor
+
+        providers = ["CPUExecutionProvider"] if device == "cpu" else None  # None: CUDA where ORT and a GPU allow
+        pred = OnnxPredictor(path, providers=providers, log=log, **kwargs)
+        pred.runtime = f"ONNX Runtime ({', '.join(p.replace('ExecutionProvider', '') for p in pred.providers)})"
+        return pred
+    else:  # .pt / .pth
+        import torch
+
+        from mrcnn.model.checkpoint import load_model
+        from mrcnn.model.predictor import Predictor
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, cfg, names = load_model(path, dev, overrides)
+        pred = Predictor(model, cfg.input, **kwargs)
+        pred.cfg, pred.class_names, pred.runtime = cfg, names, f"PyTorch ({dev})"
+        return pred

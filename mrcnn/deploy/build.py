@@ -1,0 +1,220 @@
+"""`mrcnn build`: an exported ONNX -> a serialized TensorRT / TensorRT-RTX engine (`.plan`), written atomically, with a
+`.plan.json` beside it that keeps the ONNX's description (config, classes, preprocessing) and the shape profile.
+
+    build_engine(onnx, runtime, min_shape, opt_shape, max_shape) -> memoryview  the engine's bytes
+    default_profile(onnx metadata, graph input dims, batch)     -> (min, opt, max), each (B, H, W) of `images`
+    build_artifact(onnx, output, ...)                            -> Path      `mrcnn build`
+
+Runtimes: `tensorrt-rtx` (`import tensorrt_rtx`; its builder runs on a machine without a GPU, CPU-only AOT, and has
+no plugin layers: it takes the `rtx` flavour) and `tensorrt` (`import tensorrt`; the `portable` flavour uses its
+RoiAlign and NMS layers; the `trt` flavour needs the mrcnn plugin library, not built yet). Running an engine needs a
+GPU with that runtime.
+
+Precision: an engine computes in the types of its graph. An `export --fp16` graph (metadata mrcnn.precision fp16)
+builds strongly typed: float16 networks, float32 ops between them, on both runtimes. `--fp16` on a float32 graph
+is full TensorRT's weakly typed FP16 flag (the builder may pick float16 per layer); TensorRT-RTX is strongly typed
+only, so there it is one error line that says to export with --fp16.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from mrcnn.errors import MrcnnError
+
+RUNTIMES = {"tensorrt-rtx": ("tensorrt_rtx", "tensorrt-rtx-cu13"), "tensorrt": ("tensorrt", "tensorrt")}
+Shape = tuple[int, int, int]  # (batch, height, width) of the `images` input
+
+
+def import_runtime(runtime: str):
+    """The runtime's Python module, or one MrcnnError with the package to install."""
+    if runtime not in RUNTIMES:
+        raise MrcnnError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+    module, package = RUNTIMES[runtime]
+    try:
+        import importlib
+
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MrcnnError(f"--runtime {runtime}: cannot import {module} ({str(e).splitlines()[0][:120]}); "
+                         f"pip install {package}") from None
+
+
+def engine_runtime(target: str) -> str:
+    """The runtime an export flavour's engine is built with: rtx -> tensorrt-rtx, trt / portable -> tensorrt."""
+    return "tensorrt-rtx" if target == "rtx" else "tensorrt"
+
+
+def parse_shape(text: str, what: str) -> Shape:
+    """'BxHxW' (e.g. 1x800x1344) -> (B, H, W), or one MrcnnError."""
+    parts = text.lower().split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise MrcnnError(f"{what} {text!r}: expected BxHxW with positive integers, e.g. 1x800x1344")
+    return dims  # type: ignore[return-value]
+
+
+def _onnx_interface(path: Path):
+    """(metadata dict, images input dims with None for dynamic ones) of an ONNX file, without its weights."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf / IO errors of many types
+        raise MrcnnError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    inputs = {i.name: i for i in model.graph.input}
+    if "images" not in inputs or "image_sizes" not in inputs or "mrcnn.flavour" not in meta:
+        raise MrcnnError(f"{path}: not an mrcnn export (no images / image_sizes inputs or mrcnn metadata); "
+                         f"make one with `mrcnn export`")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs["images"].type.tensor_type.shape.dim]
+    return meta, dims
+
+
+def default_profile(meta: dict, dims: Sequence[Optional[int]], batch: int = 1) -> tuple[Shape, Shape, Shape]:
+    """The shape profile of `images` when none is given: static dims as they are; a dynamic batch 1..`batch`
+    (optimised for `batch`); a dynamic size from the preprocessing: the padded size where the model pads every batch
+    to one (`pad_to`), else min (size_divisible)², opt (min_size, max_size) and max max_size², rounded up to
+    size_divisible (R-50: 800x1344 and 1344x1344)."""
+    pre = json.loads(meta.get("mrcnn.preprocess", "{}"))
+    b, _, h, w = (list(dims) + [None] * 4)[:4]
+    bmin, bopt, bmax = (b, b, b) if b else (1, batch, batch)
+    if h and w:
+        sizes = [(h, w)] * 3
+    elif pre.get("pad_to"):
+        sizes = [tuple(pre["pad_to"])] * 3
+    else:
+        div = int(pre.get("size_divisible", 32))
+        up = lambda v: int(math.ceil(v / div) * div)  # noqa: E731
+        lo, hi = up(pre.get("min_size", 800)), up(pre.get("max_size", 1333))
+        sizes = [(div, div), (lo, hi), (hi, hi)]
+    return tuple((bb, *s) for bb, s in zip((bmin, bopt, bmax), sizes))  # type: ignore[return-value]
+
+
+class _Errors:
+    """A TensorRT logger that keeps the error messages (the builder reports its reasons only through it)."""
+
+    def __init__(self, trt) -> None:
+        errors = self.errors = []
+
+        class Logger(trt.ILogger):
+            def log(self, severity, msg):  # noqa: D102
+                if severity <= trt.ILogger.Severity.ERROR:
+                    errors.append(str(msg))
+
+        self.logger = Logger()
+        trt.ILogger.__init__(self.logger)
+
+
+def _hint(flavour: str, runtime: str) -> str:
+    if runtime == "tensorrt-rtx" and flavour != "rtx":
+        return ("; TensorRT-RTX has no plugin layers, RoiAlign or NMS kernel, so it takes the rtx flavour: "
+                "mrcnn export CKPT --target rtx")
+    if flavour == "trt":
+        return "; the trt flavour's mrcnn nodes need the mrcnn TensorRT plugin library, which is not built yet"
+    return ""
+
+
+def _precision(meta: dict, runtime: str, fp16: bool) -> str:
+    """The engine's precision: the graph's (`fp32` / `fp16`), or `fp16-weak` for --fp16 on a float32 graph
+    (tensorrt only)."""
+    graph = meta.get("mrcnn.precision", "fp32")
+    if not fp16 or graph == "fp16":
+        return graph
+    if runtime == "tensorrt-rtx":
+        raise MrcnnError("--fp16: TensorRT-RTX builds the types the graph has (strongly typed) and this graph is "
+                         "float32; export it with `mrcnn export CKPT --target rtx --fp16` and build that")
+    return "fp16-weak"
+
+
+def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: int, log: Callable[[str], None],
+           fp16: bool = False):
+    """(engine bytes, ONNX metadata, profile (min, opt, max), runtime version, precision)."""
+    if not path.is_file():
+        raise MrcnnError(f"{path}: no such ONNX file")
+    if batch < 1:
+        raise MrcnnError(f"--batch must be >= 1, got {batch}")
+    meta, dims = _onnx_interface(path)
+    flavour = meta["mrcnn.flavour"]
+    precision = _precision(meta, runtime, fp16)
+    trt = import_runtime(runtime)
+    shapes = [tuple(g) if g is not None else d for g, d in zip(given, default_profile(meta, dims, batch))]
+    lo, mid, hi = shapes
+    if not all(a <= b <= c for a, b, c in zip(lo, mid, hi)):
+        raise MrcnnError(f"shape profile must have min <= opt <= max in every dim, got {lo}, {mid}, {hi}")
+    for name, d in zip(("batch", "height", "width"), range(3)):
+        fixed = dims[0 if d == 0 else d + 1]
+        if fixed and not lo[d] == mid[d] == hi[d] == fixed:
+            raise MrcnnError(f"{path}: the model's {name} is fixed at {fixed}; the profile asks for "
+                             f"{lo[d]}..{hi[d]}")
+    div = int(json.loads(meta.get("mrcnn.preprocess", "{}")).get("size_divisible", 32))
+    bad = [s for s in shapes if s[1] % div or s[2] % div]
+    if bad:
+        raise MrcnnError(f"image sizes of the profile must be multiples of size_divisible={div}, got {bad[0][1:]}")
+    errors = _Errors(trt)
+    builder = trt.Builder(errors.logger)
+    flags = 0  # TensorRT-RTX: strongly typed always
+    if runtime == "tensorrt" and precision == "fp16":
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, errors.logger)
+    if not parser.parse_from_file(str(path)):
+        first = str(parser.get_error(0)) if parser.num_errors else (errors.errors or ["unknown error"])[0]
+        raise MrcnnError(f"{runtime} cannot parse {path.name} ({flavour} flavour): "
+                         f"{' '.join(first.split())[:300]}{_hint(flavour, runtime)}")
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("images", *[(b, 3, h, w) for b, h, w in shapes])
+    profile.set_shape("image_sizes", *[(b, 2) for b, _, _ in shapes])
+    config.add_optimization_profile(profile)
+    if precision == "fp16-weak":
+        config.set_flag(trt.BuilderFlag.FP16)
+    log(f"building a {runtime} {trt.__version__} {precision} engine from {path.name} ({flavour} flavour), images "
+        f"min {lo} opt {mid} max {hi} (B, H, W)")
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        reason = " ".join((errors.errors or ["no reason given"])[-1].split())[:300]
+        raise MrcnnError(f"{runtime} could not build an engine from {path.name}: {reason}{_hint(flavour, runtime)}")
+    log(f"built in {time.perf_counter() - t0:.1f} s")
+    return memoryview(plan), meta, shapes, trt.__version__, precision  # the engine's buffer, not a copy of it
+
+
+def build_engine(onnx_path: str | Path, runtime: str = "tensorrt-rtx", min_shape: Optional[Shape] = None,
+                 opt_shape: Optional[Shape] = None, max_shape: Optional[Shape] = None, batch: int = 1,
+                 fp16: bool = False, log: Callable[[str], None] = lambda m: None) -> memoryview:
+    """The serialized engine of an mrcnn ONNX for `runtime`, with one optimisation profile (shapes of `images`;
+    those not given come from default_profile). One MrcnnError line for every failure, with the builder's reason."""
+    return _build(Path(onnx_path), runtime, (min_shape, opt_shape, max_shape), batch, log, fp16)[0]
+
+
+def build_artifact(onnx_path: str | Path, output: Optional[str | Path] = None, *, runtime: str = "tensorrt-rtx",
+                   min_shape: Optional[Shape] = None, opt_shape: Optional[Shape] = None,
+                   max_shape: Optional[Shape] = None, batch: int = 1, fp16: bool = False,
+                   log: Callable[[str], None] = print) -> Path:
+    """`mrcnn build ONNX`: the engine at `output` (default: the ONNX with suffix .plan) and its description at
+    `output`.json, both written atomically; nothing is written when the build fails."""
+    from mrcnn.io import atomic_write
+
+    src = Path(onnx_path)
+    out = Path(output) if output is not None else src.with_suffix(".plan")
+    if out.is_dir():
+        raise MrcnnError(f"{out}: is a directory, expected an engine file path")
+    plan, meta, shapes, version, precision = _build(src, runtime, (min_shape, opt_shape, max_shape), batch, log, fp16)
+    info = {"runtime": runtime, "runtime_version": version, "precision": precision, "onnx": str(src.resolve()),
+            "profile": {"images": {k: list(s) for k, s in zip(("min", "opt", "max"), shapes)}}, "metadata": meta}
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(plan))
+    sidecar = out.with_name(out.name + ".json")
+    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1, sort_keys=True)))
+    log(f"wrote {out} ({plan.nbytes / 1e6:.1f} MB) and {sidecar.name}")
+    return out
+
+
+__all__ = ["RUNTIMES", "build_artifact", "build_engine", "default_profile", "engine_runtime", "import_runtime",
+           "parse_shape"]

@@ -1,1 +1,0 @@
-"""Training engine: trainer, checkpoints, COCO evaluation, progress reporting."""

@@ -1,0 +1,83 @@
+"""Checkpoints: one format, written atomically, read with `weights_only=True` (untrusted files stay safe).
+
+Format (a plain dict of tensors and builtins):
+  format="mrcnn-checkpoint", version=1, config=Config.to_dict(), class_names=[...], model=state_dict,
+  and for training runs: optimizer, scheduler, scaler, iteration, rng, metrics. With a weight average
+  (`solver.ema_decay`) "model" holds the average (what eval / export / predict use) and ema={decay, tau, updates,
+  online} the weights the optimizer steps (what --resume continues).
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mrcnn.config import Config
+from mrcnn.errors import MrcnnError
+from mrcnn.io import atomic_write
+
+FORMAT = "mrcnn-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _load_failure(e: BaseException) -> str:
+    """The reason in one short clause. torch's weights-only refusal is a paragraph that ends by advising
+    `weights_only=False` (running the file's code): only its WeightsUnpickler reason is kept."""
+    text = str(e).strip()
+    if "Weights only load failed" in text:
+        m = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
+        why = m.group(1).split(". Please use")[0].rstrip(". ") if m else ""
+        return "refused by the weights-only loader" + (f": {why}" if why else "") + "; mrcnn runs no code from files"
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def safe_load(path: str | Path, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(weights_only=True)` of a user's file: tensors and builtins only, no code runs. A missing, unreadable
+    or refused file is one MrcnnError line naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise MrcnnError(f"{path}: no such {what}")
+    if path.is_dir():
+        raise MrcnnError(f"{path}: is a directory, expected a {what}")
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols of garbage files: the error says it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - garbage bytes raise anything (UnpicklingError, IndexError, ...)
+        raise MrcnnError(f"{path}: not a readable {what} ({_load_failure(e)})") from None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    ckpt = safe_load(path, "checkpoint", map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise MrcnnError(f"{path}: not an mrcnn checkpoint (use `mrcnn convert` for torchvision weights)")
+    if "config" not in ckpt or "model" not in ckpt:
+        raise MrcnnError(f"{path}: checkpoint has no embedded config or model weights")
+    return ckpt
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: list[str] | None = None):
+    """Checkpoint -> (model in eval mode, Config, class_names). `overrides` (section.key=value) adjust inference
+    settings such as model.box_score_thresh."""
+    from mrcnn.model.mask_rcnn import build_model
+
+    ckpt = load_checkpoint(path)
+    cfg = Config.from_dict(ckpt["config"]).override(overrides)
+    model = build_model(cfg.model)
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if missing or unexpected:
+        raise MrcnnError(
+            f"{path}: weights do not fit config {cfg.name!r} "
+            f"(missing {len(missing)}, unexpected {len(unexpected)}, e.g. {(missing or unexpected)[0]})"
+        )
+    model.to(device).eval()
+    names = list(ckpt.get("class_names") or [f"class_{i}" for i in range(1, cfg.model.num_classes)])
+    return model, cfg, names
