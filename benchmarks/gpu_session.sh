@@ -16,13 +16,15 @@
 # time left, so the call ends inside its limit and what was measured so far is under $OUT.
 #
 # Stages:
-#   build    CMake + Ninja of the kernels for sm 90 (~15 s)
+#   build    CMake + Ninja of the kernels for sm 90 (~15 s), and of the TensorRT plugin library and its C++ driver when
+#            build/trt-headers is carried (name it in the device call's carry)
 #   roi      test_cuda_roi_align_equals_cpu alone (~30 s): when it passes, `train` also times ours with the native
 #            multi-level CUDA RoIAlign (MRCNN_CUDA_ROI_ALIGN) and `tests` reruns the model tests with it
 #   train    benchmarks/train_throughput.py, batch 4, 60 interleaved steps per model, in this order: bf16 and fp16
 #            + channels-last at COCO's 800x1344, then at 800x800 (~60 s each), then bf16 800x1344 with
 #            `--compile both` (compiling takes the warm-up steps; ~4 min allowed), then fp32 800x800
-#   tests    every `cuda`-marked test (needs pycocotools: carry its wheel, below)
+#   tests    every `cuda`-marked test (needs pycocotools: carry its wheel, below), the plugin driver's enqueue among
+#            them (tests/deploy/test_trt_plugins.py)
 #   kernels  benchmarks/kernels.py --device cuda
 #   profile  op tables of a bf16 800x1344 step (in the default call, last, when >= 90 s are left)
 #   diag, data   optional: cudaMalloc counts under two allocator settings; the
@@ -73,10 +75,16 @@ python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchv
 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
 if has build; then
+  # the TensorRT plugin library and its driver too when TensorRT headers travel with the call (carry build/trt-headers,
+  # which scripts/setup.sh unpacks here)
+  hdr=$PWD/build/trt-headers/kernel_lens/include/tensorrt
   { cmake -S . -B build/gpu -G Ninja -DMRCNN_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+      $( [[ -f $hdr/NvInferRuntime.h ]] && echo "-DTensorRT_INCLUDE_DIR=$hdr" ) \
       && cmake --build build/gpu; } >/tmp/build.log 2>&1 || { tail -40 /tmp/build.log; exit 1; }
+  grep "mrcnn:" /tmp/build.log || true
   echo "build: $SECONDS s since start"
 fi
+[[ -f build/gpu/plugins/tensorrt/libmrcnn_trt_plugins.so ]] && export MRCNN_TRT_PLUGINS=$PWD/build/gpu/plugins/tensorrt/libmrcnn_trt_plugins.so
 python3 -m mrcnn info
 
 # The native CUDA RoIAlign (opt-in) equal to the CPU kernel: then `train`, `tests`, `kernels` and `profile` use it
@@ -118,7 +126,8 @@ fi
 
 if has tests && fits 240 "tests"; then  # -s: the tests print what they measured
   MRCNN_CUDA_ROI_ALIGN=0 bounded python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/native/test_kernels.py \
-    tests/model/test_equivalence.py tests/training/test_train.py >"$OUT/pytest_cuda.log" 2>&1
+    tests/model/test_equivalence.py tests/training/test_train.py tests/deploy/test_trt_plugins.py \
+    >"$OUT/pytest_cuda.log" 2>&1
   roi_verdict "$OUT/pytest_cuda.log"
   if native_roi_ok && fits 120 "tests with MRCNN_CUDA_ROI_ALIGN=1"; then  # the model's tests, native RoIAlign
     echo "=== MRCNN_CUDA_ROI_ALIGN=1" >>"$OUT/pytest_cuda.log"
