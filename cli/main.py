@@ -288,21 +288,31 @@ def build(
     onnx_model: Path = typer.Argument(..., help="an mrcnn export (.onnx)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="engine file (default: ONNX_MODEL.plan)"),
     runtime: str = typer.Option("tensorrt-rtx", "--runtime", help="tensorrt-rtx (builds without a GPU; rtx "
-                                                                  "flavour) | tensorrt"),
+                                                                  "flavour) | tensorrt (on a GPU; trt flavour with "
+                                                                  "our plugins, or portable)"),
     batch: int = typer.Option(1, "--batch", help="largest batch of the profile (dynamic-batch models)"),
     min_shape: Optional[str] = typer.Option(None, "--min-shape", help="BxHxW of images, e.g. 1x32x32"),
     opt_shape: Optional[str] = typer.Option(None, "--opt-shape", help="BxHxW the engine is tuned for"),
     max_shape: Optional[str] = typer.Option(None, "--max-shape", help="BxHxW, e.g. 1x1344x1344"),
     fp16: bool = typer.Option(False, "--fp16", help="tensorrt: let the builder use float16 in a float32 graph (an "
                                                     "`export --fp16` graph is float16 without it, on both runtimes)"),
+    plugins: Optional[Path] = typer.Option(None, "--plugins", help="tensorrt: the mrcnn plugin library to load "
+                                           "(default: the installed one)"),
+    serialize_plugins: bool = typer.Option(False, "--serialize-plugins", help="tensorrt: put the plugin library "
+                                           "inside the engine (it then runs without loading it)"),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="read (when it exists) and write the "
+                                                "builder's timing cache here"),
+    workspace: Optional[int] = typer.Option(None, "--workspace", help="the builder's workspace limit in MiB"),
 ) -> None:
     """Build a TensorRT(-RTX) engine (.plan, with a .plan.json description) from an exported ONNX."""
-    from mrcnn.deploy.build import build_artifact, parse_shape
+    from mrcnn.deploy.build import BuildOptions, build_artifact, parse_shape
 
     shapes = [None if v is None else parse_shape(v, flag)
               for v, flag in ((min_shape, "--min-shape"), (opt_shape, "--opt-shape"), (max_shape, "--max-shape"))]
+    options = BuildOptions(fp16=fp16, plugins=plugins, serialize_plugins=serialize_plugins,
+                           timing_cache=timing_cache, workspace_mib=workspace)
     build_artifact(onnx_model, output, runtime=runtime, min_shape=shapes[0], opt_shape=shapes[1],
-                   max_shape=shapes[2], batch=batch, fp16=fp16, log=_log)
+                   max_shape=shapes[2], batch=batch, options=options, log=_log)
 
 
 @app.command()

@@ -219,3 +219,93 @@ def roboflow(data: Path, dst: Path) -> Path:
         shutil.copytree(data / split, dst / name)
         shutil.copy(data / "annotations" / f"instances_{split}.json", dst / name / "_annotations.coco.json")
     return dst
+
+
+def compare_detections(ref: list[dict], got: list[dict], what: str, min_det: int = 20) -> None:
+    """Same detection count per image (>= min_det), then matched boxes / scores / labels / masks within the
+    whole-pipeline tolerances (BOX_TOL, SCORE_TOL, MASK_TOL); prints every image's differences."""
+    assert len(ref) == len(got), what
+    lines, failures = [], []
+    for i, (r, o) in enumerate(zip(ref, got)):
+        n, m = len(r["boxes"]), len(o["boxes"])
+        if n != m:
+            failures.append(f"{what} image {i}: {m} detections vs {n}")
+            continue
+        if n < min_det:
+            failures.append(f"{what} image {i}: only {n} detections (need >= {min_det})")
+            continue
+        k = match(r, o)
+        d_box = float((o["boxes"][k] - r["boxes"]).abs().max()) if n else 0.0
+        d_score = float((o["scores"][k] - r["scores"]).abs().max()) if n else 0.0
+        labels_equal = bool(torch.equal(o["labels"][k], r["labels"]))
+        d_m28 = float((o["masks28"][k] - r["masks28"]).abs().max()) if n else 0.0
+        d_mask = 0.0
+        if "masks" in r and n and r["masks"].shape == o["masks"].shape:
+            d_mask = float((o["masks"][k] - r["masks"]).abs().max())
+        elif "masks" in r and n:
+            failures.append(f"{what} image {i}: pasted masks {tuple(o['masks'].shape)} vs {tuple(r['masks'].shape)}")
+        line = (f"{what} image {i}: n={n} box={d_box:.3g} score={d_score:.3g} mask28={d_m28:.3g} pasted={d_mask:.3g} "
+                f"labels_equal={labels_equal}")
+        lines.append(line)
+        if not (labels_equal and d_box <= BOX_TOL and d_score <= SCORE_TOL and d_m28 <= MASK_TOL
+                and d_mask <= MASK_TOL):
+            failures.append(line)
+    print("\n".join(lines))
+    assert not failures, "\n".join(failures)
+
+
+# ---- the op contract: the table of plugins/README.md ----------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def contract_rows() -> list[dict]:
+    """The rows of the op contract table in plugins/README.md (one per input / output / attribute), as dicts keyed
+    by the table's header (op, torch, onnx_op_type, plugin_version, kind, name, dtype, shape, fill, notes)."""
+    text = (ROOT / "plugins" / "README.md").read_text()
+    lines, inside = [], False
+    for ln in text.splitlines():
+        if ln.startswith("| op | torch | onnx_op_type |"):
+            inside = True
+        elif inside and not ln.startswith("|"):
+            break
+        if inside:
+            lines.append(ln)
+    assert lines, "plugins/README.md has no op contract table"
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:9] == ["op", "torch", "onnx_op_type", "plugin_version", "kind", "name", "dtype", "shape", "fill"]
+    return [dict(zip(header, (c.strip().strip("`") for c in ln.strip().strip("|").split("|")))) for ln in lines[1:]
+            if not set(ln) <= set("|-: ")]
+
+
+def plugin_table() -> dict[str, dict]:
+    """The contract by ONNX op type: {"plugin_version", "input", "output", "attribute": [(name, dtype), ...]}."""
+    table: dict[str, dict] = {}
+    for row in contract_rows():
+        entry = table.setdefault(row["onnx_op_type"], {"plugin_version": row["plugin_version"], "input": [],
+                                                       "output": [], "attribute": []})
+        entry[row["kind"]].append((row["name"], row["dtype"]))
+    return table
+
+
+# ---- TensorRT -------------------------------------------------------------------------------------------------------
+def trt_plugin_library() -> Path:
+    """The installed TensorRT plugin library, or a skip saying why there is none."""
+    from mrcnn.deploy import trt_plugins
+
+    path = trt_plugins.library_path()
+    if path is None:
+        pytest.skip("the TensorRT plugin library is not built (no TensorRT headers or nvcc at install)")
+    return path
+
+
+def needs_tensorrt():
+    """Full TensorRT and a CUDA GPU (the `tensorrt` tests), or a skip saying which is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        pytest.skip("TensorRT is not installed (pip install tensorrt; not installable on this project's machines)")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to torch (TensorRT engines run on one)")
+    import tensorrt
+
+    return tensorrt

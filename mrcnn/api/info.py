@@ -40,5 +40,34 @@ def runtime_info() -> list[tuple[str, str]]:
                       ("TensorRT", "tensorrt"), ("TensorRT-RTX", "tensorrt_rtx")):
         v = _version(mod)
         rows.append((name, v if v else "not installed"))
-    rows.append(("TensorRT plugin library", "not built yet (arrives with the plugins issue)"))
+    rows += plugin_rows()
+    return rows
+
+
+def plugin_rows() -> list[tuple[str, str]]:
+    """The TensorRT plugin library: its path and the headers it was built against, and the creators it registers in
+    whichever TensorRT runtime imports here."""
+    from mrcnn.deploy import trt_plugins
+    from mrcnn.errors import MrcnnError
+
+    path = trt_plugins.library_path()
+    if path is None:
+        return [("TensorRT plugin library", "not built (pip install found no TensorRT headers; docs/deployment.md)")]
+    try:
+        rows = [("TensorRT plugin library", f"{path} ({trt_plugins.build_info(path)})")]
+    except MrcnnError as e:
+        return [("TensorRT plugin library", str(e))]
+    for mod in ("tensorrt", "tensorrt_rtx"):
+        if _version(mod) is None:
+            continue
+        trt = importlib.import_module(mod)
+        try:
+            trt_plugins.load(trt, path)
+            names = [f"{c['namespace']}::{c['name']} v{c['version']}" for c in trt_plugins.creators(trt)]
+            rows.append(("plugin creators", f"{', '.join(names)} (registered in {mod} {trt.__version__})"))
+        except MrcnnError as e:
+            rows.append(("plugin creators", f"{mod}: {e}"))
+        break
+    else:
+        rows.append(("plugin creators", "not listed: neither tensorrt nor tensorrt_rtx imports here"))
     return rows

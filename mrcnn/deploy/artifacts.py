@@ -1,6 +1,7 @@
 """Artifacts and the runtimes that run them (docs/design.md: the runtime follows the artifact).
 
-    load_artifact(path) -> predictor     .pt/.pth: PyTorch (model.Predictor);  .onnx: ONNX Runtime (OnnxPredictor)
+    load_artifact(path) -> predictor     .pt/.pth: PyTorch (model.Predictor);  .onnx: ONNX Runtime (OnnxPredictor);
+                                         .plan/.engine: TensorRT or TensorRT-RTX (EnginePredictor)
 
 A predictor maps `list[uint8 Tensor [3,H,W]]` to one torchvision-format dict per image (original pixels, pasted
 masks) and has `.cfg`, `.class_names` and `.runtime` (what runs it, in words); mrcnn.evaluation.evaluate accepts
@@ -13,15 +14,12 @@ from typing import Callable, Optional
 
 from mrcnn.errors import MrcnnError
 
-ARTIFACT_SUFFIXES = (".pt", ".pth", ".onnx")
+ARTIFACT_SUFFIXES = (".pt", ".pth", ".onnx", ".plan", ".engine")
 
 
 def check_artifact_type(path: str | Path) -> Path:
     """The artifact types a runtime exists for (.pt/.pth, .onnx), or one MrcnnError."""
     path = Path(path)
-    if path.suffix.lower() in (".plan", ".engine"):
-        raise MrcnnError(f"{path}: running TensorRT engines is not supported yet (`mrcnn build` makes them; they "
-                         f"run where TensorRT and a GPU are); use the .onnx it was built from")
     if path.suffix.lower() not in ARTIFACT_SUFFIXES:
         raise MrcnnError(f"{path}: unsupported artifact type {path.suffix!r} (expected {', '.join(ARTIFACT_SUFFIXES)})")
     return path
@@ -29,7 +27,8 @@ def check_artifact_type(path: str | Path) -> Path:
 
 def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[[str], None] = print,
                   overrides: Optional[list[str]] = None, **kwargs):
-    """A predictor for a checkpoint (.pt/.pth) or an exported model (.onnx). The predictor has `.cfg`,
+    """A predictor for a checkpoint (.pt/.pth), an exported model (.onnx) or an engine (.plan/.engine; `plugins`: the
+    plugin library an engine of the trt flavour loads, default the installed one). The predictor has `.cfg`,
     `.class_names` and `.runtime` (what runs it, in words). `overrides` (section.key=value inference settings, as
     `export --set` takes them) apply to a checkpoint; an exported model has its own built in."""
     path = Path(path)
@@ -39,8 +38,18 @@ def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[
 
         parse_device(device)
     check_artifact_type(path)
-    if overrides and suffix == ".onnx":
+    if overrides and suffix != ".pt" and suffix != ".pth":
         raise MrcnnError(f"{path}: an exported model's settings are fixed at export; --set applies to checkpoints")
+    if suffix in (".plan", ".engine"):
+        import torch
+
+        from mrcnn.deploy.trt_predictor import EnginePredictor
+
+        if device is not None and not str(device).startswith("cuda") and torch.cuda.is_available():
+            raise MrcnnError(f"--device {device}: an engine runs on a CUDA GPU")  # (without one: the checks say so)
+        pred = EnginePredictor(path, log=log, **kwargs)
+        pred.runtime = f"{pred.info['runtime']} {pred.trt.__version__}"
+        return pred
     if suffix == ".onnx":
         from mrcnn.deploy.ort_predictor import OnnxPredictor
 

@@ -1,6 +1,7 @@
 """`mrcnn bench ARTIFACT...`: end-to-end latency of artifacts side by side (a .pt on PyTorch, an .onnx on ONNX
-Runtime), on the same images, in the same process, taking turns call by call, so that whatever else the machine
-does falls on all of them alike (what a sequential benchmark of one model after another cannot give).
+Runtime, a .plan on TensorRT), on the same images, in the same process, taking turns call by call, so that whatever
+else the machine does falls on all of them alike (what a sequential benchmark of one model after another cannot
+give).
 
 A timed call is what a production caller pays: `predictor(images)` on B uint8 images, i.e. resize, the network,
 box rescaling and mask pasting (`--no-paste`: the 28x28 masks only). Reported per artifact: mean / p50 / p90 / p99
@@ -28,7 +29,8 @@ from mrcnn.errors import MrcnnError
 
 
 def timed_interleaved(steps: dict, iters: int, warmup: int, device: str) -> tuple[dict, dict]:
-    """Seconds of each step, the models taking turns step by step (machine drift and noise fall on all of them alike);
+    """Seconds of each step, the models taking turns step by step (machine drift and noise fall on all of them alike;
+    on CUDA timed with CUDA events);
     `warmup` untimed steps each first. The process's existing objects are frozen out of the garbage collector so that
     a full collection cannot land in one model's step. On CUDA also, per model, the cudaMalloc calls and allocator
     retries (each retry frees the cache: a device-wide sync) during its timed steps."""
@@ -43,16 +45,20 @@ def timed_interleaved(steps: dict, iters: int, warmup: int, device: str) -> tupl
     try:
         for _ in range(iters):
             for k, step in steps.items():
-                if cuda:
+                if cuda:  # CUDA events on the current stream, from an idle device to the step's last kernel
                     before = _alloc_counts()
                     torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                step()
-                if cuda:
-                    torch.cuda.synchronize()
-                times[k].append(time.perf_counter() - t0)
-                if cuda:
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    step()
+                    end.record()
+                    end.synchronize()
+                    times[k].append(start.elapsed_time(end) / 1e3)
                     allocs[k] = [a + (c - b) for a, b, c in zip(allocs[k], before, _alloc_counts())]
+                else:
+                    t0 = time.perf_counter()
+                    step()
+                    times[k].append(time.perf_counter() - t0)
     finally:
         gc.unfreeze()
     return times, allocs

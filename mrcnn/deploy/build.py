@@ -6,9 +6,11 @@
     build_artifact(onnx, output, ...)                            -> Path      `mrcnn build`
 
 Runtimes: `tensorrt-rtx` (`import tensorrt_rtx`; its builder runs on a machine without a GPU, CPU-only AOT, and has
-no plugin layers: it takes the `rtx` flavour) and `tensorrt` (`import tensorrt`; the `portable` flavour uses its
-RoiAlign and NMS layers; the `trt` flavour needs the mrcnn plugin library, not built yet). Running an engine needs a
-GPU with that runtime.
+no plugin layers: it takes the `rtx` flavour) and `tensorrt` (`import tensorrt`, on a GPU; the `portable` flavour
+uses its RoiAlign and NMS layers, the `trt` flavour's mrcnn nodes become our IPluginV3 plugins: the plugin library
+is loaded into its registry, `BuildOptions.plugins` or the installed one, and `serialize_plugins` puts it inside the
+engine). Running an engine needs a GPU with that runtime. The `.plan.json` sidecar keeps the ONNX's description,
+the profile, the runtime and its version, the GPU the engine was built for and the plugin library (name, SHA-256).
 
 Precision: an engine computes in the types of its graph. An `export --fp16` graph (metadata mrcnn.precision fp16)
 builds strongly typed: float16 networks, float32 ops between them, on both runtimes. `--fp16` on a float32 graph
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -27,6 +30,18 @@ from mrcnn.errors import MrcnnError
 
 RUNTIMES = {"tensorrt-rtx": ("tensorrt_rtx", "tensorrt-rtx-cu13"), "tensorrt": ("tensorrt", "tensorrt")}
 Shape = tuple[int, int, int]  # (batch, height, width) of the `images` input
+
+
+@dataclass
+class BuildOptions:
+    """What `mrcnn build` takes beyond the profile: --fp16, --plugins LIB, --serialize-plugins, --timing-cache
+    FILE (read when it exists, written after the build), --workspace MiB (the builder's workspace pool)."""
+
+    fp16: bool = False
+    plugins: Optional[Path] = None
+    serialize_plugins: bool = False
+    timing_cache: Optional[Path] = None
+    workspace_mib: Optional[int] = None
 
 
 def import_runtime(runtime: str):
@@ -116,9 +131,30 @@ def _hint(flavour: str, runtime: str) -> str:
     if runtime == "tensorrt-rtx" and flavour != "rtx":
         return ("; TensorRT-RTX has no plugin layers, RoiAlign or NMS kernel, so it takes the rtx flavour: "
                 "mrcnn export CKPT --target rtx")
-    if flavour == "trt":
-        return "; the trt flavour's mrcnn nodes need the mrcnn TensorRT plugin library, which is not built yet"
     return ""
+
+
+def _check_flavour(path: Path, flavour: str, runtime: str) -> None:
+    """Before parsing: TensorRT-RTX's parser would find our creators and then abort the process when it adds a
+    plugin layer (it has none), so a trt-flavour graph never reaches it."""
+    if runtime == "tensorrt-rtx" and flavour == "trt":
+        raise MrcnnError(f"{path}: the trt flavour's mrcnn nodes are TensorRT plugins and TensorRT-RTX has no plugin "
+                         "layers: export the rtx flavour (mrcnn export CKPT --target rtx) for TensorRT-RTX, or build "
+                         "this one with --runtime tensorrt")
+
+
+def _gpu(runtime: str) -> dict:
+    """The GPU an engine is built for: name and compute capability; full TensorRT builds on one (one error line where
+    none is visible). TensorRT-RTX builds for RTX-class GPUs without one (the sidecar says so)."""
+    import torch
+
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+    if runtime == "tensorrt":
+        raise MrcnnError("--runtime tensorrt builds on the GPU the engine will run on, and torch sees no CUDA GPU "
+                         "here (TensorRT-RTX builds without one: export --target rtx, build --runtime tensorrt-rtx)")
+    return {"name": None, "compute_capability": None, "note": "built without a GPU, for RTX-class GPUs"}
 
 
 def _precision(meta: dict, runtime: str, fp16: bool) -> str:
@@ -133,17 +169,28 @@ def _precision(meta: dict, runtime: str, fp16: bool) -> str:
     return "fp16-weak"
 
 
-def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: int, log: Callable[[str], None],
-           fp16: bool = False):
-    """(engine bytes, ONNX metadata, profile (min, opt, max), runtime version, precision)."""
-    if not path.is_file():
-        raise MrcnnError(f"{path}: no such ONNX file")
-    if batch < 1:
-        raise MrcnnError(f"--batch must be >= 1, got {batch}")
-    meta, dims = _onnx_interface(path)
-    flavour = meta["mrcnn.flavour"]
-    precision = _precision(meta, runtime, fp16)
-    trt = import_runtime(runtime)
+def _configure(trt, config, runtime: str, precision: str, opts: BuildOptions, plugin_lib: Optional[Path]):
+    """The builder config's options: weak FP16, workspace, timing cache (returned, to save after the build), the
+    plugin library serialized into the engine."""
+    if precision == "fp16-weak":
+        if not hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 11: strongly typed only
+            raise MrcnnError(f"--fp16: {runtime} {trt.__version__} builds the types the graph has (strongly typed); "
+                             "export with `mrcnn export CKPT --fp16` and build that")
+        config.set_flag(trt.BuilderFlag.FP16)
+    if opts.workspace_mib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_mib) << 20)
+    cache = None
+    if opts.timing_cache is not None:
+        blob = opts.timing_cache.read_bytes() if opts.timing_cache.is_file() else b""
+        cache = config.create_timing_cache(blob)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    if opts.serialize_plugins and plugin_lib is not None:
+        config.plugins_to_serialize = [str(plugin_lib)]
+    return cache
+
+
+def _profile(path: Path, meta: dict, dims: list, given: Sequence[Optional[Shape]], batch: int) -> list[Shape]:
+    """The profile's (min, opt, max) shapes of `images`: given ones, the rest from default_profile; checked."""
     shapes = [tuple(g) if g is not None else d for g, d in zip(given, default_profile(meta, dims, batch))]
     lo, mid, hi = shapes
     if not all(a <= b <= c for a, b, c in zip(lo, mid, hi)):
@@ -157,6 +204,37 @@ def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: in
     bad = [s for s in shapes if s[1] % div or s[2] % div]
     if bad:
         raise MrcnnError(f"image sizes of the profile must be multiples of size_divisible={div}, got {bad[0][1:]}")
+    return shapes
+
+
+def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: int, log: Callable[[str], None],
+           opts: BuildOptions):
+    """(engine bytes, ONNX metadata, profile (min, opt, max), the sidecar's runtime fields, precision)."""
+    if not path.is_file():
+        raise MrcnnError(f"{path}: no such ONNX file")
+    if batch < 1:
+        raise MrcnnError(f"--batch must be >= 1, got {batch}")
+    if opts.workspace_mib is not None and opts.workspace_mib < 1:
+        raise MrcnnError(f"--workspace must be >= 1 (MiB), got {opts.workspace_mib}")
+    if opts.timing_cache is not None and opts.timing_cache.is_dir():
+        raise MrcnnError(f"--timing-cache {opts.timing_cache}: is a directory, expected a file")
+    meta, dims = _onnx_interface(path)
+    flavour = meta["mrcnn.flavour"]
+    _check_flavour(path, flavour, runtime)
+    precision = _precision(meta, runtime, opts.fp16)
+    shapes = _profile(path, meta, dims, given, batch)
+    lo, mid, hi = shapes
+    plugin_lib = None
+    if runtime == "tensorrt" and (flavour == "trt" or opts.plugins is not None):
+        from mrcnn.deploy import trt_plugins
+
+        plugin_lib = trt_plugins.require_library(opts.plugins)
+    trt = import_runtime(runtime)
+    gpu = _gpu(runtime)
+    if plugin_lib is not None:
+        from mrcnn.deploy import trt_plugins
+
+        trt_plugins.load(trt, plugin_lib, trt_plugins.graph_ops(path))
     errors = _Errors(trt)
     builder = trt.Builder(errors.logger)
     flags = 0  # TensorRT-RTX: strongly typed always
@@ -173,8 +251,7 @@ def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: in
     profile.set_shape("images", *[(b, 3, h, w) for b, h, w in shapes])
     profile.set_shape("image_sizes", *[(b, 2) for b, _, _ in shapes])
     config.add_optimization_profile(profile)
-    if precision == "fp16-weak":
-        config.set_flag(trt.BuilderFlag.FP16)
+    cache = _configure(trt, config, runtime, precision, opts, plugin_lib)
     log(f"building a {runtime} {trt.__version__} {precision} engine from {path.name} ({flavour} flavour), images "
         f"min {lo} opt {mid} max {hi} (B, H, W)")
     t0 = time.perf_counter()
@@ -183,20 +260,32 @@ def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: in
         reason = " ".join((errors.errors or ["no reason given"])[-1].split())[:300]
         raise MrcnnError(f"{runtime} could not build an engine from {path.name}: {reason}{_hint(flavour, runtime)}")
     log(f"built in {time.perf_counter() - t0:.1f} s")
-    return memoryview(plan), meta, shapes, trt.__version__, precision  # the engine's buffer, not a copy of it
+    if cache is not None:
+        from mrcnn.io import atomic_write
+
+        blob = cache.serialize()
+        atomic_write(opts.timing_cache, lambda tmp: Path(tmp).write_bytes(blob))
+    info = {"runtime": runtime, "runtime_version": trt.__version__, "gpu": gpu}
+    if plugin_lib is not None:
+        from mrcnn.deploy import trt_plugins
+
+        info["plugins"] = {**trt_plugins.file_summary(plugin_lib), "serialized": bool(opts.serialize_plugins),
+                           "ops": sorted(trt_plugins.graph_ops(path))}
+    return memoryview(plan), meta, shapes, info, precision  # the engine's buffer, not a copy of it
 
 
 def build_engine(onnx_path: str | Path, runtime: str = "tensorrt-rtx", min_shape: Optional[Shape] = None,
                  opt_shape: Optional[Shape] = None, max_shape: Optional[Shape] = None, batch: int = 1,
-                 fp16: bool = False, log: Callable[[str], None] = lambda m: None) -> memoryview:
+                 options: Optional[BuildOptions] = None, log: Callable[[str], None] = lambda m: None) -> memoryview:
     """The serialized engine of an mrcnn ONNX for `runtime`, with one optimisation profile (shapes of `images`;
     those not given come from default_profile). One MrcnnError line for every failure, with the builder's reason."""
-    return _build(Path(onnx_path), runtime, (min_shape, opt_shape, max_shape), batch, log, fp16)[0]
+    return _build(Path(onnx_path), runtime, (min_shape, opt_shape, max_shape), batch, log,
+                  options or BuildOptions())[0]
 
 
 def build_artifact(onnx_path: str | Path, output: Optional[str | Path] = None, *, runtime: str = "tensorrt-rtx",
                    min_shape: Optional[Shape] = None, opt_shape: Optional[Shape] = None,
-                   max_shape: Optional[Shape] = None, batch: int = 1, fp16: bool = False,
+                   max_shape: Optional[Shape] = None, batch: int = 1, options: Optional[BuildOptions] = None,
                    log: Callable[[str], None] = print) -> Path:
     """`mrcnn build ONNX`: the engine at `output` (default: the ONNX with suffix .plan) and its description at
     `output`.json, both written atomically; nothing is written when the build fails."""
@@ -206,8 +295,9 @@ def build_artifact(onnx_path: str | Path, output: Optional[str | Path] = None, *
     out = Path(output) if output is not None else src.with_suffix(".plan")
     if out.is_dir():
         raise MrcnnError(f"{out}: is a directory, expected an engine file path")
-    plan, meta, shapes, version, precision = _build(src, runtime, (min_shape, opt_shape, max_shape), batch, log, fp16)
-    info = {"runtime": runtime, "runtime_version": version, "precision": precision, "onnx": str(src.resolve()),
+    plan, meta, shapes, runtime_info, precision = _build(src, runtime, (min_shape, opt_shape, max_shape), batch, log,
+                                                         options or BuildOptions())
+    info = {**runtime_info, "precision": precision, "onnx": str(src.resolve()),
             "profile": {"images": {k: list(s) for k, s in zip(("min", "opt", "max"), shapes)}}, "metadata": meta}
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(plan))
     sidecar = out.with_name(out.name + ".json")
@@ -216,5 +306,5 @@ def build_artifact(onnx_path: str | Path, output: Optional[str | Path] = None, *
     return out
 
 
-__all__ = ["RUNTIMES", "build_artifact", "build_engine", "default_profile", "engine_runtime", "import_runtime",
-           "parse_shape"]
+__all__ = ["RUNTIMES", "BuildOptions", "build_artifact", "build_engine", "default_profile", "engine_runtime",
+           "import_runtime", "parse_shape"]

@@ -16,23 +16,21 @@ Tolerances (docs/design.md §6): boxes 1e-2 px, scores 1e-4, labels equal, 28x28
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import (
-    BOX_TOL,
-    MASK_TOL,
     MAX_SIZE,
     MIN_SIZE,
     SCORE_TOL,
     TARGETS,
+    compare_detections,
     float_elements,
-    match,
     noise,
     one_error_line,
+    plugin_table,
     run_torchvision,
     sample_images,
     synthetic,
@@ -74,38 +72,6 @@ def predictors(tiny_onnx):
 
 # -- comparison helpers -----------------------------------------------------------------------------------------------
 
-def _compare(ref: list[dict], got: list[dict], what: str, min_det: int = MIN_DETECTIONS) -> None:
-    """Same detection count per image (>= min_det), then matched boxes / scores / labels / masks within tolerance."""
-    assert len(ref) == len(got), what
-    lines, failures = [], []
-    for i, (r, o) in enumerate(zip(ref, got)):
-        n, m = len(r["boxes"]), len(o["boxes"])
-        if n != m:
-            failures.append(f"{what} image {i}: {m} detections vs {n}")
-            continue
-        if n < min_det:
-            failures.append(f"{what} image {i}: only {n} detections (need >= {min_det})")
-            continue
-        k = match(r, o)
-        d_box = float((o["boxes"][k] - r["boxes"]).abs().max()) if n else 0.0
-        d_score = float((o["scores"][k] - r["scores"]).abs().max()) if n else 0.0
-        labels_equal = bool(torch.equal(o["labels"][k], r["labels"]))
-        d_m28 = float((o["masks28"][k] - r["masks28"]).abs().max()) if n else 0.0
-        d_mask = 0.0
-        if "masks" in r and n and r["masks"].shape == o["masks"].shape:
-            d_mask = float((o["masks"][k] - r["masks"]).abs().max())
-        elif "masks" in r and n:
-            failures.append(f"{what} image {i}: pasted masks {tuple(o['masks'].shape)} vs {tuple(r['masks'].shape)}")
-        line = (f"{what} image {i}: n={n} box={d_box:.3g} score={d_score:.3g} mask28={d_m28:.3g} pasted={d_mask:.3g} "
-                f"labels_equal={labels_equal}")
-        lines.append(line)
-        if not (labels_equal and d_box <= BOX_TOL and d_score <= SCORE_TOL and d_m28 <= MASK_TOL
-                and d_mask <= MASK_TOL):
-            failures.append(line)
-    print("\n".join(lines))
-    assert not failures, "\n".join(failures)
-
-
 def _per_image(out: dict[str, torch.Tensor]) -> list[dict]:
     """Fixed-size graph outputs -> per-image dicts of the first num_detections slots."""
     res = []
@@ -132,14 +98,14 @@ def test_flavour_equals_pytorch(tiny, predictors, target):
     images = sample_images()
     ref = Predictor(tiny["model"], tiny["cfg"].input)(images)
     got = predictors[target](images)
-    _compare(ref, got, f"{target} vs pytorch")
+    compare_detections(ref, got, f"{target} vs pytorch")
 
 
 def test_flavours_equal_each_other(predictors):
     images = sample_images()
     portable = predictors["portable"](images)
-    _compare(portable, predictors["trt"](images), "trt vs portable")
-    _compare(portable, predictors["rtx"](images), "rtx vs portable")
+    compare_detections(portable, predictors["trt"](images), "trt vs portable")
+    compare_detections(portable, predictors["rtx"](images), "rtx vs portable")
 
 
 def test_fp16_export_holds_float16_weights(tiny_onnx, tiny_fp16):
@@ -168,7 +134,7 @@ def test_fp16_graph_tracks_the_float32_model(tiny, tiny_fp16):
     images = sample_images()
     ref = Predictor(tiny["model"], tiny["cfg"].input)(images)
     runs = {t: load_artifact(p, "cpu", log=lambda m: None)(images) for t, p in tiny_fp16.items()}
-    _compare(runs["trt"], runs["rtx"], "fp16: rtx vs trt")
+    compare_detections(runs["trt"], runs["rtx"], "fp16: rtx vs trt")
     got = runs["rtx"]
     twins = total = 0
     d_box, d_score = [], []
@@ -202,8 +168,8 @@ def test_batch_independent(tiny, predictors, target):
     singles = [_per_image(p.run(batch[i:i + 1], sizes[i:i + 1]))[0] for i in range(4)]
     for B in (2, 4):
         got = _per_image(p.run(batch[:B], sizes[:B]))
-        _compare(singles[:B], got, f"{target} B={B} vs B=1")
-    _compare(_per_image(_eager(tiny["model"], batch, sizes)), _per_image(p.run(batch, sizes)),
+        compare_detections(singles[:B], got, f"{target} B={B} vs B=1")
+    compare_detections(_per_image(_eager(tiny["model"], batch, sizes)), _per_image(p.run(batch, sizes)),
              f"{target} B=4 vs pytorch")
 
 
@@ -214,7 +180,7 @@ def test_pad_to_max_results_do_not_depend_on_batch_mates(tiny, predictors):
     a, mate = u8(synthetic(150, 230, 2)), u8(noise(256, 200, 4))
     runs = {"pytorch": Predictor(tiny["model"], tiny["cfg"].input), **predictors}
     for name, p in runs.items():
-        _compare(p([a]), p([a, mate])[:1], f"{name}: alone vs next to a 256x200 image")
+        compare_detections(p([a]), p([a, mate])[:1], f"{name}: alone vs next to a 256x200 image")
     plain = tiny["cfg"].override(["input.pad_to_max=false"])
     alone, paired = (Predictor(tiny["model"], plain.input)(x)[0] for x in ([a], [a, mate]))
     d = float((alone["scores"][:20] - paired["scores"][:20]).abs().max())
@@ -262,35 +228,10 @@ def test_dynamic_size(tiny, predictors, target):
         sizes = torch.tensor([[h, w]])
         if (H, W) not in _EAGER_CACHE:
             _EAGER_CACHE[(H, W)] = _per_image(_eager(tiny["model"], img, sizes))
-        _compare(_EAGER_CACHE[(H, W)], _per_image(p.run(img, sizes)), f"{target} {H}x{W}")
+        compare_detections(_EAGER_CACHE[(H, W)], _per_image(p.run(img, sizes)), f"{target} {H}x{W}")
 
 
 # -- 5. graph contents: trt nodes vs plugins/README.md, portable standard-only, checker, metadata -------------------
-
-def _plugin_table() -> dict[str, dict] | None:
-    """The op contract of plugins/README.md (one row per input / output / attribute) as
-    {onnx_op_type: {"plugin_version", "input", "output", "attribute": [(name, dtype), ...]}}; None without a table."""
-    readme = ROOT / "plugins" / "README.md"
-    if not readme.exists():
-        return None
-    header: list[str] | None = None
-    table: dict[str, dict] = {}
-    for ln in readme.read_text().splitlines():
-        if not ln.strip().startswith("|"):
-            header = None if not ln.strip() else header
-            continue
-        cells = [c.strip().strip("`") for c in ln.strip().strip("|").split("|")]
-        if "onnx_op_type" in cells and "kind" in cells:
-            header = cells
-            continue
-        if header is None or all(re.fullmatch(r":?-+:?", c) for c in cells):
-            continue
-        row = dict(zip(header, cells))
-        entry = table.setdefault(row["onnx_op_type"], {"plugin_version": row["plugin_version"], "input": [],
-                                                       "output": [], "attribute": []})
-        entry[row["kind"]].append((row["name"], row["dtype"]))
-    return table or None
-
 
 _T = onnx.TensorProto
 _README_TYPES = {"float32": {_T.FLOAT}, "int64": {_T.INT64}, "bool": {_T.BOOL},
@@ -337,9 +278,7 @@ def test_trt_nodes_match_plugin_table(tiny_onnx):
     for n in nodes:  # against export/contract.py
         attrs = {a.name: _attr_value(a) for a in n.attribute}
         assert attrs["plugin_version"] == "1" and sorted(attrs) == sorted(OPS[n.op_type].attribute_names), n
-    table = _plugin_table()
-    if table is None:
-        pytest.skip("plugins/README.md has no op table; nodes checked against export/contract.py only")
+    table = plugin_table()
     print("plugins/README.md ops:", {k: [n for n, _ in v["attribute"]] for k, v in table.items()})
     for n in nodes:
         row = table.get(n.op_type)
@@ -356,9 +295,7 @@ def test_trt_nodes_match_plugin_table(tiny_onnx):
 
 def test_contract_matches_plugin_table():
     """export/contract.py (the ONNX schemas, the ORT ops) declares exactly the README's ports and attributes."""
-    table = _plugin_table()
-    if table is None:
-        pytest.skip("plugins/README.md has no op table")
+    table = plugin_table()
     for op_type, d in OPS.items():
         row = table.get(op_type)
         assert row is not None, f"{op_type} is not in plugins/README.md"
@@ -619,7 +556,7 @@ def test_onnx_equals_torchvision(torchvision_pair, target):
                                         f"input.max_size={MAX_SIZE}"])
     print(f"export r50 {target}: {time.perf_counter() - t0:.1f} s")
     got = load_artifact(path, "cpu")(images)
-    _compare(ref, got, f"{target} vs torchvision")
+    compare_detections(ref, got, f"{target} vs torchvision")
 
 
 # -- CLI: export errors are one line, exit 1, no file written; eval accepts .onnx ---------------------------------

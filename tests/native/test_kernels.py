@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import contract_rows
 
 import mrcnn.ops as R
 from mrcnn import native as K
@@ -818,17 +819,6 @@ def test_cuda_roi_align_equals_cpu(B, C, shapes, R, size, sr, aligned):
 
 
 # ---- the contract table (plugins/README.md) -----------------------------------------------------------------------
-def contract_rows() -> list[dict]:
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[2] / "plugins" / "README.md").read_text()
-    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header[:9] == ["op", "torch", "onnx_op_type", "plugin_version", "kind", "name", "dtype", "shape", "fill"]
-    return [dict(zip(header, (c.strip() for c in ln.strip().strip("|").split("|")))) for ln in lines[1:]
-            if not set(ln) <= set("|- ")]
-
-
 def test_contract_table_matches_the_torch_ops():
     rows = contract_rows()
     ops = sorted({r["op"] for r in rows})
