@@ -332,17 +332,14 @@ def bench(
 ) -> None:
     """Latency (mean, p50, p90, p99), images/s and memory of artifacts, timed taking turns on the same images."""
     from mrcnn.deploy.bench import bench_artifacts, format_bench
-    from mrcnn.io import write_json
 
     try:
         h, w = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise MrcnnError(f"--size must be HxW (e.g. 480x640), got {size!r}") from None
     report = bench_artifacts(artifacts, batch=batch, size=(h, w), data=data, iters=iters, warmup=warmup,
-                             device=device, threads=threads, paste=paste, log=_log)
+                             device=device, threads=threads, paste=paste, json_out=json_out, log=_log)
     print(format_bench(report))
-    if json_out:
-        write_json(json_out, report)
 
 
 @app.command()

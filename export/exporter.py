@@ -240,13 +240,17 @@ def export_checkpoint(checkpoint: str | Path, output: Optional[str | Path] = Non
                       log: Callable[[str], None] = print) -> Path:
     """`mrcnn export CKPT`: default output CKPT with suffix .onnx (next to the checkpoint).
     `overrides` (section.key=value) adjust inference settings such as model.box_score_thresh."""
-    from mrcnn.io import file_sha256
+    from mrcnn.io import check_writable_file, file_sha256
     from mrcnn.model.checkpoint import load_model
 
     check_options(target, opset, output, batch, dynamic_batch, height, width, dynamic_size)
     ckpt_path = Path(checkpoint)
+    if ckpt_path.suffix.lower() in (".onnx", ".plan", ".engine"):
+        raise MrcnnError(f"{ckpt_path}: is an exported model; `mrcnn export` takes a checkpoint (.pt), e.g. a run's "
+                         "model_final.pt")
     out = Path(output) if output is not None else ckpt_path.with_suffix(".onnx")
     model, cfg, names = load_model(ckpt_path, "cpu", overrides)
+    check_writable_file(out, "-o")
     source = {"checkpoint": str(ckpt_path.resolve()), "sha256": file_sha256(ckpt_path)}
     if overrides:  # other inference settings than the checkpoint's: validate compares with the same overrides
         source["overrides"] = list(overrides)

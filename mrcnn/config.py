@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from mrcnn.errors import MrcnnError
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -134,6 +137,15 @@ class Config:
     def validate(self) -> "Config":
         """Every field within its range, or one MrcnnError naming the key (before any model or file is made)."""
         m, i, s = self.model, self.input, self.solver
+        for section in ("model", "input", "solver"):
+            for f in dataclasses.fields(getattr(self, section)):
+                value = getattr(getattr(self, section), f.name)
+                values = value if isinstance(value, (list, tuple)) else [value]
+                if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                    raise MrcnnError(f"{section}.{f.name} must be a finite number; got {value!r}")
+                if any(isinstance(v, float) and abs(v) > FLOAT32_MAX for v in values):  # (tensors hold them)
+                    raise MrcnnError(f"{section}.{f.name} must be within float32's range (|x| <= 3.4e38); got "
+                                     f"{value!r}")
         checks = [
             ("model.num_classes", m.num_classes >= 2, "be >= 2 (background + 1 class)"),
             ("model.backbone_blocks", len(m.backbone_blocks) in (0, 4) and all(b >= 1 for b in m.backbone_blocks),
@@ -153,18 +165,21 @@ class Config:
             ("model.roi_positive_fraction", 0 < m.roi_positive_fraction <= 1, "be in (0, 1]"),
             ("model.rpn_nms", 0 <= m.rpn_nms <= 1, "be in [0, 1]"),
             ("model.box_nms", 0 <= m.box_nms <= 1, "be in [0, 1]"),
-            ("model.rpn_pre_nms_top_n_train", min(m.rpn_pre_nms_top_n_train, m.rpn_pre_nms_top_n_test,
-                                                  m.rpn_post_nms_top_n_train, m.rpn_post_nms_top_n_test) >= 1,
-             "and the other rpn_*_top_n be >= 1"),
+            ("model.rpn_pre_nms_top_n_train", m.rpn_pre_nms_top_n_train >= 1, "be >= 1"),
+            ("model.rpn_pre_nms_top_n_test", m.rpn_pre_nms_top_n_test >= 1, "be >= 1"),
+            ("model.rpn_post_nms_top_n_train", m.rpn_post_nms_top_n_train >= 1, "be >= 1"),
+            ("model.rpn_post_nms_top_n_test", m.rpn_post_nms_top_n_test >= 1, "be >= 1"),
             ("model.box_score_thresh", 0 <= m.box_score_thresh < 1, "be in [0, 1)"),
-            ("model.rpn_min_size", m.rpn_min_size >= 0 and m.box_min_size >= 0, "and model.box_min_size be >= 0"),
+            ("model.rpn_min_size", m.rpn_min_size >= 0, "be >= 0"),
+            ("model.box_min_size", m.box_min_size >= 0, "be >= 0"),
             ("model.box_weights", len(m.box_weights) == 4 and all(w > 0 for w in m.box_weights),
              "be 4 positive weights (x, y, w, h)"),
             ("model.detections_per_img", m.detections_per_img >= 1, "be >= 1"),
             ("model.representation_size", m.representation_size >= 1, "be >= 1"),
-            ("model.box_roi_size", m.box_roi_size >= 1 and m.mask_roi_size >= 1, "and model.mask_roi_size be >= 1"),
-            ("model.mask_head_channels", m.mask_head_channels >= 1 and m.mask_head_layers >= 1,
-             "and model.mask_head_layers be >= 1"),
+            ("model.box_roi_size", m.box_roi_size >= 1, "be >= 1"),
+            ("model.mask_roi_size", m.mask_roi_size >= 1, "be >= 1"),
+            ("model.mask_head_channels", m.mask_head_channels >= 1, "be >= 1"),
+            ("model.mask_head_layers", m.mask_head_layers >= 1, "be >= 1"),
             ("model.mask_resolution", m.mask_resolution == 2 * m.mask_roi_size,
              f"be the mask head's output size, 2 x model.mask_roi_size = {2 * m.mask_roi_size}"),
             ("model.image_mean", len(m.image_mean) == 3, "be 3 values (R, G, B)"),
@@ -196,8 +211,9 @@ class Config:
             ("solver.grad_clip", s.grad_clip >= 0, "be >= 0 (0: off)"),
             ("solver.ema_decay", 0 <= s.ema_decay < 1, "be in [0, 1) (0: off)"),
             ("solver.ema_tau", s.ema_tau >= 0, "be >= 0 (0: no ramp)"),
-            ("solver.eval_period", s.eval_period >= 0 and s.checkpoint_period >= 0,
-             "and solver.checkpoint_period be >= 0 (0: at the end)"),
+            ("solver.eval_period", s.eval_period >= 0, "be >= 0 (--eval-period; 0: at the end only)"),
+            ("solver.checkpoint_period", s.checkpoint_period >= 0,
+             "be >= 0 (--checkpoint-period; 0: at the end only)"),
             ("solver.max_bad_steps", s.max_bad_steps >= 1, "be >= 1"),
         ]
         for key, ok, must in checks:

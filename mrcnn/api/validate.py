@@ -10,10 +10,13 @@ import torch
 from mrcnn.errors import MrcnnError
 
 
-def check_inputs(artifact: Path, batch_size: int, max_images: int = 0) -> None:
+def check_inputs(artifact: Path, batch_size: int, max_images: int = 0, json_out: str | Path | None = None) -> None:
     """Before anything is loaded (load_artifact checks --device first)."""
     from mrcnn.deploy import check_artifact_type
+    from mrcnn.io import check_writable_file
 
+    if json_out:
+        check_writable_file(json_out, "--json")
     if batch_size < 1:
         raise MrcnnError(f"--batch must be >= 1, got {batch_size}")
     if max_images < 0:
@@ -40,7 +43,7 @@ def evaluate_artifact(artifact: str | Path, data_dir: str | Path, *, split: str 
     from mrcnn.io import write_json
 
     artifact = Path(artifact)
-    check_inputs(artifact, batch_size, max_images)
+    check_inputs(artifact, batch_size, max_images, json_out)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = load_artifact(artifact, dev, log=log)
     ds = open_split(data_dir, split, strict=strict, logger=log)
@@ -86,7 +89,7 @@ def validate_artifact(artifact: str | Path, data_dir: str | Path, *, reference: 
     from mrcnn.io import write_json
 
     artifact = Path(artifact)
-    check_inputs(artifact, batch_size, max_images)
+    check_inputs(artifact, batch_size, max_images, json_out)
     if max_ap_drop is not None and not max_ap_drop >= 0:
         raise MrcnnError(f"--max-ap-drop must be >= 0 (AP points as fractions: 0.01 = 1 point), got {max_ap_drop}")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -12,6 +12,36 @@ import numpy as np
 from mrcnn.errors import MrcnnError
 
 
+def instance_counts(ds) -> tuple[np.ndarray, dict[str, int]]:
+    """(instances of each image, instances of each class), crowd regions not counted."""
+    A = ds._anns
+    crowd = A.iscrowd
+    starts = A.image_start
+    cum = np.concatenate([[0], np.cumsum(~crowd)])
+    per_image = cum[starts[1:]] - cum[starts[:-1]]
+    ids = A.category_id[~crowd]
+    return per_image, {name: int((ids == cid).sum()) for cid, name in zip(ds.cat_ids, ds.class_names)}
+
+
+def training_issues(ds, split: str = "train") -> tuple[list[str], list[str]]:
+    """(errors, warnings) of a split as training data, the one rule `mrcnn train` and `mrcnn data check` share:
+    no usable image or no usable instance is an error (nothing would be learned), a class without instances a
+    warning (its head rows would never see a positive)."""
+    errors, warnings = [], []
+    skipped = f" ({ds.report()})" if ds.report() else ""
+    _, per_class = instance_counts(ds)
+    if len(ds) == 0:
+        errors.append(f"{ds.ann_file}: no usable training images in the {split} split{skipped}")
+    elif sum(per_class.values()) == 0:
+        errors.append(f"{ds.ann_file}: no usable training instances in the {split} split (nothing to learn)"
+                      f"{skipped or ': its images have no annotations'}")
+    empty = [n for n, c in per_class.items() if c == 0]
+    if empty and not errors:
+        warnings.append(f"warning: classes without training instances in the {split} split: {', '.join(empty)} "
+                        "(the model will not learn to detect them)")
+    return errors, warnings
+
+
 def check_split(data: str | Path, split: str, *, decode: bool = False, log: Callable[[str], None] = print,
                 progress: bool = True) -> dict | None:
     """Counts and problems of one split (None where the dataset has no such split)."""
@@ -27,13 +57,8 @@ def check_split(data: str | Path, split: str, *, decode: bool = False, log: Call
             for i in range(len(ds)):
                 ds.load_image(i)  # a corrupt or mis-sized file is warned about and counted
                 rep.update(i + 1)
-    A = ds._anns
-    crowd = A.iscrowd
-    starts = A.image_start
-    cum = np.concatenate([[0], np.cumsum(~crowd)])
-    per_image = cum[starts[1:]] - cum[starts[:-1]]  # instances (not crowd) of each image
-    ids = A.category_id[~crowd]
-    per_class = {name: int((ids == cid).sum()) for cid, name in zip(ds.cat_ids, ds.class_names)}
+    per_image, per_class = instance_counts(ds)
+    crowd = ds._anns.iscrowd
     out = {"annotations": str(ds.ann_file), "images_dir": str(ds.img_dir), "images": len(ds),
            "images_without_instances": int((per_image == 0).sum()), "instances": int((~crowd).sum()),
            "crowd": int(crowd.sum()), "classes": len(ds.class_names), "per_class": per_class,
@@ -45,6 +70,10 @@ def check_split(data: str | Path, split: str, *, decode: bool = False, log: Call
     if empty:
         log(f"  warning: classes without instances: {', '.join(empty)}")
     log(f"  {ds.report() or 'nothing skipped'}")
+    from mrcnn.data.layout import role_of
+
+    if role_of(split) == "train":  # what `mrcnn train` would refuse
+        out["errors"] = training_issues(ds, split)[0]
     return out
 
 
@@ -61,6 +90,9 @@ def check_dataset(data: str | Path, splits: Sequence[str] = ("train", "val"), *,
             report[split] = r
     if not report:
         require_split(data, splits[0])  # raises with what was looked for
+    for r in report.values():
+        if r.get("errors"):
+            raise MrcnnError(f"{r['errors'][0]}; `mrcnn train` refuses it")
     problems = sum(sum(r["skipped"].values()) for r in report.values())
     if problems:
         raise MrcnnError(f"{data}: {problems} problem(s), listed above; training skips those samples "

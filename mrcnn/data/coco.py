@@ -48,7 +48,7 @@ def _stderr_logger(msg: str) -> None:
 def load_coco_json(path: str | Path) -> dict:
     """Read and shape-check a COCO instances json; any problem -> MrcnnError with one line naming the file."""
     path = Path(path)
-    name = path.name
+    name = str(path)  # the path, not only the name: splits of different folders share file names
     if not path.is_file():
         raise MrcnnError(f"annotation file not found: {path}")
     try:
@@ -327,6 +327,8 @@ class CocoDetection(torch.utils.data.Dataset):
         h, w = self.image_size(i)
         try:
             arr, orientation = read_rgb(path)
+        except MrcnnError as e:  # a mode it cannot read, or above the pixel limit: said by read_rgb
+            problem, reason = str(e).removeprefix(f"{path}: "), "unsupported image"
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             first = str(e).splitlines()[0] if str(e) else ""
             problem, reason = f"corrupt image ({type(e).__name__}: {first})", "corrupt image"

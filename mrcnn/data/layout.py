@@ -35,7 +35,8 @@ class Split:
         return f"{self.annotations} (images in {self.images})"
 
 
-def _role(split: str) -> str:
+def role_of(split: str) -> str:
+    """"train" / "val" for any of their names (train2017, valid, ...); other splits as they are."""
     return ROLE_OF.get(split, split)
 
 
@@ -47,7 +48,7 @@ def _from_file(path: Path, split: str) -> Split | None:
             from None
     if not isinstance(spec, dict) or not spec or not all(isinstance(v, dict) for v in spec.values()):
         raise MrcnnError(f'{path}: a dataset file maps split names to {{"annotations": ..., "images": ...}}')
-    key = split if split in spec else next((k for k in spec if _role(k) == _role(split)), None)
+    key = split if split in spec else next((k for k in spec if role_of(k) == role_of(split)), None)
     if key is None:
         return None
     entry = spec[key]
@@ -61,7 +62,7 @@ def find_split(data: str | Path, split: str) -> Split | None:
     data = Path(data)
     if data.is_file():
         return _from_file(data, split)
-    role = _role(split)
+    role = role_of(split)
     for name in dict.fromkeys([split, COCO_NAMES.get(role, split)]):  # COCO 2017
         ann = data / "annotations" / f"instances_{name}.json"
         if ann.is_file():
@@ -82,7 +83,7 @@ def require_split(data: str | Path, split: str) -> Split:
         raise MrcnnError(f"{data}: no such dataset folder or file")
     if data.is_file():
         raise MrcnnError(f"{data}: the dataset file has no {split!r} split")
-    role = _role(split)
+    role = role_of(split)
     raise MrcnnError(
         f"{data}: no {split!r} split (looked for annotations/instances_{COCO_NAMES.get(role, split)}.json, "
         f"{ROBOFLOW_NAMES.get(role, role)}/{ROBOFLOW_ANN}; or pass a dataset .json naming the files)")

@@ -314,6 +314,9 @@ def generate_synthetic(
             raise MrcnnError(f"{out} exists and is not a folder")
         if any(out.iterdir()) and not _is_synth_output(out):
             raise MrcnnError(f"{out} is not empty and not a previous synthetic dataset; choose another folder")
+    from mrcnn.io import check_writable_dir
+
+    check_writable_dir(out.resolve().parent, f"{out}: its folder")
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=parent))

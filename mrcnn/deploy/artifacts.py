@@ -18,8 +18,14 @@ ARTIFACT_SUFFIXES = (".pt", ".pth", ".onnx", ".plan", ".engine")
 
 
 def check_artifact_type(path: str | Path) -> Path:
-    """The artifact types a runtime exists for (.pt/.pth, .onnx), or one MrcnnError."""
+    """The artifact types a runtime exists for (.pt/.pth, .onnx, .plan/.engine), or one MrcnnError."""
     path = Path(path)
+    if path.is_dir():
+        best = next((path / n for n in ("model_final.pt", "model_best.pt", "last.pt") if (path / n).is_file()), None)
+        if best is not None:
+            raise MrcnnError(f"{path}: is a training run folder; give one of its checkpoints, e.g. {best}")
+        raise MrcnnError(f"{path}: is a directory; expected a checkpoint (.pt), an export (.onnx) or an engine "
+                         "(.plan)")
     if path.suffix.lower() not in ARTIFACT_SUFFIXES:
         raise MrcnnError(f"{path}: unsupported artifact type {path.suffix!r} (expected {', '.join(ARTIFACT_SUFFIXES)})")
     return path

@@ -126,9 +126,15 @@ def bench_images(data: str | Path | None, batch: int, size: tuple[int, int], spl
 
 def bench_artifacts(paths: list[str | Path], *, batch: int = 1, size: tuple[int, int] = (480, 640),
                     data: str | Path | None = None, iters: int = 50, warmup: int = 5, device: str | None = None,
-                    threads: int = 0, paste: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Time each artifact's `predictor(images)` (module docstring); returns {"rows": [...], "batch", "images"}."""
+                    threads: int = 0, paste: bool = True, json_out: str | Path | None = None,
+                    log: Callable[[str], None] = print) -> dict:
+    """Time each artifact's `predictor(images)` (module docstring); returns {"rows": [...], "batch", "images"},
+    also written to `json_out` (checked writable before anything runs)."""
     from mrcnn.deploy import load_artifact
+    from mrcnn.io import check_writable_file, write_json
+
+    if json_out:
+        check_writable_file(json_out, "--json")
 
     if not paths:
         raise MrcnnError("give one or more artifacts (.pt, .onnx) to benchmark")
@@ -187,8 +193,11 @@ def bench_artifacts(paths: list[str | Path], *, batch: int = 1, size: tuple[int,
         if name != first:
             r["speedup_vs_first"] = statistics.median(times[first]) / statistics.median(times[name])
             r["speedup_interval"] = list(ratio_interval(times[first], times[name]))
-    return {"rows": [rows[n] for n in names], "batch": batch, "device": dev, "threads": torch.get_num_threads(),
-            "images": [list(im.shape[-2:]) for im in images], "paste": paste}
+    report = {"rows": [rows[n] for n in names], "batch": batch, "device": dev, "threads": torch.get_num_threads(),
+              "images": [list(im.shape[-2:]) for im in images], "paste": paste}
+    if json_out:
+        write_json(json_out, report)
+    return report
 
 
 def format_bench(report: dict) -> str:

@@ -210,6 +210,8 @@ def _profile(path: Path, meta: dict, dims: list, given: Sequence[Optional[Shape]
 def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: int, log: Callable[[str], None],
            opts: BuildOptions):
     """(engine bytes, ONNX metadata, profile (min, opt, max), the sidecar's runtime fields, precision)."""
+    if path.is_dir():
+        raise MrcnnError(f"{path}: is a directory; `mrcnn build` takes an exported model (.onnx)")
     if not path.is_file():
         raise MrcnnError(f"{path}: no such ONNX file")
     if batch < 1:
@@ -293,8 +295,9 @@ def build_artifact(onnx_path: str | Path, output: Optional[str | Path] = None, *
 
     src = Path(onnx_path)
     out = Path(output) if output is not None else src.with_suffix(".plan")
-    if out.is_dir():
-        raise MrcnnError(f"{out}: is a directory, expected an engine file path")
+    from mrcnn.io import check_writable_file
+
+    check_writable_file(out, "-o")
     plan, meta, shapes, runtime_info, precision = _build(src, runtime, (min_shape, opt_shape, max_shape), batch, log,
                                                          options or BuildOptions())
     info = {**runtime_info, "precision": precision, "onnx": str(src.resolve()),

@@ -68,6 +68,9 @@ class OnnxPredictor(ExportedPredictor):
             model = onnx.load(str(path))
         except Exception as e:  # noqa: BLE001 - a broken file is a user error
             raise MrcnnError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:120]})") from None
+        if not model.graph.node:  # (onnx.load reads an empty or foreign protobuf as an empty model)
+            empty = "; the file is empty" if not path.stat().st_size else ""
+            raise MrcnnError(f"{path}: not an ONNX model (no graph{empty})")
         super().__init__(path, read_metadata(model), paste)
         self.providers = providers or default_providers()
         self.session = ort_session(model, self.providers, threads, log, spin=spin)

@@ -41,12 +41,17 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def _check_readable(files: list[Path]) -> None:
-    from PIL import Image
+    """Every file opens as an image of a mode the readers take and a size within the pixel limit (from its header,
+    without decoding the pixels): else one error line, before anything is written."""
+    from mrcnn.data.image_io import check_mode, open_checked
 
     for f in files:
         try:
-            with Image.open(f) as im:
+            with open_checked(f) as im:
+                check_mode(f, im.mode)
                 im.verify()  # header and structure, without decoding the pixels
+        except MrcnnError:
+            raise
         except Exception as e:  # noqa: BLE001 - PIL raises many kinds for bad files
             first = str(e).splitlines()[0] if str(e) else ""
             raise MrcnnError(f"{f}: not a readable image ({type(e).__name__}: {first})")\
@@ -67,21 +72,35 @@ def palette(n: int) -> list[tuple[int, int, int]]:
     return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb((0.61803 * i) % 1.0, 0.85, 0.95)) for i in range(n)]
 
 
+def _regions(result: dict, keep: list[int]) -> dict[int, tuple[int, int, int, int, np.ndarray]]:
+    """Detection k -> (y0, y1, x0, x1, mask > 0.5 there): from `mask_crops` (what predict pastes, box-sized) or from
+    full-size pasted `masks` [n,1,H,W]."""
+    out = {}
+    for k in keep:
+        if "mask_crops" in result:
+            y0, y1, x0, x1, values = result["mask_crops"][k]
+            out[k] = (y0, y1, x0, x1, (values > 0.5).numpy())
+        elif "masks" in result and result["masks"].numel():
+            m = result["masks"][k, 0]
+            out[k] = (0, m.shape[0], 0, m.shape[1], (m > 0.5).numpy())
+    return out
+
+
 def draw_detections(image: torch.Tensor, result: dict, class_names: Sequence[str], score: float = 0.5):
     """uint8 [3,H,W] + one predictor result -> PIL image: each detection with score >= `score`, lowest score first,
     as its mask blended at MASK_ALPHA in its class colour (pixels of probability > 0.5), its box and a
-    `name 0.93` label."""
+    `name 0.93` label. Masks come as `mask_crops` (paste_mask_crops: only their boxes are touched) or as full-size
+    pasted `masks`."""
     from PIL import Image, ImageDraw
 
     colours = palette(len(class_names) + 1)
-    canvas = image.permute(1, 2, 0).numpy().astype(np.float32)
+    canvas = image.permute(1, 2, 0).numpy().copy()  # uint8; each blend works on its box only
     keep = [k for k in torch.argsort(result["scores"]).tolist() if float(result["scores"][k]) >= score]
-    for k in keep:
-        if "masks" in result and result["masks"].numel():
-            m = (result["masks"][k, 0] > 0.5).numpy()
-            colour = np.array(colours[int(result["labels"][k])], dtype=np.float32)
-            canvas[m] = (1 - MASK_ALPHA) * canvas[m] + MASK_ALPHA * colour
-    out = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
+    for k, (y0, y1, x0, x1, m) in _regions(result, keep).items():
+        colour = np.array(colours[int(result["labels"][k])], dtype=np.float32)
+        part = canvas[y0:y1, x0:x1]
+        part[m] = np.clip(np.rint((1 - MASK_ALPHA) * part[m].astype(np.float32) + MASK_ALPHA * colour), 0, 255)
+    out = Image.fromarray(canvas)
     draw = ImageDraw.Draw(out)
     for k in keep:
         label = int(result["labels"][k])
@@ -97,14 +116,35 @@ def draw_detections(image: torch.Tensor, result: dict, class_names: Sequence[str
     return out
 
 
-def _annotations(result: dict, image_id: int, first_id: int, score: float, n_classes: int) -> list[dict]:
+def kept_with_crops(result: dict, score: float, image_size: tuple[int, int]) -> dict:
+    """The detections with score >= `score` of an unpasted result (masks [n,M,M]), their masks pasted as box-sized
+    crops (`mask_crops`) instead of [n,1,H,W]: what predict draws and encodes, at any image size."""
+    from mrcnn.model.preprocess import paste_mask_crops
+
+    keep = result["scores"] >= score
+    kept = {k: v[keep] for k, v in result.items() if torch.is_tensor(v) and v.shape[:1] == keep.shape}
+    kept.pop("masks", None)
+    if "masks28" in kept:
+        kept["mask_crops"] = paste_mask_crops(kept["masks28"], kept["boxes"], image_size)
+    return kept
+
+
+def coco_annotations(kept: dict, image_size: tuple[int, int], image_id: int, first_id: int,
+                 n_classes: int) -> list[dict]:
+    """COCO annotations of kept detections (kept_with_crops): each mask encoded as RLE from a one-image buffer."""
     import pycocotools.mask as mask_util
 
     from mrcnn.evaluation.coco import detections_to_coco
 
-    keep = result["scores"] >= score
-    kept = {k: v[keep] for k, v in result.items() if torch.is_tensor(v) and v.shape[:1] == keep.shape}
-    entries = detections_to_coco(kept, image_id, list(range(1, n_classes + 1)))
+    rles = None
+    if "mask_crops" in kept:
+        full = np.zeros(image_size, dtype=np.uint8, order="F")  # one mask at a time, then cleared
+        rles = []
+        for y0, y1, x0, x1, values in kept["mask_crops"]:
+            full[y0:y1, x0:x1] = (values > 0.5).numpy()
+            rles.append(mask_util.encode(full[:, :, None])[0])
+            full[y0:y1, x0:x1] = 0
+    entries = detections_to_coco(kept, image_id, list(range(1, n_classes + 1)), rles=rles)
     for j, e in enumerate(entries):
         e["id"] = first_id + j
         e["iscrowd"] = 0
@@ -128,7 +168,7 @@ def predict(artifact: str | Path, inputs: Sequence[str | Path], out_dir: str | P
             log: Callable[[str], None] = print, progress: bool = True) -> dict:
     """Predict every image; write OUT/predictions.json and (with `overlays`) OUT/<stem>.png. Returns a summary."""
     from mrcnn.deploy import load_artifact
-    from mrcnn.io import atomic_write
+    from mrcnn.io import atomic_write, check_writable_dir
     from mrcnn.progress import reporter
 
     if not 0.0 <= score <= 1.0:
@@ -137,29 +177,37 @@ def predict(artifact: str | Path, inputs: Sequence[str | Path], out_dir: str | P
         raise MrcnnError(f"--batch must be >= 1, got {batch_size}")
     files = image_files(inputs)
     _check_readable(files)
-    predictor = load_artifact(artifact, device, log=log)
-    names = list(predictor.class_names)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MrcnnError(f"{out_dir}: exists and is not a folder")
+    check_writable_dir(out_dir, "--out")
+    predictor = load_artifact(artifact, device, log=log, paste=False)  # masks pasted per kept detection below
+    names = list(predictor.class_names)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     png_names = _output_names(files)
     doc = {"images": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)], "annotations": []}
-    with reporter(len(files), "predict", log=log, enabled=progress) as rep, torch.inference_mode():
-        for start in range(0, len(files), batch_size):
-            chunk = list(range(start, min(start + batch_size, len(files))))
-            images = [read_image(files[i]) for i in chunk]
-            for i, image, result in zip(chunk, images, predictor(images)):
-                result = {k: v.cpu() for k, v in result.items()}
-                h, w = image.shape[1:]
-                doc["images"].append({"id": i + 1, "file_name": str(files[i]), "width": w, "height": h})
-                doc["annotations"] += _annotations(result, i + 1, len(doc["annotations"]) + 1, score,
-                                                  len(names))
-                if overlays:
-                    picture = draw_detections(image, result, names, score)
-                    atomic_write(out_dir / png_names[i], lambda tmp, p=picture: p.save(tmp, format="PNG"))
-            rep.update(chunk[-1] + 1)
-    text = json.dumps(doc)
-    atomic_write(out_dir / "predictions.json", lambda tmp: Path(tmp).write_text(text))
+    written: list[Path] = []
+    try:
+        with reporter(len(files), "predict", log=log, enabled=progress) as rep, torch.inference_mode():
+            for start in range(0, len(files), batch_size):
+                chunk = list(range(start, min(start + batch_size, len(files))))
+                images = [read_image(files[i]) for i in chunk]
+                for i, image, result in zip(chunk, images, predictor(images)):
+                    h, w = image.shape[1:]
+                    kept = kept_with_crops({k: v.cpu() for k, v in result.items()}, score, (h, w))
+                    doc["images"].append({"id": i + 1, "file_name": str(files[i]), "width": w, "height": h})
+                    doc["annotations"] += coco_annotations(kept, (h, w), i + 1, len(doc["annotations"]) + 1, len(names))
+                    if overlays:
+                        picture = draw_detections(image, kept, names, score)
+                        written.append(atomic_write(out_dir / png_names[i],
+                                                    lambda tmp, p=picture: p.save(tmp, format="PNG")))
+                rep.update(chunk[-1] + 1)
+        text = json.dumps(doc)
+        written.append(atomic_write(out_dir / "predictions.json", lambda tmp: Path(tmp).write_text(text)))
+    except BaseException:  # no overlays without their predictions.json: what this call wrote goes
+        for f in written:
+            f.unlink(missing_ok=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
     return {"images": len(files), "detections": len(doc["annotations"]), "out": out_dir,
             "overlays": overlays}

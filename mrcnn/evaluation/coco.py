@@ -19,15 +19,16 @@ from mrcnn.progress import reporter
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def detections_to_coco(result: dict, image_id: int, cat_ids: Sequence[int], mask_threshold: float = 0.5) -> list[dict]:
-    """One image's detections -> COCO result entries (bbox xywh, RLE segmentation)."""
+def detections_to_coco(result: dict, image_id: int, cat_ids: Sequence[int], mask_threshold: float = 0.5,
+                       rles: list | None = None) -> list[dict]:
+    """One image's detections -> COCO result entries (bbox xywh, RLE segmentation: of the pasted `masks` at
+    `mask_threshold`, or `rles` already encoded, one per detection)."""
     import pycocotools.mask as mask_util
 
     boxes = result["boxes"].detach().float().cpu()
     scores = result["scores"].detach().float().cpu().tolist()
     labels = result["labels"].detach().cpu().tolist()
-    rles = None
-    if "masks" in result and result["masks"].numel() > 0:
+    if rles is None and "masks" in result and result["masks"].numel() > 0:
         m = (result["masks"].detach().cpu()[:, 0] > mask_threshold).numpy().astype(np.uint8)
         rles = mask_util.encode(np.asfortranarray(m.transpose(1, 2, 0)))
     out = []

@@ -36,6 +36,8 @@ def _load_failure(e: BaseException) -> str:
         m = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
         why = m.group(1).split(". Please use")[0].rstrip(". ") if m else ""
         return "refused by the weights-only loader" + (f": {why}" if why else "") + "; mrcnn runs no code from files"
+    if isinstance(e, EOFError):
+        return "the file is empty or cut short"
     return text.splitlines()[0] if text else type(e).__name__
 
 

@@ -95,17 +95,31 @@ def _expand_boxes(boxes: Tensor, scale: float) -> Tensor:
     return torch.stack((x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half), dim=1)
 
 
-def _paste_one(mask: Tensor, box: Tensor, im_h: int, im_w: int) -> Tensor:
+def _paste_crop(mask: Tensor, box: Tensor, im_h: int, im_w: int) -> tuple[int, int, int, int, Tensor]:
+    """(y0, y1, x0, x1, values): the part of the image [y0:y1, x0:x1] a padded mask covers at its expanded integer
+    box, and its pasted values there (everything outside is 0)."""
     x0b, y0b, x1b, y1b = (int(v) for v in box.tolist())
     w = max(x1b - x0b + 1, 1)
     h = max(y1b - y0b + 1, 1)
     m = F.interpolate(mask[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    out = mask.new_zeros((im_h, im_w))
     x_0, x_1 = max(x0b, 0), min(x1b + 1, im_w)
     y_0, y_1 = max(y0b, 0), min(y1b + 1, im_h)
-    if x_1 > x_0 and y_1 > y_0:
-        out[y_0:y_1, x_0:x_1] = m[(y_0 - y0b) : (y_1 - y0b), (x_0 - x0b) : (x_1 - x0b)]
+    if x_1 <= x_0 or y_1 <= y_0:
+        return 0, 0, 0, 0, m[:0, :0]
+    return y_0, y_1, x_0, x_1, m[(y_0 - y0b):(y_1 - y0b), (x_0 - x0b):(x_1 - x0b)]
+
+
+def _paste_one(mask: Tensor, box: Tensor, im_h: int, im_w: int) -> Tensor:
+    y_0, y_1, x_0, x_1, values = _paste_crop(mask, box, im_h, im_w)
+    out = mask.new_zeros((im_h, im_w))
+    out[y_0:y_1, x_0:x_1] = values
     return out
+
+
+def _padded_masks(masks: Tensor, boxes: Tensor, padding: int) -> tuple[Tensor, Tensor]:
+    M = masks.shape[-1]
+    scale = float(M + 2 * padding) / M
+    return F.pad(masks, (padding,) * 4), _expand_boxes(boxes.float(), scale).to(torch.int64)
 
 
 def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1) -> Tensor:
@@ -113,12 +127,21 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], paddi
     im_h, im_w = int(image_size[0]), int(image_size[1])
     if masks.shape[0] == 0:
         return masks.new_zeros((0, 1, im_h, im_w))
-    M = masks.shape[-1]
-    scale = float(M + 2 * padding) / M
-    padded = F.pad(masks, (padding,) * 4)
-    eboxes = _expand_boxes(boxes.float(), scale).to(torch.int64)
+    padded, eboxes = _padded_masks(masks, boxes, padding)
     res = [_paste_one(m, b, im_h, im_w) for m, b in zip(padded, eboxes)]
     return torch.stack(res, dim=0)[:, None]
+
+
+def paste_mask_crops(masks: Tensor, boxes: Tensor, image_size: tuple[int, int],
+                     padding: int = 1) -> list[tuple[int, int, int, int, Tensor]]:
+    """paste_masks without the [K,1,H,W] tensor: per mask (y0, y1, x0, x1, values), the region of the image it
+    covers and its pasted values there (paste_masks' result is 0 elsewhere). Memory per mask: its box, not the
+    image (what `mrcnn predict` writes from, for images of any size)."""
+    im_h, im_w = int(image_size[0]), int(image_size[1])
+    if masks.shape[0] == 0:
+        return []
+    padded, eboxes = _padded_masks(masks, boxes, padding)
+    return [_paste_crop(m, b, im_h, im_w) for m, b in zip(padded, eboxes)]
 
 
 def postprocess_detections(

@@ -100,6 +100,10 @@ def load_initial_weights(model: nn.Module, path: str | Path, class_names: list[s
 
     path = Path(path)
     sd, file_names = _state_dict_of(safe_load(path, "weights file"), path)
+    bad = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise MrcnnError(f"{path}: {len(bad)} tensors hold non-finite values (e.g. {bad[0]}): not weights to start "
+                         "from")
     target = model.state_dict()
 
     if _is_imagenet_resnet(sd):
@@ -175,3 +179,20 @@ def initial_weights(model: nn.Module, cfg, weights, class_names: list[str], resu
             "ImageNet ResNet such as torchvision's resnet50-0676ba61.pth, or Mask R-CNN weights), or train "
             "everything from scratch with --set model.norm=gn --set model.trainable_layers=5")
     return {}
+
+
+def check_weights_file(path: str | Path) -> Path:
+    """Before data loading and model building: `--weights` names a non-empty file in torch's format (a zip archive
+    or a legacy pickle), else one error line; its contents are checked when it is loaded."""
+    path = Path(path)
+    if not path.exists():
+        raise MrcnnError(f"--weights {path}: no such file")
+    if path.is_dir():
+        raise MrcnnError(f"--weights {path}: is a directory, expected a weights file (.pth / .pt)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise MrcnnError(f"--weights {path}: the file is empty")
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+        raise MrcnnError(f"--weights {path}: not a torch weights file (neither a zip archive nor a pickle)")
+    return path

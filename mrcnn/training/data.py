@@ -43,12 +43,16 @@ def make_train_loader(train_ds, sampler, cfg: Config, info: DistInfo, start_iter
 
 
 def build_train_data(cfg: Config, data_dir: str | Path, strict: bool, log):
+    from mrcnn.data.check import training_issues
     from mrcnn.data.layout import open_split
     from mrcnn.data.transforms import GlobalBatchSampler, TrainDataset, TrainTransform
 
     base = open_split(data_dir, "train", strict=strict, logger=log)
-    if len(base) == 0:
-        raise MrcnnError(f"{data_dir}: no usable training images")
+    errors, warnings = training_issues(base)  # the rule `mrcnn data check` applies too
+    if errors:
+        raise MrcnnError(errors[0])
+    for w in warnings:
+        log(w)
     tfm = TrainTransform(cfg.input.min_size, cfg.input.max_size, cfg.input.hflip_prob, cfg.input.train_min_sizes)
     ds = TrainDataset(base, tfm, seed=cfg.seed)
     return base, ds, GlobalBatchSampler

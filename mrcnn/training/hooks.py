@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from mrcnn.errors import MrcnnError
 from mrcnn.evaluation.coco import STAT_NAMES, evaluate, format_table
+from mrcnn.io import strict_json
 from mrcnn.model.checkpoint import save_checkpoint
 from mrcnn.model.predictor import Predictor
 from mrcnn.training.distributed import DistInfo, barrier
@@ -65,7 +66,7 @@ class MetricsWriter(HookBase):
 
     def write(self, row: dict) -> None:
         if self.file is not None:
-            self.file.write(json.dumps(row) + "\n")
+            self.file.write(json.dumps(strict_json(row), allow_nan=False) + "\n")
             self.file.flush()
 
     def close(self) -> None:
@@ -94,6 +95,18 @@ class NonFiniteGuard(HookBase):
             last = t.checkpointer.last_path
             raise MrcnnError(f"non-finite loss in {t.bad_in_a_row} consecutive steps (iteration {t.iter}); stopped. "
                              f"Last good checkpoint: {last if last.exists() else 'none'}")
+
+    def after_train(self) -> None:
+        """A run whose weights ended non-finite is an error, not a model: model_final.pt is not written."""
+        import torch
+
+        t = self.trainer
+        bad = [n for n, v in t.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            t.metrics.close()
+            raise MrcnnError(f"the weights are not finite after iteration {t.iter} ({len(bad)} tensors, e.g. "
+                             f"{bad[0]}); no model_final.pt was written (lower --lr, or clip gradients: "
+                             "--set solver.grad_clip=10)")
 
 
 class TimeBudget:

@@ -6,6 +6,7 @@ import math
 import torch
 
 from mrcnn.config import Config
+from mrcnn.errors import MrcnnError
 
 
 def lr_factor(it: int, cfg: Config) -> float:
@@ -29,5 +30,9 @@ def scaled_lr(cfg: Config, world: int) -> float:
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, world: int) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=scaled_lr(cfg, world), momentum=cfg.solver.momentum,
+    lr = scaled_lr(cfg, world)
+    if not abs(lr) <= 3.4028234663852886e38:  # (SGD would stop with a RuntimeError at its first step)
+        raise MrcnnError(f"the learning rate scaled to the global batch, {lr:g} (solver.base_lr x global batch / "
+                         "solver.lr_reference_batch), is beyond float32's range")
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.solver.momentum,
                            weight_decay=cfg.solver.weight_decay)

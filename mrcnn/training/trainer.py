@@ -25,9 +25,9 @@ import torch
 
 from mrcnn.config import Config
 from mrcnn.errors import MrcnnError
-from mrcnn.io import atomic_write
+from mrcnn.io import atomic_write, check_writable_dir
 from mrcnn.model.checkpoint import load_checkpoint
-from mrcnn.model.weights import initial_weights
+from mrcnn.model.weights import check_weights_file, initial_weights
 from mrcnn.progress import reporter
 from mrcnn.training import hooks as H
 from mrcnn.training.data import build_train_data, loader_workers, make_train_loader, open_val, to_device
@@ -87,7 +87,11 @@ class Trainer:
         self.say = log if self.info.is_main else (lambda _m: None)
         self.hooks = self.build_hooks(evaluate_at_end)  # (a bad solver.best_metric is one line before anything)
         self.workers = loader_workers(self.s.num_workers, self.info)
+        if weights is not None and not resume:
+            check_weights_file(weights)
         old_run = check_run_folder(self.out_dir, resume, overwrite)
+        if self.info.is_main:
+            check_writable_dir(self.out_dir, "--out")
         self.iter = self.start_iter = 0
         self.best: dict = {}  # {"metric", "value", "iter"} of the best evaluation so far (hooks.BestModel)
         self.init: dict = {}  # what --weights loaded (the fine-tuning report)
