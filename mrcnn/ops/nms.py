@@ -14,9 +14,17 @@ different classes never suppress each other; a box is suppressed by a higher-sco
 IoU > iou_threshold. Kept boxes come sorted by score (descending) in slots [0, num); padding slots hold boxes 0,
 scores 0, classes 0 and indices -1. `indices` point into the N input candidates.
 
-`box_nms` equals `torchvision.ops.batched_nms(...)[:max_output]` on the candidates in input order (it calls it, per
-image: the torch peer); `box_nms_reference` is the naive float64 loop that defines the semantics for tests and for
-the C++/CUDA kernels.
+`box_nms` runs `torchvision.ops.nms` once per class on the candidates' own coordinates (what torchvision's
+`batched_nms` does above 1,000 boxes on the CPU); `box_nms_reference` is the naive float64 loop that defines the
+semantics for tests and for the C++/CUDA kernels, which compute each IoU as torchvision's nms does (bit for bit).
+
+Not torchvision's `batched_nms` as such: at or below 1,000 boxes on the CPU (100,000 on a GPU) it shifts every box
+by class x (largest coordinate + 1) and runs one nms on the shifted boxes. In float32 the shift rounds each
+coordinate to the grid of the shifted value (1/128 px at 100,000), so an IoU within about 1e-4 of the threshold can
+land on the other side of it: torchvision keeps a box that the IoU of its true coordinates suppresses, or the
+reverse. tests/ops/test_ops.py builds such a pair (float64 IoU 0.500001 > 0.5: torchvision's batched_nms keeps
+both, nms on the class alone, these kernels and this reference suppress one); the portable ONNX flavour
+(NonMaxSuppression on shifted boxes) shares torchvision's rounding; docs/design.md says more.
 """
 from __future__ import annotations
 
@@ -70,11 +78,22 @@ def box_nms(
     keeps = []
     for i in range(boxes.shape[0]):
         cand = torch.where(ok[i])[0]
-        keep = torchvision.ops.batched_nms(
-            boxes[i, cand], scores[i, cand], classes[i, cand], float(iou_threshold)
-        )
-        keeps.append(cand[keep[: int(max_output)]])
+        kept = [cand[ids[torchvision.ops.nms(boxes[i, cand[ids]], scores[i, cand[ids]], float(iou_threshold))]]
+                for ids in _per_class(classes[i, cand])]
+        keep = torch.cat(kept) if kept else cand
+        keep = keep.sort().values  # input order, so that the stable sort below puts ties lower index first
+        order = torch.sort(scores[i, keep], descending=True, stable=True).indices
+        keeps.append(keep[order][: int(max_output)])
     return _pack(boxes, scores, classes, keeps, max_output)
+
+
+def _per_class(classes: Tensor) -> list[Tensor]:
+    """Indices of each class's entries (classes in ascending order)."""
+    if classes.numel() == 0:
+        return []
+    order = torch.sort(classes, stable=True).indices
+    counts = torch.unique_consecutive(classes[order], return_counts=True)[1]
+    return list(order.split(counts.tolist()))
 
 
 def box_nms_reference(

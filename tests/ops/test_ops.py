@@ -310,6 +310,34 @@ def test_box_nms_all_invalid_and_batch_padding():
     assert 0 < int(num[1]) <= 4
 
 
+def test_box_nms_decides_on_true_coordinates_where_torchvision_batched_nms_rounds():
+    """The arbitrary choice is torchvision's: box 1 (class 90) lies inside box 0 with IoU 0.500001 > 0.5 (float64 and
+    float32 agree), so greedy NMS suppresses it. torchvision's batched_nms (below 1,000 boxes: one nms on boxes
+    shifted by class x (max + 1) = 9,090 px) rounds x = 9,140.0001 to 9,140 on float32's 1/1,024 px grid there, sees
+    IoU 0.5 and keeps both; torchvision's nms on the class's own boxes suppresses it, as box_nms, box_nms_reference
+    and the native kernels do. This is the one candidate in a hundred by which the kernel path and torchvision's
+    Mask R-CNN can differ on a real photograph (an IoU within ~1e-4 of the threshold)."""
+    from mrcnn import native
+
+    boxes = torch.tensor([[[0.0, 0.0, 100.0, 100.0], [0.0, 0.0, 50.0001, 100.0]]])
+    scores = torch.tensor([[0.9, 0.8]])
+    classes = torch.tensor([[90, 90]])
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    iou64 = float(torchvision.ops.box_iou(boxes[0, :1].double(), boxes[0, 1:].double()))
+    iou32 = float(torchvision.ops.box_iou(boxes[0, :1], boxes[0, 1:]))
+    tv_batched = torchvision.ops.batched_nms(boxes[0], scores[0], classes[0], 0.5).tolist()
+    tv_plain = torchvision.ops.nms(boxes[0], scores[0], 0.5).tolist()
+    ours = {"box_nms": box_nms, "box_nms_reference": box_nms_reference}
+    if native.available():
+        ours["native kernels"] = native.box_nms
+    kept = {name: fn(boxes, scores, classes, valid, 0.5, float("-inf"), 10)[3][0].tolist() for name, fn in ours.items()}
+    print(f"IoU float64 {iou64:.7f} float32 {iou32:.7f}; torchvision batched_nms {tv_batched}, nms {tv_plain}; {kept}")
+    assert iou64 > 0.5 and iou32 > 0.5
+    assert tv_batched == [0, 1] and tv_plain == [0]
+    for name, idx in kept.items():
+        assert idx[:2] == [0, -1], (name, idx)
+
+
 # -- matcher ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("allow_low", [False, True])
