@@ -352,16 +352,23 @@ def predict(
     score: float = typer.Option(0.5, "--score", help="keep detections with at least this score"),
     batch: int = typer.Option(1, "--batch", help="images per forward pass"),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="write predictions.json only"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip images that cannot be read (each one is listed) "
+                                  "instead of stopping"),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="largest image accepted, width x height "
+                                             "(default 64000000, or $MRCNN_MAX_PIXELS)"),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
-    """Detections on images: PNG overlays (masks, boxes, labels) and a COCO-format predictions.json."""
+    """Detections on images: PNG overlays and a COCO-format predictions.json (each image with its overlay)."""
+    from mrcnn.data.image_io import set_max_pixels
     from mrcnn.deploy.predict import predict as run_predict
     from mrcnn.io import next_run_dir
 
+    set_max_pixels(max_pixels)
     out = out if out is not None else next_run_dir("predict")
     res = run_predict(artifact, images, out, score=score, batch_size=batch, device=device,
-                      overlays=not no_overlays, log=_log)
-    print(f"{res['detections']} detections on {res['images']} images -> {res['out']}")
+                      overlays=not no_overlays, skip_bad=skip_bad, log=_log)
+    skipped = f" ({len(res['skipped'])} skipped)" if res["skipped"] else ""
+    print(f"{res['detections']} detections on {res['images']} images{skipped} -> {res['out']}")
 
 
 @convert_app.command("torchvision")

@@ -323,8 +323,12 @@ def load_config_file(path: str | Path) -> Config:
         d = json.loads(path.read_text())
     except FileNotFoundError:
         raise MrcnnError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise MrcnnError(f"{path}: is a directory, expected a .json config file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MrcnnError(f"{path}: not a JSON config ({str(e).splitlines()[0]})") from None
+        from mrcnn.errors import unreadable
+
+        raise unreadable(path, "JSON config", e, "JSON") from None
     if not isinstance(d, dict):
         raise MrcnnError(f"{path}: a config file holds a JSON object, got {type(d).__name__}")
     base = d.pop("base", None)

@@ -1,5 +1,56 @@
-"""The one project error type: the CLI prints it as one line and exits 1."""
+"""The one project error type (the CLI prints it as one line and exits 1), and how a line about a bad file reads."""
+from __future__ import annotations
+
+from pathlib import Path
 
 
 class MrcnnError(Exception):
     """A user-facing error (bad input, bad file, bad option). Message is one line, no traceback."""
+
+
+class UnreadableImage(MrcnnError):
+    """An image file that cannot be decoded (truncated, corrupt, not an image): readers that skip bad images catch
+    this kind apart from the other refusals (a mode or size the project does not take)."""
+
+
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """`Kind: first line of the message` (at most `limit` characters of it), for one error line about a file."""
+    text = str(e).strip().splitlines()[0][:limit] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"BM", "a BMP image"),
+          (b"PK\x03\x04", "a zip archive (torch's checkpoint format)"),
+          (b"\x80", "a pickle (torch's legacy checkpoint format)"))
+
+
+def file_kind(path: str | Path) -> str | None:
+    """What a file's first bytes say it is, in words ("a PNG image", "an ONNX model", "JSON text", "empty"), for
+    messages about a file of the wrong type; None when they say nothing known."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if not head:
+        return "empty"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if len(head) >= 3 and head[0] == 0x08 and 3 <= head[1] <= 15 and head[2] == 0x12:  # ir_version, producer_name
+        return "an ONNX model"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "JSON text"
+    return None
+
+
+def unreadable(path: str | Path, what: str, error: BaseException, expected: str) -> MrcnnError:
+    """The one error line for a file that failed to read as a `what`: empty, of another kind than `expected` (a word
+    of file_kind's answer: "image", "JSON", "torch", "ONNX"), or the reader's own reason."""
+    kind = file_kind(path)
+    if kind == "empty":
+        return MrcnnError(f"{path}: not a readable {what} (the file is empty)")
+    if kind and expected not in kind:
+        return MrcnnError(f"{path}: not a {what}: the file is {kind}")
+    return MrcnnError(f"{path}: not a readable {what} ({first_line(error)})")

@@ -33,12 +33,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import UnidentifiedImageError
 from pycocotools.coco import COCO
 
 from mrcnn.data.image_io import read_rgb
 from mrcnn.data.segmentation import finite_numbers, parse_segmentation, segmentation_mask
-from mrcnn.errors import MrcnnError
+from mrcnn.errors import MrcnnError, UnreadableImage
 
 
 def _stderr_logger(msg: str) -> None:
@@ -327,11 +326,10 @@ class CocoDetection(torch.utils.data.Dataset):
         h, w = self.image_size(i)
         try:
             arr, orientation = read_rgb(path)
+        except UnreadableImage as e:  # truncated, corrupt, not an image
+            problem, reason = f"corrupt image ({str(e).removeprefix(f'{path}: ')})", "corrupt image"
         except MrcnnError as e:  # a mode it cannot read, or above the pixel limit: said by read_rgb
             problem, reason = str(e).removeprefix(f"{path}: "), "unsupported image"
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            first = str(e).splitlines()[0] if str(e) else ""
-            problem, reason = f"corrupt image ({type(e).__name__}: {first})", "corrupt image"
         else:
             if arr.shape[:2] == (h, w):
                 return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrcnn.errors import MrcnnError
+from mrcnn.errors import MrcnnError, UnreadableImage, unreadable
 
 EXIF_ORIENTATION = 0x0112  # 1: as stored; 2-8: mirrored and/or turned by multiples of 90 degrees
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000: a 12-MP phone photo is far below it, a 100-MP scan above
@@ -136,9 +136,14 @@ def read_rgb(path: str | Path) -> tuple[np.ndarray, int]:
     """(H x W x 3 uint8 pixels with the file's EXIF orientation applied, that orientation tag: 1 when none)."""
     from PIL import ImageOps
 
-    with open_checked(path) as im:
-        check_mode(path, im.mode)
-        orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
-        if orientation != 1:
-            im = ImageOps.exif_transpose(im)
-        return to_rgb(im, path), orientation
+    try:
+        with open_checked(path) as im:
+            check_mode(path, im.mode)
+            orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+            if orientation != 1:
+                im = ImageOps.exif_transpose(im)
+            return to_rgb(im, path), orientation
+    except MrcnnError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's kinds for a file that is not (or no longer) an image
+        raise UnreadableImage(str(unreadable(path, "image", e, "image"))) from None

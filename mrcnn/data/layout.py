@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrcnn.errors import MrcnnError
+from mrcnn.errors import MrcnnError, unreadable
 
 ROLE_OF = {"train2017": "train", "val2017": "val", "valid": "val"}  # aliases -> role
 COCO_NAMES = {"train": "train2017", "val": "val2017"}
@@ -44,8 +44,7 @@ def _from_file(path: Path, split: str) -> Split | None:
     try:
         spec = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MrcnnError(f"{path}: not a readable dataset file ({type(e).__name__}: {str(e).splitlines()[0]})") \
-            from None
+        raise unreadable(path, "dataset file", e, "JSON") from None
     if not isinstance(spec, dict) or not spec or not all(isinstance(v, dict) for v in spec.values()):
         raise MrcnnError(f'{path}: a dataset file maps split names to {{"annotations": ..., "images": ...}}')
     key = split if split in spec else next((k for k in spec if role_of(k) == role_of(split)), None)

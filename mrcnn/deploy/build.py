@@ -77,12 +77,9 @@ def parse_shape(text: str, what: str) -> Shape:
 
 def _onnx_interface(path: Path):
     """(metadata dict, images input dims with None for dynamic ones) of an ONNX file, without its weights."""
-    import onnx
+    from mrcnn.deploy.exported import load_onnx
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf / IO errors of many types
-        raise MrcnnError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+    model = load_onnx(path, load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
     inputs = {i.name: i for i in model.graph.input}
     if "images" not in inputs or "image_sizes" not in inputs or "mrcnn.flavour" not in meta:

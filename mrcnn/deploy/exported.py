@@ -14,7 +14,33 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mrcnn.errors import MrcnnError
+from mrcnn.errors import MrcnnError, first_line
+
+
+def load_onnx(path: str | Path, load_external_data: bool = True, what: str = "ONNX file"):
+    """The ONNX model in a user's file, or one error line: no such file, a directory, empty, a file of another kind
+    (named), unreadable, or no graph."""
+    import onnx
+
+    from mrcnn.errors import file_kind
+
+    path = Path(path)
+    if not path.exists():
+        raise MrcnnError(f"{path}: no such {what}")
+    if path.is_dir():
+        raise MrcnnError(f"{path}: is a directory, expected an exported model (.onnx)")
+    kind = file_kind(path)
+    if kind == "empty":
+        raise MrcnnError(f"{path}: not an ONNX model (the file is empty)")
+    if kind and kind != "an ONNX model":
+        raise MrcnnError(f"{path}: not an ONNX model: the file is {kind}")
+    try:
+        model = onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as e:  # noqa: BLE001 - protobuf / IO errors of many types
+        raise MrcnnError(f"{path}: not a readable ONNX model ({first_line(e, 120)})") from None
+    if not model.graph.node:  # (onnx.load reads a foreign protobuf as an empty model)
+        raise MrcnnError(f"{path}: not an ONNX model (no graph)")
+    return model
 
 
 class ExportedPredictor:

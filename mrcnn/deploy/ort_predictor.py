@@ -9,8 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mrcnn.deploy.exported import ExportedPredictor
-from mrcnn.errors import MrcnnError
+from mrcnn.deploy.exported import ExportedPredictor, load_onnx
 from mrcnn.export.contract import DOMAIN
 
 
@@ -59,18 +58,8 @@ class OnnxPredictor(ExportedPredictor):
 
     def __init__(self, path: str | Path, providers: Optional[list[str]] = None, paste: bool = True,
                  threads: int = 0, log: Callable[[str], None] = print, spin: bool = True) -> None:
-        import onnx
-
         path = Path(path)
-        if not path.exists():
-            raise MrcnnError(f"{path}: no such file")
-        try:
-            model = onnx.load(str(path))
-        except Exception as e:  # noqa: BLE001 - a broken file is a user error
-            raise MrcnnError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:120]})") from None
-        if not model.graph.node:  # (onnx.load reads an empty or foreign protobuf as an empty model)
-            empty = "; the file is empty" if not path.stat().st_size else ""
-            raise MrcnnError(f"{path}: not an ONNX model (no graph{empty})")
+        model = load_onnx(path)
         super().__init__(path, read_metadata(model), paste)
         self.providers = providers or default_providers()
         self.session = ort_session(model, self.providers, threads, log, spin=spin)

@@ -40,22 +40,30 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _check_readable(files: list[Path]) -> None:
+def _check_readable(files: list[Path], skip_bad: bool = False) -> list[tuple[Path, str]]:
     """Every file opens as an image of a mode the readers take and a size within the pixel limit (from its header,
-    without decoding the pixels): else one error line, before anything is written."""
+    without decoding the pixels): else one error line, before anything is written. With `skip_bad` the files that do
+    not are returned as (file, why) instead and dropped from `files`."""
     from mrcnn.data.image_io import check_mode, open_checked
+    from mrcnn.errors import unreadable
 
-    for f in files:
+    skipped = []
+    for f in list(files):
         try:
-            with open_checked(f) as im:
-                check_mode(f, im.mode)
-                im.verify()  # header and structure, without decoding the pixels
-        except MrcnnError:
-            raise
-        except Exception as e:  # noqa: BLE001 - PIL raises many kinds for bad files
-            first = str(e).splitlines()[0] if str(e) else ""
-            raise MrcnnError(f"{f}: not a readable image ({type(e).__name__}: {first})")\
-                from None
+            try:
+                with open_checked(f) as im:
+                    check_mode(f, im.mode)
+                    im.verify()  # header and structure, without decoding the pixels
+            except MrcnnError:
+                raise
+            except Exception as e:  # noqa: BLE001 - PIL raises many kinds for bad files
+                raise unreadable(f, "image", e, "image") from None
+        except MrcnnError as e:
+            if not skip_bad:
+                raise
+            skipped.append((f, str(e).removeprefix(f"{f}: ")))
+            files.remove(f)
+    return skipped
 
 
 def read_image(path: Path) -> torch.Tensor:
@@ -89,8 +97,8 @@ def _regions(result: dict, keep: list[int]) -> dict[int, tuple[int, int, int, in
 def draw_detections(image: torch.Tensor, result: dict, class_names: Sequence[str], score: float = 0.5):
     """uint8 [3,H,W] + one predictor result -> PIL image: each detection with score >= `score`, lowest score first,
     as its mask blended at MASK_ALPHA in its class colour (pixels of probability > 0.5), its box and a
-    `name 0.93` label. Masks come as `mask_crops` (paste_mask_crops: only their boxes are touched) or as full-size
-    pasted `masks`."""
+    `name 0.93` tag where it covers no better detection's tag (label_positions). Masks come as `mask_crops`
+    (paste_mask_crops: only their boxes are touched) or as full-size pasted `masks`."""
     from PIL import Image, ImageDraw
 
     colours = palette(len(class_names) + 1)
@@ -102,17 +110,45 @@ def draw_detections(image: torch.Tensor, result: dict, class_names: Sequence[str
         part[m] = np.clip(np.rint((1 - MASK_ALPHA) * part[m].astype(np.float32) + MASK_ALPHA * colour), 0, 255)
     out = Image.fromarray(canvas)
     draw = ImageDraw.Draw(out)
+    texts = {}
     for k in keep:
         label = int(result["labels"][k])
-        colour = colours[label]
-        x0, y0, x1, y1 = (float(v) for v in result["boxes"][k])
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
         name = class_names[label - 1] if 1 <= label <= len(class_names) else str(label)
-        text = f"{name} {float(result['scores'][k]):.2f}"
-        tx0, ty0, tx1, ty1 = draw.textbbox((x0, y0), text)
-        ty = max(0.0, y0 - (ty1 - ty0) - 2)
-        draw.rectangle([x0, ty, x0 + (tx1 - tx0) + 4, ty + (ty1 - ty0) + 2], fill=colour)
-        draw.text((x0 + 2, ty - (ty0 - y0)), text, fill=(0, 0, 0))
+        texts[k] = f"{name} {float(result['scores'][k]):.2f}"
+    sizes = {}
+    for k, text in texts.items():
+        tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), text)
+        sizes[k] = (tx1 - tx0 + 4, ty1 + 2)  # tag width and height: 2 px of margin, the glyphs' own top offset
+    boxes = {k: tuple(float(v) for v in result["boxes"][k]) for k in keep}
+    tags = label_positions([boxes[k] for k in reversed(keep)], [sizes[k] for k in reversed(keep)], out.size)
+    tags = dict(zip(reversed(keep), tags))
+    for k in keep:  # boxes first, then the tags, lowest score first: the best tag is drawn last
+        draw.rectangle(boxes[k], outline=colours[int(result["labels"][k])], width=2)
+    for k in keep:
+        x, y = tags[k]
+        draw.rectangle([x, y, x + sizes[k][0], y + sizes[k][1]], fill=colours[int(result["labels"][k])])
+        draw.text((x + 2, y + 1), texts[k], fill=(0, 0, 0))
+    return out
+
+
+def label_positions(boxes: Sequence[tuple[float, float, float, float]], sizes: Sequence[tuple[float, float]],
+                    image_size: tuple[int, int]) -> list[tuple[float, float]]:
+    """Top-left corners of the label tags of boxes given best first (x0, y0, x1, y1) and tags (w, h): each tag sits
+    above its box, else inside its top, else below it, else stacked further down or up, at the first place that
+    overlaps no tag placed before and stays in the image; where none is free, above the box (the overlap is
+    allowed then)."""
+    W, H = image_size
+    placed: list[tuple[float, float, float, float]] = []
+    out = []
+    for (x0, y0, x1, y1), (w, h) in zip(boxes, sizes):
+        x = min(max(0.0, x0), max(0.0, W - w))
+        tries = [y0 - h, y0, y1] + [y0 + j * h for j in range(1, 16)] + [y0 - j * h for j in range(2, 16)]
+        fits = [y for y in tries if 0 <= y <= H - h]
+        free = [y for y in fits
+                if all(x + w <= a or a + aw <= x or y + h <= b or b + bh <= y for a, b, aw, bh in placed)]
+        y = free[0] if free else (fits[0] if fits else max(0.0, min(y0 - h, H - h)))
+        placed.append((x, y, w, h))
+        out.append((x, y))
     return out
 
 
@@ -152,21 +188,56 @@ def coco_annotations(kept: dict, image_size: tuple[int, int], image_id: int, fir
     return entries
 
 
-def _output_names(files: list[Path]) -> list[str]:
-    """`stem.png` per image; a stem seen before gets `_1`, `_2`, ..."""
-    seen: dict[str, int] = {}
+def overlay_names(files: list[Path]) -> list[str]:
+    """One distinct overlay name per input: `stem.png`; where stems collide (`a.jpg`, `a.png`) `stem_ext.png`; where
+    whole names collide (`x/a.jpg`, `y/a.jpg`) `folder_stem_ext.png`; a clash left after that is numbered `_1`, `_2`.
+    predictions.json maps each image to its overlay."""
+    def stem(f):
+        return f.stem
+
+    def with_ext(f):
+        return f"{f.stem}_{f.suffix.lstrip('.').lower()}" if f.suffix else f.stem
+
+    def with_folder(f):
+        return f"{f.resolve().parent.name}_{with_ext(f)}"
+
+    from collections import Counter
+
+    counts = {rule: Counter(rule(f).lower() for f in files) for rule in (stem, with_ext, with_folder)}
     names = []
     for f in files:
-        n = seen.get(f.stem, 0)
-        seen[f.stem] = n + 1
-        names.append(f"{f.stem}.png" if n == 0 else f"{f.stem}_{n}.png")
-    return names
+        rule = next((r for r, c in counts.items() if c[r(f).lower()] == 1), with_folder)
+        names.append(rule(f))
+    taken: set[str] = set()
+    out = []
+    for n in names:
+        unique, k = n, 0
+        while unique.lower() in taken:  # case-insensitive file systems
+            k += 1
+            unique = f"{n}_{k}"
+        taken.add(unique.lower())
+        out.append(f"{unique}.png")
+    return out
+
+
+def score_floor_note(predictor, score: float, artifact: Path) -> str | None:
+    """A line when `score` is below the threshold an exported model or engine applies itself (its detections under
+    that threshold do not exist); None where nothing is lost."""
+    floor = float(predictor.cfg.model.box_score_thresh)
+    if score >= floor:
+        return None
+    return (f"note: --score {score:g} is below the score threshold built into {artifact.name} ({floor:g}): "
+            f"detections scoring under {floor:g} are not reported (export with --set model.box_score_thresh="
+            f"{score:g} to lower it)")
 
 
 def predict(artifact: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *, score: float = 0.5,
-            batch_size: int = 1, device: str | None = None, overlays: bool = True,
+            batch_size: int = 1, device: str | None = None, overlays: bool = True, skip_bad: bool = False,
             log: Callable[[str], None] = print, progress: bool = True) -> dict:
-    """Predict every image; write OUT/predictions.json and (with `overlays`) OUT/<stem>.png. Returns a summary."""
+    """Predict every image; write OUT/predictions.json and (with `overlays`) one PNG per image (overlay_names).
+    `skip_bad`: images that cannot be read are skipped and listed (summary `skipped`: [(file, why)]) instead of
+    stopping the run. A checkpoint's box score threshold is lowered to `score` where it is higher; an exported model's
+    is fixed, and a note says what `score` cannot show. Returns a summary."""
     from mrcnn.deploy import load_artifact
     from mrcnn.io import atomic_write, check_writable_dir
     from mrcnn.progress import reporter
@@ -175,32 +246,45 @@ def predict(artifact: str | Path, inputs: Sequence[str | Path], out_dir: str | P
         raise MrcnnError(f"--score must be in [0, 1], got {score}")
     if batch_size < 1:
         raise MrcnnError(f"--batch must be >= 1, got {batch_size}")
+    artifact = Path(artifact)
     files = image_files(inputs)
-    _check_readable(files)
+    skipped = _check_readable(files, skip_bad)
+    for f, why in skipped:
+        log(f"skipped {f}: {why}")
+    if not files:
+        raise MrcnnError(f"none of the {len(skipped)} images is readable")
     out_dir = Path(out_dir)
     check_writable_dir(out_dir, "--out")
-    predictor = load_artifact(artifact, device, log=log, paste=False)  # masks pasted per kept detection below
+    predictor = load_artifact(artifact, device, log=log, paste=False,  # masks pasted per kept detection below
+                              max_score_thresh=min(score, 0.999))
+    note = score_floor_note(predictor, score, artifact)
+    if note:
+        log(note)
     names = list(predictor.class_names)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    png_names = _output_names(files)
+    png_names = overlay_names(files)
     doc = {"images": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)], "annotations": []}
     written: list[Path] = []
     try:
         with reporter(len(files), "predict", log=log, enabled=progress) as rep, torch.inference_mode():
             for start in range(0, len(files), batch_size):
-                chunk = list(range(start, min(start + batch_size, len(files))))
-                images = [read_image(files[i]) for i in chunk]
-                for i, image, result in zip(chunk, images, predictor(images)):
+                chunk, images = _read_chunk(files, range(start, min(start + batch_size, len(files))), skip_bad,
+                                            skipped, log)
+                for i, image, result in zip(chunk, images, predictor(images) if images else []):
                     h, w = image.shape[1:]
                     kept = kept_with_crops({k: v.cpu() for k, v in result.items()}, score, (h, w))
-                    doc["images"].append({"id": i + 1, "file_name": str(files[i]), "width": w, "height": h})
+                    entry = {"id": i + 1, "file_name": str(files[i]), "width": w, "height": h}
                     doc["annotations"] += coco_annotations(kept, (h, w), i + 1, len(doc["annotations"]) + 1, len(names))
                     if overlays:
                         picture = draw_detections(image, kept, names, score)
                         written.append(atomic_write(out_dir / png_names[i],
                                                     lambda tmp, p=picture: p.save(tmp, format="PNG")))
-                rep.update(chunk[-1] + 1)
+                        entry["overlay"] = png_names[i]
+                    doc["images"].append(entry)
+                rep.update(min(start + batch_size, len(files)))
+        if not doc["images"]:
+            raise MrcnnError(f"none of the {len(skipped)} images is readable")
         text = json.dumps(doc)
         written.append(atomic_write(out_dir / "predictions.json", lambda tmp: Path(tmp).write_text(text)))
     except BaseException:  # no overlays without their predictions.json: what this call wrote goes
@@ -209,5 +293,24 @@ def predict(artifact: str | Path, inputs: Sequence[str | Path], out_dir: str | P
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
-    return {"images": len(files), "detections": len(doc["annotations"]), "out": out_dir,
-            "overlays": overlays}
+    return {"images": len(doc["images"]), "detections": len(doc["annotations"]), "out": out_dir,
+            "overlays": overlays, "skipped": skipped}
+
+
+def _read_chunk(files: list[Path], indices, skip_bad: bool, skipped: list, log) -> tuple[list[int], list]:
+    """The images of `indices` read; with `skip_bad` one that fails to decode (its header passed) is skipped."""
+    from mrcnn.errors import UnreadableImage
+
+    chunk, images = [], []
+    for i in indices:
+        try:
+            images.append(read_image(files[i]))
+        except UnreadableImage as e:
+            if not skip_bad:
+                raise
+            why = str(e).removeprefix(f"{files[i]}: ")
+            skipped.append((files[i], why))
+            log(f"skipped {files[i]}: {why}")
+            continue
+        chunk.append(i)
+    return chunk, images

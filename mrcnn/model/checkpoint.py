@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mrcnn.config import Config
-from mrcnn.errors import MrcnnError
+from mrcnn.errors import MrcnnError, file_kind
 from mrcnn.io import atomic_write
 
 FORMAT = "mrcnn-checkpoint"
@@ -38,6 +38,8 @@ def _load_failure(e: BaseException) -> str:
         return "refused by the weights-only loader" + (f": {why}" if why else "") + "; mrcnn runs no code from files"
     if isinstance(e, EOFError):
         return "the file is empty or cut short"
+    if "failed finding central directory" in text:
+        return "the file is cut short: its zip archive has no end"
     return text.splitlines()[0] if text else type(e).__name__
 
 
@@ -54,6 +56,9 @@ def safe_load(path: str | Path, what: str = "checkpoint", map_location: str | to
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - garbage bytes raise anything (UnpicklingError, IndexError, ...)
+        kind = file_kind(path)
+        if kind and kind != "empty" and "torch" not in kind:
+            raise MrcnnError(f"{path}: not a {what}: the file is {kind}") from None
         raise MrcnnError(f"{path}: not a readable {what} ({_load_failure(e)})") from None
 
 
@@ -66,13 +71,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: list[str] | None = None):
+def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: list[str] | None = None,
+               max_score_thresh: float | None = None):
     """Checkpoint -> (model in eval mode, Config, class_names). `overrides` (section.key=value) adjust inference
-    settings such as model.box_score_thresh."""
+    settings such as model.box_score_thresh; `max_score_thresh` lowers the checkpoint's box score threshold to it
+    where it is higher (predict --score below it)."""
     from mrcnn.model.mask_rcnn import build_model
 
     ckpt = load_checkpoint(path)
     cfg = Config.from_dict(ckpt["config"]).override(overrides)
+    if max_score_thresh is not None and cfg.model.box_score_thresh > max_score_thresh:
+        cfg = cfg.override([f"model.box_score_thresh={float(max_score_thresh)!r}"])
     model = build_model(cfg.model)
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:

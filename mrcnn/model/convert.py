@@ -106,8 +106,10 @@ def convert_torchvision(
     with torchvision's reference scripts with 1e-5. `class_names`: the foreground classes (num_classes - 1 names);
     default `class_1`.. Returns the written checkpoint dict.
     """
+    from mrcnn.io import check_writable_file
     from mrcnn.model.checkpoint import FORMAT, VERSION, safe_load, save_checkpoint
 
+    check_writable_file(dst_path, "destination")
     obj = unwrap_state_dict(safe_load(src_path, "torchvision checkpoint"))
     if not isinstance(obj, dict):
         raise MrcnnError(f"{src_path} holds no state dict")

@@ -189,10 +189,12 @@ def check_weights_file(path: str | Path) -> Path:
         raise MrcnnError(f"--weights {path}: no such file")
     if path.is_dir():
         raise MrcnnError(f"--weights {path}: is a directory, expected a weights file (.pth / .pt)")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not head:
+    from mrcnn.errors import file_kind
+
+    kind = file_kind(path)
+    if kind == "empty":
         raise MrcnnError(f"--weights {path}: the file is empty")
-    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
-        raise MrcnnError(f"--weights {path}: not a torch weights file (neither a zip archive nor a pickle)")
+    if kind is None or "torch" not in kind:
+        raise MrcnnError(f"--weights {path}: not a torch weights file (" +
+                         (f"the file is {kind})" if kind else "neither a zip archive nor a pickle)"))
     return path

@@ -279,8 +279,17 @@ class Trainer:
         if report:
             self.say(report)
         self.metrics.close()
-        leave(info)
+        self._leave()
         return TrainResult(self.out_dir, self.iter, self.checkpointer.final_path, self.last_metrics, self.skipped)
+
+    def _leave(self) -> None:
+        """Drop the DDP wrapper (its reducer holds the process group: destroyed at interpreter exit instead, gloo's
+        threads can abort it, "terminate called without an active exception"), then leave the group."""
+        import gc
+
+        self.ddp_model = self.model
+        gc.collect()
+        leave(self.info)
 
     def run_step(self, it: int, data_iter) -> dict:
         """One optimizer step over `solver.accum` micro-batches (skipped when a loss is not finite on some rank);
@@ -369,7 +378,7 @@ class Trainer:
         name = self.stop.name or "a signal to another rank"
         self.metrics.write({"iter": done, "stopped": name})
         self.metrics.close()
-        leave(self.info)
+        self._leave()
         raise TrainingStopped(f"stopped by {name} after iteration {done}: last.pt saved; continue with "
                               f"`mrcnn train --resume --out {self.out_dir}`",
                               self.stop.requested or int(signal.SIGTERM))

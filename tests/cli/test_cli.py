@@ -207,7 +207,7 @@ def test_config_show_round_trips_and_a_file_trains_like_its_preset(tmp_path, mon
     ('{"base": "shapes-tiny", "input": {"pad_to_max": 1}}', "'input.pad_to_max' must be a bool"),
     ('{"base": "shapes-tiny", "model": 3}', "config section model is not a mapping"),
     ('{"base": "nope"}', "unknown base config 'nope'"),
-    ('{"base": "shapes-tiny", ', "not a JSON config"),
+    ('{"base": "shapes-tiny", ', "not a readable JSON config"),
     ('[1, 2]', "holds a JSON object"),
 ], ids=["typo", "type", "list", "bool", "section", "base", "json", "array"])
 def test_bad_config_file_is_one_line(tmp_path, monkeypatch, content, needle):

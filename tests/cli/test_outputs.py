@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -62,6 +65,39 @@ def test_a_failure_while_writing_is_one_line_and_leaves_nothing(tmp_path):
     with pytest.raises(MrcnnError, match=r"out\.bin: could not be written \(No space left on device\)"):
         atomic_write(tmp_path / "out.bin", full_disk)
     assert not list(tmp_path.iterdir())
+
+
+def _in_mount_namespace(script: str, cwd) -> subprocess.CompletedProcess:
+    """`script` (sh) in a private mount namespace, where it may mount a small tmpfs; skips where this process may
+    not make one (not root, or a sandbox without unshare)."""
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True, text=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root and unshare): " + (probe.stderr.strip() if probe else
+                                                                             "no unshare"))
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+@pytest.mark.parametrize("mount", ["full", "read-only"])
+def test_a_real_full_disk_or_read_only_mount_is_one_line(mount, tiny, tmp_path):
+    """`mrcnn export` onto a 256 KiB tmpfs (the export is ~1 MB: ENOSPC while writing) and onto a read-only tmpfs
+    (refused before the work): one error line, exit 1, and the mount holds no file afterwards."""
+    import shlex
+
+    target = tmp_path / "mnt"
+    target.mkdir()
+    opts = "size=256k" if mount == "full" else "size=1m,ro"
+    cli = shlex.join([sys.executable, "-c", "from mrcnn.cli.main import main; main()", "export", str(tiny["ckpt"]),
+                      "-o", str(target / "m.onnx"), "--target", "portable"])
+    r = _in_mount_namespace(f"mount -t tmpfs -o {opts} tmpfs {target} && {cli}; code=$?; "
+                            f"echo left: $(ls -A {target}) >&2; exit $code", cwd=tmp_path)  # (not the checkout)
+    err = [line for line in r.stderr.splitlines() if not line.startswith("left:")]
+    left = [line for line in r.stderr.splitlines() if line.startswith("left:")]
+    print(mount, r.returncode, err, left)
+    assert r.returncode == 1 and len(err) == 1 and err[0].startswith("error: "), (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr and "m.onnx" in err[0]
+    assert ("No space left on device" if mount == "full" else "cannot write there") in err[0], err
+    assert left == ["left:"], left  # nothing half-written (a temp file or a partial export)
 
 
 def test_outputs_get_the_mode_a_plain_open_gives(tiny, synth_data, tmp_path):
@@ -179,7 +215,7 @@ def test_messages_say_what_is_wrong(tiny, synth_data, tmp_path):
     cases = [(["eval", str(run), "--data", str(synth_data)], "is a training run folder; give one of its "
               f"checkpoints, e.g. {run / 'model_final.pt'}"),
              (["eval", str(tmp_path / "empty.pt"), "--data", str(synth_data)], "the file is empty or cut short"),
-             (["eval", str(tmp_path / "empty.onnx"), "--data", str(synth_data)], "not an ONNX model (no graph; the "
+             (["eval", str(tmp_path / "empty.onnx"), "--data", str(synth_data)], "not an ONNX model (the "
               "file is empty)"),
              (["build", str(run)], "is a directory; `mrcnn build` takes an exported model (.onnx)"),
              (["export", str(tmp_path / "empty.onnx")], "is an exported model; `mrcnn export` takes a checkpoint")]
