@@ -187,6 +187,9 @@ def _dataset_without(tmp_path, synth_data, what: str):
     doc = json.loads(ann.read_text())
     if what == "no-images":
         doc["images"], doc["annotations"] = [], []
+    elif what == "no-star":
+        star = next(c["id"] for c in doc["categories"] if c["name"] == "star")
+        doc["annotations"] = [a for a in doc["annotations"] if a["category_id"] != star]
     else:
         for a in doc["annotations"]:
             a["bbox"][2] = a["bbox"][3] = 0.5
@@ -204,6 +207,20 @@ def test_data_check_refuses_what_train_refuses(what, needle, synth_data, tmp_pat
     print(f"{what} ({n} annotations): check: {check}\ntrain: {train}")
     assert needle in check and needle in train
     assert check.removeprefix("error: ").startswith(train.removeprefix("error: "))
+
+
+def test_a_class_without_training_instances_is_said_at_the_start(synth_data, tmp_path):
+    """The synthetic set without its stars: data check and train both name the class before anything runs."""
+    root, _ = _dataset_without(tmp_path, synth_data, "no-star")
+    check = runner.invoke(app, ["data", "check", str(root)])
+    train = runner.invoke(app, ["train", "--config", "shapes-tiny", "--data", str(root), "--out", str(tmp_path / "r"),
+                                "--max-iter", "1", "--device", "cpu"])
+    print(check.output, train.output[:600], sep="\n")
+    assert check.exit_code == 0 and train.exit_code == 0, (check.output[-800:], train.output[-800:])
+    assert "classes without instances: star" in check.output
+    warned = [line for line in train.output.splitlines() if "classes without training instances" in line]
+    assert warned and "star" in warned[0], train.output[:1500]
+    assert train.output.index(warned[0]) < train.output.index("train: ")  # before the first step
 
 
 def test_messages_say_what_is_wrong(tiny, synth_data, tmp_path):
