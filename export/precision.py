@@ -2,7 +2,7 @@
 
     half_network(model)   -> model   in place: backbone + FPN, RPN head, box head / predictor, mask head / predictor
                                      hold float16 weights and compute in float16
-    fold_batch_norms(m)   -> m       in place: each conv followed by a (frozen / eval) BatchNorm absorbs it
+    fold_batch_norms(m)   -> m       (mrcnn.model.inference) each conv absorbs the BatchNorm after it
 
 What stays float32, and why (torchvision / TensorRT practice for fp16 detection models):
 - the ops between the networks (anchors, box decoding, pre-NMS selection, NMS, RoIAlign, mask paste): box
@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map  # noqa: PLC2701 - the peer's own helper
 from torchvision.ops import FrozenBatchNorm2d
 
+from mrcnn.model.inference import fold_batch_norms
+
 _NORMS = (nn.GroupNorm, nn.BatchNorm2d, FrozenBatchNorm2d)
 
 
@@ -36,40 +38,6 @@ class Cast(nn.Module):
             return lambda t: t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
 
         return tree_map(to(self.out), self.inner(*tree_map(to(self.dtype), args)))
-
-
-def _bn_scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
-    """float64 (scale, shift) with bn(x) = x * scale + shift (inference)."""
-    eps = bn.eps
-    var, mean = bn.running_var.double(), bn.running_mean.double()
-    weight = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
-    bias = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
-    scale = weight / torch.sqrt(var + eps)
-    return scale, bias - mean * scale
-
-
-def fold_batch_norms(module: nn.Module) -> nn.Module:
-    """In place: every Conv2d registered directly before a FrozenBatchNorm2d / eval BatchNorm2d in the same parent
-    (torchvision's ResNet stem, BasicBlock, Bottleneck and downsample) takes the norm into its weight and bias;
-    the norm becomes Identity. Inference only: a BatchNorm2d in training mode is left alone."""
-    for parent in list(module.modules()):
-        children = list(parent.named_children())
-        for (_, conv), (name, bn) in zip(children, children[1:]):
-            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, (FrozenBatchNorm2d, nn.BatchNorm2d))):
-                continue
-            if isinstance(bn, nn.BatchNorm2d) and (bn.training or bn.running_mean is None):
-                continue
-            scale, shift = _bn_scale_shift(bn)
-            with torch.no_grad():
-                w = conv.weight.double() * scale.view(-1, 1, 1, 1)
-                b = (conv.bias.double() * scale if conv.bias is not None else 0) + shift
-                conv.weight.copy_(w.to(conv.weight.dtype))
-                if conv.bias is None:
-                    conv.bias = nn.Parameter(b.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
-                else:
-                    conv.bias.copy_(b.to(conv.bias.dtype))
-            setattr(parent, name, nn.Identity())
-    return module
 
 
 def _in_half(module: nn.Module) -> Cast:

@@ -32,12 +32,14 @@ def check_artifact_type(path: str | Path) -> Path:
 
 
 def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[[str], None] = print,
-                  overrides: Optional[list[str]] = None, max_score_thresh: Optional[float] = None, **kwargs):
+                  overrides: Optional[list[str]] = None, max_score_thresh: Optional[float] = None,
+                  optimize: bool = True, **kwargs):
     """A predictor for a checkpoint (.pt/.pth), an exported model (.onnx) or an engine (.plan/.engine; `plugins`: the
     plugin library an engine of the trt flavour loads, default the installed one). The predictor has `.cfg`,
     `.class_names` and `.runtime` (what runs it, in words). `overrides` (section.key=value inference settings, as
     `export --set` takes them) apply to a checkpoint; an exported model has its own built in. `max_score_thresh`
-    lowers a checkpoint's box score threshold to it (an exported model's is fixed: `.cfg` tells it)."""
+    lowers a checkpoint's box score threshold to it (an exported model's is fixed: `.cfg` tells it). `optimize`: a
+    checkpoint runs with the inference levers (mrcnn.model.inference: same results within the design tolerances)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if device is not None:
@@ -72,6 +74,6 @@ def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, cfg, names = load_model(path, dev, overrides, max_score_thresh)
-        pred = Predictor(model, cfg.input, **kwargs)
+        pred = Predictor(model, cfg.input, optimize=optimize, **kwargs)
         pred.cfg, pred.class_names, pred.runtime = cfg, names, f"PyTorch ({dev})"
         return pred

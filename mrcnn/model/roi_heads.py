@@ -56,7 +56,8 @@ def map_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 2
 
 
 def multiscale_roi_align(
-    features: list[Tensor], rois: Tensor, image: Tensor, output_size: int, sampling_ratio: int, aligned: bool
+    features: list[Tensor], rois: Tensor, image: Tensor, output_size: int, sampling_ratio: int, aligned: bool,
+    eager_inference: bool = False,
 ) -> Tensor:
     scales = [_infer_scale(f, image, 2.0 ** -(2 + i)) for i, f in enumerate(features)]  # P2 has stride 4
     k_min = int(round(-math.log2(scales[0])))
@@ -65,9 +66,11 @@ def multiscale_roi_align(
     # RoIAlign runs in float32 (or float64) even under autocast, like torchvision's autocast kernel
     dtype = torch.float64 if features[0].dtype == torch.float64 else torch.float32
     rois = rois.to(dtype)
-    if dispatch.native_roi_align_applies(features[0], rois, dtype):
-        # training: one native call over the whole pyramid, no split of the RoIs by level (no device sync)
-        maps = [f.to(dtype=dtype, memory_format=torch.contiguous_format) for f in features]  # at most one copy
+    if dispatch.native_roi_align_applies(features[0], rois, dtype) or (
+            eager_inference and dispatch.native_roi_align_serves_inference(features[0], rois, dtype)):
+        # training, eager inference with the levers: one native call over the whole pyramid, no split of the RoIs
+        # by level (no device sync)
+        maps = [f.to(dtype=dtype) for f in features]  # the op reads CPU channels-last maps as they are
         return native.multilevel_roi_align(maps, rois, levels, scales,
                                             (output_size, output_size), sampling_ratio, aligned)
     # eval, export, reference backend: torchvision's op per level (exported as ONNX RoiAlign)
@@ -163,6 +166,10 @@ class MaskPredictor(nn.Module):
 
 
 class RoIHeads(nn.Module):
+    # the eager inference levers (optimize_for_inference; never under export or compile): the mask head runs on the
+    # first max(num) detection slots, RoIAlign on the native multi-level kernel
+    eager_inference = False
+
     def __init__(self, cfg: ModelConfig, in_channels: int) -> None:
         super().__init__()
         self.cfg = cfg
@@ -172,14 +179,16 @@ class RoIHeads(nn.Module):
         self.mask_predictor = MaskPredictor(cfg.mask_head_channels, cfg.mask_head_channels, cfg.num_classes)
 
     # -- branches -----------------------------------------------------------------------------------------------
-    def box_branch(self, features: list[Tensor], rois: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
+    def box_branch(self, features: list[Tensor], rois: Tensor, images: Tensor,
+                   eager: bool = False) -> tuple[Tensor, Tensor]:
         cfg = self.cfg
-        x = multiscale_roi_align(features, rois, images, cfg.box_roi_size, cfg.sampling_ratio, cfg.roi_aligned)
+        x = multiscale_roi_align(features, rois, images, cfg.box_roi_size, cfg.sampling_ratio, cfg.roi_aligned, eager)
         return self.box_predictor(self.box_head(x))
 
-    def mask_branch(self, features: list[Tensor], rois: Tensor, images: Tensor) -> Tensor:
+    def mask_branch(self, features: list[Tensor], rois: Tensor, images: Tensor, eager: bool = False) -> Tensor:
         cfg = self.cfg
-        x = multiscale_roi_align(features, rois, images, cfg.mask_roi_size, cfg.sampling_ratio, cfg.roi_aligned)
+        x = multiscale_roi_align(features, rois, images, cfg.mask_roi_size, cfg.sampling_ratio, cfg.roi_aligned,
+                                 eager)
         return self.mask_predictor(self.mask_head(x))
 
     # -- inference ----------------------------------------------------------------------------------------------
@@ -190,8 +199,11 @@ class RoIHeads(nn.Module):
         cfg = self.cfg
         B, P = proposals.shape[:2]
         C = cfg.num_classes
+        eager = self.eager_inference and not _tracing()
+        if eager and features[0].device.type != "cpu":  # the CUDA RoIAlign reads NCHW: one copy for both branches
+            features = [f.contiguous() for f in features]
         # 1. box branch on every proposal slot
-        logits, deltas = self.box_branch(features, to_rois(proposals), images)
+        logits, deltas = self.box_branch(features, to_rois(proposals), images, eager)
         scores = F.softmax(logits.float(), -1).view(B, P, C)
         boxes = decode_boxes(deltas.float().view(B, P, C, 4), proposals.view(B, P, 1, 4), cfg.box_weights)
         boxes = clip_boxes(boxes.view(B, P * C, 4), image_sizes).view(B, P, C, 4)
@@ -207,12 +219,17 @@ class RoIHeads(nn.Module):
         )
         # 4. masks of the detections: the predicted class's channel, sigmoid; padding slots zero
         K = det_boxes.shape[1]
-        mask_logits = self.mask_branch(features, to_rois(det_boxes), images)
+        n = K
+        if eager:
+            n = int(num.max()) if num.numel() else 0  # slots past every image's count would be zeroed below
+        mask_logits = self.mask_branch(features, to_rois(det_boxes[:, :n].contiguous()), images, eager)
         M = mask_logits.shape[-1]
-        sel = det_labels.reshape(-1, 1, 1, 1).expand(B * K, 1, M, M)
-        masks = torch.gather(mask_logits.float(), 1, sel).view(B, K, M, M).sigmoid()
-        slot_valid = torch.arange(K, device=num.device)[None, :] < num[:, None]
+        sel = det_labels[:, :n].reshape(-1, 1, 1, 1).expand(B * n, 1, M, M)
+        masks = torch.gather(mask_logits.float(), 1, sel).view(B, n, M, M).sigmoid()
+        slot_valid = torch.arange(n, device=num.device)[None, :] < num[:, None]
         masks = masks * slot_valid[:, :, None, None].to(masks.dtype)
+        if n < K:
+            masks = torch.cat([masks, masks.new_zeros(B, K - n, M, M)], 1)
         return {
             "boxes": det_boxes,
             "scores": det_scores,
@@ -289,3 +306,9 @@ class RoIHeads(nn.Module):
             "loss_box_reg": ((loss_box * pos).sum(1) / count).mean(),
             "loss_mask": loss_mask,
         }
+
+
+def _tracing() -> bool:
+    """Under ONNX export, torch.export, dynamo or jit tracing: the graph keeps its fixed sizes."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+                or torch.compiler.is_exporting())

@@ -33,6 +33,7 @@ _SIGNATURES = {
     "mrcnn_box_nms_cpu": _NMS,
     "mrcnn_match_proposals_cpu": _MATCH,
     "mrcnn_roi_align_f32_cpu": _ROI + [_I64, _P],
+    "mrcnn_roi_align_nhwc_f32_cpu": _ROI + [_I64, _P],
     "mrcnn_roi_align_backward_f32_cpu": _ROI_BWD + [_I64, _P],
     "mrcnn_roi_align_f32_cuda": _ROI + [_P, _P],
     "mrcnn_roi_align_backward_f32_cuda": _ROI_BWD + [_P, _P],

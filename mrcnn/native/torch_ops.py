@@ -179,7 +179,10 @@ def _(iou, high, low, allow_low_quality):
 def _roi_align_op(inputs: list[Tensor], rois: Tensor, levels: Optional[Tensor], spatial_scales: list[float],
                   pooled_h: int, pooled_w: int, sampling_ratio: int, aligned: bool) -> Tensor:
     validate_roi_align(inputs, rois, levels, spatial_scales, pooled_h, pooled_w)
-    inputs = [x.contiguous() for x in inputs]
+    # CPU channels-last maps (eager inference) are read as they are; anything else as contiguous NCHW
+    nhwc = (rois.device.type == "cpu" and all(x.is_contiguous(memory_format=torch.channels_last) for x in inputs)
+            and not all(x.is_contiguous() for x in inputs))  # (a map both ways, C or H*W 1, reads alike)
+    inputs = inputs if nhwc else [x.contiguous() for x in inputs]
     rois = rois.contiguous()
     levels = None if levels is None else levels.contiguous()
     B, C = inputs[0].shape[:2]
@@ -188,7 +191,8 @@ def _roi_align_op(inputs: list[Tensor], rois: Tensor, levels: Optional[Tensor], 
             floats(spatial_scales), len(inputs), B, C, ptr(rois), ptr(levels), rois.shape[0], int(pooled_h),
             int(pooled_w), int(sampling_ratio), int(bool(aligned))]
     threads = [torch.get_num_threads()] if rois.device.type == "cpu" else []
-    run(rois.device, "mrcnn_roi_align_f32_cpu", "mrcnn_roi_align_f32_cuda", head + threads + [ptr(out)])
+    run(rois.device, "mrcnn_roi_align_nhwc_f32_cpu" if nhwc else "mrcnn_roi_align_f32_cpu", "mrcnn_roi_align_f32_cuda",
+        head + threads + [ptr(out)])
     return out
 
 

@@ -8,6 +8,7 @@
     set_cuda_roi_align / cuda_roi_align(enabled) block      CUDA training's native multi-level RoIAlign (default on)
     set_pyramid_roi_align_export / pyramid_roi_align_export(enabled) block      one RoIAlign node for an rtx export
     native_roi_align_applies(input, rois, dtype)             whether model code takes the native RoIAlign
+    native_roi_align_serves_inference(input, rois, dtype)    ... in eager inference with the inference levers
 """
 from __future__ import annotations
 
@@ -134,6 +135,16 @@ def set_pyramid_roi_align_export(enabled: bool) -> bool:
 
 pyramid_roi_align_export = scoped(set_pyramid_roi_align_export,
                                    "set_pyramid_roi_align_export(enabled) inside the block, restored afterwards.")
+
+
+def native_roi_align_serves_inference(input: Tensor, rois: Tensor, dtype: torch.dtype | None = None) -> bool:
+    """Eager inference with the inference levers (mrcnn.model.inference) takes the native multi-level RoIAlign
+    where it is built for the device (float32, backend not "reference"): one call for the pyramid instead of one
+    torchvision call per level and a gather; its results equal torchvision's CPU kernel bit for bit."""
+    dev = input.device.type
+    return (_backend != "reference" and (dtype or input.dtype) == torch.float32 and rois.dtype == torch.float32
+            and (dev == "cpu" or (dev == "cuda" and _CUDA_ROI_ALIGN and native.cuda_built()))
+            and native.available())
 
 
 def native_roi_align_applies(input: Tensor, rois: Tensor, dtype: torch.dtype | None = None) -> bool:

@@ -415,7 +415,7 @@ def photo_models(tmp_path_factory):
     convert_torchvision(str(src), str(src.parent / "ours.pt"))
     model, cfg, _ = load_model(src.parent / "ours.pt", "cpu")
     assert (cfg.input.min_size, cfg.input.max_size, cfg.model.box_score_thresh) == (800, 1333, 0.05)
-    return tv, Predictor(model, cfg.input)
+    return tv, Predictor(model, cfg.input), Predictor(copy.deepcopy(model), cfg.input, optimize=True)
 
 
 def _torchvision_exact_nms(monkeypatch):
@@ -430,7 +430,8 @@ def _torchvision_exact_nms(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("photo", PHOTOS)
 def test_equals_torchvision_on_photographs(photo_models, photo, monkeypatch):
-    """A real photograph at the default 800/1333 through `mrcnn predict`'s path, kernels on and off: as many
+    """A real photograph at the default 800/1333 through `mrcnn predict`'s path, kernels on and off, and with the
+    inference levers (BatchNorms folded, channels-last, masks of the detections only): as many
     detections as torchvision's, each paired (same label) within the design tolerances. torchvision's shifted-box
     NMS can flip a candidate whose IoU is within ~1e-4 of the threshold (the arbitrary choice, shown on a constructed
     case in tests/ops); the pairing is asserted against torchvision with its exact per-class NMS, and how many
@@ -441,20 +442,20 @@ def test_equals_torchvision_on_photographs(photo_models, photo, monkeypatch):
     from mrcnn.deploy.predict import read_image
     from mrcnn.ops import dispatch
 
-    tv, pred = photo_models
+    tv, plain, optimized = photo_models
     image = read_image(Path(skimage_data.__file__).parent / photo)
     with torch.no_grad():
         shortcut = tv([image.float() / 255])[0]
         with monkeypatch.context() as m:
             _torchvision_exact_nms(m)
             ref = tv([image.float() / 255])[0]
-    backends = ["reference"] + (["kernels"] if dispatch.native.available() else [])
+    backends = ["reference"] + (["kernels"] if dispatch.native.available() else []) + ["optimized"]
     report = [f"{photo} {tuple(image.shape[1:])}: torchvision {len(ref['scores'])} detections "
               f"(its shifted-box NMS: {len(shortcut['scores'])}, "
               f"{len(ref['scores']) - len(match_all(ref, shortcut))} differ)"]
     for backend in backends:
-        with dispatch.backend(backend):
-            got = pred([image])[0]
+        with dispatch.backend("auto" if backend == "optimized" else backend):
+            got = (optimized if backend == "optimized" else plain)([image])[0]  # optimized: the inference levers
         assert len(got["scores"]) == len(ref["scores"]), (backend, len(got["scores"]), len(ref["scores"]))
         k = match(ref, got)
         d_box = float((got["boxes"][k] - ref["boxes"]).abs().max()) if k else 0.0

@@ -581,6 +581,28 @@ def test_multilevel_roi_align_equals_torchvision_per_level_bit_for_bit(B, C, sha
                                             f"{(a.grad - b.grad).abs().max()}"
 
 
+@pytest.mark.parametrize("shapes", [[(24, 40), (12, 20), (6, 10), (3, 5)], [(17, 9), (1, 1)]])
+def test_roi_align_reads_channels_last_maps_bit_for_bit(shapes):
+    """CPU channels-last maps (eager inference on a channels-last model) are read in place by the NHWC kernel: the
+    same values as the NCHW kernel and torchvision bit for bit, and gradients as for NCHW maps."""
+    g = torch.Generator().manual_seed(7)
+    feats, rois, levels, scales = pyramid_inputs(g, 2, 16, shapes, 40)
+    cl = [f.contiguous(memory_format=torch.channels_last).requires_grad_() for f in feats]
+    assert not cl[0].is_contiguous()
+    plain = [f.clone().requires_grad_() for f in feats]
+    got = K.multilevel_roi_align(cl, rois, levels, scales, 7, 2, True)
+    want = K.multilevel_roi_align(plain, rois, levels, scales, 7, 2, True)
+    ref = per_level_torchvision([f.detach() for f in feats], rois, levels, scales, 7, 2, True)
+    print(f"max |nhwc - nchw| {(got - want).abs().max():.3g}, |nhwc - torchvision| {(got - ref).abs().max():.3g}")
+    assert torch.equal(got, want) and torch.equal(got, ref)
+    grad = torch.randn(got.shape, generator=g)
+    got.backward(grad)
+    want.backward(grad)
+    for a, b in zip(cl, plain):  # (a level without RoIs may get no gradient: zeros)
+        ga, gb = (x.grad if x.grad is not None else torch.zeros_like(x) for x in (a, b))
+        assert torch.equal(ga, gb)
+
+
 def test_model_uses_native_roi_align_only_for_cpu_float32_training():
     x = torch.zeros(1, 2, 8, 8)
     rois = torch.zeros(3, 5)

@@ -94,6 +94,58 @@ extern "C" int mrcnn_roi_align_f32_cpu(const float* const* inputs, const int64_t
   });
 }
 
+// The same forward on channels-last (NHWC) feature maps: level l's value (b, y, x, c) at ((b * H + y) * W + x) * C + c.
+// Every tap reads a contiguous run of C channels, so the channel loop vectorises and no NCHW copy of the pyramid is
+// made (what eager inference on channels-last features needs); per value the sum is the NCHW kernel's, term for term,
+// so the results are equal bit for bit.
+extern "C" int mrcnn_roi_align_nhwc_f32_cpu(const float* const* inputs, const int64_t* heights,
+                                            const int64_t* widths, const float* spatial_scales, int64_t levels,
+                                            int64_t batch, int64_t channels, const float* rois,
+                                            const int64_t* roi_levels, int64_t num_rois, int64_t pooled_h,
+                                            int64_t pooled_w, int64_t sampling_ratio, int aligned, int64_t threads,
+                                            float* output) {
+  const Shape s{heights, widths, spatial_scales, levels, batch, channels, num_rois, pooled_h, pooled_w,
+                sampling_ratio, aligned != 0};
+  if (!valid_shape(s) || !inputs) return MRCNN_ERR_INVALID_ARGUMENT;
+  if (num_rois * channels == 0) return MRCNN_OK;
+  if (!output || !rois) return MRCNN_ERR_INVALID_ARGUMENT;
+  for (int64_t l = 0; l < levels; ++l)
+    if (!inputs[l] && batch * channels * heights[l] * widths[l] > 0) return MRCNN_ERR_INVALID_ARGUMENT;
+  if (!valid_rois(rois, roi_levels, s)) return MRCNN_ERR_INVALID_ARGUMENT;
+  const int64_t bins = pooled_h * pooled_w;
+  return mrcnn::cpu::parallel_ranges(num_rois, threads, [&](int64_t r0, int64_t r1) {
+    std::vector<mrcnn::BilinearTaps> taps;
+    std::vector<float> acc(static_cast<size_t>(channels));
+    for (int64_t n = r0; n < r1; ++n) {
+      const int l = mrcnn::roi_level(rois + n * 5, roi_levels, n, levels, batch);
+      const int64_t plane = heights[l] * widths[l];
+      float* out = output + n * channels * bins;
+      if (plane == 0) {
+        memset(out, 0, sizeof(float) * static_cast<size_t>(channels * bins));
+        continue;
+      }
+      const mrcnn::RoiGeometry g = roi_taps(rois, n, l, s, taps);
+      const int samples = g.grid_h * g.grid_w;
+      const float count = static_cast<float>(samples > 1 ? samples : 1);
+      const int64_t b = static_cast<int64_t>(rois[n * 5]);
+      const float* in = inputs[l] + b * plane * channels;
+      const mrcnn::BilinearTaps* t = taps.data();
+      float* a = acc.data();
+      for (int64_t bin = 0; bin < bins; ++bin) {
+        for (int64_t c = 0; c < channels; ++c) a[c] = 0.0f;
+        for (int k = 0; k < samples; ++k, ++t) {
+          const float *v1 = in + t->p1 * channels, *v2 = in + t->p2 * channels, *v3 = in + t->p3 * channels,
+                      *v4 = in + t->p4 * channels;
+          const float w1 = t->w1, w2 = t->w2, w3 = t->w3, w4 = t->w4;
+          for (int64_t c = 0; c < channels; ++c) a[c] += w1 * v1[c] + w2 * v2[c] + w3 * v3[c] + w4 * v4[c];
+        }
+        for (int64_t c = 0; c < channels; ++c) out[c * bins + bin] = a[c] / count;
+      }
+    }
+    return MRCNN_OK;
+  });
+}
+
 extern "C" int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const float* rois,
                                                 const int64_t* roi_levels, int64_t num_rois, const int64_t* heights,
                                                 const int64_t* widths, const float* spatial_scales, int64_t levels,

@@ -128,6 +128,13 @@ MRCNN_API int mrcnn_roi_align_f32_cpu(const float* const* inputs, const int64_t*
                                       const float* rois, const int64_t* roi_levels, int64_t num_rois,
                                       int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, int aligned,
                                       int64_t threads, float* output);
+// The forward on channels-last maps: inputs[l] [batch, heights[l], widths[l], channels] in memory (torch's
+// channels_last), output as above; results equal mrcnn_roi_align_f32_cpu's on the same values bit for bit.
+MRCNN_API int mrcnn_roi_align_nhwc_f32_cpu(const float* const* inputs, const int64_t* heights, const int64_t* widths,
+                                           const float* spatial_scales, int64_t levels, int64_t batch,
+                                           int64_t channels, const float* rois, const int64_t* roi_levels,
+                                           int64_t num_rois, int64_t pooled_h, int64_t pooled_w,
+                                           int64_t sampling_ratio, int aligned, int64_t threads, float* output);
 MRCNN_API int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const float* rois, const int64_t* roi_levels,
                                                int64_t num_rois, const int64_t* heights, const int64_t* widths,
                                                const float* spatial_scales, int64_t levels, int64_t batch,
