@@ -4,7 +4,7 @@
 # and the kernels against their torch / torchvision peers. Logs and result JSON go to $OUT (default
 # benchmarks/results/gpu).
 #
-#   bash benchmarks/gpu_session.sh [build] [roi] [train] [tests] [kernels] [profile] [diag] [data]
+#   bash benchmarks/gpu_session.sh [build] [roi] [train] [tests] [kernels] [profile] [diag] [data] [infer]
 #
 # No argument: `build roi train profile`, the one call that measures the open goal (issue 2, item 10: AMP +
 # channels-last training >= 1.3x torchvision) and, with the time the eager settings leave, profiles a bf16 step (what
@@ -26,6 +26,9 @@
 #   tests    every `cuda`-marked test (needs pycocotools: carry its wheel, below), the plugin driver's enqueue among
 #            them (tests/deploy/test_trt_plugins.py)
 #   kernels  benchmarks/kernels.py --device cuda
+#   infer    benchmarks/infer_throughput.py --device cuda: batch 1 and 8 x autocast bf16 and fp16, ours (plain,
+#            the inference levers, the network as a CUDA graph) vs torchvision eager (~60 s each; issue 24, goal 4):
+#            `MRCNN_COMMIT=<sha> bash benchmarks/gpu_session.sh build infer` (timeout_s 600)
 #   profile  op tables of a bf16 800x1344 step (in the default call, last, when >= 90 s are left)
 #   diag, data   optional: cudaMalloc counts under two allocator settings; the
 #            trainer's data loader with 0 and 4 workers on the host's cores
@@ -135,6 +138,15 @@ if has tests && fits 240 "tests"; then  # -s: the tests print what they measured
       tests/training/test_train.py >>"$OUT/pytest_cuda.log" 2>&1
   fi
   summary "$OUT/pytest_cuda.log" 60
+fi
+
+if has infer; then  # issue 24, goal 4: inference at 800x1333 vs torchvision eager, batch 1 and 8, AMP, a CUDA graph
+  for spec in "1 bf16" "1 fp16" "8 bf16" "8 fp16"; do
+    set -- $spec
+    fits 75 "infer batch $1 $2" || continue
+    bounded python3 benchmarks/infer_throughput.py --device cuda --batch "$1" --amp "$2" --iters 30 --warmup 5 \
+      --out "$OUT/infer_throughput-cuda-b$1-$2.json"
+  done
 fi
 
 if has kernels && fits 120 "kernels"; then

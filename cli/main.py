@@ -207,13 +207,15 @@ def eval_(
     strict: bool = typer.Option(False, "--strict"),
     per_class: bool = typer.Option(True, "--per-class/--no-per-class", help="also print AP per class"),
     max_images: int = typer.Option(0, "--max-images", help="evaluate the first N images only (0: all)"),
+    precision: str = typer.Option("fp32", "--precision", help="a checkpoint's networks in fp32 or bf16 (CPUs with "
+                                  "AVX512-BF16 or AMX, GPUs)"),
 ) -> None:
     """COCO bbox + segm AP table (and AP per class)."""
     from mrcnn.api.validate import evaluate_artifact
     from mrcnn.evaluation.coco import format_per_class, format_table
 
     metrics = evaluate_artifact(artifact, data, split=split, batch_size=batch, device=device, json_out=json_out,
-                                strict=strict, log=_log, max_images=max_images)
+                                strict=strict, log=_log, max_images=max_images, precision=precision)
     print(format_table(metrics))
     if per_class:
         print(format_per_class(metrics))
@@ -234,13 +236,15 @@ def validate(
     device: Optional[str] = typer.Option(None, "--device"),
     strict: bool = typer.Option(False, "--strict"),
     max_images: int = typer.Option(0, "--max-images", help="the first N images only (0: all)"),
+    precision: str = typer.Option("fp32", "--precision", help="a checkpoint's networks in fp32 or bf16 (CPUs with "
+                                  "AVX512-BF16 or AMX, GPUs)"),
 ) -> None:
     """COCO AP of a model and of its reference on the same images, detections paired up, and an AP-drop gate."""
     from mrcnn.api.validate import format_validation, validate_artifact
 
     report = validate_artifact(artifact, data, reference=reference, max_ap_drop=max_ap_drop, split=split,
                                batch_size=batch, device=device, json_out=json_out, strict=strict, log=_log,
-                               max_images=max_images)
+                               max_images=max_images, precision=precision)
     print(format_validation(report))
     if report["failed"]:
         raise MrcnnError(f"{artifact}: {'; '.join(report['failed'])}, more than --max-ap-drop {max_ap_drop:g}")
@@ -357,6 +361,8 @@ def predict(
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="largest image accepted, width x height "
                                              "(default 64000000, or $MRCNN_MAX_PIXELS)"),
     device: Optional[str] = typer.Option(None, "--device"),
+    precision: str = typer.Option("fp32", "--precision", help="a checkpoint's networks in fp32 or bf16 (CPUs with "
+                                  "AVX512-BF16 or AMX, GPUs)"),
 ) -> None:
     """Detections on images: PNG overlays and a COCO-format predictions.json (each image with its overlay)."""
     from mrcnn.data.image_io import set_max_pixels
@@ -366,7 +372,7 @@ def predict(
     set_max_pixels(max_pixels)
     out = out if out is not None else next_run_dir("predict")
     res = run_predict(artifact, images, out, score=score, batch_size=batch, device=device,
-                      overlays=not no_overlays, skip_bad=skip_bad, log=_log)
+                      overlays=not no_overlays, skip_bad=skip_bad, precision=precision, log=_log)
     skipped = f" ({len(res['skipped'])} skipped)" if res["skipped"] else ""
     print(f"{res['detections']} detections on {res['images']} images{skipped} -> {res['out']}")
 

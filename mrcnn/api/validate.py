@@ -36,7 +36,8 @@ def score_predictor(predictor, name: str, ds, batch_size: int, log, progress: bo
 
 def evaluate_artifact(artifact: str | Path, data_dir: str | Path, *, split: str = "val2017", batch_size: int = 2,
                       device: str | None = None, json_out: str | Path | None = None, strict: bool = False,
-                      log: Callable[[str], None] = print, progress: bool = True, max_images: int = 0) -> dict:
+                      log: Callable[[str], None] = print, progress: bool = True, max_images: int = 0,
+                      precision: str = "fp32") -> dict:
     """COCO bbox + segm AP of a checkpoint (.pt) or an exported model (.onnx, on ONNX Runtime)."""
     from mrcnn.data.layout import open_split
     from mrcnn.deploy import load_artifact
@@ -45,7 +46,7 @@ def evaluate_artifact(artifact: str | Path, data_dir: str | Path, *, split: str 
     artifact = Path(artifact)
     check_inputs(artifact, batch_size, max_images, json_out)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    predictor = load_artifact(artifact, dev, log=log)
+    predictor = load_artifact(artifact, dev, log=log, precision=precision)
     ds = open_split(data_dir, split, strict=strict, logger=log)
     metrics, results = score_predictor(predictor, str(artifact), ds, batch_size, log, progress, max_images)
     if json_out:
@@ -78,7 +79,7 @@ def validate_artifact(artifact: str | Path, data_dir: str | Path, *, reference: 
                       max_ap_drop: float | None = None, split: str = "val2017", batch_size: int = 2,
                       device: str | None = None, json_out: str | Path | None = None, strict: bool = False,
                       log: Callable[[str], None] = print, progress: bool = True, max_images: int = 0,
-                      reference_eval: tuple[dict, list] | None = None) -> dict:
+                      reference_eval: tuple[dict, list] | None = None, precision: str = "fp32") -> dict:
     """`mrcnn validate`: COCO AP of `artifact` and of its reference (`reference`, or the checkpoint an exported model
     names) on the same images, their AP drops, the detections paired up (mrcnn.evaluation.comparison), and the gate:
     report["failed"] lists the AP drops above `max_ap_drop` (the CLI exits 1 when it is not empty).
@@ -93,7 +94,7 @@ def validate_artifact(artifact: str | Path, data_dir: str | Path, *, reference: 
     if max_ap_drop is not None and not max_ap_drop >= 0:
         raise MrcnnError(f"--max-ap-drop must be >= 0 (AP points as fractions: 0.01 = 1 point), got {max_ap_drop}")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    predictor = load_artifact(artifact, dev, log=log)
+    predictor = load_artifact(artifact, dev, log=log, precision=precision)
     overrides = None
     if reference is None:
         reference, overrides = reference_of(predictor, artifact)

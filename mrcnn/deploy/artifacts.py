@@ -33,13 +33,14 @@ def check_artifact_type(path: str | Path) -> Path:
 
 def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[[str], None] = print,
                   overrides: Optional[list[str]] = None, max_score_thresh: Optional[float] = None,
-                  optimize: bool = True, **kwargs):
+                  optimize: bool = True, precision: str = "fp32", **kwargs):
     """A predictor for a checkpoint (.pt/.pth), an exported model (.onnx) or an engine (.plan/.engine; `plugins`: the
     plugin library an engine of the trt flavour loads, default the installed one). The predictor has `.cfg`,
     `.class_names` and `.runtime` (what runs it, in words). `overrides` (section.key=value inference settings, as
     `export --set` takes them) apply to a checkpoint; an exported model has its own built in. `max_score_thresh`
     lowers a checkpoint's box score threshold to it (an exported model's is fixed: `.cfg` tells it). `optimize`: a
-    checkpoint runs with the inference levers (mrcnn.model.inference: same results within the design tolerances)."""
+    checkpoint runs with the inference levers (mrcnn.model.inference: same results within the design tolerances);
+    `precision` "bf16" runs a checkpoint's networks in bfloat16 (an export's precision is fixed at export)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if device is not None:
@@ -49,6 +50,9 @@ def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[
     check_artifact_type(path)
     if overrides and suffix != ".pt" and suffix != ".pth":
         raise MrcnnError(f"{path}: an exported model's settings are fixed at export; --set applies to checkpoints")
+    if precision != "fp32" and suffix not in (".pt", ".pth"):
+        raise MrcnnError(f"{path}: an exported model's precision is fixed at export (`mrcnn export --fp16`); "
+                         f"--precision applies to checkpoints")
     if suffix in (".plan", ".engine"):
         import torch
 
@@ -74,6 +78,7 @@ def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, cfg, names = load_model(path, dev, overrides, max_score_thresh)
-        pred = Predictor(model, cfg.input, optimize=optimize, **kwargs)
-        pred.cfg, pred.class_names, pred.runtime = cfg, names, f"PyTorch ({dev})"
+        pred = Predictor(model, cfg.input, optimize=optimize, precision=precision, **kwargs)
+        pred.cfg, pred.class_names = cfg, names
+        pred.runtime = f"PyTorch ({dev}{', bf16' if precision == 'bf16' else ''})"
         return pred

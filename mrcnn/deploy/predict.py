@@ -233,7 +233,7 @@ def score_floor_note(predictor, score: float, artifact: Path) -> str | None:
 
 def predict(artifact: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *, score: float = 0.5,
             batch_size: int = 1, device: str | None = None, overlays: bool = True, skip_bad: bool = False,
-            log: Callable[[str], None] = print, progress: bool = True) -> dict:
+            precision: str = "fp32", log: Callable[[str], None] = print, progress: bool = True) -> dict:
     """Predict every image; write OUT/predictions.json and (with `overlays`) one PNG per image (overlay_names).
     `skip_bad`: images that cannot be read are skipped and listed (summary `skipped`: [(file, why)]) instead of
     stopping the run. A checkpoint's box score threshold is lowered to `score` where it is higher; an exported model's
@@ -256,7 +256,7 @@ def predict(artifact: str | Path, inputs: Sequence[str | Path], out_dir: str | P
     out_dir = Path(out_dir)
     check_writable_dir(out_dir, "--out")
     predictor = load_artifact(artifact, device, log=log, paste=False,  # masks pasted per kept detection below
-                              max_score_thresh=min(score, 0.999))
+                              max_score_thresh=min(score, 0.999), precision=precision)
     note = score_floor_note(predictor, score, artifact)
     if note:
         log(note)

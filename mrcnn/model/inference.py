@@ -18,7 +18,24 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map  # noqa: PLC2701 - the peer's own helper
 from torchvision.ops import FrozenBatchNorm2d
+
+_NORMS = (nn.GroupNorm, nn.BatchNorm2d, FrozenBatchNorm2d)
+
+
+class Cast(nn.Module):
+    """`inner` with its floating tensor inputs cast to `dtype` and its floating tensor outputs cast to `out`."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype, out: torch.dtype) -> None:
+        super().__init__()
+        self.inner, self.dtype, self.out = inner, dtype, out
+
+    def forward(self, *args):
+        def to(dtype):
+            return lambda t: t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
+
+        return tree_map(to(self.out), self.inner(*tree_map(to(self.dtype), args)))
 
 
 def _bn_scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
@@ -55,16 +72,69 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     return module
 
 
-def optimize_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
+def _in_precision(module: nn.Module, dtype: torch.dtype) -> Cast:
+    """`module` with `dtype` weights between casts (float32 in and out); its normalisation layers stay float32."""
+    module.to(dtype)
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, _NORMS):
+                setattr(parent, name, Cast(child.float(), torch.float32, dtype))
+    return Cast(module, dtype, torch.float32)
+
+
+def low_precision_network(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """In place: BatchNorms folded (in float64, before the one rounding), then the networks of `model` (a MaskRCNN:
+    backbone + FPN, RPN head, box head / predictor, mask head / predictor) hold `dtype` weights and compute in `dtype`
+    between casts; the ops between them (anchors, box decoding, NMS, RoIAlign, pasting) and the normalisation layers
+    stay float32. Its state-dict keys change (wrapped modules): run or export the result, do not save it."""
+    model.eval()
+    fold_batch_norms(model.backbone)
+    model.backbone = _in_precision(model.backbone, dtype)
+    model.rpn.head = _in_precision(model.rpn.head, dtype)
+    heads = model.roi_heads
+    for name in ("box_head", "box_predictor", "mask_head", "mask_predictor"):
+        setattr(heads, name, _in_precision(getattr(heads, name), dtype))
+    return model
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """One error line for a precision this device cannot run fast: bf16 on a CPU needs AVX512-BF16 or AMX (oneDNN's
+    bfloat16 convolutions; elsewhere they are emulated, slower than float32)."""
+    from mrcnn.errors import MrcnnError
+
+    if precision not in PRECISIONS:
+        raise MrcnnError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        raise MrcnnError("--precision bf16: this CPU has neither AVX512-BF16 nor AMX, where bfloat16 would be slower "
+                         "than float32; use fp32")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX-BF16, from /proc/cpuinfo)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def optimize_for_inference(model: nn.Module, channels_last: bool = True, precision: str = "fp32") -> nn.Module:
     """In place (an eval-mode MaskRCNN): BatchNorms folded into their convolutions, channels-last weights (the
-    predictor feeds channels-last images), the mask head on the detections only, the native RoIAlign. Training it
-    afterwards is wrong (the folded norms are gone): use it for a predictor's model."""
+    predictor feeds channels-last images), the mask head on the detections only, the native RoIAlign; `precision`
+    "bf16": the networks in bfloat16 (low_precision_network). Training it afterwards is wrong (the folded norms are
+    gone): use it for a predictor's model."""
     model.eval()
     fold_batch_norms(model)
+    if precision == "bf16":
+        low_precision_network(model, torch.bfloat16)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     model.roi_heads.eager_inference = True
     return model
 
 
-__all__ = ["fold_batch_norms", "optimize_for_inference"]
+__all__ = ["Cast", "PRECISIONS", "check_precision", "fold_batch_norms", "low_precision_network",
+           "optimize_for_inference"]

@@ -16,18 +16,22 @@ class Predictor:
     masks [n,1,H,W] pasted probabilities, masks28 [n,M,M].
     """
 
-    def __init__(self, model: MaskRCNN, input_cfg: InputConfig, paste: bool = True, optimize: bool = False) -> None:
+    def __init__(self, model: MaskRCNN, input_cfg: InputConfig, paste: bool = True, optimize: bool = False,
+                 precision: str = "fp32") -> None:
         """`optimize`: the inference levers of mrcnn.model.inference, applied to `model` in place (BatchNorms folded,
-        channels-last, masks of the detections only); results equal the plain model's within the design
-        tolerances."""
+        channels-last, masks of the detections only, the native RoIAlign); results equal the plain model's within
+        the design tolerances. `precision` "bf16" (with `optimize`): the networks in bfloat16, where the device
+        runs it natively (check_precision)."""
         self.model = model.eval()
         self.input_cfg = input_cfg
         self.paste = paste
         self.channels_last = False
-        if optimize:
-            from mrcnn.model.inference import optimize_for_inference
+        self.precision = precision
+        if optimize or precision != "fp32":
+            from mrcnn.model.inference import check_precision, optimize_for_inference
 
-            optimize_for_inference(self.model)
+            check_precision(precision, self.device)
+            optimize_for_inference(self.model, precision=precision)
             self.channels_last = True
 
     @property
