@@ -10,9 +10,10 @@
 - masks of the detections only: the mask head runs on the first max(num_detections) slots instead of all
   detections_per_img (100) of them; the padding slots' masks are zero either way.
 - RoIAlign on the native multi-level kernel (where built): one call over the pyramid instead of one torchvision
-  call per level and a gather, on contiguous maps (torchvision's CPU kernel on channels-last maps is 2-5x slower);
-  bit for bit torchvision's CPU results.
-The last two are eager-only: exports, torch.export and torch.compile keep the fixed-size graph.
+  call per level and a gather (no host sync), reading channels-last maps in place on the CPU (its NHWC forward;
+  torchvision's CPU kernel on channels-last maps is 2-5x slower), bit for bit torchvision's CPU results.
+The last two are eager-only (RoIHeads.native_roi_align, .masks_of_detections_only): exports, torch.export and
+torch.compile keep the fixed-size graph.
 """
 from __future__ import annotations
 
@@ -132,7 +133,8 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, precisi
         low_precision_network(model, torch.bfloat16)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    model.roi_heads.eager_inference = True
+    model.roi_heads.native_roi_align = True
+    model.roi_heads.masks_of_detections_only = True
     return model
 
 

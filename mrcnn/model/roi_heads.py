@@ -57,7 +57,7 @@ def map_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 2
 
 def multiscale_roi_align(
     features: list[Tensor], rois: Tensor, image: Tensor, output_size: int, sampling_ratio: int, aligned: bool,
-    eager_inference: bool = False,
+    native_for_inference: bool = False,
 ) -> Tensor:
     scales = [_infer_scale(f, image, 2.0 ** -(2 + i)) for i, f in enumerate(features)]  # P2 has stride 4
     k_min = int(round(-math.log2(scales[0])))
@@ -67,7 +67,7 @@ def multiscale_roi_align(
     dtype = torch.float64 if features[0].dtype == torch.float64 else torch.float32
     rois = rois.to(dtype)
     if dispatch.native_roi_align_applies(features[0], rois, dtype) or (
-            eager_inference and dispatch.native_roi_align_serves_inference(features[0], rois, dtype)):
+            native_for_inference and dispatch.native_roi_align_serves_inference(features[0], rois, dtype)):
         # training, eager inference with the levers: one native call over the whole pyramid, no split of the RoIs
         # by level (no device sync)
         maps = [f.to(dtype=dtype) for f in features]  # the op reads CPU channels-last maps as they are
@@ -166,9 +166,11 @@ class MaskPredictor(nn.Module):
 
 
 class RoIHeads(nn.Module):
-    # the eager inference levers (optimize_for_inference; never under export or compile): the mask head runs on the
-    # first max(num) detection slots, RoIAlign on the native multi-level kernel
-    eager_inference = False
+    # the eager inference levers (optimize_for_inference; never under export or compile): RoIAlign on the native
+    # multi-level kernel (no host sync: a CUDA graph can hold it), and the mask head on the first max(num) detection
+    # slots (reads num on the host: not inside a CUDA graph)
+    native_roi_align = False
+    masks_of_detections_only = False
 
     def __init__(self, cfg: ModelConfig, in_channels: int) -> None:
         super().__init__()
@@ -199,7 +201,8 @@ class RoIHeads(nn.Module):
         cfg = self.cfg
         B, P = proposals.shape[:2]
         C = cfg.num_classes
-        eager = self.eager_inference and not _tracing()
+        tracing = _tracing()
+        eager = self.native_roi_align and not tracing
         if eager and features[0].device.type != "cpu":  # the CUDA RoIAlign reads NCHW: one copy for both branches
             features = [f.contiguous() for f in features]
         # 1. box branch on every proposal slot
@@ -220,7 +223,7 @@ class RoIHeads(nn.Module):
         # 4. masks of the detections: the predicted class's channel, sigmoid; padding slots zero
         K = det_boxes.shape[1]
         n = K
-        if eager:
+        if self.masks_of_detections_only and not tracing:
             n = int(num.max()) if num.numel() else 0  # slots past every image's count would be zeroed below
         mask_logits = self.mask_branch(features, to_rois(det_boxes[:, :n].contiguous()), images, eager)
         M = mask_logits.shape[-1]

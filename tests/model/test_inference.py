@@ -43,7 +43,7 @@ def test_levers_keep_the_results(config):
     images = [*sample_images(), u8(synthetic(200, 300, 7))]
     plain = Predictor(model, sizes)(images)
     fast = Predictor(copy.deepcopy(model), sizes, optimize=True)
-    assert fast.model.roi_heads.eager_inference
+    assert fast.model.roi_heads.native_roi_align and fast.model.roi_heads.masks_of_detections_only
     if config == "r50-fpn":  # frozen BatchNorm folded away
         assert not any(type(m).__name__ == "FrozenBatchNorm2d" for m in fast.model.modules())
     lines = _compare(plain, fast(images))
