@@ -82,22 +82,13 @@ def _cuda_graph_runner(pred, images: list[torch.Tensor], amp):
     """Ours with the network captured once as a CUDA graph for this input shape (resize and padding done once, as a
     serving pipeline with fixed-size inputs does) and replayed; postprocess (boxes to the image, masks pasted) after
     each replay. None and the reason where capture fails (an op that syncs with the host)."""
-    from mrcnn.model.preprocess import (
-        batch_images,
-        min_batch_shape,
-        postprocess_detections,
-        resize_image,
-        to_float_image,
-    )
+    from mrcnn.errors import first_line
+    from mrcnn.model.preprocess import postprocess_detections
 
-    cfg = pred.input_cfg
-    dev = pred.device
     pred.model.roi_heads.native_roi_align = True  # no host sync (torchvision's per-level split has one); all 100
     pred.model.roi_heads.masks_of_detections_only = False  # mask slots: the count stays on the device
-    originals = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    resized = [resize_image(to_float_image(im.to(dev)), cfg.min_size, cfg.max_size) for im in images]
-    batch, sizes = batch_images(resized, cfg.size_divisible, min_batch_shape(cfg))
-    static_in, static_sizes = batch.clone(), sizes.to(dev)
+    batch, sizes, originals = pred.prepare(images)
+    static_in, static_sizes = batch.clone(), sizes.to(pred.device)
     model = pred.model
     try:
         stream = torch.cuda.Stream()
@@ -110,7 +101,7 @@ def _cuda_graph_runner(pred, images: list[torch.Tensor], amp):
         with torch.cuda.graph(graph), torch.inference_mode(), amp():
             static_out = model(static_in, static_sizes)
     except Exception as e:  # noqa: BLE001 - report why and go on with the other rows
-        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        return None, first_line(e)
 
     def run():
         graph.replay()
@@ -141,7 +132,6 @@ def main() -> None:
     from mrcnn.deploy import load_artifact
     from mrcnn.model.convert import convert_torchvision
     from mrcnn.model.inference import cpu_has_bf16
-    from mrcnn.model.preprocess import resize_image, to_float_image
 
     cuda = args.device.startswith("cuda")
     torch.set_num_threads(args.threads)
@@ -198,11 +188,7 @@ def main() -> None:
             counts[name] = len(run()[0]["scores"])
         times, _ = timed_interleaved({k: (lambda r=r: torch.inference_mode()(r)()) for k, r in runners.items()},
                                      args.iters, args.warmup, args.device)
-    cfg = plain.cfg.input
-    resized = resize_image(to_float_image(image), cfg.min_size, cfg.max_size)
-    h, w = resized.shape[-2:]
-    div = cfg.size_divisible
-    ph, pw = -(-h // div) * div, -(-w // div) * div
+    ph, pw = (int(d) for d in plain.prepare([image])[0].shape[-2:])  # the padded input the network sees
     floor = None
     if not cuda:
         flops = network_flops(plain.model, ph, pw) * args.batch

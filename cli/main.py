@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from mrcnn.errors import MrcnnError
+from mrcnn.errors import MrcnnError, message_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mask R-CNN training and deployment toolchain.")
@@ -38,7 +38,7 @@ def handled(fn):
         try:
             return fn(*args, **kwargs)
         except MrcnnError as e:
-            line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            line = message_line(e)
             code = getattr(e, "exit_code", 1)  # a run stopped by a signal: 128 + its number, not an error
             if code != 1:
                 print(line, file=sys.stderr, flush=True)

@@ -13,10 +13,27 @@ class UnreadableImage(MrcnnError):
     this kind apart from the other refusals (a mode or size the project does not take)."""
 
 
+def message_line(e: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (at most `limit` characters), or its type's name when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
 def first_line(e: BaseException, limit: int = 160) -> str:
     """`Kind: first line of the message` (at most `limit` characters of it), for one error line about a file."""
-    text = str(e).strip().splitlines()[0][:limit] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    text = message_line(e, limit)
+    return type(e).__name__ if text == type(e).__name__ else f"{type(e).__name__}: {text}"
+
+
+def require_file(path: str | Path, missing: str, expected: str, label: str = "") -> Path:
+    """`path` as an existing file, else one error line: `{label}{path}: {missing}` when there is nothing there,
+    `{label}{path}: is a directory, expected {expected}` for a folder."""
+    path = Path(path)
+    if not path.exists():
+        raise MrcnnError(f"{label}{path}: {missing}")
+    if path.is_dir():
+        raise MrcnnError(f"{label}{path}: is a directory, expected {expected}")
+    return path
 
 
 _MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),

@@ -19,6 +19,7 @@ def runtime_info() -> list[tuple[str, str]]:
     import torchvision
 
     import mrcnn
+    from mrcnn.errors import message_line
 
     rows = [("mrcnn", mrcnn.__version__), ("python", platform.python_version()),
             ("torch", torch.__version__), ("torchvision", torchvision.__version__),
@@ -31,7 +32,7 @@ def runtime_info() -> list[tuple[str, str]]:
         torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
         rows.append(("torchvision ops", "ok"))
     except Exception as e:  # noqa: BLE001
-        rows.append(("torchvision ops", f"broken: {str(e).splitlines()[0][:80]}"))
+        rows.append(("torchvision ops", f"broken: {message_line(e, 80)}"))
     from mrcnn.native.library import native_status
 
     rows.append(("mrcnn native kernels", native_status()))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from mrcnn.errors import MrcnnError
+from mrcnn.errors import MrcnnError, message_line
 
 RUNTIMES = {"tensorrt-rtx": ("tensorrt_rtx", "tensorrt-rtx-cu13"), "tensorrt": ("tensorrt", "tensorrt")}
 Shape = tuple[int, int, int]  # (batch, height, width) of the `images` input
@@ -54,7 +54,7 @@ def import_runtime(runtime: str):
 
         return importlib.import_module(module)
     except ImportError as e:
-        raise MrcnnError(f"--runtime {runtime}: cannot import {module} ({str(e).splitlines()[0][:120]}); "
+        raise MrcnnError(f"--runtime {runtime}: cannot import {module} ({message_line(e, 120)}); "
                          f"pip install {package}") from None
 
 

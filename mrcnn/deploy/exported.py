@@ -22,13 +22,9 @@ def load_onnx(path: str | Path, load_external_data: bool = True, what: str = "ON
     (named), unreadable, or no graph."""
     import onnx
 
-    from mrcnn.errors import file_kind
+    from mrcnn.errors import file_kind, require_file
 
-    path = Path(path)
-    if not path.exists():
-        raise MrcnnError(f"{path}: no such {what}")
-    if path.is_dir():
-        raise MrcnnError(f"{path}: is a directory, expected an exported model (.onnx)")
+    path = require_file(path, f"no such {what}", "an exported model (.onnx)")
     kind = file_kind(path)
     if kind == "empty":
         raise MrcnnError(f"{path}: not an ONNX model (the file is empty)")

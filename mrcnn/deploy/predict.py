@@ -40,15 +40,15 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _check_readable(files: list[Path], skip_bad: bool = False) -> list[tuple[Path, str]]:
+def _check_readable(files: list[Path], skip_bad: bool = False) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Every file opens as an image of a mode the readers take and a size within the pixel limit (from its header,
-    without decoding the pixels): else one error line, before anything is written. With `skip_bad` the files that do
-    not are returned as (file, why) instead and dropped from `files`."""
+    without decoding the pixels): else one error line, before anything is written. Returns (the readable files,
+    [(file, why)] of those skipped: with `skip_bad` an unreadable file is skipped instead of refused)."""
     from mrcnn.data.image_io import check_mode, open_checked
     from mrcnn.errors import unreadable
 
-    skipped = []
-    for f in list(files):
+    readable, skipped = [], []
+    for f in files:
         try:
             try:
                 with open_checked(f) as im:
@@ -62,8 +62,9 @@ def _check_readable(files: list[Path], skip_bad: bool = False) -> list[tuple[Pat
             if not skip_bad:
                 raise
             skipped.append((f, str(e).removeprefix(f"{f}: ")))
-            files.remove(f)
-    return skipped
+            continue
+        readable.append(f)
+    return readable, skipped
 
 
 def read_image(path: Path) -> torch.Tensor:
@@ -248,7 +249,7 @@ def predict(artifact: str | Path, inputs: Sequence[str | Path], out_dir: str | P
         raise MrcnnError(f"--batch must be >= 1, got {batch_size}")
     artifact = Path(artifact)
     files = image_files(inputs)
-    skipped = _check_readable(files, skip_bad)
+    files, skipped = _check_readable(files, skip_bad)
     for f, why in skipped:
         log(f"skipped {f}: {why}")
     if not files:

@@ -13,7 +13,7 @@ import ctypes
 import os
 from pathlib import Path
 
-from mrcnn.errors import MrcnnError
+from mrcnn.errors import MrcnnError, message_line
 
 PLUGIN_OPS = ("AnchorGrid", "BoxIou", "PreNmsSelect", "BoxNms")
 NAMESPACE, VERSION = "mrcnn", "1"
@@ -51,7 +51,7 @@ def build_info(path: str | Path) -> str:
         lib = ctypes.CDLL(str(path), mode=os.RTLD_LOCAL)
         fn = lib.mrcnn_trt_plugins_build_info
     except (OSError, AttributeError) as e:
-        raise MrcnnError(f"{path}: not the mrcnn TensorRT plugin library ({str(e).splitlines()[0][:120]})") from None
+        raise MrcnnError(f"{path}: not the mrcnn TensorRT plugin library ({message_line(e, 120)})") from None
     fn.restype = ctypes.c_char_p
     return fn().decode()
 

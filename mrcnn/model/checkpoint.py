@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mrcnn.config import Config
-from mrcnn.errors import MrcnnError, file_kind
+from mrcnn.errors import MrcnnError, file_kind, message_line, require_file
 from mrcnn.io import atomic_write
 
 FORMAT = "mrcnn-checkpoint"
@@ -40,17 +40,13 @@ def _load_failure(e: BaseException) -> str:
         return "the file is empty or cut short"
     if "failed finding central directory" in text:
         return "the file is cut short: its zip archive has no end"
-    return text.splitlines()[0] if text else type(e).__name__
+    return message_line(e)
 
 
 def safe_load(path: str | Path, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
     """`torch.load(weights_only=True)` of a user's file: tensors and builtins only, no code runs. A missing, unreadable
     or refused file is one MrcnnError line naming it."""
-    path = Path(path)
-    if not path.exists():
-        raise MrcnnError(f"{path}: no such {what}")
-    if path.is_dir():
-        raise MrcnnError(f"{path}: is a directory, expected a {what}")
+    path = require_file(path, f"no such {what}", f"a {what}")
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols of garbage files: the error says it
             warnings.simplefilter("ignore", UserWarning)

@@ -17,6 +17,8 @@ torch.compile keep the fixed-size graph.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map  # noqa: PLC2701 - the peer's own helper
@@ -116,8 +118,8 @@ def check_precision(precision: str, device: torch.device) -> None:
 def cpu_has_bf16() -> bool:
     """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX-BF16, from /proc/cpuinfo)."""
     try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: treated as without (the option is then one error line)
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags
 

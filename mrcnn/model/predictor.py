@@ -38,16 +38,22 @@ class Predictor:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.no_grad()
-    def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        if not images:
-            return []
+    def prepare(self, images: list[Tensor]) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
+        """(padded batch on the device, resized sizes [B,2], original sizes): what the model takes, resized as
+        training resizes and padded to the size divisor."""
         cfg = self.input_cfg
         originals = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         resized = [resize_image(to_float_image(im.to(self.device)), cfg.min_size, cfg.max_size) for im in images]
         batch, sizes = batch_images(resized, cfg.size_divisible, min_batch_shape(cfg))
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch, sizes, originals
+
+    @torch.no_grad()
+    def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        if not images:
+            return []
+        batch, sizes, originals = self.prepare(images)
         self.model.eval()
         outputs = self.model(batch, sizes.to(self.device))
         return postprocess_detections(outputs, sizes, originals, paste=self.paste)

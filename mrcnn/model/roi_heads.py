@@ -66,8 +66,7 @@ def multiscale_roi_align(
     # RoIAlign runs in float32 (or float64) even under autocast, like torchvision's autocast kernel
     dtype = torch.float64 if features[0].dtype == torch.float64 else torch.float32
     rois = rois.to(dtype)
-    if dispatch.native_roi_align_applies(features[0], rois, dtype) or (
-            native_for_inference and dispatch.native_roi_align_serves_inference(features[0], rois, dtype)):
+    if dispatch.native_roi_align_applies(features[0], rois, dtype, inference=native_for_inference):
         # training, eager inference with the levers: one native call over the whole pyramid, no split of the RoIs
         # by level (no device sync)
         maps = [f.to(dtype=dtype) for f in features]  # the op reads CPU channels-last maps as they are

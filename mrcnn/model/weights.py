@@ -184,12 +184,9 @@ def initial_weights(model: nn.Module, cfg, weights, class_names: list[str], resu
 def check_weights_file(path: str | Path) -> Path:
     """Before data loading and model building: `--weights` names a non-empty file in torch's format (a zip archive
     or a legacy pickle), else one error line; its contents are checked when it is loaded."""
-    path = Path(path)
-    if not path.exists():
-        raise MrcnnError(f"--weights {path}: no such file")
-    if path.is_dir():
-        raise MrcnnError(f"--weights {path}: is a directory, expected a weights file (.pth / .pt)")
-    from mrcnn.errors import file_kind
+    from mrcnn.errors import file_kind, require_file
+
+    path = require_file(path, "no such file", "a weights file (.pth / .pt)", label="--weights ")
 
     kind = file_kind(path)
     if kind == "empty":

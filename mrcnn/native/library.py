@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mrcnn.errors import MrcnnError
+from mrcnn.errors import MrcnnError, message_line
 
 _P, _I64, _F, _I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _SZP = ctypes.POINTER(ctypes.c_size_t)
@@ -76,7 +76,7 @@ def load() -> ctypes.CDLL | None:
         try:
             lib = ctypes.CDLL(str(path))
         except OSError as e:
-            _LIB_ERROR = f"failed to load {path}: {str(e).splitlines()[0][:120]}"
+            _LIB_ERROR = f"failed to load {path}: {message_line(e, 120)}"
             return None
         if not hasattr(lib, "mrcnn_box_iou_f32_cpu"):
             _LIB_ERROR = f"{path} has no kernels (an old build? rebuild with pip install .)"

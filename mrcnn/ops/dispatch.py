@@ -7,8 +7,7 @@
     resolve(name) -> function          the implementation of op `name` under the current backend, read at call time
     set_cuda_roi_align / cuda_roi_align(enabled) block      CUDA training's native multi-level RoIAlign (default on)
     set_pyramid_roi_align_export / pyramid_roi_align_export(enabled) block      one RoIAlign node for an rtx export
-    native_roi_align_applies(input, rois, dtype)             whether model code takes the native RoIAlign
-    native_roi_align_serves_inference(input, rois, dtype)    ... in eager inference with the inference levers
+    native_roi_align_applies(input, rois, dtype, inference)  whether model code takes the native RoIAlign
 """
 from __future__ import annotations
 
@@ -137,25 +136,18 @@ pyramid_roi_align_export = scoped(set_pyramid_roi_align_export,
                                    "set_pyramid_roi_align_export(enabled) inside the block, restored afterwards.")
 
 
-def native_roi_align_serves_inference(input: Tensor, rois: Tensor, dtype: torch.dtype | None = None) -> bool:
-    """Eager inference with the inference levers (mrcnn.model.inference) takes the native multi-level RoIAlign
-    where it is built for the device (float32, backend not "reference"): one call for the pyramid instead of one
-    torchvision call per level and a gather; its results equal torchvision's CPU kernel bit for bit."""
-    dev = input.device.type
-    return (_backend != "reference" and (dtype or input.dtype) == torch.float32 and rois.dtype == torch.float32
-            and (dev == "cpu" or (dev == "cuda" and _CUDA_ROI_ALIGN and native.cuda_built()))
-            and native.available())
-
-
-def native_roi_align_applies(input: Tensor, rois: Tensor, dtype: torch.dtype | None = None) -> bool:
+def native_roi_align_applies(input: Tensor, rois: Tensor, dtype: torch.dtype | None = None,
+                             inference: bool = False) -> bool:
     """Model code runs RoIAlign on the native kernel for float32 training (backend not "reference") on CPU, and on
     CUDA when enabled (set_cuda_roi_align), and traces it for an `rtx` export (pyramid_roi_align_export). `dtype`:
-    the dtype `input` will be cast to for the op (default its own). Eval and the other exports keep torchvision's
-    op, which the ONNX exporter translates to RoiAlign."""
+    the dtype `input` will be cast to for the op (default its own). `inference`: eager inference with the inference
+    levers (mrcnn.model.inference) takes it too, without gradients (one call for the pyramid, bit for bit
+    torchvision's CPU results). Eval and the other exports keep torchvision's op, which the ONNX exporter translates
+    to RoiAlign."""
     if _PYRAMID_ROI_ALIGN_EXPORT and (dtype or input.dtype) == torch.float32 and rois.dtype == torch.float32:
         return True
     dev = input.device.type
-    return (_backend != "reference" and input.requires_grad and torch.is_grad_enabled()
+    return (_backend != "reference" and (inference or (input.requires_grad and torch.is_grad_enabled()))
             and (dev == "cpu" or (dev == "cuda" and _CUDA_ROI_ALIGN and native.cuda_built()))
             and (dtype or input.dtype) == torch.float32 and rois.dtype == torch.float32
             and not torch.compiler.is_compiling() and native.available())

@@ -49,6 +49,21 @@ mrcnn::RoiGeometry roi_taps(const float* rois, int64_t n, int l, const Shape& s,
   return g;
 }
 
+// The forward's argument checks, shared by both layouts: an error, or MRCNN_OK with `work` false when there is no
+// output value to compute.
+int check_forward(const float* const* inputs, const float* rois, const int64_t* roi_levels, const float* output,
+                  const Shape& s, bool& work) {
+  work = false;
+  if (!valid_shape(s) || !inputs) return MRCNN_ERR_INVALID_ARGUMENT;
+  if (s.num_rois * s.channels == 0) return MRCNN_OK;
+  if (!output || !rois) return MRCNN_ERR_INVALID_ARGUMENT;
+  for (int64_t l = 0; l < s.levels; ++l)
+    if (!inputs[l] && s.batch * s.channels * s.heights[l] * s.widths[l] > 0) return MRCNN_ERR_INVALID_ARGUMENT;
+  if (!valid_rois(rois, roi_levels, s)) return MRCNN_ERR_INVALID_ARGUMENT;
+  work = true;
+  return MRCNN_OK;
+}
+
 }  // namespace
 
 extern "C" int mrcnn_roi_align_f32_cpu(const float* const* inputs, const int64_t* heights, const int64_t* widths,
@@ -58,12 +73,9 @@ extern "C" int mrcnn_roi_align_f32_cpu(const float* const* inputs, const int64_t
                                        int64_t threads, float* output) {
   const Shape s{heights, widths, spatial_scales, levels, batch, channels, num_rois, pooled_h, pooled_w,
                 sampling_ratio, aligned != 0};
-  if (!valid_shape(s) || !inputs) return MRCNN_ERR_INVALID_ARGUMENT;
-  if (num_rois * channels == 0) return MRCNN_OK;
-  if (!output || !rois) return MRCNN_ERR_INVALID_ARGUMENT;
-  for (int64_t l = 0; l < levels; ++l)
-    if (!inputs[l] && batch * channels * heights[l] * widths[l] > 0) return MRCNN_ERR_INVALID_ARGUMENT;
-  if (!valid_rois(rois, roi_levels, s)) return MRCNN_ERR_INVALID_ARGUMENT;
+  bool work = false;
+  const int status = check_forward(inputs, rois, roi_levels, output, s, work);
+  if (status != MRCNN_OK || !work) return status;
   const int64_t bins = pooled_h * pooled_w;
   return mrcnn::cpu::parallel_ranges(num_rois, threads, [&](int64_t r0, int64_t r1) {
     std::vector<mrcnn::BilinearTaps> taps;
@@ -106,12 +118,9 @@ extern "C" int mrcnn_roi_align_nhwc_f32_cpu(const float* const* inputs, const in
                                             float* output) {
   const Shape s{heights, widths, spatial_scales, levels, batch, channels, num_rois, pooled_h, pooled_w,
                 sampling_ratio, aligned != 0};
-  if (!valid_shape(s) || !inputs) return MRCNN_ERR_INVALID_ARGUMENT;
-  if (num_rois * channels == 0) return MRCNN_OK;
-  if (!output || !rois) return MRCNN_ERR_INVALID_ARGUMENT;
-  for (int64_t l = 0; l < levels; ++l)
-    if (!inputs[l] && batch * channels * heights[l] * widths[l] > 0) return MRCNN_ERR_INVALID_ARGUMENT;
-  if (!valid_rois(rois, roi_levels, s)) return MRCNN_ERR_INVALID_ARGUMENT;
+  bool work = false;
+  const int status = check_forward(inputs, rois, roi_levels, output, s, work);
+  if (status != MRCNN_OK || !work) return status;
   const int64_t bins = pooled_h * pooled_w;
   return mrcnn::cpu::parallel_ranges(num_rois, threads, [&](int64_t r0, int64_t r1) {
     std::vector<mrcnn::BilinearTaps> taps;
