@@ -142,7 +142,8 @@ def main() -> None:
     image = _photo(args.photo)
     images = [image] * args.batch
     images_dev = [im.to(args.device) for im in images]
-    tmp = Path(tempfile.mkdtemp(prefix="mrcnn-infer-"))
+    scratch = tempfile.TemporaryDirectory(prefix="mrcnn-infer-")  # two 170 MB checkpoints: removed when main ends
+    tmp = Path(scratch.name)
     torch.save({"model": tv.state_dict()}, tmp / "tv.pth")
     convert_torchvision(str(tmp / "tv.pth"), str(tmp / "ours.pt"))
     quiet = lambda m: None  # noqa: E731

@@ -68,7 +68,8 @@ def main() -> None:
     from mrcnn.model import build_model
     from mrcnn.model.checkpoint import save_checkpoint
 
-    tmp = Path(tempfile.mkdtemp(prefix="mrcnn-predict-memory-"))
+    scratch = tempfile.TemporaryDirectory(prefix="mrcnn-predict-memory-")  # removed when main ends
+    tmp = Path(scratch.name)
     torch.manual_seed(0)
     cfg = get_config(a.config)
     cfg.model.num_classes = 6
