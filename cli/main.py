@@ -46,6 +46,8 @@ def handled(fn):
             _fail(line)
         except FileNotFoundError as e:
             _fail(f"{e.filename}: no such file or directory")
+        except OSError as e:  # the machine's, not ours: a full disk, a read-only folder, a lost mount
+            _fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
         except KeyboardInterrupt:
             _fail("interrupted", 130)
 

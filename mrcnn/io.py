@@ -52,10 +52,24 @@ def atomic_write(path: str | Path, write_fn) -> Path:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError):
-            raise MrcnnError(f"{path}: could not be written ({e.strerror or e}); nothing was left there") from None
+        os_error = _os_error_behind(e)
+        if os_error is not None:
+            raise MrcnnError(f"{path}: could not be written ({os_error.strerror or os_error}); nothing was left "
+                             "there") from None
         raise
     return path
+
+
+def _os_error_behind(e: BaseException | None) -> OSError | None:
+    """The OSError `e` is or was raised from: a writer that wraps it (torch.save's zip writer raises a RuntimeError
+    while a full disk's ENOSPC is its context) still names the machine's reason."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def check_writable_dir(folder: str | Path, what: str = "output folder") -> Path:

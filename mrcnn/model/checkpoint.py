@@ -25,7 +25,12 @@ VERSION = 1
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     payload = {"format": FORMAT, "version": VERSION, **payload}
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # through a Python file: a full disk's OSError stays behind torch's RuntimeError
+            torch.save(payload, f)
+
+    return atomic_write(path, write)
 
 
 def _load_failure(e: BaseException) -> str:

@@ -66,8 +66,11 @@ class MetricsWriter(HookBase):
 
     def write(self, row: dict) -> None:
         if self.file is not None:
-            self.file.write(json.dumps(strict_json(row), allow_nan=False) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(strict_json(row), allow_nan=False) + "\n")
+                self.file.flush()
+            except OSError as e:  # a full disk mid-run: the file and the reason, not a traceback
+                raise MrcnnError(f"{self.path}: could not be written ({e.strerror or e})") from None
 
     def close(self) -> None:
         if self.file is not None:

@@ -78,26 +78,33 @@ def _in_mount_namespace(script: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
-@pytest.mark.parametrize("mount", ["full", "read-only"])
-def test_a_real_full_disk_or_read_only_mount_is_one_line(mount, tiny, tmp_path):
-    """`mrcnn export` onto a 256 KiB tmpfs (the export is ~1 MB: ENOSPC while writing) and onto a read-only tmpfs
-    (refused before the work): one error line, exit 1, and the mount holds no file afterwards."""
+@pytest.mark.parametrize("case, opts, needle", [
+    ("export", "size=256k", "No space left on device"),  # the export is ~1 MB: ENOSPC while writing it
+    ("export", "size=1m,ro", "cannot write there"),  # refused before the work
+    ("train", "size=64k", "No space left on device"),  # config and metrics fit, the first checkpoint does not
+    ("train", "size=4k", "No space left on device"),  # one page: config.json fits, metrics.jsonl's first row not
+])
+def test_a_real_full_disk_or_read_only_mount_is_one_line(case, opts, needle, tiny, synth_data, tmp_path):
+    """`mrcnn export` and `mrcnn train` onto a small or read-only tmpfs: one error line naming the file, exit 1, and
+    nothing half-written on the mount (a run folder keeps its config and the metrics rows written before)."""
     import shlex
 
     target = tmp_path / "mnt"
     target.mkdir()
-    opts = "size=256k" if mount == "full" else "size=1m,ro"
-    cli = shlex.join([sys.executable, "-c", "from mrcnn.cli.main import main; main()", "export", str(tiny["ckpt"]),
-                      "-o", str(target / "m.onnx"), "--target", "portable"])
-    r = _in_mount_namespace(f"mount -t tmpfs -o {opts} tmpfs {target} && {cli}; code=$?; "
-                            f"echo left: $(ls -A {target}) >&2; exit $code", cwd=tmp_path)  # (not the checkout)
+    args = {"export": ["export", str(tiny["ckpt"]), "-o", str(target / "m.onnx"), "--target", "portable"],
+            "train": ["train", "--data", str(synth_data), "--out", str(target / "run"), "--config", "shapes-tiny",
+                      "--max-iter", "2", "--device", "cpu", "--workers", "0"]}[case]
+    cli = shlex.join([sys.executable, "-c", "from mrcnn.cli.main import main; main()", *args])
+    r = _in_mount_namespace(f"mount -t tmpfs -o {opts} tmpfs {target} && {cli} >/dev/null; code=$?; "
+                            f"echo left: $(cd {target} && find . -type f | sort) >&2; exit $code",
+                            cwd=tmp_path)  # (not the checkout)
     err = [line for line in r.stderr.splitlines() if not line.startswith("left:")]
     left = [line for line in r.stderr.splitlines() if line.startswith("left:")]
-    print(mount, r.returncode, err, left)
+    print(case, opts, r.returncode, err, left)
     assert r.returncode == 1 and len(err) == 1 and err[0].startswith("error: "), (r.returncode, r.stderr[-2000:])
-    assert "Traceback" not in r.stderr and "m.onnx" in err[0]
-    assert ("No space left on device" if mount == "full" else "cannot write there") in err[0], err
-    assert left == ["left:"], left  # nothing half-written (a temp file or a partial export)
+    assert "Traceback" not in r.stderr and needle in err[0], err
+    expect = {"export": "left:", "train": "left: ./run/config.json ./run/metrics.jsonl"}[case]
+    assert left == [expect], left  # no temp file, no partial export or checkpoint
 
 
 def test_outputs_get_the_mode_a_plain_open_gives(tiny, synth_data, tmp_path):

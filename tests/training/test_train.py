@@ -474,7 +474,7 @@ def test_roboflow_layout_trains_and_evaluates_as_coco_2017(synth_data, tmp_path)
     """The same data in a Roboflow folder (SPLIT/_annotations.coco.json) trains the same weights as in the COCO 2017
     layout, and the run evaluates on its `valid` split (after 2 steps AP is ~0: the equal ground truth is shown in
     test_data.py::test_other_layouts_read_the_same_samples)."""
-    from test_data import roboflow
+    from helpers import roboflow
 
     runs = {}
     for name, root in (("coco", synth_data), ("roboflow", roboflow(synth_data, tmp_path / "rf"))):
