@@ -434,6 +434,21 @@ def test_match_proposals_quantized_ties():
         assert torch.equal(got, ref), f"allow_low_quality={lq}: {int((got != ref).sum())} matches differ"
 
 
+def test_match_proposals_nan_negative_and_signed_zero_rows():
+    """The highest IoU of a row is taken as the CUDA kernel takes it (a maximum of order-keeping integer keys):
+    a NaN in a row is its maximum (no low-quality match for it, as torch.max), -0 equals +0, negatives order."""
+    g = torch.Generator().manual_seed(4)
+    iou = (torch.rand(5, 64, generator=g) * 8).floor() / 8
+    iou[0, 7] = float("nan")  # row 0: NaN highest
+    iou[1] = -(torch.rand(64, generator=g) * 8).floor() / 8  # row 1: zeros of both signs and negatives
+    iou[1, 3] = 0.0
+    iou[2, :] = -0.0  # row 2: only -0
+    iou[3, 10] = float("inf")
+    for lq in (True, False):
+        got, ref = K.match_proposals(iou, 0.7, 0.3, lq), R.match_proposals(iou, 0.7, 0.3, lq)
+        assert torch.equal(got, ref), f"allow_low_quality={lq}: {(got != ref).nonzero().flatten().tolist()} differ"
+
+
 # ---- RoIAlign (CPU training kernel) -------------------------------------------------------------------------------
 def roi_inputs(g: torch.Generator, B: int, C: int, H: int, W: int, R: int, scale: float, spill: bool = True):
     """Features and RoIs in image pixels (feature * 1/scale), some partly or wholly outside the map, some degenerate."""
@@ -813,8 +828,12 @@ def test_cuda_box_nms_equals_cpu():
 @needs_gpu
 def test_cuda_match_proposals_equals_cpu():
     g = torch.Generator().manual_seed(5)
-    for G, P in [(0, 10), (3, 0), (1, 5), (7, 20_000)]:
+    for G, P in [(0, 10), (3, 0), (1, 5), (7, 20_000), (20, 201_600), (3, 4096 * 4097 + 5)]:  # one row: > 4096 chunks
         iou = (torch.rand(G, P, generator=g) * 8).floor() / 8
+        if G >= 3:
+            iou[0, P // 2] = float("nan")
+            iou[1, :] = -iou[1, :]
+            iou[2, : P // 3] = float("inf")
         for lq in (True, False):
             cpu = K.match_proposals(iou, 0.7, 0.3, lq)
             gpu = K.match_proposals(iou.cuda(), 0.7, 0.3, lq).cpu()

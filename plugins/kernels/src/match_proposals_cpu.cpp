@@ -5,6 +5,7 @@
 
 #include <limits.h>
 
+#include <algorithm>
 #include <vector>
 
 extern "C" int mrcnn_match_proposals_cpu(const float* iou, int64_t num_gt, int64_t num_pred, float high, float low,
@@ -33,9 +34,9 @@ extern "C" int mrcnn_match_proposals_cpu(const float* iou, int64_t num_gt, int64
       std::vector<uint8_t> is_best(static_cast<size_t>(P), 0);
       for (int64_t g = 0; g < G; ++g) {
         const float* row = iou + g * P;
-        float highest = row[0];
-        int64_t unused = 0;
-        for (int64_t p = 1; p < P; ++p) mrcnn::match_update<int64_t>(row[p], p, &highest, &unused);
+        uint32_t key = 0;  // the maximum as the CUDA kernel takes it (atomicMax over score keys): NaN propagates
+        for (int64_t p = 0; p < P; ++p) key = std::max(key, mrcnn::score_key(row[p]));
+        const float highest = mrcnn::score_from_key(key);
         for (int64_t p = 0; p < P; ++p) is_best[p] |= static_cast<uint8_t>(row[p] == highest);
       }
       for (int64_t p = 0; p < P; ++p)
