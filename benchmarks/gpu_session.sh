@@ -18,14 +18,17 @@
 # Stages:
 #   build    CMake + Ninja of the kernels for sm 90 (~15 s), and of the TensorRT plugin library and its C++ driver when
 #            build/trt-headers is carried (name it in the device call's carry)
-#   roi      test_cuda_roi_align_equals_cpu alone (~30 s): when it passes, `train` also times ours with the native
-#            multi-level CUDA RoIAlign (MRCNN_CUDA_ROI_ALIGN) and `tests` reruns the model tests with it
+#   roi      test_cuda_roi_align_equals_cpu and test_cuda_roi_align_nhwc_equals_cpu alone (~30 s): when the first
+#            passes, `train` also times ours with the native multi-level CUDA RoIAlign (MRCNN_CUDA_ROI_ALIGN) and
+#            `tests` reruns the model tests with it; when the second passes, its NHWC kernels are on for what follows
+#            (MRCNN_CUDA_ROI_ALIGN_NHWC=1: channels-last training reads the maps and writes their gradients NHWC)
 #   train    benchmarks/train_throughput.py, batch 4, 60 interleaved steps per model, in this order: bf16 and fp16
 #            + channels-last at COCO's 800x1344, then at 800x800 (~60 s each), then bf16 800x1344 with
 #            `--compile both` (compiling takes the warm-up steps; ~4 min allowed), then fp32 800x800
 #   tests    every `cuda`-marked test (needs pycocotools: carry its wheel, below), the plugin driver's enqueue among
 #            them (tests/deploy/test_trt_plugins.py)
-#   kernels  benchmarks/kernels.py --device cuda
+#   kernels  benchmarks/kernels.py --device cuda (MatchProposals vs torch; the NHWC RoIAlign backward vs the NCHW one:
+#            issue 24, goal 5)
 #   infer    benchmarks/infer_throughput.py --device cuda: batch 1 and 8 x autocast bf16 and fp16, ours (plain,
 #            the inference levers, the network as a CUDA graph) vs torchvision eager (~60 s each; issue 24, goal 4):
 #            `MRCNN_COMMIT=<sha> bash benchmarks/gpu_session.sh build infer` (timeout_s 600)
@@ -100,13 +103,25 @@ roi_verdict() {  # roi_verdict LOG: keep the verdict of test_cuda_roi_align_equa
   then mkdir -p build/gpu && touch "$ROI_OK"; fi
   echo "native CUDA RoIAlign: $(native_roi_ok && echo 'equal to the CPU kernel (used)' || echo 'NOT verified (not used)')"
 }
+# The NHWC CUDA RoIAlign (opt-in, MRCNN_CUDA_ROI_ALIGN_NHWC=1; issue 24, goal 5): once
+# test_cuda_roi_align_nhwc_equals_cpu has passed here, `train`, `tests` and `profile` run with it on.
+NHWC_OK=build/gpu/cuda_roi_align_nhwc.passed
+nhwc_verdict() {  # nhwc_verdict LOG
+  rm -f "$NHWC_OK"
+  if grep -q "test_cuda_roi_align_nhwc_equals_cpu.*PASSED" "$1" \
+    && ! grep -q "test_cuda_roi_align_nhwc_equals_cpu.*FAILED" "$1"; then mkdir -p build/gpu && touch "$NHWC_OK"; fi
+  [[ -f $NHWC_OK ]] && export MRCNN_CUDA_ROI_ALIGN_NHWC=1 || export MRCNN_CUDA_ROI_ALIGN_NHWC=0
+  echo "NHWC CUDA RoIAlign: $([[ -f $NHWC_OK ]] && echo 'equal to the CPU kernel (used)' || echo 'NOT verified (not used)')"
+}
+[[ -f $NHWC_OK ]] && export MRCNN_CUDA_ROI_ALIGN_NHWC=1
 summary() { grep -E "^===|PASSED|FAILED|ERROR|SKIPPED|passed|failed|error" "$1" | tail -"$2"; }
 
 if has roi && ! has tests && fits 60 "roi"; then
-  bounded python3 -m pytest -p no:cacheprovider -v -s tests/native/test_kernels.py -k test_cuda_roi_align_equals_cpu \
-    >"$OUT/pytest_cuda.log" 2>&1
-  summary "$OUT/pytest_cuda.log" 12
+  MRCNN_CUDA_ROI_ALIGN_NHWC=0 bounded python3 -m pytest -p no:cacheprovider -v -s tests/native/test_kernels.py \
+    -k "test_cuda_roi_align_equals_cpu or test_cuda_roi_align_nhwc_equals_cpu" >"$OUT/pytest_cuda.log" 2>&1
+  summary "$OUT/pytest_cuda.log" 24
   roi_verdict "$OUT/pytest_cuda.log"
+  nhwc_verdict "$OUT/pytest_cuda.log"
 fi
 
 if has train; then  # batch 4 (the seed's per-GPU batch); the median step counts, with its 95% interval
@@ -120,7 +135,7 @@ if has train; then  # batch 4 (the seed's per-GPU batch); the median step counts
     IFS='|' read -r spec tag need <<<"$row"
     fits "$need" "train $spec" || continue
     roi=$(native_roi_ok && echo both || echo off)  # both: ours timed with and without the native RoIAlign
-    echo "=== train $spec (native RoIAlign: $roi)"
+    echo "=== train $spec (native RoIAlign: $roi, NHWC: ${MRCNN_CUDA_ROI_ALIGN_NHWC:-0})"
     bounded python3 benchmarks/train_throughput.py --device cuda --size 800 --batch 4 --iters 60 --warmup 5 \
       --native-roi-align "$roi" $spec --json "$OUT/train_throughput-$tag.json" 2>&1 | grep -v "^saved"
     echo "($SECONDS s since start)"
@@ -128,12 +143,13 @@ if has train; then  # batch 4 (the seed's per-GPU batch); the median step counts
 fi
 
 if has tests && fits 240 "tests"; then  # -s: the tests print what they measured
-  MRCNN_CUDA_ROI_ALIGN=0 bounded python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/native/test_kernels.py \
-    tests/model/test_equivalence.py tests/training/test_train.py tests/deploy/test_trt_plugins.py \
-    >"$OUT/pytest_cuda.log" 2>&1
+  MRCNN_CUDA_ROI_ALIGN=0 MRCNN_CUDA_ROI_ALIGN_NHWC=0 bounded python3 -m pytest -p no:cacheprovider -m cuda -v -s \
+    tests/native/test_kernels.py tests/model/test_equivalence.py tests/training/test_train.py \
+    tests/deploy/test_trt_plugins.py >"$OUT/pytest_cuda.log" 2>&1
   roi_verdict "$OUT/pytest_cuda.log"
+  nhwc_verdict "$OUT/pytest_cuda.log"
   if native_roi_ok && fits 120 "tests with MRCNN_CUDA_ROI_ALIGN=1"; then  # the model's tests, native RoIAlign
-    echo "=== MRCNN_CUDA_ROI_ALIGN=1" >>"$OUT/pytest_cuda.log"
+    echo "=== MRCNN_CUDA_ROI_ALIGN=1 MRCNN_CUDA_ROI_ALIGN_NHWC=$MRCNN_CUDA_ROI_ALIGN_NHWC" >>"$OUT/pytest_cuda.log"
     MRCNN_CUDA_ROI_ALIGN=1 bounded python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/model/test_equivalence.py \
       tests/training/test_train.py >>"$OUT/pytest_cuda.log" 2>&1
   fi

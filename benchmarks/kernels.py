@@ -201,6 +201,30 @@ def main() -> None:
         bench("RoIAlign", f"multi-level fwd+bwd B={B} R={B * 512} C=256 7x7 on P2-P5 of {side}x{side}", ours_ml,
               peer_ml, "torchvision MultiScaleRoIAlign")
 
+    # RoIAlign backward (issue 24, goal 5: half its time): the box head's 2,048 RoIs x 256 channels on P2-P5 of a
+    # 4 x 800 x 1344 batch, the NHWC kernel (gradients channels-last, a warp's atomics on one line) against the NCHW
+    # one; the NHWC result is checked against the NCHW one first
+    if dev == "cuda":
+        from mrcnn.model.roi_heads import map_levels
+
+        B, (H, W) = 4, (800, 1344)
+        hs, ws = [H // s for s in (4, 8, 16, 32)], [W // s for s in (4, 8, 16, 32)]
+        per_image = [to(boxes(g, 512, scale=H * 0.8)) for _ in range(B)]
+        rois = torch.cat([torch.cat([torch.full((512, 1), float(i), device=dev), b], 1)
+                          for i, b in enumerate(per_image)])
+        levels = map_levels(rois[:, 1:], 2, 5)
+        grad = torch.randn(B * 512, 256, 7, 7, generator=g).to(dev)
+        scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+
+        def backward(nhwc: bool):
+            return torch.ops.mrcnn.roi_align_backward(grad, rois, levels, scales, 7, 7, B, hs, ws, 2, False, nhwc)
+
+        worst = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+                    for a, b in zip(backward(True), backward(False)))
+        assert worst <= 1e-5, f"NHWC RoIAlign backward differs from the NCHW one by {worst:.2e} (relative)"
+        bench("RoIAlign", f"backward NHWC B={B} R={B * 512} C=256 7x7 on P2-P5 of {H}x{W}",
+              lambda: backward(True), lambda: backward(False), "ours NCHW backward")
+
     print(f"device {dev}; torch threads {torch.get_num_threads()}; {K.build_info()}")
     if not a.no_save:
         p = save("kernels", {"machine": machine(dev), "args": vars(a), "results": rows}, a.json)

@@ -69,7 +69,8 @@ def multiscale_roi_align(
     if dispatch.native_roi_align_applies(features[0], rois, dtype, inference=native_for_inference):
         # training, eager inference with the levers: one native call over the whole pyramid, no split of the RoIs
         # by level (no device sync)
-        maps = [f.to(dtype=dtype) for f in features]  # the op reads CPU channels-last maps as they are
+        maps = [f.to(dtype=dtype) for f in features]  # channels-last stays so: the op reads it as it is (CPU; CUDA
+        # with set_cuda_roi_align_nhwc)
         return native.multilevel_roi_align(maps, rois, levels, scales,
                                             (output_size, output_size), sampling_ratio, aligned)
     # eval, export, reference backend: torchvision's op per level (exported as ONNX RoiAlign)

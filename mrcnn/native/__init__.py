@@ -18,7 +18,8 @@ Shapes (the contract is the table in plugins/README.md):
     roi_align([inputs [B,C,H_l,W_l]], rois [R,5], levels [R] int64 | None, spatial_scales, pooled_h, pooled_w,
               sampling_ratio, aligned) -> [R,C,pooled_h,pooled_w]
         (float32, with autograd, training only, not a plugin op: torchvision.ops.roi_align semantics, RoI n on
-        level levels[n]; CPU on all threads, CUDA one launch for the whole pyramid)
+        level levels[n]; CPU on all threads, CUDA one launch for the whole pyramid; channels-last maps are read as
+        they are on CPU, and on CUDA with set_cuda_roi_align_nhwc(True), which also makes their gradients NHWC)
 
 Split by job: `library` loads the library and calls its C ABI, `checks` validates inputs (one KernelInputError, a
 MrcnnError and a ValueError), `torch_ops` registers the torch ops (CPU through ctypes, CUDA launchers on the current
@@ -45,6 +46,7 @@ from mrcnn.native.library import (
                                   load_error,
                                   native_status,
 )
+from mrcnn.native.torch_ops import set_cuda_roi_align_nhwc
 
 __all__ = [
     "KernelInputError",
@@ -62,4 +64,5 @@ __all__ = [
     "multilevel_roi_align",
     "pre_nms_select",
     "roi_align",
+    "set_cuda_roi_align_nhwc",
 ]

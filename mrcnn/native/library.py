@@ -37,6 +37,8 @@ _SIGNATURES = {
     "mrcnn_roi_align_backward_f32_cpu": _ROI_BWD + [_I64, _P],
     "mrcnn_roi_align_f32_cuda": _ROI + [_P, _P],
     "mrcnn_roi_align_backward_f32_cuda": _ROI_BWD + [_P, _P],
+    "mrcnn_roi_align_nhwc_f32_cuda": _ROI + [_P, _P],
+    "mrcnn_roi_align_backward_nhwc_f32_cuda": _ROI_BWD + [_P, _P],
     "mrcnn_anchor_grid_cuda": _ANCHOR + [_P],
     "mrcnn_box_iou_f32_cuda": _IOU + [_P],
     "mrcnn_box_iou_f16_cuda": _IOU + [_P],
@@ -47,8 +49,6 @@ _SIGNATURES = {
     "mrcnn_match_proposals_workspace_size": [_I64, _I64, _SZP],
     "mrcnn_match_proposals_cuda": _MATCH + [_P, ctypes.c_size_t, _P],
 }
-_LIB: ctypes.CDLL | None = None
-_LIB_ERROR: str | None = None
 _LIB: ctypes.CDLL | None = None
 _LIB_ERROR: str | None = None
 

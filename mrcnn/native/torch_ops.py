@@ -5,6 +5,7 @@ registers them (mrcnn.native does)."""
 from __future__ import annotations
 
 import ctypes
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -175,13 +176,33 @@ def _(iou, high, low, allow_low_quality):
     return iou.new_empty((iou.shape[1],), dtype=torch.int64)
 
 
+_CUDA_NHWC = os.environ.get("MRCNN_CUDA_ROI_ALIGN_NHWC", "0") == "1"
+
+
+def set_cuda_roi_align_nhwc(enabled: bool) -> bool:
+    """Whether the CUDA RoIAlign reads channels-last maps as they are and writes their gradients channels-last (the
+    NHWC kernels: a warp's atomics on one line) instead of pooling from NCHW copies. Start value: off, env
+    MRCNN_CUDA_ROI_ALIGN_NHWC=1 turns it on; it stays opt-in until test_cuda_roi_align_nhwc_equals_cpu has passed on
+    a GPU. Returns the previous value."""
+    global _CUDA_NHWC
+    prev, _CUDA_NHWC = _CUDA_NHWC, bool(enabled)
+    return prev
+
+
+def _reads_nhwc(inputs: Sequence[Tensor], device: torch.device) -> bool:
+    """Channels-last maps are read as they are (CPU: eager inference; CUDA: when set_cuda_roi_align_nhwc is on);
+    anything else as contiguous NCHW."""
+    if device.type == "cuda" and not _CUDA_NHWC:
+        return False
+    return (all(x.is_contiguous(memory_format=torch.channels_last) for x in inputs)
+            and not all(x.is_contiguous() for x in inputs))  # (a map both ways, C or H*W 1, reads alike)
+
+
 @torch.library.custom_op("mrcnn::roi_align", mutates_args=())
 def _roi_align_op(inputs: list[Tensor], rois: Tensor, levels: Optional[Tensor], spatial_scales: list[float],
                   pooled_h: int, pooled_w: int, sampling_ratio: int, aligned: bool) -> Tensor:
     validate_roi_align(inputs, rois, levels, spatial_scales, pooled_h, pooled_w)
-    # CPU channels-last maps (eager inference) are read as they are; anything else as contiguous NCHW
-    nhwc = (rois.device.type == "cpu" and all(x.is_contiguous(memory_format=torch.channels_last) for x in inputs)
-            and not all(x.is_contiguous() for x in inputs))  # (a map both ways, C or H*W 1, reads alike)
+    nhwc = _reads_nhwc(inputs, rois.device)
     inputs = inputs if nhwc else [x.contiguous() for x in inputs]
     rois = rois.contiguous()
     levels = None if levels is None else levels.contiguous()
@@ -191,8 +212,8 @@ def _roi_align_op(inputs: list[Tensor], rois: Tensor, levels: Optional[Tensor], 
             floats(spatial_scales), len(inputs), B, C, ptr(rois), ptr(levels), rois.shape[0], int(pooled_h),
             int(pooled_w), int(sampling_ratio), int(bool(aligned))]
     threads = [torch.get_num_threads()] if rois.device.type == "cpu" else []
-    run(rois.device, "mrcnn_roi_align_nhwc_f32_cpu" if nhwc else "mrcnn_roi_align_f32_cpu", "mrcnn_roi_align_f32_cuda",
-        head + threads + [ptr(out)])
+    name = "mrcnn_roi_align_nhwc_f32" if nhwc else "mrcnn_roi_align_f32"
+    run(rois.device, f"{name}_cpu", f"{name}_cuda", head + threads + [ptr(out)])
     return out
 
 
@@ -202,39 +223,52 @@ def _(inputs, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, 
     return inputs[0].new_empty((rois.shape[0], inputs[0].shape[1], pooled_h, pooled_w))
 
 
+def _grad_maps(batch: int, C: int, heights: list[int], widths: list[int], device, channels_last: bool) -> list[Tensor]:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return [torch.empty((batch, C, h, w), dtype=torch.float32, device=device, memory_format=fmt)
+            for h, w in zip(heights, widths)]
+
+
 @torch.library.custom_op("mrcnn::roi_align_backward", mutates_args=())
 def _roi_align_backward_op(grad: Tensor, rois: Tensor, levels: Optional[Tensor], spatial_scales: list[float],
                            pooled_h: int, pooled_w: int, batch: int, heights: list[int], widths: list[int],
-                           sampling_ratio: int, aligned: bool) -> list[Tensor]:
-    grad, rois = grad.contiguous(), rois.contiguous()
+                           sampling_ratio: int, aligned: bool, channels_last: bool) -> list[Tensor]:
+    """Gradients of the maps; `channels_last` (CUDA only): NHWC gradients from the NHWC kernel, which reads
+    grad [R, C, ph, pw] transposed to [R, ph, pw, C] once."""
+    nhwc = channels_last and grad.device.type == "cuda"
+    grad = grad.permute(0, 2, 3, 1).contiguous() if nhwc else grad.contiguous()
+    rois = rois.contiguous()
     levels = None if levels is None else levels.contiguous()
-    C = grad.shape[1]
-    outs = [torch.empty((batch, C, h, w), dtype=torch.float32, device=grad.device) for h, w in zip(heights, widths)]
+    C = grad.shape[3] if nhwc else grad.shape[1]
+    outs = _grad_maps(batch, C, heights, widths, grad.device, nhwc)
     head = [ptr(grad), ptr(rois), ptr(levels), rois.shape[0], int64s(heights), int64s(widths),
             floats(spatial_scales), len(heights), batch, C, int(pooled_h), int(pooled_w), int(sampling_ratio),
             int(bool(aligned))]
     threads = [torch.get_num_threads()] if grad.device.type == "cpu" else []
-    run(grad.device, "mrcnn_roi_align_backward_f32_cpu", "mrcnn_roi_align_backward_f32_cuda",
-         head + threads + [pointers(outs)])
+    run(grad.device, "mrcnn_roi_align_backward_f32_cpu",
+        "mrcnn_roi_align_backward_nhwc_f32_cuda" if nhwc else "mrcnn_roi_align_backward_f32_cuda",
+        head + threads + [pointers(outs)])
     return outs
 
 
 @_roi_align_backward_op.register_fake
-def _(grad, rois, levels, spatial_scales, pooled_h, pooled_w, batch, heights, widths, sampling_ratio, aligned):
-    return [grad.new_empty((batch, grad.shape[1], h, w)) for h, w in zip(heights, widths)]
+def _(grad, rois, levels, spatial_scales, pooled_h, pooled_w, batch, heights, widths, sampling_ratio, aligned,
+      channels_last):
+    return _grad_maps(batch, grad.shape[1], heights, widths, grad.device,
+                      channels_last and grad.device.type == "cuda")
 
 
 def _roi_align_setup(ctx, inputs, output) -> None:
     feats, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned = inputs
     ctx.save_for_backward(rois, levels)
     ctx.attrs = (spatial_scales, pooled_h, pooled_w, feats[0].shape[0], [x.shape[2] for x in feats],
-                 [x.shape[3] for x in feats], sampling_ratio, aligned)
+                 [x.shape[3] for x in feats], sampling_ratio, aligned, _reads_nhwc(feats, rois.device))
 
 
 def _roi_align_grad(ctx, grad):
     rois, levels = ctx.saved_tensors
-    scales, ph, pw, b, hs, ws, sr, aligned = ctx.attrs
-    grads = torch.ops.mrcnn.roi_align_backward(grad, rois, levels, scales, ph, pw, b, hs, ws, sr, aligned)
+    scales, ph, pw, b, hs, ws, sr, aligned, nhwc = ctx.attrs
+    grads = torch.ops.mrcnn.roi_align_backward(grad, rois, levels, scales, ph, pw, b, hs, ws, sr, aligned, nhwc)
     return list(grads), None, None, None, None, None, None, None
 
 

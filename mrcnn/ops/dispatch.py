@@ -118,6 +118,8 @@ def cuda_roi_align_enabled() -> bool:
 
 
 cuda_roi_align = scoped(set_cuda_roi_align, "set_cuda_roi_align(enabled) inside the block, restored afterwards.")
+cuda_roi_align_nhwc = scoped(native.set_cuda_roi_align_nhwc,
+                             "set_cuda_roi_align_nhwc(enabled) inside the block, restored afterwards.")
 
 
 _PYRAMID_ROI_ALIGN_EXPORT = False

@@ -687,7 +687,8 @@ def test_bad_inputs_raise_one_clear_error(what, call, message):
 CUDA_SYMBOLS = ["mrcnn_anchor_grid_cuda", "mrcnn_box_iou_f32_cuda", "mrcnn_box_iou_f16_cuda",
                 "mrcnn_pre_nms_select_cuda", "mrcnn_pre_nms_select_workspace_size", "mrcnn_box_nms_cuda",
                 "mrcnn_box_nms_workspace_size", "mrcnn_match_proposals_cuda", "mrcnn_roi_align_f32_cuda",
-                "mrcnn_roi_align_backward_f32_cuda"]
+                "mrcnn_roi_align_backward_f32_cuda", "mrcnn_roi_align_nhwc_f32_cuda",
+                "mrcnn_roi_align_backward_nhwc_f32_cuda"]
 CPU_SYMBOLS = ["mrcnn_build_info", "mrcnn_anchor_grid_cpu", "mrcnn_box_iou_f32_cpu", "mrcnn_box_iou_f16_cpu",
                "mrcnn_pre_nms_select_cpu", "mrcnn_box_nms_cpu", "mrcnn_match_proposals_cpu",
                "mrcnn_roi_align_f32_cpu", "mrcnn_roi_align_backward_f32_cpu"]
@@ -855,6 +856,37 @@ def test_cuda_roi_align_equals_cpu(B, C, shapes, R, size, sr, aligned):
     cpu.backward(grad)
     gpu.backward(grad.cuda())
     for lvl, (a, b) in enumerate(zip(fc, fg)):  # atomicAdd: sums in another order
+        e = rel_err(b.grad.cpu(), a.grad)
+        assert e <= FP32_TOL, f"level {lvl}: gradient CUDA vs CPU rel {e:.2e}"
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("B,C,shapes,R,size,sr,aligned", PYRAMID_CASES + [
+    (2, 64, [(40, 56), (20, 28), (10, 14), (5, 7)], 300, 7, 2, False)])  # whole warps of channels
+@pytest.mark.parametrize("nhwc", [True, False])
+def test_cuda_roi_align_nhwc_equals_cpu(B, C, shapes, R, size, sr, aligned, nhwc):
+    """Channels-last maps on CUDA: with the NHWC kernels on, the forward equals the CPU kernel bit for bit and the
+    gradients (NHWC, from coalesced atomics) equal its within rounding; with them off, the maps are pooled from
+    NCHW copies and the gradients come back NCHW."""
+    from mrcnn.ops import dispatch
+
+    g = torch.Generator().manual_seed(R + 29)
+    feats, rois, levels, scales = pyramid_inputs(g, B, C, shapes, R)
+    fc = [f.clone().requires_grad_() for f in feats]
+    fg = [f.cuda().contiguous(memory_format=torch.channels_last).requires_grad_() for f in feats]
+    cpu = K.multilevel_roi_align(fc, rois, levels, scales, size, sr, aligned)
+    with dispatch.cuda_roi_align_nhwc(nhwc):
+        gpu = K.multilevel_roi_align(fg, rois.cuda(), levels.cuda(), scales, size, sr, aligned)
+        grad = torch.randn(cpu.shape, generator=g)
+        gpu.backward(grad.cuda())
+    cpu.backward(grad)
+    assert torch.equal(gpu.cpu(), cpu), f"forward: max diff {(gpu.cpu() - cpu).abs().max()}"
+    maps = torch.ops.mrcnn.roi_align_backward(grad.cuda(), rois.cuda(), levels.cuda(), scales, size, size, B,
+                                              [h for h, _ in shapes], [w for _, w in shapes], sr, aligned, nhwc)
+    layout = torch.channels_last if nhwc else torch.contiguous_format
+    assert all(m.is_contiguous(memory_format=layout) for m in maps), [m.stride() for m in maps]
+    for lvl, (a, b) in enumerate(zip(fc, fg)):  # (a leaf's .grad takes the leaf's layout either way)
         e = rel_err(b.grad.cpu(), a.grad)
         assert e <= FP32_TOL, f"level {lvl}: gradient CUDA vs CPU rel {e:.2e}"
 

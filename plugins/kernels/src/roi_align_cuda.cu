@@ -2,6 +2,9 @@
 // the level's map picked per RoI, so a pyramid is one launch with no host-side split of the RoIs. The samples use
 // the HOST_DEVICE math of the CPU kernel in its order (no FMA contraction): forward values equal the CPU kernel's
 // bit for bit. Backward scatters with atomicAdd (sums in arbitrary order: equal to the CPU kernel within rounding).
+// Channels-last (NHWC) variants: one thread per (RoI, bin, channel), channel fastest, so a warp reads and scatters
+// 32 consecutive channels of one tap (one 128-byte line) where the NCHW kernels' warp touches 32 bins' pixels: the
+// backward's atomics coalesce per line, and training on channels-last maps skips the NCHW copies of the pyramid.
 #include "cuda_common.cuh"
 #include "mrcnn/roi_align_math.h"
 
@@ -90,6 +93,86 @@ __global__ void roi_align_backward_kernel(Pyramid P, Pooling s, const float* roi
   }
 }
 
+// Element e of [num_rois, pooled_h, pooled_w, channels] (channel fastest) -> its RoI's level (-1: skip), the offset
+// of (image, channel) in the level's NHWC map, and the RoI's geometry.
+struct BinNhwc {
+  int level;
+  int ph, pw;
+  int64_t n;
+  int64_t offset;
+  mrcnn::RoiGeometry g;
+};
+
+__device__ BinNhwc locate_nhwc(const Pyramid& P, const Pooling& s, const float* rois, const int64_t* roi_levels,
+                               int64_t e) {
+  BinNhwc r;
+  const int64_t c = e % s.channels;
+  r.pw = static_cast<int>((e / s.channels) % s.pooled_w);
+  r.ph = static_cast<int>((e / (s.channels * s.pooled_w)) % s.pooled_h);
+  r.n = e / (s.channels * s.pooled_w * s.pooled_h);
+  const float* roi = rois + r.n * 5;
+  r.level = mrcnn::roi_level(roi, roi_levels, r.n, P.levels, s.batch);
+  if (r.level >= 0 && P.heights[r.level] * P.widths[r.level] == 0) r.level = -1;
+  r.offset = 0;
+  if (r.level < 0) return r;
+  const int64_t b = static_cast<int64_t>(roi[0]);
+  r.offset = b * P.heights[r.level] * P.widths[r.level] * s.channels + c;
+  r.g = mrcnn::roi_geometry(roi, P.scales[r.level], s.pooled_h, s.pooled_w, s.sampling_ratio, s.aligned);
+  return r;
+}
+
+// Output stays [num_rois, channels, pooled_h, pooled_w] (what the heads read); per value the sum is the NCHW
+// kernel's, term for term.
+__global__ void roi_align_forward_nhwc_kernel(Pyramid P, Pooling s, const float* rois, const int64_t* roi_levels,
+                                              int64_t total, float* output) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const BinNhwc r = locate_nhwc(P, s, rois, roi_levels, e);
+    const int64_t c = e % s.channels;
+    float* out = output + ((r.n * s.channels + c) * s.pooled_h + r.ph) * s.pooled_w + r.pw;
+    if (r.level < 0) {
+      *out = 0.0f;
+      continue;
+    }
+    const float* in = P.inputs[r.level] + r.offset;
+    const int64_t C = s.channels;
+    const int h = static_cast<int>(P.heights[r.level]), w = static_cast<int>(P.widths[r.level]);
+    float v = 0.0f;
+    for (int iy = 0; iy < r.g.grid_h; ++iy)
+      for (int ix = 0; ix < r.g.grid_w; ++ix) {
+        const mrcnn::BilinearTaps t = mrcnn::bilinear_taps(r.g, r.ph, r.pw, iy, ix, h, w);
+        v += t.w1 * in[t.p1 * C] + t.w2 * in[t.p2 * C] + t.w3 * in[t.p3 * C] + t.w4 * in[t.p4 * C];
+      }
+    const int samples = r.g.grid_h * r.g.grid_w;
+    *out = v / static_cast<float>(samples > 1 ? samples : 1);
+  }
+}
+
+// grad_output here is [num_rois, pooled_h, pooled_w, channels] (the caller transposes it once, coalesced), the
+// gradients NHWC.
+__global__ void roi_align_backward_nhwc_kernel(Pyramid P, Pooling s, const float* rois, const int64_t* roi_levels,
+                                               int64_t total, const float* grad_output) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const BinNhwc r = locate_nhwc(P, s, rois, roi_levels, e);
+    if (r.level < 0) continue;
+    float* gin = P.grads[r.level] + r.offset;
+    const int64_t C = s.channels;
+    const int h = static_cast<int>(P.heights[r.level]), w = static_cast<int>(P.widths[r.level]);
+    const float go = grad_output[e];
+    const mrcnn::SampleShare share = mrcnn::sample_share(r.g.grid_h * r.g.grid_w);
+    for (int iy = 0; iy < r.g.grid_h; ++iy)
+      for (int ix = 0; ix < r.g.grid_w; ++ix) {
+        const mrcnn::BilinearTaps t = mrcnn::bilinear_taps(r.g, r.ph, r.pw, iy, ix, h, w);
+        if (!t.valid) continue;
+        atomicAdd(gin + t.p1 * C, mrcnn::tap_share(go, t.w1, share));
+        atomicAdd(gin + t.p2 * C, mrcnn::tap_share(go, t.w2, share));
+        atomicAdd(gin + t.p3 * C, mrcnn::tap_share(go, t.w3, share));
+        atomicAdd(gin + t.p4 * C, mrcnn::tap_share(go, t.w4, share));
+      }
+  }
+}
+
 // Shared argument checks of both launchers; fills the pyramid's shapes and scales.
 bool make_pyramid(const int64_t* heights, const int64_t* widths, const float* spatial_scales, int64_t levels,
                   const Pooling& s, Pyramid* P) {
@@ -108,13 +191,10 @@ bool make_pyramid(const int64_t* heights, const int64_t* widths, const float* sp
 
 constexpr int kThreads = 256;
 
-}  // namespace
-
-extern "C" int mrcnn_roi_align_f32_cuda(const float* const* inputs, const int64_t* heights, const int64_t* widths,
-                                        const float* spatial_scales, int64_t levels, int64_t batch, int64_t channels,
-                                        const float* rois, const int64_t* roi_levels, int64_t num_rois,
-                                        int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, int aligned,
-                                        float* output, cudaStream_t stream) {
+int roi_align_forward(bool nhwc, const float* const* inputs, const int64_t* heights, const int64_t* widths,
+                      const float* spatial_scales, int64_t levels, int64_t batch, int64_t channels, const float* rois,
+                      const int64_t* roi_levels, int64_t num_rois, int64_t pooled_h, int64_t pooled_w,
+                      int64_t sampling_ratio, int aligned, float* output, cudaStream_t stream) {
   const Pooling s{batch, channels, num_rois, pooled_h, pooled_w, sampling_ratio, aligned != 0};
   Pyramid P;
   if (!inputs || !make_pyramid(heights, widths, spatial_scales, levels, s, &P)) return cudaErrorInvalidValue;
@@ -125,17 +205,18 @@ extern "C" int mrcnn_roi_align_f32_cuda(const float* const* inputs, const int64_
     if (!inputs[l] && batch * channels * heights[l] * widths[l] > 0) return cudaErrorInvalidValue;
     P.inputs[l] = inputs[l];
   }
-  roi_align_forward_kernel<<<mrcnn::cuda::blocks_for(total, kThreads), kThreads, 0, stream>>>(P, s, rois, roi_levels,
-                                                                                              total, output);
+  const unsigned blocks = mrcnn::cuda::blocks_for(total, kThreads);
+  if (nhwc)
+    roi_align_forward_nhwc_kernel<<<blocks, kThreads, 0, stream>>>(P, s, rois, roi_levels, total, output);
+  else
+    roi_align_forward_kernel<<<blocks, kThreads, 0, stream>>>(P, s, rois, roi_levels, total, output);
   return static_cast<int>(cudaGetLastError());
 }
 
-extern "C" int mrcnn_roi_align_backward_f32_cuda(const float* grad_output, const float* rois,
-                                                 const int64_t* roi_levels, int64_t num_rois, const int64_t* heights,
-                                                 const int64_t* widths, const float* spatial_scales, int64_t levels,
-                                                 int64_t batch, int64_t channels, int64_t pooled_h, int64_t pooled_w,
-                                                 int64_t sampling_ratio, int aligned, float* const* grad_inputs,
-                                                 cudaStream_t stream) {
+int roi_align_backward(bool nhwc, const float* grad_output, const float* rois, const int64_t* roi_levels,
+                       int64_t num_rois, const int64_t* heights, const int64_t* widths, const float* spatial_scales,
+                       int64_t levels, int64_t batch, int64_t channels, int64_t pooled_h, int64_t pooled_w,
+                       int64_t sampling_ratio, int aligned, float* const* grad_inputs, cudaStream_t stream) {
   const Pooling s{batch, channels, num_rois, pooled_h, pooled_w, sampling_ratio, aligned != 0};
   Pyramid P;
   if (!grad_inputs || !make_pyramid(heights, widths, spatial_scales, levels, s, &P)) return cudaErrorInvalidValue;
@@ -150,8 +231,55 @@ extern "C" int mrcnn_roi_align_backward_f32_cuda(const float* grad_output, const
   const int64_t total = num_rois * channels * pooled_h * pooled_w;
   if (total == 0) return cudaSuccess;
   if (!grad_output || !rois) return cudaErrorInvalidValue;
-  roi_align_backward_kernel<<<mrcnn::cuda::blocks_for(total, kThreads), kThreads, 0, stream>>>(P, s, rois,
-                                                                                               roi_levels, total,
-                                                                                               grad_output);
+  const unsigned blocks = mrcnn::cuda::blocks_for(total, kThreads);
+  if (nhwc)
+    roi_align_backward_nhwc_kernel<<<blocks, kThreads, 0, stream>>>(P, s, rois, roi_levels, total, grad_output);
+  else
+    roi_align_backward_kernel<<<blocks, kThreads, 0, stream>>>(P, s, rois, roi_levels, total, grad_output);
   return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace
+
+#define MRCNN_ROI_FORWARD_ARGS                                                                                     \
+  inputs, heights, widths, spatial_scales, levels, batch, channels, rois, roi_levels, num_rois, pooled_h, pooled_w, \
+      sampling_ratio, aligned, output, stream
+#define MRCNN_ROI_BACKWARD_ARGS                                                                                      \
+  grad_output, rois, roi_levels, num_rois, heights, widths, spatial_scales, levels, batch, channels, pooled_h,       \
+      pooled_w, sampling_ratio, aligned, grad_inputs, stream
+
+extern "C" int mrcnn_roi_align_f32_cuda(const float* const* inputs, const int64_t* heights, const int64_t* widths,
+                                        const float* spatial_scales, int64_t levels, int64_t batch, int64_t channels,
+                                        const float* rois, const int64_t* roi_levels, int64_t num_rois,
+                                        int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, int aligned,
+                                        float* output, cudaStream_t stream) {
+  return roi_align_forward(false, MRCNN_ROI_FORWARD_ARGS);
+}
+
+extern "C" int mrcnn_roi_align_nhwc_f32_cuda(const float* const* inputs, const int64_t* heights,
+                                             const int64_t* widths, const float* spatial_scales, int64_t levels,
+                                             int64_t batch, int64_t channels, const float* rois,
+                                             const int64_t* roi_levels, int64_t num_rois, int64_t pooled_h,
+                                             int64_t pooled_w, int64_t sampling_ratio, int aligned, float* output,
+                                             cudaStream_t stream) {
+  return roi_align_forward(true, MRCNN_ROI_FORWARD_ARGS);
+}
+
+extern "C" int mrcnn_roi_align_backward_f32_cuda(const float* grad_output, const float* rois,
+                                                 const int64_t* roi_levels, int64_t num_rois, const int64_t* heights,
+                                                 const int64_t* widths, const float* spatial_scales, int64_t levels,
+                                                 int64_t batch, int64_t channels, int64_t pooled_h, int64_t pooled_w,
+                                                 int64_t sampling_ratio, int aligned, float* const* grad_inputs,
+                                                 cudaStream_t stream) {
+  return roi_align_backward(false, MRCNN_ROI_BACKWARD_ARGS);
+}
+
+extern "C" int mrcnn_roi_align_backward_nhwc_f32_cuda(const float* grad_output, const float* rois,
+                                                      const int64_t* roi_levels, int64_t num_rois,
+                                                      const int64_t* heights, const int64_t* widths,
+                                                      const float* spatial_scales, int64_t levels, int64_t batch,
+                                                      int64_t channels, int64_t pooled_h, int64_t pooled_w,
+                                                      int64_t sampling_ratio, int aligned, float* const* grad_inputs,
+                                                      cudaStream_t stream) {
+  return roi_align_backward(true, MRCNN_ROI_BACKWARD_ARGS);
 }

@@ -152,6 +152,22 @@ MRCNN_API int mrcnn_roi_align_backward_f32_cuda(const float* grad_output, const 
                                                 int64_t batch, int64_t channels, int64_t pooled_h, int64_t pooled_w,
                                                 int64_t sampling_ratio, int aligned, float* const* grad_inputs,
                                                 cudaStream_t stream);
+// The CUDA kernels on channels-last maps (inputs[l] / grad_inputs[l] [batch, heights[l], widths[l], channels] in
+// memory): one thread per (RoI, bin, channel), channel fastest, so a warp's reads and gradient atomics fall on one
+// line. Forward output as above, equal to mrcnn_roi_align_f32_cuda's bit for bit; the backward's grad_output is
+// [num_rois, pooled_h, pooled_w, channels].
+MRCNN_API int mrcnn_roi_align_nhwc_f32_cuda(const float* const* inputs, const int64_t* heights, const int64_t* widths,
+                                            const float* spatial_scales, int64_t levels, int64_t batch,
+                                            int64_t channels, const float* rois, const int64_t* roi_levels,
+                                            int64_t num_rois, int64_t pooled_h, int64_t pooled_w,
+                                            int64_t sampling_ratio, int aligned, float* output, cudaStream_t stream);
+MRCNN_API int mrcnn_roi_align_backward_nhwc_f32_cuda(const float* grad_output, const float* rois,
+                                                     const int64_t* roi_levels, int64_t num_rois,
+                                                     const int64_t* heights, const int64_t* widths,
+                                                     const float* spatial_scales, int64_t levels, int64_t batch,
+                                                     int64_t channels, int64_t pooled_h, int64_t pooled_w,
+                                                     int64_t sampling_ratio, int aligned, float* const* grad_inputs,
+                                                     cudaStream_t stream);
 
 #ifdef __cplusplus
 }  // extern "C"
