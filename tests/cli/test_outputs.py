@@ -67,6 +67,28 @@ def test_a_failure_while_writing_is_one_line_and_leaves_nothing(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_any_other_os_error_is_one_line(capsys):
+    """The CLI's last guard: an OSError no library code turned into a message (here a real ENOSPC from /dev/full)
+    is one error line with the system's reason, exit 1, no traceback."""
+    import typer
+
+    from mrcnn.cli.main import handled
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+
+    @handled
+    def write_to_a_full_device():
+        with open("/dev/full", "w") as f:
+            f.write("x")
+
+    with pytest.raises(typer.Exit) as info:
+        write_to_a_full_device()
+    err = capsys.readouterr().err.strip()
+    assert info.value.exit_code == 1 and err.splitlines() == [err], err
+    assert err.startswith("error: ") and "No space left on device" in err, err
+
+
 def _in_mount_namespace(script: str, cwd) -> subprocess.CompletedProcess:
     """`script` (sh) in a private mount namespace, where it may mount a small tmpfs; skips where this process may
     not make one (not root, or a sandbox without unshare)."""
