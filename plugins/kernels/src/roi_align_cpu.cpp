@@ -64,6 +64,38 @@ int check_forward(const float* const* inputs, const float* rois, const int64_t* 
   return MRCNN_OK;
 }
 
+// Both forwards' walk: checks, RoIs split among threads, and per RoI its level, taps and image; an empty map pools
+// to 0. `pool(image, taps, samples, count, out, scratch)` writes RoI n's [channels, bins] values to `out` from
+// `image` (its image on its level, channels * plane floats in either layout); `scratch` holds `channels` floats per
+// thread.
+template <typename Pool>
+int forward_rois(const float* const* inputs, const float* rois, const int64_t* roi_levels, float* output,
+                 const Shape& s, int64_t threads, Pool pool) {
+  bool work = false;
+  const int status = check_forward(inputs, rois, roi_levels, output, s, work);
+  if (status != MRCNN_OK || !work) return status;
+  const int64_t bins = s.pooled_h * s.pooled_w, C = s.channels;
+  return mrcnn::cpu::parallel_ranges(s.num_rois, threads, [&](int64_t r0, int64_t r1) {
+    std::vector<mrcnn::BilinearTaps> taps;
+    std::vector<float> scratch(static_cast<size_t>(C));
+    for (int64_t n = r0; n < r1; ++n) {
+      const int l = mrcnn::roi_level(rois + n * 5, roi_levels, n, s.levels, s.batch);
+      const int64_t plane = s.heights[l] * s.widths[l];
+      float* out = output + n * C * bins;
+      if (plane == 0) {
+        memset(out, 0, sizeof(float) * static_cast<size_t>(C * bins));
+        continue;
+      }
+      const mrcnn::RoiGeometry g = roi_taps(rois, n, l, s, taps);
+      const int samples = g.grid_h * g.grid_w;
+      const float count = static_cast<float>(samples > 1 ? samples : 1);
+      const int64_t b = static_cast<int64_t>(rois[n * 5]);
+      pool(inputs[l] + b * C * plane, taps.data(), samples, count, out, scratch.data(), plane);
+    }
+    return MRCNN_OK;
+  });
+}
+
 }  // namespace
 
 extern "C" int mrcnn_roi_align_f32_cpu(const float* const* inputs, const int64_t* heights, const int64_t* widths,
@@ -73,37 +105,21 @@ extern "C" int mrcnn_roi_align_f32_cpu(const float* const* inputs, const int64_t
                                        int64_t threads, float* output) {
   const Shape s{heights, widths, spatial_scales, levels, batch, channels, num_rois, pooled_h, pooled_w,
                 sampling_ratio, aligned != 0};
-  bool work = false;
-  const int status = check_forward(inputs, rois, roi_levels, output, s, work);
-  if (status != MRCNN_OK || !work) return status;
   const int64_t bins = pooled_h * pooled_w;
-  return mrcnn::cpu::parallel_ranges(num_rois, threads, [&](int64_t r0, int64_t r1) {
-    std::vector<mrcnn::BilinearTaps> taps;
-    for (int64_t n = r0; n < r1; ++n) {
-      const int l = mrcnn::roi_level(rois + n * 5, roi_levels, n, levels, batch);
-      const int64_t plane = heights[l] * widths[l];
-      float* out = output + n * channels * bins;
-      if (plane == 0) {  // an empty map pools to 0
-        memset(out, 0, sizeof(float) * static_cast<size_t>(channels * bins));
-        continue;
-      }
-      const mrcnn::RoiGeometry g = roi_taps(rois, n, l, s, taps);
-      const int samples = g.grid_h * g.grid_w;
-      const float count = static_cast<float>(samples > 1 ? samples : 1);
-      const int64_t b = static_cast<int64_t>(rois[n * 5]);
-      for (int64_t c = 0; c < channels; ++c, out += bins) {
-        const float* in = inputs[l] + (b * channels + c) * plane;
-        const mrcnn::BilinearTaps* t = taps.data();
-        for (int64_t bin = 0; bin < bins; ++bin) {
-          float v = 0.0f;
-          for (int k = 0; k < samples; ++k, ++t)
-            v += t->w1 * in[t->p1] + t->w2 * in[t->p2] + t->w3 * in[t->p3] + t->w4 * in[t->p4];
-          out[bin] = v / count;
-        }
-      }
-    }
-    return MRCNN_OK;
-  });
+  return forward_rois(inputs, rois, roi_levels, output, s, threads,
+                      [&](const float* image, const mrcnn::BilinearTaps* taps, int samples, float count, float* out,
+                          float*, int64_t plane) {
+                        for (int64_t c = 0; c < channels; ++c, out += bins) {
+                          const float* in = image + c * plane;
+                          const mrcnn::BilinearTaps* t = taps;
+                          for (int64_t bin = 0; bin < bins; ++bin) {
+                            float v = 0.0f;
+                            for (int k = 0; k < samples; ++k, ++t)
+                              v += t->w1 * in[t->p1] + t->w2 * in[t->p2] + t->w3 * in[t->p3] + t->w4 * in[t->p4];
+                            out[bin] = v / count;
+                          }
+                        }
+                      });
 }
 
 // The same forward on channels-last (NHWC) feature maps: level l's value (b, y, x, c) at ((b * H + y) * W + x) * C + c.
@@ -118,41 +134,22 @@ extern "C" int mrcnn_roi_align_nhwc_f32_cpu(const float* const* inputs, const in
                                             float* output) {
   const Shape s{heights, widths, spatial_scales, levels, batch, channels, num_rois, pooled_h, pooled_w,
                 sampling_ratio, aligned != 0};
-  bool work = false;
-  const int status = check_forward(inputs, rois, roi_levels, output, s, work);
-  if (status != MRCNN_OK || !work) return status;
   const int64_t bins = pooled_h * pooled_w;
-  return mrcnn::cpu::parallel_ranges(num_rois, threads, [&](int64_t r0, int64_t r1) {
-    std::vector<mrcnn::BilinearTaps> taps;
-    std::vector<float> acc(static_cast<size_t>(channels));
-    for (int64_t n = r0; n < r1; ++n) {
-      const int l = mrcnn::roi_level(rois + n * 5, roi_levels, n, levels, batch);
-      const int64_t plane = heights[l] * widths[l];
-      float* out = output + n * channels * bins;
-      if (plane == 0) {
-        memset(out, 0, sizeof(float) * static_cast<size_t>(channels * bins));
-        continue;
-      }
-      const mrcnn::RoiGeometry g = roi_taps(rois, n, l, s, taps);
-      const int samples = g.grid_h * g.grid_w;
-      const float count = static_cast<float>(samples > 1 ? samples : 1);
-      const int64_t b = static_cast<int64_t>(rois[n * 5]);
-      const float* in = inputs[l] + b * plane * channels;
-      const mrcnn::BilinearTaps* t = taps.data();
-      float* a = acc.data();
-      for (int64_t bin = 0; bin < bins; ++bin) {
-        for (int64_t c = 0; c < channels; ++c) a[c] = 0.0f;
-        for (int k = 0; k < samples; ++k, ++t) {
-          const float *v1 = in + t->p1 * channels, *v2 = in + t->p2 * channels, *v3 = in + t->p3 * channels,
-                      *v4 = in + t->p4 * channels;
-          const float w1 = t->w1, w2 = t->w2, w3 = t->w3, w4 = t->w4;
-          for (int64_t c = 0; c < channels; ++c) a[c] += w1 * v1[c] + w2 * v2[c] + w3 * v3[c] + w4 * v4[c];
-        }
-        for (int64_t c = 0; c < channels; ++c) out[c * bins + bin] = a[c] / count;
-      }
-    }
-    return MRCNN_OK;
-  });
+  return forward_rois(inputs, rois, roi_levels, output, s, threads,
+                      [&](const float* in, const mrcnn::BilinearTaps* t, int samples, float count, float* out,
+                          float* a, int64_t) {
+                        for (int64_t bin = 0; bin < bins; ++bin) {
+                          for (int64_t c = 0; c < channels; ++c) a[c] = 0.0f;
+                          for (int k = 0; k < samples; ++k, ++t) {
+                            const float *v1 = in + t->p1 * channels, *v2 = in + t->p2 * channels,
+                                        *v3 = in + t->p3 * channels, *v4 = in + t->p4 * channels;
+                            const float w1 = t->w1, w2 = t->w2, w3 = t->w3, w4 = t->w4;
+                            for (int64_t c = 0; c < channels; ++c)
+                              a[c] += w1 * v1[c] + w2 * v2[c] + w3 * v3[c] + w4 * v4[c];
+                          }
+                          for (int64_t c = 0; c < channels; ++c) out[c * bins + bin] = a[c] / count;
+                        }
+                      });
 }
 
 extern "C" int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const float* rois,

@@ -2,7 +2,7 @@
 // the level's map picked per RoI, so a pyramid is one launch with no host-side split of the RoIs. The samples use
 // the HOST_DEVICE math of the CPU kernel in its order (no FMA contraction): forward values equal the CPU kernel's
 // bit for bit. Backward scatters with atomicAdd (sums in arbitrary order: equal to the CPU kernel within rounding).
-// Channels-last (NHWC) variants: one thread per (RoI, bin, channel), channel fastest, so a warp reads and scatters
+// Channels-last (NHWC) instances: one thread per (RoI, bin, channel), channel fastest, so a warp reads and scatters
 // 32 consecutive channels of one tap (one 128-byte line) where the NCHW kernels' warp touches 32 bins' pixels: the
 // backward's atomics coalesce per line, and training on channels-last maps skips the NCHW copies of the pyramid.
 #include "cuda_common.cuh"
@@ -24,140 +24,73 @@ struct Pooling {
   bool aligned;
 };
 
-// Element e of [num_rois, channels, pooled_h, pooled_w] -> its RoI's level (-1: skip), plane offset and geometry.
+// Element e of the pooled values -> its RoI's level (-1: skip), where its (image, channel) starts in the level's map,
+// the step between two pixels there, the RoI's geometry and the element's index in the output [num_rois, channels,
+// pooled_h, pooled_w]. Elements are ordered [num_rois, channels, pooled_h, pooled_w] for NCHW maps and
+// [num_rois, pooled_h, pooled_w, channels] (channel fastest) for NHWC maps, where the backward's grad_output is read
+// in that order too (the caller transposes it once).
 struct Bin {
   int level;
   int ph, pw;
-  int64_t plane_offset;
+  int64_t offset, pixel_step, out;
   mrcnn::RoiGeometry g;
 };
 
+template <bool kNhwc>
 __device__ Bin locate(const Pyramid& P, const Pooling& s, const float* rois, const int64_t* roi_levels, int64_t e) {
   Bin r;
-  r.pw = static_cast<int>(e % s.pooled_w);
-  r.ph = static_cast<int>((e / s.pooled_w) % s.pooled_h);
-  const int64_t c = (e / (s.pooled_w * s.pooled_h)) % s.channels;
-  const int64_t n = e / (s.pooled_w * s.pooled_h * s.channels);
+  const int64_t C = s.channels;
+  const int64_t c = kNhwc ? e % C : (e / (s.pooled_w * s.pooled_h)) % C;
+  const int64_t bin = kNhwc ? e / C : e;  // ends in (ph, pw), pw fastest, either way
+  r.pw = static_cast<int>(bin % s.pooled_w);
+  r.ph = static_cast<int>((bin / s.pooled_w) % s.pooled_h);
+  const int64_t n = e / (s.pooled_w * s.pooled_h * C);
+  r.out = kNhwc ? ((n * C + c) * s.pooled_h + r.ph) * s.pooled_w + r.pw : e;
   const float* roi = rois + n * 5;
   r.level = mrcnn::roi_level(roi, roi_levels, n, P.levels, s.batch);
   if (r.level >= 0 && P.heights[r.level] * P.widths[r.level] == 0) r.level = -1;
-  r.plane_offset = 0;
+  r.offset = 0;
+  r.pixel_step = kNhwc ? C : 1;
   if (r.level < 0) return r;
-  const int64_t b = static_cast<int64_t>(roi[0]);
-  r.plane_offset = (b * s.channels + c) * P.heights[r.level] * P.widths[r.level];
+  const int64_t b = static_cast<int64_t>(roi[0]), plane = P.heights[r.level] * P.widths[r.level];
+  r.offset = kNhwc ? b * plane * C + c : (b * C + c) * plane;
   r.g = mrcnn::roi_geometry(roi, P.scales[r.level], s.pooled_h, s.pooled_w, s.sampling_ratio, s.aligned);
   return r;
 }
 
+template <bool kNhwc>
 __global__ void roi_align_forward_kernel(Pyramid P, Pooling s, const float* rois, const int64_t* roi_levels,
                                          int64_t total, float* output) {
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const Bin r = locate(P, s, rois, roi_levels, e);
+    const Bin r = locate<kNhwc>(P, s, rois, roi_levels, e);
     if (r.level < 0) {
-      output[e] = 0.0f;
+      output[r.out] = 0.0f;
       continue;
     }
-    const float* in = P.inputs[r.level] + r.plane_offset;
+    const float* in = P.inputs[r.level] + r.offset;
+    const int64_t k = r.pixel_step;
     const int h = static_cast<int>(P.heights[r.level]), w = static_cast<int>(P.widths[r.level]);
     float v = 0.0f;
     for (int iy = 0; iy < r.g.grid_h; ++iy)
       for (int ix = 0; ix < r.g.grid_w; ++ix) {
         const mrcnn::BilinearTaps t = mrcnn::bilinear_taps(r.g, r.ph, r.pw, iy, ix, h, w);
-        v += t.w1 * in[t.p1] + t.w2 * in[t.p2] + t.w3 * in[t.p3] + t.w4 * in[t.p4];
+        v += t.w1 * in[t.p1 * k] + t.w2 * in[t.p2 * k] + t.w3 * in[t.p3 * k] + t.w4 * in[t.p4 * k];
       }
     const int samples = r.g.grid_h * r.g.grid_w;
-    output[e] = v / static_cast<float>(samples > 1 ? samples : 1);
+    output[r.out] = v / static_cast<float>(samples > 1 ? samples : 1);
   }
 }
 
+template <bool kNhwc>
 __global__ void roi_align_backward_kernel(Pyramid P, Pooling s, const float* rois, const int64_t* roi_levels,
                                           int64_t total, const float* grad_output) {
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const Bin r = locate(P, s, rois, roi_levels, e);
-    if (r.level < 0) continue;
-    float* gin = P.grads[r.level] + r.plane_offset;
-    const int h = static_cast<int>(P.heights[r.level]), w = static_cast<int>(P.widths[r.level]);
-    const float go = grad_output[e];
-    const mrcnn::SampleShare share = mrcnn::sample_share(r.g.grid_h * r.g.grid_w);
-    for (int iy = 0; iy < r.g.grid_h; ++iy)
-      for (int ix = 0; ix < r.g.grid_w; ++ix) {
-        const mrcnn::BilinearTaps t = mrcnn::bilinear_taps(r.g, r.ph, r.pw, iy, ix, h, w);
-        if (!t.valid) continue;
-        atomicAdd(gin + t.p1, mrcnn::tap_share(go, t.w1, share));
-        atomicAdd(gin + t.p2, mrcnn::tap_share(go, t.w2, share));
-        atomicAdd(gin + t.p3, mrcnn::tap_share(go, t.w3, share));
-        atomicAdd(gin + t.p4, mrcnn::tap_share(go, t.w4, share));
-      }
-  }
-}
-
-// Element e of [num_rois, pooled_h, pooled_w, channels] (channel fastest) -> its RoI's level (-1: skip), the offset
-// of (image, channel) in the level's NHWC map, and the RoI's geometry.
-struct BinNhwc {
-  int level;
-  int ph, pw;
-  int64_t n;
-  int64_t offset;
-  mrcnn::RoiGeometry g;
-};
-
-__device__ BinNhwc locate_nhwc(const Pyramid& P, const Pooling& s, const float* rois, const int64_t* roi_levels,
-                               int64_t e) {
-  BinNhwc r;
-  const int64_t c = e % s.channels;
-  r.pw = static_cast<int>((e / s.channels) % s.pooled_w);
-  r.ph = static_cast<int>((e / (s.channels * s.pooled_w)) % s.pooled_h);
-  r.n = e / (s.channels * s.pooled_w * s.pooled_h);
-  const float* roi = rois + r.n * 5;
-  r.level = mrcnn::roi_level(roi, roi_levels, r.n, P.levels, s.batch);
-  if (r.level >= 0 && P.heights[r.level] * P.widths[r.level] == 0) r.level = -1;
-  r.offset = 0;
-  if (r.level < 0) return r;
-  const int64_t b = static_cast<int64_t>(roi[0]);
-  r.offset = b * P.heights[r.level] * P.widths[r.level] * s.channels + c;
-  r.g = mrcnn::roi_geometry(roi, P.scales[r.level], s.pooled_h, s.pooled_w, s.sampling_ratio, s.aligned);
-  return r;
-}
-
-// Output stays [num_rois, channels, pooled_h, pooled_w] (what the heads read); per value the sum is the NCHW
-// kernel's, term for term.
-__global__ void roi_align_forward_nhwc_kernel(Pyramid P, Pooling s, const float* rois, const int64_t* roi_levels,
-                                              int64_t total, float* output) {
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const BinNhwc r = locate_nhwc(P, s, rois, roi_levels, e);
-    const int64_t c = e % s.channels;
-    float* out = output + ((r.n * s.channels + c) * s.pooled_h + r.ph) * s.pooled_w + r.pw;
-    if (r.level < 0) {
-      *out = 0.0f;
-      continue;
-    }
-    const float* in = P.inputs[r.level] + r.offset;
-    const int64_t C = s.channels;
-    const int h = static_cast<int>(P.heights[r.level]), w = static_cast<int>(P.widths[r.level]);
-    float v = 0.0f;
-    for (int iy = 0; iy < r.g.grid_h; ++iy)
-      for (int ix = 0; ix < r.g.grid_w; ++ix) {
-        const mrcnn::BilinearTaps t = mrcnn::bilinear_taps(r.g, r.ph, r.pw, iy, ix, h, w);
-        v += t.w1 * in[t.p1 * C] + t.w2 * in[t.p2 * C] + t.w3 * in[t.p3 * C] + t.w4 * in[t.p4 * C];
-      }
-    const int samples = r.g.grid_h * r.g.grid_w;
-    *out = v / static_cast<float>(samples > 1 ? samples : 1);
-  }
-}
-
-// grad_output here is [num_rois, pooled_h, pooled_w, channels] (the caller transposes it once, coalesced), the
-// gradients NHWC.
-__global__ void roi_align_backward_nhwc_kernel(Pyramid P, Pooling s, const float* rois, const int64_t* roi_levels,
-                                               int64_t total, const float* grad_output) {
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const BinNhwc r = locate_nhwc(P, s, rois, roi_levels, e);
+    const Bin r = locate<kNhwc>(P, s, rois, roi_levels, e);
     if (r.level < 0) continue;
     float* gin = P.grads[r.level] + r.offset;
-    const int64_t C = s.channels;
+    const int64_t k = r.pixel_step;
     const int h = static_cast<int>(P.heights[r.level]), w = static_cast<int>(P.widths[r.level]);
     const float go = grad_output[e];
     const mrcnn::SampleShare share = mrcnn::sample_share(r.g.grid_h * r.g.grid_w);
@@ -165,10 +98,10 @@ __global__ void roi_align_backward_nhwc_kernel(Pyramid P, Pooling s, const float
       for (int ix = 0; ix < r.g.grid_w; ++ix) {
         const mrcnn::BilinearTaps t = mrcnn::bilinear_taps(r.g, r.ph, r.pw, iy, ix, h, w);
         if (!t.valid) continue;
-        atomicAdd(gin + t.p1 * C, mrcnn::tap_share(go, t.w1, share));
-        atomicAdd(gin + t.p2 * C, mrcnn::tap_share(go, t.w2, share));
-        atomicAdd(gin + t.p3 * C, mrcnn::tap_share(go, t.w3, share));
-        atomicAdd(gin + t.p4 * C, mrcnn::tap_share(go, t.w4, share));
+        atomicAdd(gin + t.p1 * k, mrcnn::tap_share(go, t.w1, share));
+        atomicAdd(gin + t.p2 * k, mrcnn::tap_share(go, t.w2, share));
+        atomicAdd(gin + t.p3 * k, mrcnn::tap_share(go, t.w3, share));
+        atomicAdd(gin + t.p4 * k, mrcnn::tap_share(go, t.w4, share));
       }
   }
 }
@@ -207,9 +140,9 @@ int roi_align_forward(bool nhwc, const float* const* inputs, const int64_t* heig
   }
   const unsigned blocks = mrcnn::cuda::blocks_for(total, kThreads);
   if (nhwc)
-    roi_align_forward_nhwc_kernel<<<blocks, kThreads, 0, stream>>>(P, s, rois, roi_levels, total, output);
+    roi_align_forward_kernel<true><<<blocks, kThreads, 0, stream>>>(P, s, rois, roi_levels, total, output);
   else
-    roi_align_forward_kernel<<<blocks, kThreads, 0, stream>>>(P, s, rois, roi_levels, total, output);
+    roi_align_forward_kernel<false><<<blocks, kThreads, 0, stream>>>(P, s, rois, roi_levels, total, output);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -233,9 +166,9 @@ int roi_align_backward(bool nhwc, const float* grad_output, const float* rois, c
   if (!grad_output || !rois) return cudaErrorInvalidValue;
   const unsigned blocks = mrcnn::cuda::blocks_for(total, kThreads);
   if (nhwc)
-    roi_align_backward_nhwc_kernel<<<blocks, kThreads, 0, stream>>>(P, s, rois, roi_levels, total, grad_output);
+    roi_align_backward_kernel<true><<<blocks, kThreads, 0, stream>>>(P, s, rois, roi_levels, total, grad_output);
   else
-    roi_align_backward_kernel<<<blocks, kThreads, 0, stream>>>(P, s, rois, roi_levels, total, grad_output);
+    roi_align_backward_kernel<false><<<blocks, kThreads, 0, stream>>>(P, s, rois, roi_levels, total, grad_output);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -26,6 +26,16 @@ HOST_DEVICE inline uint32_t float_bits(float x) {
 #endif
 }
 
+HOST_DEVICE inline float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float x;
+  memcpy(&x, &u, sizeof(x));
+  return x;
+#endif
+}
+
 // -inf is the "disabled" value of score thresholds.
 HOST_DEVICE inline bool is_neg_inf(float x) { return float_bits(x) == 0xFF800000u; }
 
@@ -44,14 +54,7 @@ HOST_DEVICE inline uint32_t score_key(float score) {
 // The value of the largest score_key: a NaN for 0xFFFFFFFF, +0 for either zero. (Key 0 comes from no float: the
 // start of a running maximum of keys, e.g. one built with atomicMax.)
 HOST_DEVICE inline float score_from_key(uint32_t key) {
-  const uint32_t u = key == 0xFFFFFFFFu ? 0x7FC00000u : (key & 0x80000000u) ? key & 0x7FFFFFFFu : ~key;
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float x;
-  memcpy(&x, &u, sizeof(x));
-  return x;
-#endif
+  return bits_float(key == 0xFFFFFFFFu ? 0x7FC00000u : (key & 0x80000000u) ? key & 0x7FFFFFFFu : ~key);
 }
 
 }  // namespace mrcnn
