@@ -336,6 +336,23 @@ double maxDiff(HostTensor const& a, HostTensor const& b) {
   return worst;
 }
 
+// The output shapes the plugin's own expressions give for constant input `shapes` (false: getOutputShapes failed).
+bool outputShapes(IPluginV3OneBuild* build, std::vector<Shape> const& shapes, std::vector<Shape>& out) {
+  int32_t const nbIn = static_cast<int32_t>(shapes.size()), nbOut = build->getNbOutputs();
+  BuilderImpl impl;
+  Builder builder(&impl);
+  std::vector<DimsExprs> inExprs(nbIn), outExprs(nbOut);
+  for (int32_t i = 0; i < nbIn; ++i) {
+    inExprs[i].nbDims = static_cast<int32_t>(shapes[i].size());
+    for (size_t k = 0; k < shapes[i].size(); ++k) inExprs[i].d[k] = builder.constant(shapes[i][k]);
+  }
+  if (build->getOutputShapes(inExprs.data(), nbIn, nullptr, 0, outExprs.data(), nbOut, builder) != 0) return false;
+  out.assign(static_cast<size_t>(nbOut), Shape{});
+  for (int32_t o = 0; o < nbOut; ++o)
+    for (int32_t k = 0; k < outExprs[o].nbDims; ++k) out[o].push_back(outExprs[o].d[k]->getConstantValue());
+  return true;
+}
+
 // One GPU run of `plugin` on `shapes`: the max difference of each output from the CPU kernel, or an error text.
 std::string gpuRun(IPluginV3* plugin, Case const& c, std::vector<Shape> const& shapes, uint32_t seed, bool& ok) {
   auto* build = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
@@ -346,14 +363,8 @@ std::string gpuRun(IPluginV3* plugin, Case const& c, std::vector<Shape> const& s
   int32_t const nbIn = static_cast<int32_t>(shapes.size()), nbOut = build->getNbOutputs();
   std::vector<HostTensor> in = randomInputs(c.plugin, shapes, seed);
   // output shapes from the plugin's own expressions
-  BuilderImpl impl;
-  Builder builder(&impl);
-  std::vector<DimsExprs> inExprs(nbIn), outExprs(nbOut);
-  for (int32_t i = 0; i < nbIn; ++i) {
-    inExprs[i].nbDims = static_cast<int32_t>(shapes[i].size());
-    for (size_t k = 0; k < shapes[i].size(); ++k) inExprs[i].d[k] = builder.constant(shapes[i][k]);
-  }
-  if (build->getOutputShapes(inExprs.data(), nbIn, nullptr, 0, outExprs.data(), nbOut, builder) != 0) {
+  std::vector<Shape> outShapes;
+  if (!outputShapes(build, shapes, outShapes)) {
     ok = false;
     return "\"getOutputShapes failed\"";
   }
@@ -363,7 +374,7 @@ std::string gpuRun(IPluginV3* plugin, Case const& c, std::vector<Shape> const& s
   std::vector<HostTensor> out(nbOut);
   for (int32_t o = 0; o < nbOut; ++o) {
     out[o].type = outTypes[o];
-    for (int32_t k = 0; k < outExprs[o].nbDims; ++k) out[o].shape.push_back(outExprs[o].d[k]->getConstantValue());
+    out[o].shape = outShapes[o];
     out[o].bytes.assign(static_cast<size_t>(out[o].numel()) * elementSize(outTypes[o]), 0);
   }
   // descriptors, as TensorRT hands them
@@ -514,14 +525,8 @@ int main(int argc, char** argv) {
     int32_t const typesRc = build->getOutputDataTypes(outTypes.data(), nbOut, inTypes.data(), nbIn);
     json << ", \"outputs\": " << nbOut << ", \"output_types\": [";
     for (int32_t o = 0; o < nbOut; ++o) json << (o ? ", " : "") << quoted(typesRc == 0 ? typeName(outTypes[o]) : "?");
-    BuilderImpl impl;
-    Builder builder(&impl);
-    std::vector<DimsExprs> inExprs(nbIn), outExprs(nbOut);
-    for (int32_t i = 0; i < nbIn; ++i) {
-      inExprs[i].nbDims = static_cast<int32_t>(shapes[i].size());
-      for (size_t k = 0; k < shapes[i].size(); ++k) inExprs[i].d[k] = builder.constant(shapes[i][k]);
-    }
-    int32_t const shapesRc = build->getOutputShapes(inExprs.data(), nbIn, nullptr, 0, outExprs.data(), nbOut, builder);
+    std::vector<Shape> outShapes;
+    bool const shapesOk = outputShapes(build, shapes, outShapes);
     json << "], \"input_shapes\": [";
     for (int32_t i = 0; i < nbIn; ++i) {
       json << (i ? ", " : "") << "[";
@@ -529,12 +534,12 @@ int main(int argc, char** argv) {
       json << "]";
     }
     json << "], \"output_shapes\": [";
-    for (int32_t o = 0; shapesRc == 0 && o < nbOut; ++o) {
+    for (size_t o = 0; o < outShapes.size(); ++o) {
       json << (o ? ", " : "") << "[";
-      for (int32_t k = 0; k < outExprs[o].nbDims; ++k) json << (k ? ", " : "") << outExprs[o].d[k]->getConstantValue();
+      for (size_t k = 0; k < outShapes[o].size(); ++k) json << (k ? ", " : "") << outShapes[o][k];
       json << "]";
     }
-    all = all && typesRc == 0 && shapesRc == 0;
+    all = all && typesRc == 0 && shapesOk;
     json << "], \"formats\": [";
     auto table = formatTable(build, nbIn, nbOut);
     for (size_t pos = 0; pos < table.size(); ++pos) {
