@@ -93,25 +93,24 @@ fi
 [[ -f build/gpu/plugins/tensorrt/libmrcnn_trt_plugins.so ]] && export MRCNN_TRT_PLUGINS=$PWD/build/gpu/plugins/tensorrt/libmrcnn_trt_plugins.so
 python3 -m mrcnn info
 
-# The native CUDA RoIAlign (opt-in) equal to the CPU kernel: then `train`, `tests`, `kernels` and `profile` use it
-# too. The verdict is kept in the build folder, which a warm device machine keeps between calls ($OUT starts empty).
+# Two CUDA kernels are used only once their test has passed on this card; the verdicts are kept in the build folder,
+# which a warm device machine keeps between calls ($OUT starts empty):
+#   the native multi-level RoIAlign (test_cuda_roi_align_equals_cpu): then `train`, `tests`, `kernels` and `profile`
+#     use it too;
+#   its NHWC kernels (test_cuda_roi_align_nhwc_equals_cpu; MRCNN_CUDA_ROI_ALIGN_NHWC=1, issue 24 goal 5): then
+#     `train`, `tests` and `profile` run with them on.
 ROI_OK=build/gpu/cuda_roi_align.passed
-native_roi_ok() { [[ -f $ROI_OK ]]; }
-roi_verdict() {  # roi_verdict LOG: keep the verdict of test_cuda_roi_align_equals_cpu in LOG
-  rm -f "$ROI_OK"
-  if grep -q "test_cuda_roi_align_equals_cpu.*PASSED" "$1" && ! grep -q "test_cuda_roi_align_equals_cpu.*FAILED" "$1"
-  then mkdir -p build/gpu && touch "$ROI_OK"; fi
-  echo "native CUDA RoIAlign: $(native_roi_ok && echo 'equal to the CPU kernel (used)' || echo 'NOT verified (not used)')"
-}
-# The NHWC CUDA RoIAlign (opt-in, MRCNN_CUDA_ROI_ALIGN_NHWC=1; issue 24, goal 5): once
-# test_cuda_roi_align_nhwc_equals_cpu has passed here, `train`, `tests` and `profile` run with it on.
 NHWC_OK=build/gpu/cuda_roi_align_nhwc.passed
-nhwc_verdict() {  # nhwc_verdict LOG
-  rm -f "$NHWC_OK"
-  if grep -q "test_cuda_roi_align_nhwc_equals_cpu.*PASSED" "$1" \
-    && ! grep -q "test_cuda_roi_align_nhwc_equals_cpu.*FAILED" "$1"; then mkdir -p build/gpu && touch "$NHWC_OK"; fi
-  [[ -f $NHWC_OK ]] && export MRCNN_CUDA_ROI_ALIGN_NHWC=1 || export MRCNN_CUDA_ROI_ALIGN_NHWC=0
-  echo "NHWC CUDA RoIAlign: $([[ -f $NHWC_OK ]] && echo 'equal to the CPU kernel (used)' || echo 'NOT verified (not used)')"
+native_roi_ok() { [[ -f $ROI_OK ]]; }
+verdict() {  # verdict TEST FILE WHAT LOG: FILE exists afterwards iff TEST passed (and never failed) in LOG
+  rm -f "$2"
+  if grep -q "$1.*PASSED" "$4" && ! grep -q "$1.*FAILED" "$4"; then mkdir -p build/gpu && touch "$2"; fi
+  echo "$3: $([[ -f $2 ]] && echo 'equal to the CPU kernel (used)' || echo 'NOT verified (not used)')"
+}
+verdicts() {  # verdicts LOG
+  verdict test_cuda_roi_align_equals_cpu "$ROI_OK" "native CUDA RoIAlign" "$1"
+  verdict test_cuda_roi_align_nhwc_equals_cpu "$NHWC_OK" "NHWC CUDA RoIAlign" "$1"
+  export MRCNN_CUDA_ROI_ALIGN_NHWC=$([[ -f $NHWC_OK ]] && echo 1 || echo 0)
 }
 [[ -f $NHWC_OK ]] && export MRCNN_CUDA_ROI_ALIGN_NHWC=1
 summary() { grep -E "^===|PASSED|FAILED|ERROR|SKIPPED|passed|failed|error" "$1" | tail -"$2"; }
@@ -120,8 +119,7 @@ if has roi && ! has tests && fits 60 "roi"; then
   MRCNN_CUDA_ROI_ALIGN_NHWC=0 bounded python3 -m pytest -p no:cacheprovider -v -s tests/native/test_kernels.py \
     -k "test_cuda_roi_align_equals_cpu or test_cuda_roi_align_nhwc_equals_cpu" >"$OUT/pytest_cuda.log" 2>&1
   summary "$OUT/pytest_cuda.log" 24
-  roi_verdict "$OUT/pytest_cuda.log"
-  nhwc_verdict "$OUT/pytest_cuda.log"
+  verdicts "$OUT/pytest_cuda.log"
 fi
 
 if has train; then  # batch 4 (the seed's per-GPU batch); the median step counts, with its 95% interval
@@ -146,8 +144,7 @@ if has tests && fits 240 "tests"; then  # -s: the tests print what they measured
   MRCNN_CUDA_ROI_ALIGN=0 MRCNN_CUDA_ROI_ALIGN_NHWC=0 bounded python3 -m pytest -p no:cacheprovider -m cuda -v -s \
     tests/native/test_kernels.py tests/model/test_equivalence.py tests/training/test_train.py \
     tests/deploy/test_trt_plugins.py >"$OUT/pytest_cuda.log" 2>&1
-  roi_verdict "$OUT/pytest_cuda.log"
-  nhwc_verdict "$OUT/pytest_cuda.log"
+  verdicts "$OUT/pytest_cuda.log"
   if native_roi_ok && fits 120 "tests with MRCNN_CUDA_ROI_ALIGN=1"; then  # the model's tests, native RoIAlign
     echo "=== MRCNN_CUDA_ROI_ALIGN=1 MRCNN_CUDA_ROI_ALIGN_NHWC=$MRCNN_CUDA_ROI_ALIGN_NHWC" >>"$OUT/pytest_cuda.log"
     MRCNN_CUDA_ROI_ALIGN=1 bounded python3 -m pytest -p no:cacheprovider -m cuda -v -s tests/model/test_equivalence.py \
