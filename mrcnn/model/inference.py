@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.utils._pytree import tree_map  # noqa: PLC2701 - the peer's own helper
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -41,16 +42,6 @@ class Cast(nn.Module):
         return tree_map(to(self.out), self.inner(*tree_map(to(self.dtype), args)))
 
 
-def _bn_scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
-    """float64 (scale, shift) with bn(x) = x * scale + shift (inference)."""
-    eps = bn.eps
-    var, mean = bn.running_var.double(), bn.running_mean.double()
-    weight = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
-    bias = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
-    scale = weight / torch.sqrt(var + eps)
-    return scale, bias - mean * scale
-
-
 def fold_batch_norms(module: nn.Module) -> nn.Module:
     """In place: every Conv2d registered directly before a FrozenBatchNorm2d / eval BatchNorm2d in the same parent
     (torchvision's ResNet stem, BasicBlock, Bottleneck and downsample) takes the norm into its weight and bias;
@@ -62,15 +53,13 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
                 continue
             if isinstance(bn, nn.BatchNorm2d) and (bn.training or bn.running_mean is None):
                 continue
-            scale, shift = _bn_scale_shift(bn)
-            with torch.no_grad():
-                w = conv.weight.double() * scale.view(-1, 1, 1, 1)
-                b = (conv.bias.double() * scale if conv.bias is not None else 0) + shift
-                conv.weight.copy_(w.to(conv.weight.dtype))
-                if conv.bias is None:
-                    conv.bias = nn.Parameter(b.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
-                else:
-                    conv.bias.copy_(b.to(conv.bias.dtype))
+            # torch's own fusion, fed float64 (one rounding, to the conv's dtype, at the end)
+            f64 = [None if t is None else t.detach().double()
+                   for t in (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)]
+            w, b = fuse_conv_bn_weights(f64[0], f64[1], f64[2], f64[3], bn.eps, f64[4], f64[5])
+            dtype = conv.weight.dtype
+            conv.weight = nn.Parameter(w.detach().to(dtype), requires_grad=conv.weight.requires_grad)
+            conv.bias = nn.Parameter(b.detach().to(dtype), requires_grad=conv.weight.requires_grad)
             setattr(parent, name, nn.Identity())
     return module
 
