@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from mrcnn.errors import MrcnnError, message_line
+from mrcnn.native.library import built_library
 
 PLUGIN_OPS = ("AnchorGrid", "BoxIou", "PreNmsSelect", "BoxNms")
 NAMESPACE, VERSION = "mrcnn", "1"
@@ -21,17 +22,7 @@ LIBRARY = "libmrcnn_trt_plugins.so"
 
 
 def library_path() -> Path | None:
-    env = os.environ.get("MRCNN_TRT_PLUGINS")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent.parent
-    found = sorted((here / "lib").glob("libmrcnn_trt_plugins*")) if (here / "lib").is_dir() else []
-    if found:
-        return found[0]
-    # a source checkout: the most recently built CMake tree
-    builds = sorted(here.parent.glob("build/*/plugins/tensorrt/libmrcnn_trt_plugins*"),
-                    key=lambda p: p.stat().st_mtime)
-    return builds[-1] if builds else None
+    return built_library("MRCNN_TRT_PLUGINS", "libmrcnn_trt_plugins", "plugins/tensorrt")
 
 
 def require_library(path: str | Path | None = None) -> Path:

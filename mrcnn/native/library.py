@@ -53,16 +53,21 @@ _LIB: ctypes.CDLL | None = None
 _LIB_ERROR: str | None = None
 
 
-def library_path() -> Path | None:
-    env = os.environ.get("MRCNN_KERNELS_LIB")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent.parent
-    for cand in sorted((here / "lib").glob("libmrcnn_kernels*")) if (here / "lib").is_dir() else []:
-        return cand
-    # a source checkout: the most recently built CMake tree (build/dev, build/<wheel tag>, ...)
-    builds = sorted(here.parent.glob("build/*/plugins/**/libmrcnn_kernels*"), key=lambda p: p.stat().st_mtime)
+def built_library(env: str, name: str, tree: str) -> Path | None:
+    """Where a library of this project is: $`env` if set, else the package's lib/`name`* (a wheel), else the most
+    recently built CMake tree's (a source checkout: build/dev, build/<wheel tag>, ...; `tree` under build/*/)."""
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    here = Path(__file__).resolve().parent.parent  # the mrcnn package
+    found = sorted((here / "lib").glob(f"{name}*")) if (here / "lib").is_dir() else []
+    if found:
+        return found[0]
+    builds = sorted(here.parent.glob(f"build/*/{tree}/{name}*"), key=lambda p: p.stat().st_mtime)
     return builds[-1] if builds else None
+
+
+def library_path() -> Path | None:
+    return built_library("MRCNN_KERNELS_LIB", "libmrcnn_kernels", "plugins/**")
 
 
 def load() -> ctypes.CDLL | None:
