@@ -104,7 +104,9 @@ def validate_artifact(artifact: str | Path, data_dir: str | Path, *, reference: 
     if reference is not None:
         reference = Path(reference)
         check_inputs(reference, batch_size)
-        ref_pred = load_artifact(reference, dev, log=log, overrides=overrides)
+        # the reference as trained (no inference levers): `validate X.pt --reference X.pt` measures what the levers
+        # and --precision change
+        ref_pred = load_artifact(reference, dev, log=log, overrides=overrides, optimize=False)
         if list(ref_pred.class_names) != list(predictor.class_names):
             raise MrcnnError(f"{artifact} and its reference {reference} have different classes "
                              f"({', '.join(predictor.class_names[:6])} vs {', '.join(ref_pred.class_names[:6])})")
