@@ -18,6 +18,7 @@ The synthetic json: 118,287 images (COCO's six common sizes), 7.3 instances per 
 polygons of 8-45 points each, 0.9% crowd regions as uncompressed RLE: 460 MB, COCO's file is 448 MB. Its image files
 are empty (only annotations are read).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,11 +63,24 @@ def synthesize(root: Path, n_images: int, per_image: float = 7.3, seed: int = 0)
                     t = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(8, 45))))
                     xy = np.stack([x + bw / 2 * (1 + np.cos(t)), y + bh / 2 * (1 + np.sin(t))], 1)
                     seg.append(xy.ravel().round(2).tolist())
-            anns.append({"segmentation": seg, "area": round(bw * bh * 0.6, 4), "iscrowd": int(crowd),
-                         "image_id": iid, "bbox": [round(v, 2) for v in (x, y, bw, bh)],
-                         "category_id": COCO_CATEGORY_IDS[int(rng.integers(80))], "id": len(anns) + 1})
-    doc = {"info": {}, "licenses": [], "images": images, "annotations": anns,
-           "categories": [{"id": c, "name": f"class{c}", "supercategory": "x"} for c in COCO_CATEGORY_IDS]}
+            anns.append(
+                {
+                    "segmentation": seg,
+                    "area": round(bw * bh * 0.6, 4),
+                    "iscrowd": int(crowd),
+                    "image_id": iid,
+                    "bbox": [round(v, 2) for v in (x, y, bw, bh)],
+                    "category_id": COCO_CATEGORY_IDS[int(rng.integers(80))],
+                    "id": len(anns) + 1,
+                }
+            )
+    doc = {
+        "info": {},
+        "licenses": [],
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": c, "name": f"class{c}", "supercategory": "x"} for c in COCO_CATEGORY_IDS],
+    }
     tmp = root / "annotations" / "instances_train2017.json.tmp"
     tmp.write_text(json.dumps(doc, separators=(",", ":")))
     tmp.rename(root / "annotations" / "instances_train2017.json")
@@ -109,6 +123,7 @@ def _side(side: str, root: Path, workers: int, stride: int) -> dict:
             for a in ds._load_target(ds.ids[i]):
                 if not a.get("iscrowd", 0):
                     ds.coco.annToMask(a)
+
     load_s = time.perf_counter() - t0
     gc.collect()
     rss = _rss_mib() - rss0
@@ -136,9 +151,17 @@ def _side(side: str, root: Path, workers: int, stride: int) -> dict:
     got = [q.get() for _ in procs]
     for p in procs:
         p.join()
-    return {"images": n, "load_s": load_s, "rss_mib": rss, "gc_collect_s": sorted(gc_s)[1],
-            "gc_tracked_objects": len(gc.get_objects()), "pickled_mib": pickled / 2**20, "pickle_s": pickle_s,
-            "worker_private_mib": [g for g, _ in got], "worker_read_s": [s for _, s in got]}
+    return {
+        "images": n,
+        "load_s": load_s,
+        "rss_mib": rss,
+        "gc_collect_s": sorted(gc_s)[1],
+        "gc_tracked_objects": len(gc.get_objects()),
+        "pickled_mib": pickled / 2**20,
+        "pickle_s": pickle_s,
+        "worker_private_mib": [g for g, _ in got],
+        "worker_read_s": [s for _, s in got],
+    }
 
 
 def main() -> None:
@@ -165,30 +188,57 @@ def main() -> None:
     ann_file = root / "annotations" / "instances_train2017.json"
     res = {}
     for side in ("ours", "peer"):
-        cmd = [sys.executable, __file__, "--side", side, "--data", str(root), "--workers", str(a.workers),
-               "--stride", str(a.stride)]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                           os.environ.get("PYTHONPATH", "")]))
+        cmd = [
+            sys.executable,
+            __file__,
+            "--side",
+            side,
+            "--data",
+            str(root),
+            "--workers",
+            str(a.workers),
+            "--stride",
+            str(a.stride),
+        ]
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+        )
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode:
             sys.exit(f"coco_scale: the {side} side failed: {out.stderr.strip().splitlines()[-1:]}")
         res[side] = json.loads(out.stdout.strip().splitlines()[-1])
         r = res[side]
-        print(f"{side:5} load {r['load_s']:.1f} s, +{r['rss_mib']:.0f} MiB resident, a full gc.collect() "
-              f"{r['gc_collect_s']:.2f} s ({r['gc_tracked_objects']} objects), pickled {r['pickled_mib']:.0f} "
-              f"MiB ({r['pickle_s']:.1f} s); each forked reader of 1/{a.stride} of the items gained "
-              + ", ".join(f"{g:.0f}" for g in r["worker_private_mib"]) + " MiB private memory ("
-              + ", ".join(f"{s:.0f}" for s in r["worker_read_s"]) + " s)")
+        print(
+            f"{side:5} load {r['load_s']:.1f} s, +{r['rss_mib']:.0f} MiB resident, a full gc.collect() "
+            f"{r['gc_collect_s']:.2f} s ({r['gc_tracked_objects']} objects), pickled {r['pickled_mib']:.0f} "
+            f"MiB ({r['pickle_s']:.1f} s); each forked reader of 1/{a.stride} of the items gained "
+            + ", ".join(f"{g:.0f}" for g in r["worker_private_mib"])
+            + " MiB private memory ("
+            + ", ".join(f"{s:.0f}" for s in r["worker_read_s"])
+            + " s)"
+        )
     o, p = res["ours"], res["peer"]
-    ratios = {"load_time": o["load_s"] / p["load_s"], "resident": o["rss_mib"] / p["rss_mib"],
-              "gc_collect": o["gc_collect_s"] / p["gc_collect_s"],
-              "pickled": o["pickled_mib"] / p["pickled_mib"],
-              "worker_private": float(np.mean(o["worker_private_mib"]) / np.mean(p["worker_private_mib"]))}
+    ratios = {
+        "load_time": o["load_s"] / p["load_s"],
+        "resident": o["rss_mib"] / p["rss_mib"],
+        "gc_collect": o["gc_collect_s"] / p["gc_collect_s"],
+        "pickled": o["pickled_mib"] / p["pickled_mib"],
+        "worker_private": float(np.mean(o["worker_private_mib"]) / np.mean(p["worker_private_mib"])),
+    }
     print("ours / peer: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     if not a.no_save:
-        path = save("coco_scale", {"machine": machine("cpu"), "args": vars(a),
-                                   "annotation_file_mib": ann_file.stat().st_size / 2**20, **res, "ratios": ratios},
-                    a.json)
+        path = save(
+            "coco_scale",
+            {
+                "machine": machine("cpu"),
+                "args": vars(a),
+                "annotation_file_mib": ann_file.stat().st_size / 2**20,
+                **res,
+                "ratios": ratios,
+            },
+            a.json,
+        )
         print(f"saved {path}")
 
 

@@ -1,4 +1,5 @@
 """Shared bits of the benchmark scripts: machine description and dated JSON results."""
+
 from __future__ import annotations
 
 import datetime
@@ -17,12 +18,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine(device: str) -> dict:
-    d = {"device": device, "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-         "platform": platform.platform(), "torch": torch.__version__}
+    d = {
+        "device": device,
+        "cpu_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+    }
     try:  # the CPU model and its vector extensions: float rounding (and so a long chaotic training run) follows them
         info = Path("/proc/cpuinfo").read_text()
-        d["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                               if ln.startswith("model name")), "")
+        d["cpu_model"] = next(
+            (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), ""
+        )
         flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
         d["cpu_vector"] = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
     except OSError:
@@ -37,10 +44,15 @@ def commit() -> str:
         return os.environ["MRCNN_COMMIT"]
     here = Path(__file__).parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=here).stdout.strip() or "unknown"
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                 text=True, cwd=here).stdout.strip()
+        head = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here
+            ).stdout.strip()
+            or "unknown"
+        )
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here
+        ).stdout.strip()
     except OSError:
         return "unknown"
     return head + ("+uncommitted" if changed else "")  # a result must say when it came from an edited tree
@@ -52,5 +64,3 @@ def save(name: str, payload: dict, out: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
-
-

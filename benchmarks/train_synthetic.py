@@ -3,6 +3,7 @@
 
   python benchmarks/train_synthetic.py [--minutes 10] [--out /tmp/synth-bench] [--set section.key=value ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,13 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=200)
     ap.add_argument("--val", type=int, default=50)
     ap.add_argument("--max-iter", type=int, default=None, help="default: the config's")
-    ap.add_argument("--minutes", type=float, default=10.0,
-                    help="wall-clock budget for training: the run shortens itself to fit (solver.max_minutes, "
-                         "98%% of it for the loop: set-up and the final checkpoint take the rest), then it is checked")
+    ap.add_argument(
+        "--minutes",
+        type=float,
+        default=10.0,
+        help="wall-clock budget for training: the run shortens itself to fit (solver.max_minutes, "
+        "98%% of it for the loop: set-up and the final checkpoint take the rest), then it is checked",
+    )
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--set", action="append", default=[], help="config override section.key=value (repeatable)")
@@ -44,8 +49,7 @@ def main() -> None:
         cfg.solver.max_minutes = 0.98 * a.minutes
     run = out / f"run-{int(time.time())}"
     t0 = time.time()
-    res = train(cfg, data, run, evaluate_at_end=False, device="cpu", progress=False,
-                log=lambda m: print(m, flush=True))
+    res = train(cfg, data, run, evaluate_at_end=False, device="cpu", progress=False, log=lambda m: print(m, flush=True))
     train_s = time.time() - t0
     metrics = evaluate_artifact(res.checkpoint, data, device="cpu", progress=False, log=lambda m: None)
     print(format_table(metrics))
@@ -58,12 +62,24 @@ def main() -> None:
         print(f"online weights (no average): bbox AP {online['bbox']['AP']:.3f} segm AP {online['segm']['AP']:.3f}")
     within = a.minutes <= 0 or train_s <= a.minutes * 60  # (--minutes 0: no budget)
     budget = f"budget {a.minutes} min: {'ok' if within else 'OVER'}" if a.minutes > 0 else "no budget"
-    print(f"trained {res.iteration} iterations in {train_s / 60:.1f} min ({budget}); "
-          f"bbox AP {metrics['bbox']['AP']:.3f} segm AP {metrics['segm']['AP']:.3f}")
+    print(
+        f"trained {res.iteration} iterations in {train_s / 60:.1f} min ({budget}); "
+        f"bbox AP {metrics['bbox']['AP']:.3f} segm AP {metrics['segm']['AP']:.3f}"
+    )
     if not a.no_save:
-        p = save("train_synthetic", {"machine": machine("cpu"), "config": cfg.to_dict(), "train_seconds": train_s,
-                                     "within_budget": within, "iterations": res.iteration,
-                                     "metrics": metrics, "online_metrics": online}, a.json)
+        p = save(
+            "train_synthetic",
+            {
+                "machine": machine("cpu"),
+                "config": cfg.to_dict(),
+                "train_seconds": train_s,
+                "within_budget": within,
+                "iterations": res.iteration,
+                "metrics": metrics,
+                "online_metrics": online,
+            },
+            a.json,
+        )
         print(f"saved {p}")
 
 

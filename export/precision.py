@@ -14,6 +14,7 @@ What stays float32, and why (torchvision / TensorRT practice for fp16 detection 
 The graph's inputs and outputs are unchanged (images float32, boxes / scores / masks float32): every runtime and
 `mrcnn validate` take an fp16 export as they take an fp32 one. The module boundaries become Cast nodes.
 """
+
 from __future__ import annotations
 
 import torch

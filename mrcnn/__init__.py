@@ -1,4 +1,5 @@
 """mrcnn: Mask R-CNN training and deployment toolchain."""
+
 from __future__ import annotations
 
 from mrcnn.errors import MrcnnError

@@ -1,4 +1,5 @@
 """`--device` as every command takes it."""
+
 from __future__ import annotations
 
 import torch

@@ -1,15 +1,17 @@
 """Small helpers every part of mrcnn shares: files written atomically, JSON, checksums, numbered output folders.
 
-    atomic_write(path, write_fn)   a partial file never appears under the final name (temp file + rename); the file
-                                   gets the mode a plain open() would give it; a failure is one error line
-    write_json(path, obj)          atomically, strict JSON (a non-finite number is null)
-    check_writable_file / _dir     before the work: can the output be written there? (one error line if not)
-    file_sha256(path)              which checkpoint an export came from
-    next_run_dir(task)             runs/TASK/exp, exp2, ... (as Ultralytics): a command without --out never writes
-                                   over an earlier run's files
+atomic_write(path, write_fn)   a partial file never appears under the final name (temp file + rename); the file
+                               gets the mode a plain open() would give it; a failure is one error line
+write_json(path, obj)          atomically, strict JSON (a non-finite number is null)
+check_writable_file / _dir     before the work: can the output be written there? (one error line if not)
+file_sha256(path)              which checkpoint an export came from
+next_run_dir(task)             runs/TASK/exp, exp2, ... (as Ultralytics): a command without --out never writes
+                               over an earlier run's files
 """
+
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -48,14 +50,13 @@ def atomic_write(path: str | Path, write_fn) -> Path:
         os.chmod(tmp, _new_file_mode(path))
         os.replace(tmp, path)
     except BaseException as e:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         os_error = _os_error_behind(e)
         if os_error is not None:
-            raise MrcnnError(f"{path}: could not be written ({os_error.strerror or os_error}); nothing was left "
-                             "there") from None
+            raise MrcnnError(
+                f"{path}: could not be written ({os_error.strerror or os_error}); nothing was left there"
+            ) from None
         raise
     return path
 

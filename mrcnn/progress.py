@@ -1,10 +1,11 @@
 """Progress reporting: a rich progress bar on a terminal, plain log lines otherwise (CI, files, pipes)."""
+
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 
 def is_terminal() -> bool:
@@ -27,8 +28,9 @@ def format_duration(seconds: float) -> str:
 class Reporter:
     """`update(done, info)` for `total` steps. `info` is a short status string (loss, img/s...)."""
 
-    def __init__(self, total: int, description: str, log: Callable[[str], None] = print, every: int = 0,
-                 enabled: bool = True):
+    def __init__(
+        self, total: int, description: str, log: Callable[[str], None] = print, every: int = 0, enabled: bool = True
+    ):
         self.total = max(int(total), 1)
         self.description = description
         self.log = log
@@ -40,12 +42,18 @@ class Reporter:
         self._last = -1
         self._first: tuple[int, float] | None = None
 
-    def __enter__(self) -> "Reporter":
+    def __enter__(self) -> Reporter:
         if self.enabled and is_terminal():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._rich = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
+            self._rich = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                transient=False,
+            )
             self._rich.__enter__()
             self._task = self._rich.add_task(self.description, total=self.total, info="")
         return self
@@ -79,8 +87,9 @@ class Reporter:
 
 
 @contextmanager
-def reporter(total: int, description: str, log: Callable[[str], None] = print, enabled: bool = True,
-             every: int = 0) -> Iterator[Reporter]:
+def reporter(
+    total: int, description: str, log: Callable[[str], None] = print, enabled: bool = True, every: int = 0
+) -> Iterator[Reporter]:
     r = Reporter(total, description, log, every=every, enabled=enabled)
     with r:
         yield r

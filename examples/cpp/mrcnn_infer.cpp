@@ -95,8 +95,8 @@ int main(int argc, char** argv) {
   if (!context->setInputShape("images", images) || !context->setInputShape("image_sizes", imageSizes)) return 1;
   for (int32_t i = 0; i < engine->getNbIOTensors(); ++i) {
     char const* name = engine->getIOTensorName(i);
-    size_t const bytes = static_cast<size_t>(volume(context->getTensorShape(name))) *
-                         elementSize(engine->getTensorDataType(name));
+    size_t const bytes =
+        static_cast<size_t>(volume(context->getTensorShape(name))) * elementSize(engine->getTensorDataType(name));
     if (!ok(cudaMalloc(&device[name], bytes > 0 ? bytes : 1), "cudaMalloc")) return 1;
     context->setTensorAddress(name, device[name]);
   }

@@ -1,4 +1,5 @@
 """`mrcnn info`: versions, the GPU, and which runtimes and native parts work on this machine."""
+
 from __future__ import annotations
 
 import importlib
@@ -8,7 +9,7 @@ import platform
 def _version(mod: str) -> str | None:
     try:
         m = importlib.import_module(mod)
-    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
+    except Exception:
         return None
     return str(getattr(m, "__version__", "installed"))
 
@@ -21,9 +22,13 @@ def runtime_info() -> list[tuple[str, str]]:
     import mrcnn
     from mrcnn.errors import message_line
 
-    rows = [("mrcnn", mrcnn.__version__), ("python", platform.python_version()),
-            ("torch", torch.__version__), ("torchvision", torchvision.__version__),
-            ("CUDA (torch build)", str(torch.version.cuda or "none"))]
+    rows = [
+        ("mrcnn", mrcnn.__version__),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("torchvision", torchvision.__version__),
+        ("CUDA (torch build)", str(torch.version.cuda or "none")),
+    ]
     if torch.cuda.is_available():
         rows.append(("GPU", ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))))
     else:
@@ -31,14 +36,18 @@ def runtime_info() -> list[tuple[str, str]]:
     try:
         torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
         rows.append(("torchvision ops", "ok"))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         rows.append(("torchvision ops", f"broken: {message_line(e, 80)}"))
     from mrcnn.native.library import native_status
 
     rows.append(("mrcnn native kernels", native_status()))
-    for name, mod in (("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
-                      ("onnxruntime-extensions", "onnxruntime_extensions"),
-                      ("TensorRT", "tensorrt"), ("TensorRT-RTX", "tensorrt_rtx")):
+    for name, mod in (
+        ("onnx", "onnx"),
+        ("onnxruntime", "onnxruntime"),
+        ("onnxruntime-extensions", "onnxruntime_extensions"),
+        ("TensorRT", "tensorrt"),
+        ("TensorRT-RTX", "tensorrt_rtx"),
+    ):
         v = _version(mod)
         rows.append((name, v if v else "not installed"))
     rows += plugin_rows()

@@ -1,9 +1,10 @@
 """`mrcnn eval` and `mrcnn validate`: an artifact's COCO AP, and its AP against a reference model's with the detections
 paired up (the CLI only parses and prints)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -24,20 +25,32 @@ def check_inputs(artifact: Path, batch_size: int, max_images: int = 0, json_out:
     check_artifact_type(artifact)
 
 
-def score_predictor(predictor, name: str, ds, batch_size: int, log, progress: bool,
-                    max_images: int) -> tuple[dict, list]:
+def score_predictor(
+    predictor, name: str, ds, batch_size: int, log, progress: bool, max_images: int
+) -> tuple[dict, list]:
     """(COCO metrics, COCO results) of a predictor on a dataset split, its classes matched by name."""
     from mrcnn.evaluation.coco import evaluate, match_classes
 
     cat_ids = match_classes(predictor.class_names, ds, name, log)  # other classes: one error line, before predicting
-    return evaluate(predictor, ds, batch_size=batch_size, log=log, progress=progress, max_images=max_images,
-                    cat_ids=cat_ids)
+    return evaluate(
+        predictor, ds, batch_size=batch_size, log=log, progress=progress, max_images=max_images, cat_ids=cat_ids
+    )
 
 
-def evaluate_artifact(artifact: str | Path, data_dir: str | Path, *, split: str = "val2017", batch_size: int = 2,
-                      device: str | None = None, json_out: str | Path | None = None, strict: bool = False,
-                      log: Callable[[str], None] = print, progress: bool = True, max_images: int = 0,
-                      precision: str = "fp32") -> dict:
+def evaluate_artifact(
+    artifact: str | Path,
+    data_dir: str | Path,
+    *,
+    split: str = "val2017",
+    batch_size: int = 2,
+    device: str | None = None,
+    json_out: str | Path | None = None,
+    strict: bool = False,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    max_images: int = 0,
+    precision: str = "fp32",
+) -> dict:
     """COCO bbox + segm AP of a checkpoint (.pt) or an exported model (.onnx, on ONNX Runtime)."""
     from mrcnn.data.layout import open_split
     from mrcnn.deploy import load_artifact
@@ -70,16 +83,30 @@ def reference_of(predictor, artifact: Path) -> tuple[Path | None, list[str] | No
     if not path.exists():
         raise MrcnnError(f"{artifact} was exported from {path}, which is not there: give --reference CHECKPOINT")
     if src.get("sha256") and file_sha256(path) != src["sha256"]:
-        raise MrcnnError(f"{artifact} was exported from {path}, which has changed since (its sha256 differs): "
-                         "give --reference CHECKPOINT")
+        raise MrcnnError(
+            f"{artifact} was exported from {path}, which has changed since (its sha256 differs): "
+            "give --reference CHECKPOINT"
+        )
     return path, src.get("overrides")
 
 
-def validate_artifact(artifact: str | Path, data_dir: str | Path, *, reference: str | Path | None = None,
-                      max_ap_drop: float | None = None, split: str = "val2017", batch_size: int = 2,
-                      device: str | None = None, json_out: str | Path | None = None, strict: bool = False,
-                      log: Callable[[str], None] = print, progress: bool = True, max_images: int = 0,
-                      reference_eval: tuple[dict, list] | None = None, precision: str = "fp32") -> dict:
+def validate_artifact(
+    artifact: str | Path,
+    data_dir: str | Path,
+    *,
+    reference: str | Path | None = None,
+    max_ap_drop: float | None = None,
+    split: str = "val2017",
+    batch_size: int = 2,
+    device: str | None = None,
+    json_out: str | Path | None = None,
+    strict: bool = False,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    max_images: int = 0,
+    reference_eval: tuple[dict, list] | None = None,
+    precision: str = "fp32",
+) -> dict:
     """`mrcnn validate`: COCO AP of `artifact` and of its reference (`reference`, or the checkpoint an exported model
     names) on the same images, their AP drops, the detections paired up (mrcnn.evaluation.comparison), and the gate:
     report["failed"] lists the AP drops above `max_ap_drop` (the CLI exits 1 when it is not empty).
@@ -108,16 +135,23 @@ def validate_artifact(artifact: str | Path, data_dir: str | Path, *, reference: 
         # and --precision change
         ref_pred = load_artifact(reference, dev, log=log, overrides=overrides, optimize=False)
         if list(ref_pred.class_names) != list(predictor.class_names):
-            raise MrcnnError(f"{artifact} and its reference {reference} have different classes "
-                             f"({', '.join(predictor.class_names[:6])} vs {', '.join(ref_pred.class_names[:6])})")
+            raise MrcnnError(
+                f"{artifact} and its reference {reference} have different classes "
+                f"({', '.join(predictor.class_names[:6])} vs {', '.join(ref_pred.class_names[:6])})"
+            )
     ds = open_split(data_dir, split, strict=strict, logger=log)
     metrics, results = score_predictor(predictor, str(artifact), ds, batch_size, log, progress, max_images)
-    report: dict = {"artifact": {"path": str(artifact), "runtime": predictor.runtime, "metrics": metrics},
-                    "reference": None, "images": metrics["images"], "max_ap_drop": max_ap_drop, "failed": []}
+    report: dict = {
+        "artifact": {"path": str(artifact), "runtime": predictor.runtime, "metrics": metrics},
+        "reference": None,
+        "images": metrics["images"],
+        "max_ap_drop": max_ap_drop,
+        "failed": [],
+    }
     if ref_pred is not None:
-        ref_metrics, ref_results = reference_eval or score_predictor(ref_pred, str(reference), ds, batch_size, log,
-                                                                     progress,
-                                                            max_images)
+        ref_metrics, ref_results = reference_eval or score_predictor(
+            ref_pred, str(reference), ds, batch_size, log, progress, max_images
+        )
         drops = ap_drops(metrics, ref_metrics)
         report["reference"] = {"path": str(reference), "runtime": ref_pred.runtime, "metrics": ref_metrics}
         report["ap_drop"] = drops
@@ -149,8 +183,10 @@ def format_ap_drop(report: dict) -> str:
     a, r = report["artifact"], report["reference"]
     line = "AP drop (reference - this): " + ", ".join(
         f"{t} {d['AP']:+.4f} ({r['metrics'][t]['AP']:.4f} -> {a['metrics'][t]['AP']:.4f})"
-        for t, d in report["ap_drop"].items())
+        for t, d in report["ap_drop"].items()
+    )
     if report["max_ap_drop"] is not None:
-        line += (f"; gate --max-ap-drop {report['max_ap_drop']:g}: "
-                 + ("; ".join(report["failed"]) + ": FAILED" if report["failed"] else "passed"))
+        line += f"; gate --max-ap-drop {report['max_ap_drop']:g}: " + (
+            "; ".join(report["failed"]) + ": FAILED" if report["failed"] else "passed"
+        )
     return line

@@ -1,4 +1,5 @@
 """Data: synthetic COCO-format dataset, COCO loader with bad-data handling, transforms, deterministic sampler."""
+
 from mrcnn.data.coco import CocoDetection, load_coco_json
 from mrcnn.data.synth import CLASS_NAMES as SYNTH_CLASS_NAMES
 from mrcnn.data.synth import generate_synthetic, render_sample

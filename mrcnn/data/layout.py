@@ -12,6 +12,7 @@ Split names: "train" and "val" are the roles the trainer asks for; in a COCO 201
 val2017, in a Roboflow folder "val" means "valid"; "train2017" / "val2017" are accepted for them everywhere (the
 default of `mrcnn eval --split`).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ class Split:
 
 
 def role_of(split: str) -> str:
-    """"train" / "val" for any of their names (train2017, valid, ...); other splits as they are."""
+    """ "train" / "val" for any of their names (train2017, valid, ...); other splits as they are."""
     return ROLE_OF.get(split, split)
 
 
@@ -85,7 +86,8 @@ def require_split(data: str | Path, split: str) -> Split:
     role = role_of(split)
     raise MrcnnError(
         f"{data}: no {split!r} split (looked for annotations/instances_{COCO_NAMES.get(role, split)}.json, "
-        f"{ROBOFLOW_NAMES.get(role, role)}/{ROBOFLOW_ANN}; or pass a dataset .json naming the files)")
+        f"{ROBOFLOW_NAMES.get(role, role)}/{ROBOFLOW_ANN}; or pass a dataset .json naming the files)"
+    )
 
 
 def open_split(data: str | Path, split: str, *, required: bool = True, strict: bool = False, logger=None):

@@ -1,4 +1,5 @@
 """COCO segmentations: checking and parsing them (polygons, uncompressed and compressed RLE), and their masks."""
+
 from __future__ import annotations
 
 import math

@@ -6,10 +6,11 @@ Determinism contract: the augmentation of sample i at epoch e depends only on (s
 iteration t depends only on (seed, t, batch, len(dataset), the samples' aspect groups); single-process,
 gradient-accumulation and DDP runs therefore see the same global batches with the same augmentations.
 """
+
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -72,8 +73,7 @@ class TrainTransform(EvalTransform):
     hflip_prob 0 or 1) so the generator stream does not depend on the probability.
     """
 
-    def __init__(self, min_size: int, max_size: int, hflip_prob: float = 0.5,
-                 min_sizes: tuple[int, ...] = ()) -> None:
+    def __init__(self, min_size: int, max_size: int, hflip_prob: float = 0.5, min_sizes: tuple[int, ...] = ()) -> None:
         super().__init__(min_size, max_size)
         self.hflip_prob = float(hflip_prob)
         self.min_sizes = tuple(int(v) for v in min_sizes)

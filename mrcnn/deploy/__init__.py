@@ -7,6 +7,7 @@ Runtime, a TensorRT(-RTX) engine (.plan) built from an export.
     bench         `mrcnn bench`: latency of artifacts side by side
     predict       `mrcnn predict`: detections on image files, overlays and a COCO json
 """
+
 from mrcnn.deploy.artifacts import ARTIFACT_SUFFIXES, check_artifact_type, load_artifact
 
 __all__ = ["ARTIFACT_SUFFIXES", "check_artifact_type", "load_artifact"]

@@ -7,10 +7,11 @@ A predictor maps `list[uint8 Tensor [3,H,W]]` to one torchvision-format dict per
 masks) and has `.cfg`, `.class_names` and `.runtime` (what runs it, in words); mrcnn.evaluation.evaluate accepts
 any of them.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from mrcnn.errors import MrcnnError
 
@@ -24,16 +25,22 @@ def check_artifact_type(path: str | Path) -> Path:
         best = next((path / n for n in ("model_final.pt", "model_best.pt", "last.pt") if (path / n).is_file()), None)
         if best is not None:
             raise MrcnnError(f"{path}: is a training run folder; give one of its checkpoints, e.g. {best}")
-        raise MrcnnError(f"{path}: is a directory; expected a checkpoint (.pt), an export (.onnx) or an engine "
-                         "(.plan)")
+        raise MrcnnError(f"{path}: is a directory; expected a checkpoint (.pt), an export (.onnx) or an engine (.plan)")
     if path.suffix.lower() not in ARTIFACT_SUFFIXES:
         raise MrcnnError(f"{path}: unsupported artifact type {path.suffix!r} (expected {', '.join(ARTIFACT_SUFFIXES)})")
     return path
 
 
-def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[[str], None] = print,
-                  overrides: Optional[list[str]] = None, max_score_thresh: Optional[float] = None,
-                  optimize: bool = True, precision: str = "fp32", **kwargs):
+def load_artifact(
+    path: str | Path,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+    overrides: list[str] | None = None,
+    max_score_thresh: float | None = None,
+    optimize: bool = True,
+    precision: str = "fp32",
+    **kwargs,
+):
     """A predictor for a checkpoint (.pt/.pth), an exported model (.onnx) or an engine (.plan/.engine; `plugins`: the
     plugin library an engine of the trt flavour loads, default the installed one). The predictor has `.cfg`,
     `.class_names` and `.runtime` (what runs it, in words). `overrides` (section.key=value inference settings, as
@@ -51,8 +58,10 @@ def load_artifact(path: str | Path, device: Optional[str] = None, log: Callable[
     if overrides and suffix != ".pt" and suffix != ".pth":
         raise MrcnnError(f"{path}: an exported model's settings are fixed at export; --set applies to checkpoints")
     if precision != "fp32" and suffix not in (".pt", ".pth"):
-        raise MrcnnError(f"{path}: an exported model's precision is fixed at export (`mrcnn export --fp16`); "
-                         f"--precision applies to checkpoints")
+        raise MrcnnError(
+            f"{path}: an exported model's precision is fixed at export (`mrcnn export --fp16`); "
+            f"--precision applies to checkpoints"
+        )
     if suffix in (".plan", ".engine"):
         import torch
 

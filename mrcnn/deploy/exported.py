@@ -6,6 +6,7 @@ class names, preprocessing, flavour. Images are resized and padded exactly like 
 batch_images), the graph runs on its runtime, and the fixed-size outputs are post-processed with
 postprocess_detections (boxes to original pixels, 28x28 masks pasted).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ def load_onnx(path: str | Path, load_external_data: bool = True, what: str = "ON
         raise MrcnnError(f"{path}: not an ONNX model: the file is {kind}")
     try:
         model = onnx.load(str(path), load_external_data=load_external_data)
-    except Exception as e:  # noqa: BLE001 - protobuf / IO errors of many types
+    except Exception as e:
         raise MrcnnError(f"{path}: not a readable ONNX model ({first_line(e, 120)})") from None
     if not model.graph.node:  # (onnx.load reads a foreign protobuf as an empty model)
         raise MrcnnError(f"{path}: not an ONNX model (no graph)")
@@ -70,7 +71,7 @@ class ExportedPredictor:
         n = len(resized)
         step = self.static_batch or min(n, self.max_batch or n)
         for start in range(0, n, step):
-            chunk = resized[start:start + step]
+            chunk = resized[start : start + step]
             real = len(chunk)
             if self.static_batch and real < self.static_batch:  # fill a static batch with copies of the last image
                 chunk = chunk + [chunk[-1]] * (self.static_batch - real)
@@ -85,8 +86,10 @@ class ExportedPredictor:
         H, W = self.static_size
         for im in chunk:
             if im.shape[-2] > H or im.shape[-1] > W:
-                raise MrcnnError(f"{self.path} was exported for {H}x{W} inputs; a resized image is "
-                                 f"{im.shape[-2]}x{im.shape[-1]} (export with --dynamic-size)")
+                raise MrcnnError(
+                    f"{self.path} was exported for {H}x{W} inputs; a resized image is "
+                    f"{im.shape[-2]}x{im.shape[-1]} (export with --dynamic-size)"
+                )
         return batch_images(chunk, self.size_divisible, min_shape=(H, W))
 
     @torch.no_grad()
@@ -105,6 +108,6 @@ class ExportedPredictor:
         for batch, sizes, real in self._batches(resized):
             outputs = self.run(batch, sizes)
             outputs = {k: v[:real] for k, v in outputs.items()}
-            results += postprocess_detections(outputs, sizes[:real], originals[done:done + real], paste=self.paste)
+            results += postprocess_detections(outputs, sizes[:real], originals[done : done + real], paste=self.paste)
             done += real
         return results

@@ -8,6 +8,7 @@ with the reference as ground truth). Over the pairs: box coordinate and score di
 detections left unpaired on either side are what a conversion lost or gained (users' "few detections after
 conversion"). The numbers are those of the COCO results (boxes rounded to 1e-3 px, scores to 1e-5).
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -49,25 +50,41 @@ def pair_detections(results: list[dict], reference: list[dict], iou: float = 0.5
                 ma, mr = art[a]["segmentation"], d["segmentation"]
                 empty = mask_util.area([ma, mr])
                 # two empty masks (a box below a pixel's width binarises to nothing) agree: IoU 1, not pycocotools' 0
-                mask_iou.append(1.0 if not empty.any() else
-                                float(np.asarray(mask_util.iou([ma], [mr], [0])).reshape(-1)[0]))
+                mask_iou.append(
+                    1.0 if not empty.any() else float(np.asarray(mask_util.iou([ma], [mr], [0])).reshape(-1)[0])
+                )
 
     def stats(v: list[float]) -> dict:
         if not v:
             return {}
         a = np.asarray(v)
-        return {"max": float(a.max()), "p99": float(np.percentile(a, 99)), "median": float(np.median(a)),
-                "min": float(a.min()), "mean": float(a.mean())}
+        return {
+            "max": float(a.max()),
+            "p99": float(np.percentile(a, 99)),
+            "median": float(np.median(a)),
+            "min": float(a.min()),
+            "mean": float(a.mean()),
+        }
 
-    return {"detections": len(results), "reference_detections": len(reference), "paired": paired,
-            "only_here": len(results) - paired, "only_in_reference": len(reference) - paired,
-            "box_abs_diff_px": stats(box_diff), "score_abs_diff": stats(score_diff), "mask_iou": stats(mask_iou)}
+    return {
+        "detections": len(results),
+        "reference_detections": len(reference),
+        "paired": paired,
+        "only_here": len(results) - paired,
+        "only_in_reference": len(reference) - paired,
+        "box_abs_diff_px": stats(box_diff),
+        "score_abs_diff": stats(score_diff),
+        "mask_iou": stats(mask_iou),
+    }
 
 
 def ap_drops(metrics: dict, reference: dict) -> dict:
     """reference - artifact, for every COCO statistic of bbox and segm (positive: the artifact is worse)."""
-    return {t: {k: float(reference[t][k]) - float(metrics[t][k]) for k in STAT_NAMES}
-            for t in ("bbox", "segm") if t in metrics and t in reference}
+    return {
+        t: {k: float(reference[t][k]) - float(metrics[t][k]) for k in STAT_NAMES}
+        for t in ("bbox", "segm")
+        if t in metrics and t in reference
+    }
 
 
 def gate(drops: dict, max_ap_drop: float) -> list[str]:
@@ -78,13 +95,17 @@ def gate(drops: dict, max_ap_drop: float) -> list[str]:
 def format_pairs(p: dict) -> str:
     """Two lines: how many detections pair up, and how close the pairs are."""
     n = max(p["reference_detections"], 1)
-    lines = [f"detections: {p['detections']} here, {p['reference_detections']} in the reference; paired "
-             f"{p['paired']} ({100.0 * p['paired'] / n:.1f}% of the reference's) at box IoU >= 0.5 and the same "
-             f"class; {p['only_here']} only here, {p['only_in_reference']} only in the reference"]
+    lines = [
+        f"detections: {p['detections']} here, {p['reference_detections']} in the reference; paired "
+        f"{p['paired']} ({100.0 * p['paired'] / n:.1f}% of the reference's) at box IoU >= 0.5 and the same "
+        f"class; {p['only_here']} only here, {p['only_in_reference']} only in the reference"
+    ]
     if p["paired"]:
         b, s = p["box_abs_diff_px"], p["score_abs_diff"]
-        line = (f"paired: box |diff| max {b['max']:.3g} px (p99 {b['p99']:.3g}), score |diff| max {s['max']:.3g} "
-                f"(p99 {s['p99']:.3g})")
+        line = (
+            f"paired: box |diff| max {b['max']:.3g} px (p99 {b['p99']:.3g}), score |diff| max {s['max']:.3g} "
+            f"(p99 {s['p99']:.3g})"
+        )
         if p["mask_iou"]:
             m = p["mask_iou"]
             line += f", mask IoU min {m['min']:.4f} (mean {m['mean']:.4f})"

@@ -1,5 +1,6 @@
 """The Mask R-CNN network (`MaskRCNN`), its builder, its checkpoint format, the torchvision converter, starting
 weights and the PyTorch predictor."""
+
 from __future__ import annotations
 
 from mrcnn.model.convert import convert_torchvision, convert_torchvision_state_dict

@@ -8,10 +8,11 @@ Shapes:
 
 Parameter names equal torchvision's ResNet (`conv1`, `bn1`, `layer1..4`), so torchvision weights load unchanged.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -37,8 +38,17 @@ class FrozenBatchNorm2d(TorchvisionFrozenBN):
     def forward(self, x: Tensor) -> Tensor:
         # the aten op, not F.batch_norm: some torch versions' F.batch_norm rejects eps == 0, which torchvision's COCO
         # weights use (aten then takes its native kernel instead of cuDNN's, which needs eps >= 1e-5)
-        return torch.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var, False, 0.0, self.eps,
-                                torch.backends.cudnn.enabled)
+        return torch.batch_norm(
+            x,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            False,
+            0.0,
+            self.eps,
+            torch.backends.cudnn.enabled,
+        )
 
 
 def norm_factory(kind: str, eps: float = 1e-5) -> Callable[[int], nn.Module]:

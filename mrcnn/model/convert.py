@@ -1,8 +1,8 @@
 """Import torchvision `maskrcnn_resnet50_fpn` (v1) weights into our model and checkpoint format."""
+
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 from mrcnn.config import get_config
 from mrcnn.errors import MrcnnError
@@ -20,14 +20,16 @@ _RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"^rpn\.head\.(cls_logits|bbox_pred)\.(weight|bias)$"), r"rpn.head.\1.\2"),
     (re.compile(r"^roi_heads\.box_head\.(fc6|fc7)\.(weight|bias)$"), r"roi_heads.box_head.\1.\2"),
     (re.compile(r"^roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(weight|bias)$"), r"roi_heads.box_predictor.\1.\2"),
-    (re.compile(r"^roi_heads\.mask_predictor\.(conv5_mask|mask_fcn_logits)\.(weight|bias)$"),
-     r"roi_heads.mask_predictor.\1.\2"),
+    (
+        re.compile(r"^roi_heads\.mask_predictor\.(conv5_mask|mask_fcn_logits)\.(weight|bias)$"),
+        r"roi_heads.mask_predictor.\1.\2",
+    ),
 ]
 _MASK_HEAD_V2 = re.compile(r"^roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)$")
 _MASK_HEAD_V1 = re.compile(r"^roi_heads\.mask_head\.mask_fcn(\d+)\.(weight|bias)$")
 
 
-def _map_key(key: str) -> Optional[str]:
+def _map_key(key: str) -> str | None:
     m = _MASK_HEAD_V2.match(key)
     if m:  # our MaskHead is [conv, relu] * layers
         return f"roi_heads.mask_head.{2 * int(m.group(1))}.{m.group(2)}"
@@ -98,7 +100,7 @@ def load_torchvision(sd: dict, bn_eps: float = 0.0):
 
 
 def convert_torchvision(
-    src_path: str, dst_path: str, class_names: Optional[list[str]] = None, bn_eps: float = 0.0
+    src_path: str, dst_path: str, class_names: list[str] | None = None, bn_eps: float = 0.0
 ) -> dict:
     """Read a torchvision checkpoint (raw state dict or {'model': sd}) and write our checkpoint atomically.
 

@@ -4,6 +4,7 @@ Shapes:
     fpn([C2, C3, C4, C5]) -> [P2, P3, P4, P5, P6], each [B, fpn_channels, H_l, W_l];
     P6 = max_pool2d(P5, kernel 1, stride 2).
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -1,4 +1,5 @@
 """PyTorch predictor: list of images -> torchvision-format results (original pixels, pasted masks)."""
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,14 @@ class Predictor:
     masks [n,1,H,W] pasted probabilities, masks28 [n,M,M].
     """
 
-    def __init__(self, model: MaskRCNN, input_cfg: InputConfig, paste: bool = True, optimize: bool = False,
-                 precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        model: MaskRCNN,
+        input_cfg: InputConfig,
+        paste: bool = True,
+        optimize: bool = False,
+        precision: str = "fp32",
+    ) -> None:
         """`optimize`: the inference levers of mrcnn.model.inference, applied to `model` in place (BatchNorms folded,
         channels-last, masks of the detections only, the native RoIAlign); results equal the plain model's within
         the design tolerances. `precision` "bf16" (with `optimize`): the networks in bfloat16, where the device

@@ -1,5 +1,6 @@
 """Input checks of the native kernels: one KernelInputError line naming the op, the argument and what was wrong,
 raised before any pointer reaches C (by the torch ops, their fake kernels and the Python wrappers alike)."""
+
 from __future__ import annotations
 
 import torch
@@ -49,21 +50,21 @@ def nonneg(op: str, name: str, v) -> int:
     return int(v)
 
 
-
 def validate_anchor_grid(feature, image, sizes, aspect_ratios, stride) -> int:
     op = "anchor_grid"
     check_tensor(op, "feature", feature)
     check_tensor(op, "image", image)
     if feature.dim() < 2 or image.dim() < 2:
-        raise KernelInputError(f"{op}: feature and image need rank >= 2 ([.., H, W]), got shapes "
-                               f"{tuple(feature.shape)} and {tuple(image.shape)}")
+        raise KernelInputError(
+            f"{op}: feature and image need rank >= 2 ([.., H, W]), got shapes "
+            f"{tuple(feature.shape)} and {tuple(image.shape)}"
+        )
     same_device(op, feature=feature, image=image)
     for name, vals in (("sizes", sizes), ("aspect_ratios", aspect_ratios)):
         if not 1 <= len(vals) <= 32:
             raise KernelInputError(f"{op}: {name} needs 1 to 32 values, got {len(vals)}")
     nonneg(op, "stride", stride)
     return len(sizes) * len(aspect_ratios)
-
 
 
 def validate_box_iou(a, b) -> None:
@@ -73,7 +74,6 @@ def validate_box_iou(a, b) -> None:
     same_device(op, a=a, b=b)
     check_dim(op, "b.dtype", b.dtype, a.dtype)
     check_dim(op, "the batch of b", b.shape[0], a.shape[0])
-
 
 
 def validate_pre_nms_select(anchors, objectness, deltas, image_sizes, top_k, weights) -> None:
@@ -92,7 +92,6 @@ def validate_pre_nms_select(anchors, objectness, deltas, image_sizes, top_k, wei
         raise KernelInputError(f"{op}: weights needs 4 values (wx, wy, ww, wh), got {len(weights)}")
 
 
-
 def validate_box_nms(boxes, scores, classes, valid, max_output) -> None:
     op = "box_nms"
     check_tensor(op, "boxes", boxes, 3, 4, (torch.float32,))
@@ -106,10 +105,8 @@ def validate_box_nms(boxes, scores, classes, valid, max_output) -> None:
     nonneg(op, "max_output", max_output)
 
 
-
 def validate_match_proposals(iou) -> None:
     check_tensor("match_proposals", "iou", iou, 2, None, (torch.float32,))
-
 
 
 def validate_roi_align(inputs, rois, levels, spatial_scales, pooled_h, pooled_w, fake: bool = False) -> None:
@@ -121,8 +118,10 @@ def validate_roi_align(inputs, rois, levels, spatial_scales, pooled_h, pooled_w,
     for i, x in enumerate(inputs):
         check_tensor(op, f"inputs[{i}]", x, 4, None, (torch.float32,))
         if x.shape[:2] != inputs[0].shape[:2]:
-            raise KernelInputError(f"{op}: feature maps must share batch and channels, got {tuple(x.shape[:2])} "
-                                   f"and {tuple(inputs[0].shape[:2])}")
+            raise KernelInputError(
+                f"{op}: feature maps must share batch and channels, got {tuple(x.shape[:2])} "
+                f"and {tuple(inputs[0].shape[:2])}"
+            )
     check_tensor(op, "rois", rois, 2, 5, (torch.float32,))
     if levels is not None:
         check_tensor(op, "levels", levels, 1, None, (torch.int64,))
@@ -132,4 +131,3 @@ def validate_roi_align(inputs, rois, levels, spatial_scales, pooled_h, pooled_w,
         raise KernelInputError(f"{op}: the native RoIAlign runs on cpu (or cuda with a CUDA build) tensors, got {dev}")
     if int(pooled_h) <= 0 or int(pooled_w) <= 0:
         raise KernelInputError(f"{op}: output size must be positive, got {(pooled_h, pooled_w)}")
-

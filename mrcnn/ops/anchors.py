@@ -16,9 +16,10 @@ torchvision's AnchorGenerator: base anchors are `round([-w, -h, w, h] / 2)` with
 `stride = 0` means torchvision's rule `stride_h = Hi // H`, `stride_w = Wi // W` (so P6 of an 800-px image has
 stride 800 // 13 = 61, not 64); a positive `stride` forces both.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

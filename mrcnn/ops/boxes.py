@@ -12,10 +12,11 @@ Shapes:
 The coder math is torchvision's BoxCoder (`encode_single` / `decode_single`) written element-wise with the same
 operation order, so results are bitwise identical for the same inputs.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -11,6 +11,7 @@ Shapes:
         with allow_low_quality, every prediction that is the best match (ties included) of some ground truth keeps
         its best ground truth. G = 0 gives all -1 (an all-background image).
 """
+
 from __future__ import annotations
 
 import torch

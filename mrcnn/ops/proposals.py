@@ -12,10 +12,11 @@ Shapes:
 Steps are exactly torchvision's RegionProposalNetwork for one level: top-k by objectness logit (`topk`, sorted),
 decode the selected deltas on their anchors, clip to the unpadded image, mark boxes with a side < min_size invalid.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -1,5 +1,6 @@
 """The training data as the trainer takes it: the train split, its loader (this rank's micro-batches from the
 global batch sampler), the val split it evaluates on, and batches moved to the device."""
+
 from __future__ import annotations
 
 import functools
@@ -34,12 +35,15 @@ def make_train_loader(train_ds, sampler, cfg: Config, info: DistInfo, start_iter
     s = cfg.solver
     # (epoch, index) keys: augmentation seeds need no per-worker epoch state
     return torch.utils.data.DataLoader(
-        train_ds, batch_sampler=sampler.micro_batches(start_iter, s.max_iter, info.rank, info.world, s.accum),
-        collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible,
-                                     pad_to=min_batch_shape(cfg.input)),
+        train_ds,
+        batch_sampler=sampler.micro_batches(start_iter, s.max_iter, info.rank, info.world, s.accum),
+        collate_fn=functools.partial(
+            collate, size_divisible=cfg.input.size_divisible, pad_to=min_batch_shape(cfg.input)
+        ),
         num_workers=workers,
         pin_memory=info.device.type == "cuda",  # page-locked batches: the host-to-device copies run asynchronously
-        persistent_workers=False)
+        persistent_workers=False,
+    )
 
 
 def build_train_data(cfg: Config, data_dir: str | Path, strict: bool, log):
@@ -67,8 +71,10 @@ def open_val(data_dir, class_names: list[str], strict: bool, say):
 
     val = open_split(data_dir, "val", required=False, strict=strict, logger=say)
     if val is None or len(val) == 0:
-        say(f"{'no validation split' if val is None else 'a validation split without images'} in {data_dir}: "
-            "no COCO evaluation")
+        say(
+            f"{'no validation split' if val is None else 'a validation split without images'} in {data_dir}: "
+            "no COCO evaluation"
+        )
         return None, []
     return val, match_classes(class_names, val, "the training split", say)
 

@@ -1,5 +1,6 @@
 """DDP under torchrun: joining the process group, choosing this rank's device, and the few collectives the trainer
 makes (one all-reduce per iteration to agree on a step's finiteness and on a stop request)."""
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,9 @@ def agree(finite: bool, stop: bool, info: DistInfo) -> tuple[bool, bool]:
     """(every rank's step is finite, some rank was asked to stop): one all-reduce per iteration under DDP."""
     if info.world == 1:
         return finite, stop
-    t = torch.tensor([1.0 if finite else 0.0, 0.0 if stop else 1.0],
-                     device=info.device if info.device.type == "cuda" else "cpu")
+    t = torch.tensor(
+        [1.0 if finite else 0.0, 0.0 if stop else 1.0], device=info.device if info.device.type == "cuda" else "cpu"
+    )
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     ok, go_on = t.tolist()
     return ok > 0.5, go_on < 0.5

@@ -1,5 +1,6 @@
 """Run folders of `mrcnn train`: the default one (runs/train/exp{N}, or with --resume the newest), and what
 --resume takes from a run's last.pt."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,11 @@ def resume_settings(out_dir: str | Path, config: str | None, overrides: list[str
     if not last.exists():
         raise MrcnnError(f"--resume: no checkpoint at {last}")
     ck = load_checkpoint(last)
-    cfg = get_config(config, overrides) if config is not None else Config.from_dict(ck["config"]).override(
-        overrides).validate()
+    cfg = (
+        get_config(config, overrides)
+        if config is not None
+        else Config.from_dict(ck["config"]).override(overrides).validate()
+    )
     if data is None:
         data = ck.get("data")
         if not data:
@@ -57,8 +61,10 @@ def check_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> list[Path]
         return []
     held = [out_dir / n for n in RUN_FILES if (out_dir / n).exists()]
     if held and not overwrite:
-        raise MrcnnError(f"{out_dir} already holds a training run ({', '.join(p.name for p in held)}); --resume "
-                         "continues it, --overwrite starts over in it, or choose another --out")
+        raise MrcnnError(
+            f"{out_dir} already holds a training run ({', '.join(p.name for p in held)}); --resume "
+            "continues it, --overwrite starts over in it, or choose another --out"
+        )
     return held
 
 

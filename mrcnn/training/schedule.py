@@ -1,4 +1,5 @@
 """The optimizer and its learning-rate schedule."""
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,8 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, world: int) -> torch.opt
     params = [p for p in model.parameters() if p.requires_grad]
     lr = scaled_lr(cfg, world)
     if not abs(lr) <= 3.4028234663852886e38:  # (SGD would stop with a RuntimeError at its first step)
-        raise MrcnnError(f"the learning rate scaled to the global batch, {lr:g} (solver.base_lr x global batch / "
-                         "solver.lr_reference_batch), is beyond float32's range")
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.solver.momentum,
-                           weight_decay=cfg.solver.weight_decay)
+        raise MrcnnError(
+            f"the learning rate scaled to the global batch, {lr:g} (solver.base_lr x global batch / "
+            "solver.lr_reference_batch), is beyond float32's range"
+        )
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay)

@@ -8,6 +8,7 @@ once (KeyboardInterrupt) and keeps the last checkpoint written. Processes forked
 workers) inherit the handler but not the role: there SIGINT is ignored (the trainer shuts its workers down when it
 stops) and SIGTERM does what it did before.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,7 +56,7 @@ class StopOnSignal:
             raise KeyboardInterrupt
         self.requested = signum
 
-    def __enter__(self) -> "StopOnSignal":
+    def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
                 previous = signal.signal(s, self._handle)

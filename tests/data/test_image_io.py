@@ -1,6 +1,7 @@
 """Every image mode a user can hand us is read as a viewer shows it (against a reference conversion written here with
 numpy), or refused with one line naming the file and the mode; images above the pixel limit are refused from their
 header (mrcnn/data/image_io.py)."""
+
 from __future__ import annotations
 
 import struct
@@ -24,13 +25,18 @@ def _over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def _png16_rgb(path, rgb16: np.ndarray) -> None:
     """A 48-bit RGB PNG written byte by byte (PIL cannot write one): signature, IHDR, one IDAT, IEND."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     h, w, _ = rgb16.shape
     raw = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
     path.write_bytes(png)
 
 

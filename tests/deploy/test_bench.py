@@ -1,4 +1,5 @@
 """`mrcnn bench`: artifacts timed side by side on the same images; bad options are one line."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,25 @@ def test_bench_times_each_artifact_on_the_same_images(trained, synth_data, tmp_p
     from mrcnn.deploy.bench import bench_images
 
     out = tmp_path / "bench.json"
-    r = runner.invoke(app, ["bench", str(trained["ckpt"]), str(trained["onnx"]), str(trained["ckpt"]), "--data",
-                            str(synth_data), "--batch", "2", "--iters", "8", "--warmup", "1", "--json", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            str(trained["ckpt"]),
+            str(trained["onnx"]),
+            str(trained["ckpt"]),
+            "--data",
+            str(synth_data),
+            "--batch",
+            "2",
+            "--iters",
+            "8",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output[-2000:]
     print(r.stdout[-800:])
     rep = json.loads(out.read_text())
@@ -51,10 +69,15 @@ def test_bench_times_each_artifact_on_the_same_images(trained, synth_data, tmp_p
     assert 0.5 < same < 2.0 and lo <= same <= hi, (same, lo, hi)
 
 
-@pytest.mark.parametrize("args, needle", [(["--size", "480"], "--size must be HxW"),
-                                          (["--iters", "1"], "--iters must be >= 2"),
-                                          (["--batch", "0"], "--batch must be >= 1"),
-                                          (["--size", "0x10"], "positive sides")])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--size", "480"], "--size must be HxW"),
+        (["--iters", "1"], "--iters must be >= 2"),
+        (["--batch", "0"], "--batch must be >= 1"),
+        (["--size", "0x10"], "positive sides"),
+    ],
+)
 def test_bad_bench_options_are_one_line(trained, args, needle):
     err = one_error_line(runner.invoke(app, ["bench", str(trained["ckpt"]), *args]))
     assert needle in err, err

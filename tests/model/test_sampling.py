@@ -1,6 +1,7 @@
 """The batched, fixed-size training sampler (mrcnn.model.rpn.sample_balanced) against torchvision's
 BalancedPositiveNegativeSampler: the same numbers of positives and negatives, only the right kinds, uniform choice,
 and per-image generators that make an image's choice independent of the rest of the batch."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,7 @@ def _labels(n: int, n_pos: int, n_neg: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     lab = torch.full((n,), -1, dtype=torch.int64)
     lab[:n_pos] = torch.randint(1, 6, (n_pos,), generator=g)
-    lab[n_pos:n_pos + n_neg] = 0
+    lab[n_pos : n_pos + n_neg] = 0
     return lab[torch.randperm(n, generator=g)]
 
 
@@ -47,7 +48,7 @@ def test_counts_and_kinds_equal_torchvision(n, n_pos, n_neg, batch, fraction):
         assert n_p + n_n == chosen.numel(), "an ignored slot was sampled"
         assert chosen.unique().numel() == chosen.numel(), "a slot was sampled twice"
         # the sampled slots come first, positives before negatives
-        assert ok[i, :chosen.numel()].all() and not ok[i, chosen.numel():].any()
+        assert ok[i, : chosen.numel()].all() and not ok[i, chosen.numel() :].any()
         assert (kinds[:n_p] >= 1).all() and (kinds[n_p:] == 0).all()
 
 
@@ -65,8 +66,10 @@ def test_choice_is_uniform():
         freq = hits[mask] / draws
         sigma = (p * (1 - p) / draws) ** 0.5
         worst = float((freq - p).abs().max())
-        print(f"{kind}: frequency {float(freq.min()):.3f}..{float(freq.max()):.3f}, expected {p:.3f} "
-              f"(worst deviation {worst / sigma:.1f} sigma)")
+        print(
+            f"{kind}: frequency {float(freq.min()):.3f}..{float(freq.max()):.3f}, expected {p:.3f} "
+            f"(worst deviation {worst / sigma:.1f} sigma)"
+        )
         assert worst <= 5 * sigma
     assert hits[labels[0] < 0].sum() == 0
 

@@ -1,5 +1,6 @@
 """Starting weights (`mrcnn train --weights`): ImageNet ResNet backbones, fine-tuning with classes matched by name,
 torchvision Mask R-CNN state dicts, and bad files."""
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,8 @@ def test_imagenet_resnet_backbone_computes_torchvision_features(tmp_path, depth,
     fresh, _ = _model(config, 3, seed=5)
     report = load_initial_weights(model, path, ["a", "b", "c"])
     assert report.kind == "imagenet-resnet" and report.loaded == sum(
-        1 for k in tv.state_dict() if not k.startswith("fc.") and not k.endswith("num_batches_tracked"))
+        1 for k in tv.state_dict() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+    )
 
     x = torch.randn(2, 3, 96, 160)
     with torch.no_grad():
@@ -88,8 +90,8 @@ def test_finetuning_keeps_rows_of_classes_known_by_name(tmp_path):
     rows = {0: ("src", 0), 1: ("src", 4), 2: ("fresh", 2), 3: ("src", 1)}  # new index -> where its rows come from
     for k, per in CLASS_TENSORS.items():
         for new_i, (where, old_i) in rows.items():
-            want = (a if where == "src" else f)[k][old_i * per:(old_i + 1) * per]
-            assert torch.equal(b[k][new_i * per:(new_i + 1) * per], want), (k, new_i)
+            want = (a if where == "src" else f)[k][old_i * per : (old_i + 1) * per]
+            assert torch.equal(b[k][new_i * per : (new_i + 1) * per], want), (k, new_i)
 
 
 def test_torchvision_mask_rcnn_state_dict_is_converted_on_the_fly(tmp_path):
@@ -123,8 +125,21 @@ def test_untrained_frozen_config_is_warned_about():
 def test_finetuning_run_starts_from_the_checkpoints_loss(synth_data, tmp_path):
     """Train from scratch, then fine-tune with `mrcnn train --weights` on the same data with one class renamed: the
     fine-tuning run's first losses are far below the scratch run's first losses (they start where it ended)."""
-    base = ["train", "--config", "shapes-tiny", "--set", "input.min_size=128", "--set", "input.max_size=128",
-            "--batch", "2", "--eval-period", "0", "--set", "solver.warmup_iters=5"]
+    base = [
+        "train",
+        "--config",
+        "shapes-tiny",
+        "--set",
+        "input.min_size=128",
+        "--set",
+        "input.max_size=128",
+        "--batch",
+        "2",
+        "--eval-period",
+        "0",
+        "--set",
+        "solver.warmup_iters=5",
+    ]
     scratch = tmp_path / "scratch"
     r = run_cli([*base, "--data", str(synth_data), "--out", str(scratch), "--max-iter", "60"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -137,14 +152,27 @@ def test_finetuning_run_starts_from_the_checkpoints_loss(synth_data, tmp_path):
         d["categories"][-1]["name"] = "blob"  # a class the checkpoint does not know
         ann.write_text(json.dumps(d))
     tuned = tmp_path / "tuned"
-    r = run_cli([*base, "--data", str(data), "--out", str(tuned), "--max-iter", "5",
-                 "--weights", str(scratch / "model_final.pt")], tmp_path)
+    r = run_cli(
+        [
+            *base,
+            "--data",
+            str(data),
+            "--out",
+            str(tuned),
+            "--max-iter",
+            "5",
+            "--weights",
+            str(scratch / "model_final.pt"),
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "initialised from Mask R-CNN weights" in r.stdout and "new (fresh class-specific rows): blob" in r.stdout
 
     def losses(run):
-        return [row["loss"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-                if "loss" in row]
+        return [
+            row["loss"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in row
+        ]
 
     s, t = losses(scratch), losses(tuned)
     first_scratch, first_tuned, last_scratch = sum(s[:3]) / 3, sum(t[:3]) / 3, sum(s[-5:]) / 5
@@ -160,13 +188,16 @@ def _state_dict_file(tmp_path, name, sd):
     return p
 
 
-@pytest.mark.parametrize("case,needle", [
-    ("garbage", "not a readable weights file"),
-    ("unrelated", "holds 'foo.weight', which this model has not"),
-    ("resnet50_into_r18", "which the backbone of this config has not"),
-    ("bn_resnet_into_gn", "GroupNorm"),
-    ("other_width", "has shape"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("garbage", "not a readable weights file"),
+        ("unrelated", "holds 'foo.weight', which this model has not"),
+        ("resnet50_into_r18", "which the backbone of this config has not"),
+        ("bn_resnet_into_gn", "GroupNorm"),
+        ("other_width", "has shape"),
+    ],
+)
 def test_bad_weights_file_is_one_error_line_and_writes_nothing(synth_data, tmp_path, case, needle):
     config = "r18-fpn"
     if case == "garbage":
@@ -185,8 +216,22 @@ def test_bad_weights_file_is_one_error_line_and_writes_nothing(synth_data, tmp_p
         save_checkpoint(path, {"config": cfg.to_dict(), "class_names": SHAPES, "model": src.state_dict()})
         config = "shapes-tiny"
     out = tmp_path / "run"
-    r = run_cli(["train", "--config", config, "--data", str(synth_data), "--out", str(out), "--max-iter", "1",
-                 "--weights", str(path)], tmp_path)
+    r = run_cli(
+        [
+            "train",
+            "--config",
+            config,
+            "--data",
+            str(synth_data),
+            "--out",
+            str(out),
+            "--max-iter",
+            "1",
+            "--weights",
+            str(path),
+        ],
+        tmp_path,
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1 and needle in lines[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr and not out.exists()
@@ -216,13 +261,32 @@ def test_fine_tuning_torchvision_weights_end_to_end(synth_data, tmp_path):
     ckpt = tmp_path / "tv.pt"
     r = run_cli(["convert", "torchvision", str(src), str(ckpt), "--classes", "person,circle,car"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    args = ["train", "--config", "torchvision-r50-fpn", "--data", str(synth_data), "--out", str(tmp_path / "run"),
-            "--set", "input.min_size=128", "--set", "input.max_size=128", "--batch", "2",
-            "--set", "solver.warmup_iters=1", "--checkpoint-period", "1", "--weights", str(ckpt)]
+    args = [
+        "train",
+        "--config",
+        "torchvision-r50-fpn",
+        "--data",
+        str(synth_data),
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "input.min_size=128",
+        "--set",
+        "input.max_size=128",
+        "--batch",
+        "2",
+        "--set",
+        "solver.warmup_iters=1",
+        "--checkpoint-period",
+        "1",
+        "--weights",
+        str(ckpt),
+    ]
     r = run_cli([*args, "--max-iter", "1"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "classes kept by name: circle; new (fresh class-specific rows): square, triangle, star, ellipse" \
-        in r.stdout, r.stdout[-2000:]
+    assert (
+        "classes kept by name: circle; new (fresh class-specific rows): square, triangle, star, ellipse" in r.stdout
+    ), r.stdout[-2000:]
     assert "COCO AP" in r.stdout
     r = run_cli([*args, "--max-iter", "2", "--resume"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -18,7 +18,8 @@ extern "C" int mrcnn_anchor_grid_cpu(int64_t feat_h, int64_t feat_w, int64_t ima
     // 1. base anchors, ratio-major
     std::vector<float> base(static_cast<size_t>(A) * 4);
     for (int64_t r = 0; r < num_ratios; ++r)
-      for (int64_t s = 0; s < num_sizes; ++s) mrcnn::anchor_base(sizes[s], aspect_ratios[r], &base[(r * num_sizes + s) * 4]);
+      for (int64_t s = 0; s < num_sizes; ++s)
+        mrcnn::anchor_base(sizes[s], aspect_ratios[r], &base[(r * num_sizes + s) * 4]);
     // 2. every (location, base anchor) pair
     int64_t stride_h, stride_w;
     mrcnn::anchor_strides(feat_h, feat_w, image_h, image_w, stride, &stride_h, &stride_w);

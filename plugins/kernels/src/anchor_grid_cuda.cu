@@ -46,7 +46,7 @@ extern "C" int mrcnn_anchor_grid_cuda(int64_t feat_h, int64_t feat_w, int64_t im
   int64_t stride_h, stride_w;
   mrcnn::anchor_strides(feat_h, feat_w, image_h, image_w, stride, &stride_h, &stride_w);
   constexpr int kThreads = 256;
-  anchor_grid_kernel<<<mrcnn::cuda::blocks_for(total, kThreads), kThreads, 0, stream>>>(p, feat_w, stride_h,
-                                                                                        stride_w, total, anchors);
+  anchor_grid_kernel<<<mrcnn::cuda::blocks_for(total, kThreads), kThreads, 0, stream>>>(p, feat_w, stride_h, stride_w,
+                                                                                        total, anchors);
   return static_cast<int>(cudaGetLastError());
 }

@@ -44,8 +44,7 @@ int box_iou_cpu(Load load, int64_t batch, int64_t n, int64_t m, float* iou) {
 
 }  // namespace
 
-extern "C" int mrcnn_box_iou_f32_cpu(const float* a, const float* b, int64_t batch, int64_t n, int64_t m,
-                                     float* iou) {
+extern "C" int mrcnn_box_iou_f32_cpu(const float* a, const float* b, int64_t batch, int64_t n, int64_t m, float* iou) {
   if ((!a && batch * n > 0) || (!b && batch * m > 0)) return MRCNN_ERR_INVALID_ARGUMENT;
   return box_iou_cpu([&](int which, int64_t idx) { return which == 0 ? a[idx] : b[idx]; }, batch, n, m, iou);
 }
@@ -53,7 +52,6 @@ extern "C" int mrcnn_box_iou_f32_cpu(const float* a, const float* b, int64_t bat
 extern "C" int mrcnn_box_iou_f16_cpu(const uint16_t* a, const uint16_t* b, int64_t batch, int64_t n, int64_t m,
                                      float* iou) {
   if ((!a && batch * n > 0) || (!b && batch * m > 0)) return MRCNN_ERR_INVALID_ARGUMENT;
-  return box_iou_cpu(
-      [&](int which, int64_t idx) { return mrcnn::cpu::half_to_float(which == 0 ? a[idx] : b[idx]); }, batch, n,
-      m, iou);
+  return box_iou_cpu([&](int which, int64_t idx) { return mrcnn::cpu::half_to_float(which == 0 ? a[idx] : b[idx]); },
+                     batch, n, m, iou);
 }

@@ -37,8 +37,8 @@ __global__ void box_iou_kernel(const T* a, const T* b, int64_t batch, int64_t n,
         const float ax1 = load_coord(a, o), ay1 = load_coord(a, o + 1);
         const float ax2 = load_coord(a, o + 2), ay2 = load_coord(a, o + 3);
         if (has_col)
-          iou[(k * n + i) * m + j] = mrcnn::box_iou_pair(ax1, ay1, ax2, ay2, mrcnn::box_area(ax1, ay1, ax2, ay2),
-                                                         bx1, by1, bx2, by2, barea);
+          iou[(k * n + i) * m + j] =
+              mrcnn::box_iou_pair(ax1, ay1, ax2, ay2, mrcnn::box_area(ax1, ay1, ax2, ay2), bx1, by1, bx2, by2, barea);
       }
     }
   }
@@ -60,8 +60,8 @@ int launch(const T* a, const T* b, int64_t batch, int64_t n, int64_t m, float* i
 
 }  // namespace
 
-extern "C" int mrcnn_box_iou_f32_cuda(const float* a, const float* b, int64_t batch, int64_t n, int64_t m,
-                                      float* iou, cudaStream_t stream) {
+extern "C" int mrcnn_box_iou_f32_cuda(const float* a, const float* b, int64_t batch, int64_t n, int64_t m, float* iou,
+                                      cudaStream_t stream) {
   return launch(a, b, batch, n, m, iou, stream);
 }
 

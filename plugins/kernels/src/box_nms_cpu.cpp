@@ -23,10 +23,10 @@ inline int64_t order_index(uint64_t key) { return static_cast<int64_t>(0xFFFFFFF
 
 }  // namespace
 
-extern "C" int mrcnn_box_nms_cpu(const float* boxes, const float* scores, const int64_t* classes,
-                                 const uint8_t* valid, int64_t batch, int64_t n, float iou_threshold,
-                                 float score_threshold, int64_t max_output, float* out_boxes, float* out_scores,
-                                 int64_t* out_classes, int64_t* out_indices, int64_t* out_num) {
+extern "C" int mrcnn_box_nms_cpu(const float* boxes, const float* scores, const int64_t* classes, const uint8_t* valid,
+                                 int64_t batch, int64_t n, float iou_threshold, float score_threshold,
+                                 int64_t max_output, float* out_boxes, float* out_scores, int64_t* out_classes,
+                                 int64_t* out_indices, int64_t* out_num) {
   if (batch < 0 || n < 0 || max_output < 0 || n >= (int64_t{1} << 32)) return MRCNN_ERR_INVALID_ARGUMENT;
   if (batch == 0) return MRCNN_OK;
   if ((n > 0 && (!boxes || !scores)) || !out_num ||
@@ -47,9 +47,8 @@ extern "C" int mrcnn_box_nms_cpu(const float* boxes, const float* scores, const 
       for (int64_t j = 0; j < n; ++j)
         if (mrcnn::nms_candidate(sc[j], valid ? valid[b * n + j] : 1, score_threshold))
           cands.push_back({classes ? classes[b * n + j] : 0, order_key(sc[j], j)});
-      std::sort(cands.begin(), cands.end(), [](const Cand& u, const Cand& v) {
-        return u.cls != v.cls ? u.cls < v.cls : u.order > v.order;
-      });
+      std::sort(cands.begin(), cands.end(),
+                [](const Cand& u, const Cand& v) { return u.cls != v.cls ? u.cls < v.cls : u.order > v.order; });
       // 2. greedy NMS per class
       kept.clear();
       const size_t total = cands.size();

@@ -73,11 +73,10 @@ __global__ void nms_mask_kernel(const float* boxes, const int64_t* classes, cons
   }
 }
 
-__global__ void nms_scan_kernel(const float* boxes, const float* scores, const int64_t* classes,
-                                const int32_t* sorted, const int32_t* counts, const uint64_t* mask,
-                                uint64_t* removed_all, int64_t n, int col_blocks, int64_t max_output,
-                                float* out_boxes, float* out_scores, int64_t* out_classes, int64_t* out_indices,
-                                int64_t* out_num) {
+__global__ void nms_scan_kernel(const float* boxes, const float* scores, const int64_t* classes, const int32_t* sorted,
+                                const int32_t* counts, const uint64_t* mask, uint64_t* removed_all, int64_t n,
+                                int col_blocks, int64_t max_output, float* out_boxes, float* out_scores,
+                                int64_t* out_classes, int64_t* out_indices, int64_t* out_num) {
   __shared__ uint64_t diag[kTile];
   __shared__ int kept_rows[kTile];
   __shared__ int s_kept_here;
@@ -174,17 +173,17 @@ cudaError_t layout(void* workspace, int64_t batch, int64_t n, Layout* l) {
   l->mask = c.take<uint64_t>(items * cb);
   l->removed = c.take<uint64_t>(batch * cb);
   l->temp_bytes = 0;
-  const cudaError_t err = mrcnn::cuda::radix_sort_pairs(nullptr, &l->temp_bytes, nullptr, nullptr, nullptr, nullptr,
-                                                        static_cast<int>(items),
-                                                        32 + mrcnn::cuda::segment_bits(batch), nullptr, nullptr);
+  const cudaError_t err =
+      mrcnn::cuda::radix_sort_pairs(nullptr, &l->temp_bytes, nullptr, nullptr, nullptr, nullptr,
+                                    static_cast<int>(items), 32 + mrcnn::cuda::segment_bits(batch), nullptr, nullptr);
   l->temp = c.take_bytes(l->temp_bytes);
   l->total_bytes = c.size();
   return err;
 }
 
 bool sizes_ok(int64_t batch, int64_t n, int64_t max_output) {
-  return batch >= 0 && n >= 0 && max_output >= 0 && batch < (int64_t{1} << 31) &&
-         (n == 0 || batch <= INT_MAX / n) && col_blocks_of(n) <= 65535;
+  return batch >= 0 && n >= 0 && max_output >= 0 && batch < (int64_t{1} << 31) && (n == 0 || batch <= INT_MAX / n) &&
+         col_blocks_of(n) <= 65535;
 }
 
 }  // namespace
@@ -201,11 +200,11 @@ extern "C" int mrcnn_box_nms_workspace_size(int64_t batch, int64_t n, int64_t ma
   return static_cast<int>(err);
 }
 
-extern "C" int mrcnn_box_nms_cuda(const float* boxes, const float* scores, const int64_t* classes,
-                                  const uint8_t* valid, int64_t batch, int64_t n, float iou_threshold,
-                                  float score_threshold, int64_t max_output, float* out_boxes, float* out_scores,
-                                  int64_t* out_classes, int64_t* out_indices, int64_t* out_num, void* workspace,
-                                  size_t workspace_bytes, cudaStream_t stream) {
+extern "C" int mrcnn_box_nms_cuda(const float* boxes, const float* scores, const int64_t* classes, const uint8_t* valid,
+                                  int64_t batch, int64_t n, float iou_threshold, float score_threshold,
+                                  int64_t max_output, float* out_boxes, float* out_scores, int64_t* out_classes,
+                                  int64_t* out_indices, int64_t* out_num, void* workspace, size_t workspace_bytes,
+                                  cudaStream_t stream) {
   if (!sizes_ok(batch, n, max_output)) return cudaErrorInvalidValue;
   if (batch == 0) return cudaSuccess;
   if (!out_num || (n > 0 && (!boxes || !scores || !workspace)) ||
@@ -232,8 +231,7 @@ extern "C" int mrcnn_box_nms_cuda(const float* boxes, const float* scores, const
     const int32_t* sorted = selector ? l.vals1 : l.vals0;
     // 3. suppression bitmask
     const dim3 grid(cb, cb, static_cast<unsigned int>(batch < 65535 ? batch : 65535));
-    nms_mask_kernel<<<grid, kTile, 0, stream>>>(boxes, classes, sorted, l.counts, batch, n, cb, iou_threshold,
-                                                l.mask);
+    nms_mask_kernel<<<grid, kTile, 0, stream>>>(boxes, classes, sorted, l.counts, batch, n, cb, iou_threshold, l.mask);
     // 4. greedy scan + packing, one block per image
     nms_scan_kernel<<<static_cast<unsigned int>(batch), kReduceThreads, 0, stream>>>(
         boxes, scores, classes, sorted, l.counts, l.mask, l.removed, n, cb, max_output, out_boxes, out_scores,

@@ -19,14 +19,11 @@ extern "C" int mrcnn_has_cuda(void) { return MRCNN_HAS_CUDA ? 1 : 0; }
 
 extern "C" const char* mrcnn_error_string(int code) {
   switch (code) {
-    case MRCNN_OK:
-      return "success";
+    case MRCNN_OK: return "success";
     case MRCNN_ERR_INVALID_ARGUMENT:
       return "invalid argument (negative size, null pointer, size limit, or workspace too small)";
-    case MRCNN_ERR_OUT_OF_MEMORY:
-      return "out of memory";
-    case MRCNN_ERR_INTERNAL:
-      return "internal error";
+    case MRCNN_ERR_OUT_OF_MEMORY: return "out of memory";
+    case MRCNN_ERR_INTERNAL: return "internal error";
     default:
 #if MRCNN_HAS_CUDA
       return cudaGetErrorString(static_cast<cudaError_t>(code));

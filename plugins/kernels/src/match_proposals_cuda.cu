@@ -87,7 +87,7 @@ extern "C" int mrcnn_match_proposals_cuda(const float* iou, int64_t num_gt, int6
     row_max_kernel<<<grid, kThreads, 0, stream>>>(iou, num_gt, num_pred, highest_key);
   }
   // 2. best ground truth, thresholds, low-quality rule
-  match_kernel<<<mrcnn::cuda::blocks_for(num_pred, kThreads), kThreads, 0, stream>>>(iou, num_gt, num_pred, high,
-                                                                                      low, highest_key, matches);
+  match_kernel<<<mrcnn::cuda::blocks_for(num_pred, kThreads), kThreads, 0, stream>>>(iou, num_gt, num_pred, high, low,
+                                                                                     highest_key, matches);
   return static_cast<int>(cudaGetLastError());
 }

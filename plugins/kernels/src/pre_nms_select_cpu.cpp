@@ -22,7 +22,8 @@ inline int64_t key_index(uint64_t key) { return static_cast<int64_t>(0xFFFFFFFFu
 constexpr int64_t kSampleStride = 16;
 
 // The K best select keys of logits[0, A), best first, into `out` (resized to K). `sample` is scratch.
-void select_top_k(const float* logits, int64_t A, int64_t K, std::vector<uint32_t>& sample, std::vector<uint64_t>& out) {
+void select_top_k(const float* logits, int64_t A, int64_t K, std::vector<uint32_t>& sample,
+                  std::vector<uint64_t>& out) {
   // 1a. threshold key: rank ~1.25 K / stride (+ margin) in a strided sample; 0 (take all) when K is large
   uint32_t threshold = 0;
   const int64_t S = A / kSampleStride;
@@ -54,9 +55,9 @@ void select_top_k(const float* logits, int64_t A, int64_t K, std::vector<uint32_
 }  // namespace
 
 extern "C" int mrcnn_pre_nms_select_cpu(const float* anchors, const float* objectness, const float* deltas,
-                                        const int64_t* image_sizes, int64_t batch, int64_t num_anchors,
-                                        int64_t top_k, float min_size, const float* weights, float clip,
-                                        float* boxes, float* scores, uint8_t* valid) {
+                                        const int64_t* image_sizes, int64_t batch, int64_t num_anchors, int64_t top_k,
+                                        float min_size, const float* weights, float clip, float* boxes, float* scores,
+                                        uint8_t* valid) {
   if (batch < 0 || num_anchors < 0 || top_k < 0 || num_anchors >= (int64_t{1} << 32) || !weights)
     return MRCNN_ERR_INVALID_ARGUMENT;
   const int64_t K = std::min(top_k, num_anchors);
@@ -78,8 +79,8 @@ extern "C" int mrcnn_pre_nms_select_cpu(const float* anchors, const float* objec
       for (int64_t s = 0; s < K; ++s) {
         const int64_t j = key_index(selected[s]);
         const int64_t o = b * K + s;
-        mrcnn::select_one(anchors + j * 4, deltas + (b * num_anchors + j) * 4, logits[j], image_h, image_w,
-                          min_size, p, boxes + o * 4, scores + o, valid + o);
+        mrcnn::select_one(anchors + j * 4, deltas + (b * num_anchors + j) * 4, logits[j], image_h, image_w, min_size, p,
+                          boxes + o * 4, scores + o, valid + o);
       }
     }
     return MRCNN_OK;

@@ -61,9 +61,9 @@ cudaError_t layout(void* workspace, int64_t batch, int64_t num_anchors, Layout* 
   l->vals0 = c.take<int32_t>(n);
   l->vals1 = c.take<int32_t>(n);
   l->temp_bytes = 0;
-  const cudaError_t err = mrcnn::cuda::radix_sort_pairs(nullptr, &l->temp_bytes, nullptr, nullptr, nullptr, nullptr,
-                                                        static_cast<int>(n), 32 + mrcnn::cuda::segment_bits(batch),
-                                                        nullptr, nullptr);
+  const cudaError_t err =
+      mrcnn::cuda::radix_sort_pairs(nullptr, &l->temp_bytes, nullptr, nullptr, nullptr, nullptr, static_cast<int>(n),
+                                    32 + mrcnn::cuda::segment_bits(batch), nullptr, nullptr);
   l->temp = c.take_bytes(l->temp_bytes);
   l->total_bytes = c.size();
   return err;
@@ -76,8 +76,7 @@ bool sizes_ok(int64_t batch, int64_t num_anchors, int64_t top_k) {
 
 }  // namespace
 
-extern "C" int mrcnn_pre_nms_select_workspace_size(int64_t batch, int64_t num_anchors, int64_t top_k,
-                                                   size_t* bytes) {
+extern "C" int mrcnn_pre_nms_select_workspace_size(int64_t batch, int64_t num_anchors, int64_t top_k, size_t* bytes) {
   if (!bytes || !sizes_ok(batch, num_anchors, top_k)) return cudaErrorInvalidValue;
   if (batch * num_anchors == 0) {
     *bytes = 0;
@@ -90,10 +89,9 @@ extern "C" int mrcnn_pre_nms_select_workspace_size(int64_t batch, int64_t num_an
 }
 
 extern "C" int mrcnn_pre_nms_select_cuda(const float* anchors, const float* objectness, const float* deltas,
-                                         const int64_t* image_sizes, int64_t batch, int64_t num_anchors,
-                                         int64_t top_k, float min_size, const float* weights, float clip,
-                                         float* boxes, float* scores, uint8_t* valid, void* workspace,
-                                         size_t workspace_bytes, cudaStream_t stream) {
+                                         const int64_t* image_sizes, int64_t batch, int64_t num_anchors, int64_t top_k,
+                                         float min_size, const float* weights, float clip, float* boxes, float* scores,
+                                         uint8_t* valid, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   if (!weights || !sizes_ok(batch, num_anchors, top_k)) return cudaErrorInvalidValue;
   const int64_t K = top_k < num_anchors ? top_k : num_anchors;
   if (batch * K == 0) return cudaSuccess;
@@ -109,8 +107,8 @@ extern "C" int mrcnn_pre_nms_select_cuda(const float* anchors, const float* obje
                                                                                      l.keys0, l.vals0);
   // 2. stable sort of all images at once
   int selector = 0;
-  err = mrcnn::cuda::radix_sort_pairs(l.temp, &l.temp_bytes, l.keys0, l.keys1, l.vals0, l.vals1,
-                                      static_cast<int>(n), 32 + mrcnn::cuda::segment_bits(batch), &selector, stream);
+  err = mrcnn::cuda::radix_sort_pairs(l.temp, &l.temp_bytes, l.keys0, l.keys1, l.vals0, l.vals1, static_cast<int>(n),
+                                      32 + mrcnn::cuda::segment_bits(batch), &selector, stream);
   if (err != cudaSuccess) return static_cast<int>(err);
   const int32_t* sorted = selector ? l.vals1 : l.vals0;
   // 3. decode, clip, validity, sigmoid of the top K of every image

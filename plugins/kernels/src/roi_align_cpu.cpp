@@ -44,8 +44,8 @@ mrcnn::RoiGeometry roi_taps(const float* rois, int64_t n, int l, const Shape& s,
     for (int pw = 0; pw < s.pooled_w; ++pw)
       for (int iy = 0; iy < g.grid_h; ++iy)
         for (int ix = 0; ix < g.grid_w; ++ix)
-          taps[k++] = mrcnn::bilinear_taps(g, ph, pw, iy, ix, static_cast<int>(s.heights[l]),
-                                           static_cast<int>(s.widths[l]));
+          taps[k++] =
+              mrcnn::bilinear_taps(g, ph, pw, iy, ix, static_cast<int>(s.heights[l]), static_cast<int>(s.widths[l]));
   return g;
 }
 
@@ -100,11 +100,11 @@ int forward_rois(const float* const* inputs, const float* rois, const int64_t* r
 
 extern "C" int mrcnn_roi_align_f32_cpu(const float* const* inputs, const int64_t* heights, const int64_t* widths,
                                        const float* spatial_scales, int64_t levels, int64_t batch, int64_t channels,
-                                       const float* rois, const int64_t* roi_levels, int64_t num_rois,
-                                       int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, int aligned,
-                                       int64_t threads, float* output) {
-  const Shape s{heights, widths, spatial_scales, levels, batch, channels, num_rois, pooled_h, pooled_w,
-                sampling_ratio, aligned != 0};
+                                       const float* rois, const int64_t* roi_levels, int64_t num_rois, int64_t pooled_h,
+                                       int64_t pooled_w, int64_t sampling_ratio, int aligned, int64_t threads,
+                                       float* output) {
+  const Shape s{heights,  widths,   spatial_scales, levels,         batch,       channels,
+                num_rois, pooled_h, pooled_w,       sampling_ratio, aligned != 0};
   const int64_t bins = pooled_h * pooled_w;
   return forward_rois(inputs, rois, roi_levels, output, s, threads,
                       [&](const float* image, const mrcnn::BilinearTaps* taps, int samples, float count, float* out,
@@ -126,40 +126,38 @@ extern "C" int mrcnn_roi_align_f32_cpu(const float* const* inputs, const int64_t
 // Every tap reads a contiguous run of C channels, so the channel loop vectorises and no NCHW copy of the pyramid is
 // made (what eager inference on channels-last features needs); per value the sum is the NCHW kernel's, term for term,
 // so the results are equal bit for bit.
-extern "C" int mrcnn_roi_align_nhwc_f32_cpu(const float* const* inputs, const int64_t* heights,
-                                            const int64_t* widths, const float* spatial_scales, int64_t levels,
-                                            int64_t batch, int64_t channels, const float* rois,
-                                            const int64_t* roi_levels, int64_t num_rois, int64_t pooled_h,
-                                            int64_t pooled_w, int64_t sampling_ratio, int aligned, int64_t threads,
-                                            float* output) {
-  const Shape s{heights, widths, spatial_scales, levels, batch, channels, num_rois, pooled_h, pooled_w,
-                sampling_ratio, aligned != 0};
+extern "C" int mrcnn_roi_align_nhwc_f32_cpu(const float* const* inputs, const int64_t* heights, const int64_t* widths,
+                                            const float* spatial_scales, int64_t levels, int64_t batch,
+                                            int64_t channels, const float* rois, const int64_t* roi_levels,
+                                            int64_t num_rois, int64_t pooled_h, int64_t pooled_w,
+                                            int64_t sampling_ratio, int aligned, int64_t threads, float* output) {
+  const Shape s{heights,  widths,   spatial_scales, levels,         batch,       channels,
+                num_rois, pooled_h, pooled_w,       sampling_ratio, aligned != 0};
   const int64_t bins = pooled_h * pooled_w;
-  return forward_rois(inputs, rois, roi_levels, output, s, threads,
-                      [&](const float* in, const mrcnn::BilinearTaps* t, int samples, float count, float* out,
-                          float* a, int64_t) {
-                        for (int64_t bin = 0; bin < bins; ++bin) {
-                          for (int64_t c = 0; c < channels; ++c) a[c] = 0.0f;
-                          for (int k = 0; k < samples; ++k, ++t) {
-                            const float *v1 = in + t->p1 * channels, *v2 = in + t->p2 * channels,
-                                        *v3 = in + t->p3 * channels, *v4 = in + t->p4 * channels;
-                            const float w1 = t->w1, w2 = t->w2, w3 = t->w3, w4 = t->w4;
-                            for (int64_t c = 0; c < channels; ++c)
-                              a[c] += w1 * v1[c] + w2 * v2[c] + w3 * v3[c] + w4 * v4[c];
-                          }
-                          for (int64_t c = 0; c < channels; ++c) out[c * bins + bin] = a[c] / count;
-                        }
-                      });
+  return forward_rois(
+      inputs, rois, roi_levels, output, s, threads,
+      [&](const float* in, const mrcnn::BilinearTaps* t, int samples, float count, float* out, float* a, int64_t) {
+        for (int64_t bin = 0; bin < bins; ++bin) {
+          for (int64_t c = 0; c < channels; ++c) a[c] = 0.0f;
+          for (int k = 0; k < samples; ++k, ++t) {
+            const float *v1 = in + t->p1 * channels, *v2 = in + t->p2 * channels, *v3 = in + t->p3 * channels,
+                        *v4 = in + t->p4 * channels;
+            const float w1 = t->w1, w2 = t->w2, w3 = t->w3, w4 = t->w4;
+            for (int64_t c = 0; c < channels; ++c) a[c] += w1 * v1[c] + w2 * v2[c] + w3 * v3[c] + w4 * v4[c];
+          }
+          for (int64_t c = 0; c < channels; ++c) out[c * bins + bin] = a[c] / count;
+        }
+      });
 }
 
-extern "C" int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const float* rois,
-                                                const int64_t* roi_levels, int64_t num_rois, const int64_t* heights,
-                                                const int64_t* widths, const float* spatial_scales, int64_t levels,
-                                                int64_t batch, int64_t channels, int64_t pooled_h, int64_t pooled_w,
+extern "C" int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const float* rois, const int64_t* roi_levels,
+                                                int64_t num_rois, const int64_t* heights, const int64_t* widths,
+                                                const float* spatial_scales, int64_t levels, int64_t batch,
+                                                int64_t channels, int64_t pooled_h, int64_t pooled_w,
                                                 int64_t sampling_ratio, int aligned, int64_t threads,
                                                 float* const* grad_inputs) {
-  const Shape s{heights, widths, spatial_scales, levels, batch, channels, num_rois, pooled_h, pooled_w,
-                sampling_ratio, aligned != 0};
+  const Shape s{heights,  widths,   spatial_scales, levels,         batch,       channels,
+                num_rois, pooled_h, pooled_w,       sampling_ratio, aligned != 0};
   if (!valid_shape(s) || !grad_inputs) return MRCNN_ERR_INVALID_ARGUMENT;
   if (batch * channels == 0) return MRCNN_OK;
   for (int64_t l = 0; l < levels; ++l)
@@ -171,8 +169,7 @@ extern "C" int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const 
     for (int64_t l = 0; l < levels; ++l) {
       const int64_t plane = heights[l] * widths[l];
       for (int64_t b = 0; plane > 0 && b < batch; ++b)
-        memset(grad_inputs[l] + (b * channels + c0) * plane, 0,
-               sizeof(float) * static_cast<size_t>((c1 - c0) * plane));
+        memset(grad_inputs[l] + (b * channels + c0) * plane, 0, sizeof(float) * static_cast<size_t>((c1 - c0) * plane));
     }
     std::vector<mrcnn::BilinearTaps> taps;
     for (int64_t n = 0; n < num_rois; ++n) {

@@ -174,11 +174,11 @@ int roi_align_backward(bool nhwc, const float* grad_output, const float* rois, c
 
 }  // namespace
 
-#define MRCNN_ROI_FORWARD_ARGS                                                                                     \
+#define MRCNN_ROI_FORWARD_ARGS                                                                                      \
   inputs, heights, widths, spatial_scales, levels, batch, channels, rois, roi_levels, num_rois, pooled_h, pooled_w, \
       sampling_ratio, aligned, output, stream
-#define MRCNN_ROI_BACKWARD_ARGS                                                                                      \
-  grad_output, rois, roi_levels, num_rois, heights, widths, spatial_scales, levels, batch, channels, pooled_h,       \
+#define MRCNN_ROI_BACKWARD_ARGS                                                                                \
+  grad_output, rois, roi_levels, num_rois, heights, widths, spatial_scales, levels, batch, channels, pooled_h, \
       pooled_w, sampling_ratio, aligned, grad_inputs, stream
 
 extern "C" int mrcnn_roi_align_f32_cuda(const float* const* inputs, const int64_t* heights, const int64_t* widths,
@@ -189,19 +189,18 @@ extern "C" int mrcnn_roi_align_f32_cuda(const float* const* inputs, const int64_
   return roi_align_forward(false, MRCNN_ROI_FORWARD_ARGS);
 }
 
-extern "C" int mrcnn_roi_align_nhwc_f32_cuda(const float* const* inputs, const int64_t* heights,
-                                             const int64_t* widths, const float* spatial_scales, int64_t levels,
-                                             int64_t batch, int64_t channels, const float* rois,
-                                             const int64_t* roi_levels, int64_t num_rois, int64_t pooled_h,
-                                             int64_t pooled_w, int64_t sampling_ratio, int aligned, float* output,
-                                             cudaStream_t stream) {
+extern "C" int mrcnn_roi_align_nhwc_f32_cuda(const float* const* inputs, const int64_t* heights, const int64_t* widths,
+                                             const float* spatial_scales, int64_t levels, int64_t batch,
+                                             int64_t channels, const float* rois, const int64_t* roi_levels,
+                                             int64_t num_rois, int64_t pooled_h, int64_t pooled_w,
+                                             int64_t sampling_ratio, int aligned, float* output, cudaStream_t stream) {
   return roi_align_forward(true, MRCNN_ROI_FORWARD_ARGS);
 }
 
-extern "C" int mrcnn_roi_align_backward_f32_cuda(const float* grad_output, const float* rois,
-                                                 const int64_t* roi_levels, int64_t num_rois, const int64_t* heights,
-                                                 const int64_t* widths, const float* spatial_scales, int64_t levels,
-                                                 int64_t batch, int64_t channels, int64_t pooled_h, int64_t pooled_w,
+extern "C" int mrcnn_roi_align_backward_f32_cuda(const float* grad_output, const float* rois, const int64_t* roi_levels,
+                                                 int64_t num_rois, const int64_t* heights, const int64_t* widths,
+                                                 const float* spatial_scales, int64_t levels, int64_t batch,
+                                                 int64_t channels, int64_t pooled_h, int64_t pooled_w,
                                                  int64_t sampling_ratio, int aligned, float* const* grad_inputs,
                                                  cudaStream_t stream) {
   return roi_align_backward(false, MRCNN_ROI_BACKWARD_ARGS);

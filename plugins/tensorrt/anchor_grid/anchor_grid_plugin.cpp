@@ -48,8 +48,8 @@ class AnchorGridPlugin : public PluginBase<AnchorGridPlugin> {
         return -1;
       }
       auto const anchors = static_cast<int64_t>(mSizes.size() * mRatios.size());
-      IDimensionExpr const* hw = b.operation(DimensionOperation::kPROD, *in[0].d[in[0].nbDims - 2],
-                                             *in[0].d[in[0].nbDims - 1]);
+      IDimensionExpr const* hw =
+          b.operation(DimensionOperation::kPROD, *in[0].d[in[0].nbDims - 2], *in[0].d[in[0].nbDims - 1]);
       out[0].nbDims = 2;
       out[0].d[0] = b.operation(DimensionOperation::kPROD, *hw, *b.constant(anchors));
       out[0].d[1] = b.constant(4);
@@ -70,15 +70,15 @@ class AnchorGridPlugin : public PluginBase<AnchorGridPlugin> {
                           int32_t) const noexcept override {
     return 0;
   }
-  int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const*, void const* const*, void* const* outputs,
-                  void*, cudaStream_t stream) noexcept override {
+  int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const*, void const* const*, void* const* outputs, void*,
+                  cudaStream_t stream) noexcept override {
     Dims const& f = in[0].dims;
     Dims const& im = in[1].dims;
-    return launched(name(), mrcnn_anchor_grid_cuda(f.d[f.nbDims - 2], f.d[f.nbDims - 1], im.d[im.nbDims - 2],
-                                                    im.d[im.nbDims - 1], mSizes.data(),
-                                                    static_cast<int64_t>(mSizes.size()), mRatios.data(),
-                                                    static_cast<int64_t>(mRatios.size()), mStride,
-                                                    static_cast<float*>(outputs[0]), stream));
+    return launched(
+        name(),
+        mrcnn_anchor_grid_cuda(f.d[f.nbDims - 2], f.d[f.nbDims - 1], im.d[im.nbDims - 2], im.d[im.nbDims - 1],
+                               mSizes.data(), static_cast<int64_t>(mSizes.size()), mRatios.data(),
+                               static_cast<int64_t>(mRatios.size()), mStride, static_cast<float*>(outputs[0]), stream));
   }
 
  private:

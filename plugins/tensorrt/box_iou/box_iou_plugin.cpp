@@ -49,8 +49,8 @@ class BoxIouPlugin : public PluginBase<BoxIouPlugin> {
                           int32_t) const noexcept override {
     return 0;
   }
-  int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const*, void const* const* inputs,
-                  void* const* outputs, void*, cudaStream_t stream) noexcept override {
+  int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const*, void const* const* inputs, void* const* outputs,
+                  void*, cudaStream_t stream) noexcept override {
     int64_t const B = in[0].dims.d[0], N = in[0].dims.d[1], M = in[1].dims.d[1];
     auto* iou = static_cast<float*>(outputs[0]);
     if (in[0].type == DataType::kHALF) {

@@ -86,17 +86,18 @@ class BoxNmsPlugin : public PluginBase<BoxNmsPlugin> {
     }
     return bytes;
   }
-  int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const*, void const* const* inputs,
-                  void* const* outputs, void* workspace, cudaStream_t stream) noexcept override {
+  int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const*, void const* const* inputs, void* const* outputs,
+                  void* workspace, cudaStream_t stream) noexcept override {
     int64_t const B = in[0].dims.d[0], N = in[0].dims.d[1];
     size_t bytes = 0;
     if (B * N > 0 && mrcnn_box_nms_workspace_size(B, N, mMaxOutput, &bytes) != 0) return launched(name(), -1);
-    return launched(name(), mrcnn_box_nms_cuda(
-        static_cast<float const*>(inputs[0]), static_cast<float const*>(inputs[1]),
-        static_cast<int64_t const*>(inputs[2]), static_cast<uint8_t const*>(inputs[3]), B, N, mIou, mScore,
-        mMaxOutput, static_cast<float*>(outputs[0]), static_cast<float*>(outputs[1]),
-        static_cast<int64_t*>(outputs[2]), static_cast<int64_t*>(outputs[3]), static_cast<int64_t*>(outputs[4]),
-        workspace, bytes, stream));
+    return launched(
+        name(),
+        mrcnn_box_nms_cuda(static_cast<float const*>(inputs[0]), static_cast<float const*>(inputs[1]),
+                           static_cast<int64_t const*>(inputs[2]), static_cast<uint8_t const*>(inputs[3]), B, N, mIou,
+                           mScore, mMaxOutput, static_cast<float*>(outputs[0]), static_cast<float*>(outputs[1]),
+                           static_cast<int64_t*>(outputs[2]), static_cast<int64_t*>(outputs[3]),
+                           static_cast<int64_t*>(outputs[4]), workspace, bytes, stream));
   }
 
  private:

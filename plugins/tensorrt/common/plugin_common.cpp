@@ -169,8 +169,8 @@ nvinfer1::PluginFieldCollection const* SerializedFields::collection() noexcept {
 
 FieldNames::FieldNames(std::vector<FieldSpec> const& specs) {
   for (auto const& s : specs) {
-    auto const type = s.kind == FieldKind::kINT ? nvinfer1::PluginFieldType::kINT32
-                                                : nvinfer1::PluginFieldType::kFLOAT32;
+    auto const type =
+        s.kind == FieldKind::kINT ? nvinfer1::PluginFieldType::kINT32 : nvinfer1::PluginFieldType::kFLOAT32;
     mFields.emplace_back(s.name, nullptr, type, s.kind == FieldKind::kFLOATS ? s.max_count : 1);
   }
   mCollection.nbFields = static_cast<int32_t>(mFields.size());

@@ -38,7 +38,7 @@ struct FieldSpec {
   FieldKind kind;
   int32_t min_count;  // values (1 for scalars)
   int32_t max_count;
-  double lo;          // every value within [lo, hi]
+  double lo;  // every value within [lo, hi]
   double hi;
 };
 
@@ -92,19 +92,20 @@ inline int64_t volume(nvinfer1::Dims const& d) {
 }
 // supportsFormatCombination of a plugin whose every input and output has one dtype (types: inputs, then outputs):
 // linear, and that dtype.
-inline bool fixedFormat(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* io, int32_t nbInputs,
-                        int32_t nbOutputs, std::vector<nvinfer1::DataType> const& types) {
+inline bool fixedFormat(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* io, int32_t nbInputs, int32_t nbOutputs,
+                        std::vector<nvinfer1::DataType> const& types) {
   return nbInputs + nbOutputs == static_cast<int32_t>(types.size()) && pos >= 0 &&
          pos < static_cast<int32_t>(types.size()) && isLinear(io[pos].desc) && io[pos].desc.type == types[pos];
 }
 // A CUDA launcher's status as the plugin's: 0, or one logged error naming the op.
 int32_t launched(std::string const& op, int status) noexcept;
 
-// ---- the IPluginV3 boilerplate ---------------------------------------------------------------------------------------
-// Derived must provide: static char const* name(); static std::vector<FieldSpec> const& specs();
-// static std::unique_ptr<Derived> fromFields(FieldValues const&) (extra checks, logged, nullptr on failure);
-// void serialize(SerializedFields&) const; and the IPluginV3OneBuild / IPluginV3OneRuntime methods of its op
-// (getNbOutputs, getOutputDataTypes, getOutputShapes, supportsFormatCombination, getWorkspaceSize, enqueue).
+// ---- the IPluginV3 boilerplate
+// --------------------------------------------------------------------------------------- Derived must provide: static
+// char const* name(); static std::vector<FieldSpec> const& specs(); static std::unique_ptr<Derived>
+// fromFields(FieldValues const&) (extra checks, logged, nullptr on failure); void serialize(SerializedFields&) const;
+// and the IPluginV3OneBuild / IPluginV3OneRuntime methods of its op (getNbOutputs, getOutputDataTypes, getOutputShapes,
+// supportsFormatCombination, getWorkspaceSize, enqueue).
 template <class Derived>
 class PluginBase : public nvinfer1::IPluginV3,
                    public nvinfer1::IPluginV3OneCore,

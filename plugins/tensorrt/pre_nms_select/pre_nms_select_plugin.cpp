@@ -71,9 +71,8 @@ class PreNmsSelectPlugin : public PluginBase<PreNmsSelectPlugin> {
   }
   bool supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* io, int32_t nbInputs,
                                  int32_t nbOutputs) noexcept override {
-    static std::vector<DataType> const kTypes = {DataType::kFLOAT, DataType::kFLOAT, DataType::kFLOAT,
-                                                 DataType::kINT64, DataType::kFLOAT, DataType::kFLOAT,
-                                                 DataType::kBOOL};
+    static std::vector<DataType> const kTypes = {DataType::kFLOAT, DataType::kFLOAT, DataType::kFLOAT, DataType::kINT64,
+                                                 DataType::kFLOAT, DataType::kFLOAT, DataType::kBOOL};
     return fixedFormat(pos, io, nbInputs, nbOutputs, kTypes);
   }
   size_t getWorkspaceSize(DynamicPluginTensorDesc const* in, int32_t, DynamicPluginTensorDesc const*,
@@ -85,16 +84,17 @@ class PreNmsSelectPlugin : public PluginBase<PreNmsSelectPlugin> {
     }
     return bytes;
   }
-  int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const*, void const* const* inputs,
-                  void* const* outputs, void* workspace, cudaStream_t stream) noexcept override {
+  int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const*, void const* const* inputs, void* const* outputs,
+                  void* workspace, cudaStream_t stream) noexcept override {
     int64_t const B = in[1].dims.d[0], A = in[1].dims.d[1];
     size_t bytes = 0;
     if (B * A > 0 && mrcnn_pre_nms_select_workspace_size(B, A, mTopK, &bytes) != 0) return launched(name(), -1);
-    return launched(name(), mrcnn_pre_nms_select_cuda(
-        static_cast<float const*>(inputs[0]), static_cast<float const*>(inputs[1]),
-        static_cast<float const*>(inputs[2]), static_cast<int64_t const*>(inputs[3]), B, A, mTopK, mMinSize,
-        mWeights.data(), mClip, static_cast<float*>(outputs[0]), static_cast<float*>(outputs[1]),
-        static_cast<uint8_t*>(outputs[2]), workspace, bytes, stream));
+    return launched(
+        name(), mrcnn_pre_nms_select_cuda(static_cast<float const*>(inputs[0]), static_cast<float const*>(inputs[1]),
+                                          static_cast<float const*>(inputs[2]), static_cast<int64_t const*>(inputs[3]),
+                                          B, A, mTopK, mMinSize, mWeights.data(), mClip,
+                                          static_cast<float*>(outputs[0]), static_cast<float*>(outputs[1]),
+                                          static_cast<uint8_t*>(outputs[2]), workspace, bytes, stream));
   }
 
  private:

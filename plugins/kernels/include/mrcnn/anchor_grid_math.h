@@ -22,8 +22,8 @@ HOST_DEVICE inline void anchor_base(float size, float ratio, float out[4]) {
 }
 
 // torchvision's stride rule: a positive `stride` forces both, else image // feature per axis.
-HOST_DEVICE inline void anchor_strides(int64_t feat_h, int64_t feat_w, int64_t image_h, int64_t image_w,
-                                       int64_t stride, int64_t* stride_h, int64_t* stride_w) {
+HOST_DEVICE inline void anchor_strides(int64_t feat_h, int64_t feat_w, int64_t image_h, int64_t image_w, int64_t stride,
+                                       int64_t* stride_h, int64_t* stride_w) {
   if (stride > 0) {
     *stride_h = stride;
     *stride_w = stride;

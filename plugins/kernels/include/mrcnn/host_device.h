@@ -47,7 +47,7 @@ HOST_DEVICE inline uint32_t score_key(float score) {
   const uint32_t u = float_bits(score);
   const uint32_t mag = u & 0x7FFFFFFFu;
   uint32_t key = u ^ ((0u - (u >> 31)) | 0x80000000u);  // negative: ~u, positive: u | sign bit
-  key = mag == 0 ? 0x80000000u : key;                  // -0 == +0
+  key = mag == 0 ? 0x80000000u : key;                   // -0 == +0
   return mag > 0x7F800000u ? 0xFFFFFFFFu : key;         // NaN above +inf
 }
 

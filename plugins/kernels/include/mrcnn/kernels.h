@@ -57,12 +57,11 @@ MRCNN_API int mrcnn_anchor_grid_cuda(int64_t feat_h, int64_t feat_w, int64_t ima
 
 // ---- BoxIou ------------------------------------------------------------------------------------------------------
 // iou [batch, n, m] float32 of a [batch, n, 4] and b [batch, m, 4] (float32 or fp16; math in float32).
-MRCNN_API int mrcnn_box_iou_f32_cpu(const float* a, const float* b, int64_t batch, int64_t n, int64_t m,
-                                    float* iou);
+MRCNN_API int mrcnn_box_iou_f32_cpu(const float* a, const float* b, int64_t batch, int64_t n, int64_t m, float* iou);
 MRCNN_API int mrcnn_box_iou_f16_cpu(const uint16_t* a, const uint16_t* b, int64_t batch, int64_t n, int64_t m,
                                     float* iou);
-MRCNN_API int mrcnn_box_iou_f32_cuda(const float* a, const float* b, int64_t batch, int64_t n, int64_t m,
-                                     float* iou, cudaStream_t stream);
+MRCNN_API int mrcnn_box_iou_f32_cuda(const float* a, const float* b, int64_t batch, int64_t n, int64_t m, float* iou,
+                                     cudaStream_t stream);
 MRCNN_API int mrcnn_box_iou_f16_cuda(const uint16_t* a, const uint16_t* b, int64_t batch, int64_t n, int64_t m,
                                      float* iou, cudaStream_t stream);
 
@@ -71,32 +70,30 @@ MRCNN_API int mrcnn_box_iou_f16_cuda(const uint16_t* a, const uint16_t* b, int64
 // Outputs with K = min(top_k, A): boxes [B,K,4], scores [B,K] (sigmoid, descending), valid [B,K] uint8.
 // weights: 4 floats (wx, wy, ww, wh); clip: upper clamp of dw, dh.
 MRCNN_API int mrcnn_pre_nms_select_cpu(const float* anchors, const float* objectness, const float* deltas,
-                                       const int64_t* image_sizes, int64_t batch, int64_t num_anchors,
-                                       int64_t top_k, float min_size, const float* weights, float clip,
-                                       float* boxes, float* scores, uint8_t* valid);
-MRCNN_API int mrcnn_pre_nms_select_workspace_size(int64_t batch, int64_t num_anchors, int64_t top_k,
-                                                  size_t* bytes);
+                                       const int64_t* image_sizes, int64_t batch, int64_t num_anchors, int64_t top_k,
+                                       float min_size, const float* weights, float clip, float* boxes, float* scores,
+                                       uint8_t* valid);
+MRCNN_API int mrcnn_pre_nms_select_workspace_size(int64_t batch, int64_t num_anchors, int64_t top_k, size_t* bytes);
 MRCNN_API int mrcnn_pre_nms_select_cuda(const float* anchors, const float* objectness, const float* deltas,
-                                        const int64_t* image_sizes, int64_t batch, int64_t num_anchors,
-                                        int64_t top_k, float min_size, const float* weights, float clip,
-                                        float* boxes, float* scores, uint8_t* valid, void* workspace,
-                                        size_t workspace_bytes, cudaStream_t stream);
+                                        const int64_t* image_sizes, int64_t batch, int64_t num_anchors, int64_t top_k,
+                                        float min_size, const float* weights, float clip, float* boxes, float* scores,
+                                        uint8_t* valid, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // ---- BoxNms ------------------------------------------------------------------------------------------------------
 // boxes [B,N,4] float32, scores [B,N] float32, classes [B,N] int64 (NULL: one class), valid [B,N] uint8 (NULL: all).
 // Outputs with K = max_output: out_boxes [B,K,4], out_scores [B,K], out_classes [B,K] int64, out_indices [B,K]
 // int64 (into N), out_num [B] int64. Padding slots: boxes 0, scores 0, classes 0, indices -1.
 // score_threshold = -INFINITY disables the score test (candidates: valid && score > score_threshold).
-MRCNN_API int mrcnn_box_nms_cpu(const float* boxes, const float* scores, const int64_t* classes,
-                                const uint8_t* valid, int64_t batch, int64_t n, float iou_threshold,
-                                float score_threshold, int64_t max_output, float* out_boxes, float* out_scores,
-                                int64_t* out_classes, int64_t* out_indices, int64_t* out_num);
+MRCNN_API int mrcnn_box_nms_cpu(const float* boxes, const float* scores, const int64_t* classes, const uint8_t* valid,
+                                int64_t batch, int64_t n, float iou_threshold, float score_threshold,
+                                int64_t max_output, float* out_boxes, float* out_scores, int64_t* out_classes,
+                                int64_t* out_indices, int64_t* out_num);
 MRCNN_API int mrcnn_box_nms_workspace_size(int64_t batch, int64_t n, int64_t max_output, size_t* bytes);
-MRCNN_API int mrcnn_box_nms_cuda(const float* boxes, const float* scores, const int64_t* classes,
-                                 const uint8_t* valid, int64_t batch, int64_t n, float iou_threshold,
-                                 float score_threshold, int64_t max_output, float* out_boxes, float* out_scores,
-                                 int64_t* out_classes, int64_t* out_indices, int64_t* out_num, void* workspace,
-                                 size_t workspace_bytes, cudaStream_t stream);
+MRCNN_API int mrcnn_box_nms_cuda(const float* boxes, const float* scores, const int64_t* classes, const uint8_t* valid,
+                                 int64_t batch, int64_t n, float iou_threshold, float score_threshold,
+                                 int64_t max_output, float* out_boxes, float* out_scores, int64_t* out_classes,
+                                 int64_t* out_indices, int64_t* out_num, void* workspace, size_t workspace_bytes,
+                                 cudaStream_t stream);
 
 // ---- MatchProposals ----------------------------------------------------------------------------------------------
 // iou [G,P] float32 -> matches [P] int64: best ground truth if its IoU >= high, -1 below low, -2 in between;
@@ -125,16 +122,16 @@ MRCNN_API int mrcnn_match_proposals_cuda(const float* iou, int64_t num_gt, int64
 #define MRCNN_ROI_ALIGN_MAX_LEVELS 8
 MRCNN_API int mrcnn_roi_align_f32_cpu(const float* const* inputs, const int64_t* heights, const int64_t* widths,
                                       const float* spatial_scales, int64_t levels, int64_t batch, int64_t channels,
-                                      const float* rois, const int64_t* roi_levels, int64_t num_rois,
-                                      int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, int aligned,
-                                      int64_t threads, float* output);
+                                      const float* rois, const int64_t* roi_levels, int64_t num_rois, int64_t pooled_h,
+                                      int64_t pooled_w, int64_t sampling_ratio, int aligned, int64_t threads,
+                                      float* output);
 // The forward on channels-last maps: inputs[l] [batch, heights[l], widths[l], channels] in memory (torch's
 // channels_last), output as above; results equal mrcnn_roi_align_f32_cpu's on the same values bit for bit.
 MRCNN_API int mrcnn_roi_align_nhwc_f32_cpu(const float* const* inputs, const int64_t* heights, const int64_t* widths,
-                                           const float* spatial_scales, int64_t levels, int64_t batch,
-                                           int64_t channels, const float* rois, const int64_t* roi_levels,
-                                           int64_t num_rois, int64_t pooled_h, int64_t pooled_w,
-                                           int64_t sampling_ratio, int aligned, int64_t threads, float* output);
+                                           const float* spatial_scales, int64_t levels, int64_t batch, int64_t channels,
+                                           const float* rois, const int64_t* roi_levels, int64_t num_rois,
+                                           int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, int aligned,
+                                           int64_t threads, float* output);
 MRCNN_API int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const float* rois, const int64_t* roi_levels,
                                                int64_t num_rois, const int64_t* heights, const int64_t* widths,
                                                const float* spatial_scales, int64_t levels, int64_t batch,
@@ -143,13 +140,13 @@ MRCNN_API int mrcnn_roi_align_backward_f32_cpu(const float* grad_output, const f
                                                float* const* grad_inputs);
 MRCNN_API int mrcnn_roi_align_f32_cuda(const float* const* inputs, const int64_t* heights, const int64_t* widths,
                                        const float* spatial_scales, int64_t levels, int64_t batch, int64_t channels,
-                                       const float* rois, const int64_t* roi_levels, int64_t num_rois,
-                                       int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, int aligned,
-                                       float* output, cudaStream_t stream);
-MRCNN_API int mrcnn_roi_align_backward_f32_cuda(const float* grad_output, const float* rois,
-                                                const int64_t* roi_levels, int64_t num_rois, const int64_t* heights,
-                                                const int64_t* widths, const float* spatial_scales, int64_t levels,
-                                                int64_t batch, int64_t channels, int64_t pooled_h, int64_t pooled_w,
+                                       const float* rois, const int64_t* roi_levels, int64_t num_rois, int64_t pooled_h,
+                                       int64_t pooled_w, int64_t sampling_ratio, int aligned, float* output,
+                                       cudaStream_t stream);
+MRCNN_API int mrcnn_roi_align_backward_f32_cuda(const float* grad_output, const float* rois, const int64_t* roi_levels,
+                                                int64_t num_rois, const int64_t* heights, const int64_t* widths,
+                                                const float* spatial_scales, int64_t levels, int64_t batch,
+                                                int64_t channels, int64_t pooled_h, int64_t pooled_w,
                                                 int64_t sampling_ratio, int aligned, float* const* grad_inputs,
                                                 cudaStream_t stream);
 // The CUDA kernels on channels-last maps (inputs[l] / grad_inputs[l] [batch, heights[l], widths[l], channels] in

@@ -26,7 +26,7 @@ HOST_DEVICE inline int adaptive_grid(float extent, int64_t pooled) {
 
 // roi = [batch_index, x1, y1, x2, y2] in image pixels; spatial_scale = feature / image.
 HOST_DEVICE inline RoiGeometry roi_geometry(const float* roi, float spatial_scale, int64_t pooled_h, int64_t pooled_w,
-                                         int64_t sampling_ratio, bool aligned) {
+                                            int64_t sampling_ratio, bool aligned) {
   RoiGeometry g;
   const float offset = aligned ? 0.5f : 0.0f;
   g.start_w = roi[1] * spatial_scale - offset;
@@ -55,7 +55,7 @@ struct BilinearTaps {
 
 // Sample (iy, ix) of bin (ph, pw).
 HOST_DEVICE inline BilinearTaps bilinear_taps(const RoiGeometry& g, int ph, int pw, int iy, int ix, int height,
-                                           int width) {
+                                              int width) {
   BilinearTaps t;
   float y = g.start_h + ph * g.bin_h + static_cast<float>(iy + .5f) * g.bin_h / static_cast<float>(g.grid_h);
   float x = g.start_w + pw * g.bin_w + static_cast<float>(ix + .5f) * g.bin_w / static_cast<float>(g.grid_w);
