@@ -1,5 +1,6 @@
 """Helpers the tests share (one place; no test file imports another's): tolerances, devices, test images,
 the torchvision peer's set-up, detection matching, CLI runs. Fixtures are in conftest.py."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,8 @@ from torchvision.ops import FrozenBatchNorm2d
 # tolerances (docs/design.md): whole pipeline boxes 1e-2 px, scores 1e-4, masks 1e-3
 BOX_TOL, SCORE_TOL, MASK_TOL = 1e-2, 1e-4, 1e-3
 MIN_SIZE, MAX_SIZE = 320, 512  # the torchvision peer's input sizes
-TARGETS = ("trt", "portable", "rtx")  # the ONNX flavours
-FP16_TARGETS = ("trt", "rtx")
+FLAVOURS = ("trt", "portable", "rtx")  # the ONNX flavours
+FP16_FLAVOURS = ("trt", "rtx")
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
 
@@ -62,8 +63,9 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = N
     e = dict(os.environ)
     e.update(env or {})
     e.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run([sys.executable, "-m", "mrcnn", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=e)
+    return subprocess.run(
+        [sys.executable, "-m", "mrcnn", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=e
+    )
 
 
 def max_rel_diff(sd_a: dict, sd_b: dict) -> tuple[float, str]:
@@ -81,7 +83,7 @@ def max_rel_diff(sd_a: dict, sd_b: dict) -> tuple[float, str]:
         den += float((b.double() ** 2).sum())
         if d > worst:
             worst, key = d, k
-    return (num ** 0.5) / max(den ** 0.5, 1e-30), key
+    return (num**0.5) / max(den**0.5, 1e-30), key
 
 
 def one_error_line(result) -> str:
@@ -162,7 +164,7 @@ def run_torchvision(tv, images):
     counts = [len(r["labels"]) for r in results]
     labels = torch.cat([r["labels"] for r in results])
     probs = logits[0][torch.arange(len(labels)), labels].sigmoid().split(counts)
-    for r, p in zip(results, probs):
+    for r, p in zip(results, probs, strict=True):
         r["masks28"] = p
     return results
 
@@ -200,7 +202,7 @@ def float_elements(model) -> dict[str, int]:
     """Initializer elements per data type name (FLOAT, FLOAT16, ...), floating types only."""
     out: dict[str, int] = {}
     for t in model.graph.initializer:
-        name = __import__('onnx').TensorProto.DataType.Name(t.data_type)
+        name = __import__("onnx").TensorProto.DataType.Name(t.data_type)
         if name.startswith(("FLOAT", "DOUBLE", "BFLOAT")):
             n = 1
             for d in t.dims:
@@ -226,7 +228,7 @@ def compare_detections(ref: list[dict], got: list[dict], what: str, min_det: int
     whole-pipeline tolerances (BOX_TOL, SCORE_TOL, MASK_TOL); prints every image's differences."""
     assert len(ref) == len(got), what
     lines, failures = [], []
-    for i, (r, o) in enumerate(zip(ref, got)):
+    for i, (r, o) in enumerate(zip(ref, got, strict=True)):
         n, m = len(r["boxes"]), len(o["boxes"])
         if n != m:
             failures.append(f"{what} image {i}: {m} detections vs {n}")
@@ -244,11 +246,14 @@ def compare_detections(ref: list[dict], got: list[dict], what: str, min_det: int
             d_mask = float((o["masks"][k] - r["masks"]).abs().max())
         elif "masks" in r and n:
             failures.append(f"{what} image {i}: pasted masks {tuple(o['masks'].shape)} vs {tuple(r['masks'].shape)}")
-        line = (f"{what} image {i}: n={n} box={d_box:.3g} score={d_score:.3g} mask28={d_m28:.3g} pasted={d_mask:.3g} "
-                f"labels_equal={labels_equal}")
+        line = (
+            f"{what} image {i}: n={n} box={d_box:.3g} score={d_score:.3g} mask28={d_m28:.3g} pasted={d_mask:.3g} "
+            f"labels_equal={labels_equal}"
+        )
         lines.append(line)
-        if not (labels_equal and d_box <= BOX_TOL and d_score <= SCORE_TOL and d_m28 <= MASK_TOL
-                and d_mask <= MASK_TOL):
+        if not (
+            labels_equal and d_box <= BOX_TOL and d_score <= SCORE_TOL and d_m28 <= MASK_TOL and d_mask <= MASK_TOL
+        ):
             failures.append(line)
     print("\n".join(lines))
     assert not failures, "\n".join(failures)
@@ -273,16 +278,20 @@ def contract_rows() -> list[dict]:
     assert lines, "plugins/README.md has no op contract table"
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[:9] == ["op", "torch", "onnx_op_type", "plugin_version", "kind", "name", "dtype", "shape", "fill"]
-    return [dict(zip(header, (c.strip().strip("`") for c in ln.strip().strip("|").split("|")))) for ln in lines[1:]
-            if not set(ln) <= set("|-: ")]
+    return [
+        dict(zip(header, (c.strip().strip("`") for c in ln.strip().strip("|").split("|")), strict=True))
+        for ln in lines[1:]
+        if not set(ln) <= set("|-: ")
+    ]
 
 
 def plugin_table() -> dict[str, dict]:
     """The contract by ONNX op type: {"plugin_version", "input", "output", "attribute": [(name, dtype), ...]}."""
     table: dict[str, dict] = {}
     for row in contract_rows():
-        entry = table.setdefault(row["onnx_op_type"], {"plugin_version": row["plugin_version"], "input": [],
-                                                       "output": [], "attribute": []})
+        entry = table.setdefault(
+            row["onnx_op_type"], {"plugin_version": row["plugin_version"], "input": [], "output": [], "attribute": []}
+        )
         entry[row["kind"]].append((row["name"], row["dtype"]))
     return table
 
@@ -296,6 +305,23 @@ def trt_plugin_library() -> Path:
     if path is None:
         pytest.skip("the TensorRT plugin library is not built (no TensorRT headers or nvcc at install)")
     return path
+
+
+def trt_plugin_driver() -> Path:
+    """The C++ plugin driver of the newest CMake tree of this checkout (scripts/test.sh builds build/dev; the wheel
+    holds none), $MRCNN_TRT_PLUGIN_DRIVER if set, or a skip saying how to build it."""
+    env = os.environ.get("MRCNN_TRT_PLUGIN_DRIVER")
+    found = (
+        [Path(env)]
+        if env
+        else sorted(ROOT.glob("build/*/plugins/tensorrt/mrcnn_trt_plugin_driver"), key=lambda p: p.stat().st_mtime)
+    )
+    if not found or not found[-1].is_file():
+        pytest.skip(
+            "no plugin driver built (cmake -S . -B build/dev && cmake --build build/dev, with TensorRT "
+            "headers; scripts/test.sh does it)"
+        )
+    return found[-1]
 
 
 def needs_tensorrt():

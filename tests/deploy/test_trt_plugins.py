@@ -12,6 +12,7 @@
   supportsFormatCombination table against the contract's dtypes); with a GPU (`cuda`) also enqueue against the CPU
   kernels.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from helpers import contract_rows, needs_rtx, plugin_table, trt_plugin_library
+from helpers import contract_rows, needs_rtx, plugin_table, trt_plugin_driver, trt_plugin_library
 
 from mrcnn.deploy import trt_plugins
 from mrcnn.errors import MrcnnError
@@ -87,23 +88,40 @@ def test_create_plugin_from_the_fields_of_a_real_export(tiny_onnx):
         assert got == (node.op_type, version.decode(), "mrcnn", len(node.output)), got
 
 
-@pytest.mark.parametrize("op, fields, needle", [
-    ("BoxNms", {"iou_threshold": [0.5], "max_output": [10]}, "missing field 'score_threshold'"),
-    ("BoxNms", {"iou_threshold": [0.5], "score_threshold": [0.0], "max_output": [10.5]}, "field 'max_output'"),
-    ("PreNmsSelect", {"top_k": [10], "min_size": [0.0], "weights": [1.0, 1.0, 1.0], "clip": [4.0]},
-     "field 'weights' needs 4 value(s), got 3"),
-    ("PreNmsSelect", {"top_k": [-1], "min_size": [0.0], "weights": [1.0] * 4, "clip": [4.0]},
-     "field 'top_k' = -1 is out of range"),
-    ("AnchorGrid", {"sizes": [32.0], "aspect_ratios": [1.0], "stride": [4], "strides": [4]},
-     "unknown field 'strides'"),
-])
+@pytest.mark.parametrize(
+    "op, fields, needle",
+    [
+        ("BoxNms", {"iou_threshold": [0.5], "max_output": [10]}, "missing field 'score_threshold'"),
+        ("BoxNms", {"iou_threshold": [0.5], "score_threshold": [0.0], "max_output": [10.5]}, "field 'max_output'"),
+        (
+            "PreNmsSelect",
+            {"top_k": [10], "min_size": [0.0], "weights": [1.0, 1.0, 1.0], "clip": [4.0]},
+            "field 'weights' needs 4 value(s), got 3",
+        ),
+        (
+            "PreNmsSelect",
+            {"top_k": [-1], "min_size": [0.0], "weights": [1.0] * 4, "clip": [4.0]},
+            "field 'top_k' = -1 is out of range",
+        ),
+        (
+            "AnchorGrid",
+            {"sizes": [32.0], "aspect_ratios": [1.0], "stride": [4], "strides": [4]},
+            "unknown field 'strides'",
+        ),
+    ],
+)
 def test_bad_fields_are_refused_with_a_line_naming_them(op, fields, needle, capfd):
     trt, _ = _rtx_with_plugins()
     fc = []
     for name, values in fields.items():
         floaty = any(isinstance(v, float) for v in values)
-        fc.append(trt.PluginField(name, np.asarray(values, np.float32 if floaty else np.int32),
-                                  trt.PluginFieldType.FLOAT32 if floaty else trt.PluginFieldType.INT32))
+        fc.append(
+            trt.PluginField(
+                name,
+                np.asarray(values, np.float32 if floaty else np.int32),
+                trt.PluginFieldType.FLOAT32 if floaty else trt.PluginFieldType.INT32,
+            )
+        )
     creator = trt.get_plugin_registry().get_creator(op, "1", "mrcnn")
     plugin = creator.create_plugin(op, trt.PluginFieldCollection(fc), trt.TensorRTPhase.BUILD)
     out, err = capfd.readouterr()
@@ -120,7 +138,7 @@ def test_a_missing_creator_is_one_line_naming_it():
         trt_plugins.load(trt, lib.parent / "libnothing.so")
 
 
-_PARSE = textwrap.dedent('''
+_PARSE = textwrap.dedent("""
     import sys
     import tensorrt_rtx as trt
     lib, model, op = sys.argv[1:4]
@@ -138,7 +156,7 @@ _PARSE = textwrap.dedent('''
     if ok:  # a TensorRT-RTX with plugin layers: build the one-node engine too
         plan = builder.build_serialized_network(network, builder.create_builder_config())
         print(f"BUILT {plan is not None}", flush=True)
-''')
+""")
 
 
 def _one_node_model(export, node, path) -> None:
@@ -170,12 +188,20 @@ def test_the_parser_maps_each_node_type_onto_our_creator(tiny_onnx, tmp_path):
             continue
         path = tmp_path / f"{node.op_type}.onnx"
         _one_node_model(export, node, path)
-        r = subprocess.run([sys.executable, "-c", _PARSE, str(lib), str(path), node.op_type], capture_output=True,
-                           text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-c", _PARSE, str(lib), str(path), node.op_type],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         log = r.stdout + r.stderr
         created = f"Successfully created plugin: {node.op_type}"
-        print(f"{node.op_type}: exit {r.returncode}; " + " | ".join(
-            ln for ln in log.splitlines() if "plugin" in ln.lower() or "PARSED" in ln or "BUILT" in ln)[-600:])
+        print(
+            f"{node.op_type}: exit {r.returncode}; "
+            + " | ".join(ln for ln in log.splitlines() if "plugin" in ln.lower() or "PARSED" in ln or "BUILT" in ln)[
+                -600:
+            ]
+        )
         assert "namespace: mrcnn" in log, log[-2000:]
         assert created in log, log[-2000:]
         if r.returncode == 0:  # plugin layers exist in this TensorRT-RTX: the parse went on and built the engine
@@ -190,9 +216,7 @@ def test_the_parser_maps_each_node_type_onto_our_creator(tiny_onnx, tmp_path):
 # ---- the C++ driver --------------------------------------------------------------------------------------------------
 def _driver(*extra: str) -> dict:
     lib = trt_plugin_library()
-    exe = lib.parent / "mrcnn_trt_plugin_driver"
-    if not exe.exists():
-        pytest.skip(f"no plugin driver beside {lib}")
+    exe = trt_plugin_driver()
     r = subprocess.run([str(exe), str(lib), *extra], capture_output=True, text=True, timeout=600)
     assert r.returncode in (0, 1), (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
     report = json.loads(r.stdout)
@@ -200,8 +224,13 @@ def _driver(*extra: str) -> dict:
     return report
 
 
-_DTYPE_NAMES = {"float32": {"float32"}, "int64": {"int64"}, "bool": {"bool"},
-                "float32, float16": {"float32", "float16"}, "any": {"float32", "float16", "bfloat16"}}
+_DTYPE_NAMES = {
+    "float32": {"float32"},
+    "int64": {"int64"},
+    "bool": {"bool"},
+    "float32, float16": {"float32", "float16"},
+    "any": {"float32", "float16", "bfloat16"},
+}
 
 
 def _contract_formats(op: str) -> list[set]:
@@ -261,9 +290,21 @@ def test_cmake_option_without_headers(tmp_path, mode):
         pytest.skip("cmake not found")
     root = Path(__file__).resolve().parents[2]
     headers = str(tmp_path / "no-headers")
-    r = subprocess.run([cmake, "-S", str(root), "-B", str(tmp_path / "b"), "-DMRCNN_WITH_CUDA=OFF",
-                        f"-DMRCNN_WITH_TENSORRT={mode}", f"-DTensorRT_INCLUDE_DIR={headers}"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            cmake,
+            "-S",
+            str(root),
+            "-B",
+            str(tmp_path / "b"),
+            "-DMRCNN_WITH_CUDA=OFF",
+            f"-DMRCNN_WITH_TENSORRT={mode}",
+            f"-DTensorRT_INCLUDE_DIR={headers}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [ln for ln in (r.stdout + r.stderr).splitlines() if "TensorRT plugin library" in ln or "TENSORRT" in ln]
     print(mode, r.returncode, lines)
     if mode == "ON":
