@@ -7,6 +7,7 @@ After optimizer step u (u = 1, 2, ...) the average e of every floating-point sta
     e_u = d_u * e_{u-1} + (1 - d_u) * w_u           (torch.lerp(e, w, 1 - d_u), one foreach call)
 The ramp keeps the first steps' random weights from dominating a short run; integer buffers are copied.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,7 +41,7 @@ class ModelEMA:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The averaged weights under the model's state-dict names (what a checkpoint's "model" holds)."""
-        return dict(zip(self.names, self.average))
+        return dict(zip(self.names, self.average, strict=True))
 
     def load(self, averaged: dict[str, torch.Tensor], updates: int) -> None:
         """Continue from a checkpoint's averaged weights and update count (resume)."""
@@ -48,7 +49,7 @@ class ModelEMA:
         if missing:
             raise KeyError(f"averaged weights lack {missing[0]}")
         with torch.no_grad():
-            for k, t in zip(self.names, self.average):
+            for k, t in zip(self.names, self.average, strict=True):
                 t.copy_(averaged[k])
         self.updates = int(updates)
 
@@ -57,11 +58,11 @@ class ModelEMA:
         """The model holds the averaged weights inside the block (evaluation); its own are put back bit for bit."""
         with torch.no_grad():
             kept = [t.clone() for t in self._online]
-            for t, a in zip(self._online, self.average):
+            for t, a in zip(self._online, self.average, strict=True):
                 t.copy_(a)
         try:
             yield
         finally:
             with torch.no_grad():
-                for t, k in zip(self._online, kept):
+                for t, k in zip(self._online, kept, strict=True):
                     t.copy_(k)
