@@ -12,6 +12,7 @@ pure-torch reference ops ("eager") and, where the native library is built, with 
 ORT idle threads sleep instead of spinning (they would steal the cores torch runs on). On a machine shared with
 other jobs, torch's OpenMP barriers suffer more from oversubscription than ORT: compare runs with --threads 1 too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,18 @@ def _interleaved(runners: dict, warmup: int, iters: int) -> dict:
     """Round-robin timing (_common.timed_interleaved: one call of each runner per round, so that load from other
     processes on a shared machine hits every runner alike); statistics per runner."""
     ts, _ = timed_interleaved(runners, iters, warmup, "cpu")
-    return {k: {"mean_ms": 1e3 * statistics.fmean(v), "p50_ms": 1e3 * statistics.median(v),
-                "min_ms": 1e3 * min(v), "iters": iters} for k, v in ts.items()}
+    return {
+        k: {
+            "mean_ms": 1e3 * statistics.fmean(v),
+            "p50_ms": 1e3 * statistics.median(v),
+            "min_ms": 1e3 * min(v),
+            "iters": iters,
+        }
+        for k, v in ts.items()
+    }
 
 
-def bench_model(spec: str, batch: int, threads: int, warmup: int, iters: int, targets: list[str], tmp: Path) -> dict:
+def bench_model(spec: str, batch: int, threads: int, warmup: int, iters: int, flavours: list[str], tmp: Path) -> dict:
     import onnx
 
     from mrcnn import native as kernels
@@ -39,7 +47,7 @@ def bench_model(spec: str, batch: int, threads: int, warmup: int, iters: int, ta
     from mrcnn.deploy.ort_predictor import ort_session
     from mrcnn.export import export_model
     from mrcnn.model import build_model
-    from mrcnn.ops import dispatch
+    from mrcnn.ops import Ops
 
     name, _, size = spec.partition(":")
     h, w = (int(v) for v in (size or "256x256").split("x"))
@@ -53,47 +61,54 @@ def bench_model(spec: str, batch: int, threads: int, warmup: int, iters: int, ta
 
     def eager(backend: str):
         def run():
-            with torch.inference_mode(), dispatch.backend(backend):
+            with torch.inference_mode(), model.using_ops(Ops(backend=backend)):
                 model(images, sizes)
+
         return run
 
     runners = {"eager": eager("reference")}
     if kernels.available():
-        runners["eager_kernels"] = eager("kernels")
+        runners["eager_kernels"] = eager("native")
     names = [f"c{i}" for i in range(1, cfg.model.num_classes)]
     feeds = {"images": images.numpy(), "image_sizes": sizes.numpy()}
-    for target in targets:
-        path = tmp / f"{name}-{target}.onnx"
-        export_model(model, cfg, names, path, target=target, log=lambda m: None)
+    for flavour in flavours:
+        path = tmp / f"{name}-{flavour}.onnx"
+        export_model(model, cfg, names, path, flavour=flavour, log=lambda m: None)
         sess = ort_session(onnx.load(str(path)), ["CPUExecutionProvider"], threads, spin=False)
-        runners[f"ort_{target}"] = (lambda s: lambda: s.run(None, feeds))(sess)
+        runners[f"ort_{flavour}"] = (lambda s: lambda: s.run(None, feeds))(sess)
     row = {"model": name, "input": [batch, 3, h, w], "threads": threads}
     row.update(_interleaved(runners, warmup, iters))
     line = f"{name} {batch}x3x{h}x{w}: eager (reference ops) p50 {row['eager']['p50_ms']:.1f} ms"
     if "eager_kernels" in row:
         line += f", eager (C++ kernels) {row['eager_kernels']['p50_ms']:.1f} ms"
     print(line, flush=True)
-    for target in targets:
-        r = row[f"ort_{target}"]
+    for flavour in flavours:
+        r = row[f"ort_{flavour}"]
         r["speedup_vs_eager"] = row["eager"]["p50_ms"] / r["p50_ms"]
         extra = ""
         if "eager_kernels" in row:
             r["speedup_vs_eager_kernels"] = row["eager_kernels"]["p50_ms"] / r["p50_ms"]
             extra = f", eager(C++ kernels)/ORT = {r['speedup_vs_eager_kernels']:.2f}x"
-        print(f"  ORT {target:8s} p50 {r['p50_ms']:.1f} ms  -> eager/ORT = {r['speedup_vs_eager']:.2f}x{extra}",
-              flush=True)
+        print(
+            f"  ORT {flavour:8s} p50 {r['p50_ms']:.1f} ms  -> eager/ORT = {r['speedup_vs_eager']:.2f}x{extra}",
+            flush=True,
+        )
     return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", default=None,
-                    help="config[:HxW] (repeatable; default shapes-tiny:256x256 and r50-fpn:512x512)")
+    ap.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="config[:HxW] (repeatable; default shapes-tiny:256x256 and r50-fpn:512x512)",
+    )
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--targets", nargs="+", default=["trt", "portable"])
+    ap.add_argument("--flavours", nargs="+", default=["trt", "portable"])
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-save", action="store_true")
     a = ap.parse_args()
@@ -101,15 +116,18 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs:
-            rows.append(bench_model(spec, a.batch, a.threads, a.warmup, a.iters, a.targets, Path(tmp)))
+            rows.append(bench_model(spec, a.batch, a.threads, a.warmup, a.iters, a.flavours, Path(tmp)))
     import onnxruntime
 
     print("\np50 latency, ms (speed-up of ORT vs eager with reference ops, vs eager with the C++ kernels)")
-    print("model        input            eager (C++ kernels)   " + "   ".join(f"ORT {t:24s}" for t in a.targets))
+    print("model        input            eager (C++ kernels)   " + "   ".join(f"ORT {t:24s}" for t in a.flavours))
     for r in rows:
         ek = r.get("eager_kernels", {}).get("p50_ms", float("nan"))
-        cells = "   ".join(f"{r[f'ort_{t}']['p50_ms']:9.1f} ({r[f'ort_{t}']['speedup_vs_eager']:.2f}x, "
-                           f"{r[f'ort_{t}'].get('speedup_vs_eager_kernels', float('nan')):.2f}x)" for t in a.targets)
+        cells = "   ".join(
+            f"{r[f'ort_{t}']['p50_ms']:9.1f} ({r[f'ort_{t}']['speedup_vs_eager']:.2f}x, "
+            f"{r[f'ort_{t}'].get('speedup_vs_eager_kernels', float('nan')):.2f}x)"
+            for t in a.flavours
+        )
         shape = "x".join(map(str, r["input"]))
         print(f"{r['model']:12s} {shape:16s} {r['eager']['p50_ms']:9.1f} ({ek:7.1f})   {cells}")
     if not a.no_save:

@@ -12,6 +12,7 @@ Both models: ResNet-50-FPN, frozen BN, first two stages frozen, 512 RoIs/img, SG
 (random) weights: torchvision's initialisation, converted into ours.
 torchvision gets the same already-sized images (its internal resize is then a no-op) and the same targets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,7 @@ def make_batch(n: int, size: int, num_classes: int, device: str, seed: int = 0, 
         boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([width - 1.0, height - 1.0]))], 1)
         masks = torch.zeros(k, height, width, dtype=torch.uint8)
         for j, b in enumerate(boxes.long().tolist()):
-            masks[j, b[1]:b[3], b[0]:b[2]] = 1
+            masks[j, b[1] : b[3], b[0] : b[2]] = 1
         labels = torch.randint(1, num_classes, (k,), generator=g)
         targets.append({"boxes": boxes, "labels": labels, "masks": masks})
     return [i.to(device) for i in images], [{k: v.to(device) for k, v in t.items()} for t in targets]
@@ -45,14 +46,22 @@ def torchvision_model(num_classes: int, size: int, width: int = 0):
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
-                                   trainable_layers=3)
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3
+    )
     # min/max size equal to the images' sides: torchvision's internal resize is a no-op
     return MaskRCNN(backbone, num_classes=num_classes, min_size=size, max_size=max(size, width))
 
 
-_NO_KERNEL = {"aten.empty", "aten.empty_strided", "aten.empty_like", "aten.lift_fresh", "aten.scalar_tensor",
-              "profiler._record_function_enter_new", "profiler._record_function_exit"}
+_NO_KERNEL = {
+    "aten.empty",
+    "aten.empty_strided",
+    "aten.empty_like",
+    "aten.lift_fresh",
+    "aten.scalar_tensor",
+    "profiler._record_function_enter_new",
+    "profiler._record_function_exit",
+}
 
 
 def count_ops(step) -> dict[str, int]:
@@ -89,8 +98,7 @@ def profile(step, device: str, path: str, rows: int = 30) -> None:
     key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
     text = p.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
     if device.startswith("cuda"):
-        text += "\n\n" + p.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows,
-                                                   max_name_column_width=60)
+        text += "\n\n" + p.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60)
     Path(path).write_text(text)
 
 
@@ -103,19 +111,36 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10, help="timed steps per model (the models take turns)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
     ap.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
-    ap.add_argument("--channels-last", action="store_true",
-                    help="ours in NHWC; torchvision is timed in NHWC and in NCHW and the faster one counts")
-    ap.add_argument("--native-roi-align", default="off", choices=["off", "on", "both"],
-                    help="CUDA: RoIAlign of ours on torchvision's op per level (off) or the native multi-level "
-                         "kernel (on), or time both (both: 'mrcnn' off, 'mrcnn_native_roi' on)")
-    ap.add_argument("--compile", default="off", choices=["off", "on", "both"],
-                    help="torch.compile ours' backbone + FPN (`mrcnn train --compile`): off, on, or both ('mrcnn' "
-                         "eager, 'mrcnn_compiled' compiled, with the native RoIAlign unless --native-roi-align off: "
-                         "compare it with 'mrcnn_native_roi' then); compiling happens in the warm-up steps")
-    ap.add_argument("--ops-only", action="store_true",
-                    help="only count the aten ops of one step per model (no timing, nothing saved)")
-    ap.add_argument("--foreach", action="store_true",
-                    help="SGD with foreach=True, as torch picks on CUDA (on CPU it picks the per-tensor loop)")
+    ap.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="ours in NHWC; torchvision is timed in NHWC and in NCHW and the faster one counts",
+    )
+    ap.add_argument(
+        "--native-roi-align",
+        default="off",
+        choices=["off", "on", "both"],
+        help="CUDA: RoIAlign of ours on torchvision's op per level (off) or the native multi-level "
+        "kernel (on), or time both (both: 'mrcnn' off, 'mrcnn_native_roi' on)",
+    )
+    ap.add_argument(
+        "--compile",
+        default="off",
+        choices=["off", "on", "both"],
+        help="torch.compile ours' backbone + FPN (`mrcnn train --compile`): off, on, or both ('mrcnn' "
+        "eager, 'mrcnn_compiled' compiled, with the native RoIAlign unless --native-roi-align off: "
+        "compare it with 'mrcnn_native_roi' then); compiling happens in the warm-up steps",
+    )
+    ap.add_argument(
+        "--ops-only",
+        action="store_true",
+        help="only count the aten ops of one step per model (no timing, nothing saved)",
+    )
+    ap.add_argument(
+        "--foreach",
+        action="store_true",
+        help="SGD with foreach=True, as torch picks on CUDA (on CPU it picks the per-tensor loop)",
+    )
     ap.add_argument("--profile", default=None, metavar="PREFIX", help="write op tables to PREFIX-<model>.txt")
     ap.add_argument("--json", default=None, help="write results here (default: benchmarks/results/...)")
     ap.add_argument("--no-save", action="store_true")
@@ -125,36 +150,42 @@ def main() -> None:
     from mrcnn.model import build_model
     from mrcnn.model.convert import convert_torchvision_state_dict
     from mrcnn.model.preprocess import batch_images
-    from mrcnn.ops import dispatch
 
     num_classes = 81
     dev = a.device
     images, targets = make_batch(a.batch, a.size, num_classes, dev, width=a.width)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
 
-    def make_step(model, forward, mf, native_roi=False, compiled=False):
+    def make_step(model, forward, mf, compiled=False):
         model.to(dev).to(memory_format=mf).train()
         if compiled:
             model.compile_backbone()
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
-                              foreach=True if a.foreach else None)
+        opt = torch.optim.SGD(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=1e-4,
+            momentum=0.9,
+            foreach=True if a.foreach else None,
+        )
         scaler = torch.amp.GradScaler(dev.split(":")[0], enabled=a.amp == "fp16")
 
         def step():
             opt.zero_grad(set_to_none=True)
-            with dispatch.cuda_roi_align(native_roi), \
-                    torch.autocast(dev.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
+            with torch.autocast(dev.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
                 losses = forward(model)
             scaler.scale(sum(losses.values())).backward()
             scaler.step(opt)
             scaler.update()
+
         return step
 
     # the same weights in both models (torchvision's random init, converted): the same proposals and RoIs, so the
     # two steps do the same work (models with different random weights send different RoI counts to each level)
     mf_ours = torch.channels_last if a.channels_last else torch.contiguous_format
-    tv_formats = {"nhwc": torch.channels_last, "nchw": torch.contiguous_format} if a.channels_last else \
-        {"nchw": torch.contiguous_format}
+    tv_formats = (
+        {"nhwc": torch.channels_last, "nchw": torch.contiguous_format}
+        if a.channels_last
+        else {"nchw": torch.contiguous_format}
+    )
     steps = {}
     for name, mf in tv_formats.items():
         torch.manual_seed(0)
@@ -178,11 +209,12 @@ def main() -> None:
         if name != "mrcnn":
             twin = build_model(cfg.model)
             twin.load_state_dict(ours.state_dict())
-        ours_step[name] = make_step(twin, lambda m: m(batch, sizes, targets), mf_ours, native_roi, compiled)
+        twin.set_ops(twin.ops.replace(cuda_roi_align=native_roi))
+        ours_step[name] = make_step(twin, lambda m: m(batch, sizes, targets), mf_ours, compiled)
     for name in compiled_variants - {"mrcnn"}:  # a machine without a working inductor (no Triton, no compiler)
-        try:                                     # still times the eager variants
+        try:  # still times the eager variants
             ours_step[name]()
-        except Exception as e:  # noqa: BLE001 - any compile failure: report it, drop the variant
+        except Exception as e:
             print(f"{name} dropped: compiling failed: {str(e).strip().splitlines()[0][:200]}")
             del ours_step[name]
     steps = {**ours_step, **steps}
@@ -205,34 +237,53 @@ def main() -> None:
     ci = {k: ratio_interval(times[peer], times[k]) for k in steps if k.startswith("mrcnn")}
     print(f"device {dev} amp {a.amp} channels_last {a.channels_last} batch {a.batch} size {a.size}x{a.width or a.size}")
     for k in steps:
-        print(f"{k:18s} {ips[k]:7.2f} img/s (median {med[k] * 1000:.1f} ms/step, min {min(times[k]) * 1000:.1f}, "
-              f"max {max(times[k]) * 1000:.1f}; {len(times[k])} steps)")
-    print(f"ratio mrcnn/{peer}: {ratio:.3f}x (median steps, 95% interval {ci['mrcnn'][0]:.3f}-{ci['mrcnn'][1]:.3f}; "
-          f"{ratio_min:.3f}x by fastest steps)")
+        print(
+            f"{k:18s} {ips[k]:7.2f} img/s (median {med[k] * 1000:.1f} ms/step, min {min(times[k]) * 1000:.1f}, "
+            f"max {max(times[k]) * 1000:.1f}; {len(times[k])} steps)"
+        )
+    print(
+        f"ratio mrcnn/{peer}: {ratio:.3f}x (median steps, 95% interval {ci['mrcnn'][0]:.3f}-{ci['mrcnn'][1]:.3f}; "
+        f"{ratio_min:.3f}x by fastest steps)"
+    )
     for k in ours_step:
         if k != "mrcnn":
             lo, hi = ci[k]
             print(f"ratio {k}/{peer}: {ips[k] / ips[peer]:.3f}x (median steps, 95% interval {lo:.3f}-{hi:.3f})")
     if allocs:
-        print("cudaMalloc calls / allocator retries during the timed steps: "
-              + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in allocs.items())
-              + f"; peak allocated {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        print(
+            "cudaMalloc calls / allocator retries during the timed steps: "
+            + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in allocs.items())
+            + f"; peak allocated {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+        )
     # a TorchDispatchMode sees eager aten calls only: compiled code runs its fused kernels past it, so the compiled
     # variant is not counted (its count would be the eager one's)
     ops = {k: count_ops(step) for k, step in steps.items() if k not in compiled_variants}
-    print("aten ops per step (all / not views or allocations; eager variants): "
-          + ", ".join(f"{k} {v['all']}/{v['compute']}" for k, v in ops.items()))
+    print(
+        "aten ops per step (all / not views or allocations; eager variants): "
+        + ", ".join(f"{k} {v['all']}/{v['compute']}" for k, v in ops.items())
+    )
     if a.profile:
         for k, step in steps.items():
             profile(step, dev, f"{a.profile}-{k}.txt")
     if not a.no_save:
-        p = save("train_throughput", {"machine": machine(dev), "args": vars(a), "img_s": ips, "peer": peer,
-                                      "ours_img_s": ips["mrcnn"], "torchvision_img_s": ips[peer], "ratio": ratio,
-                                      "ratio_ci95": {k: [round(x, 4) for x in v] for k, v in ci.items()},
-                                      "ratio_fastest_steps": ratio_min, "cuda_mallocs_and_retries": allocs,
-                                      "aten_ops_per_step": ops,
-                                      "step_ms": {k: [round(t * 1000, 2) for t in v] for k, v in times.items()}},
-                 a.json)
+        p = save(
+            "train_throughput",
+            {
+                "machine": machine(dev),
+                "args": vars(a),
+                "img_s": ips,
+                "peer": peer,
+                "ours_img_s": ips["mrcnn"],
+                "torchvision_img_s": ips[peer],
+                "ratio": ratio,
+                "ratio_ci95": {k: [round(x, 4) for x in v] for k, v in ci.items()},
+                "ratio_fastest_steps": ratio_min,
+                "cuda_mallocs_and_retries": allocs,
+                "aten_ops_per_step": ops,
+                "step_ms": {k: [round(t * 1000, 2) for t in v] for k, v in times.items()},
+            },
+            a.json,
+        )
         print(f"saved {p}")
 
 

@@ -1,9 +1,10 @@
 """ONNX Runtime predictor for exported artifacts (the CUDA provider when onnxruntime-gpu and a GPU are present, else
 the CPU), with the interface of the PyTorch `Predictor` (ExportedPredictor: preprocessing from the metadata)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -31,8 +32,13 @@ def default_providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def ort_session(model, providers: Optional[list[str]] = None, threads: int = 0,
-                log: Optional[Callable[[str], None]] = None, spin: bool = True):
+def ort_session(
+    model,
+    providers: list[str] | None = None,
+    threads: int = 0,
+    log: Callable[[str], None] | None = None,
+    spin: bool = True,
+):
     """An ONNX Runtime session for an mrcnn ModelProto (either flavour). For mrcnn custom nodes the ops are
     registered (onnxruntime-extensions) and `model` gets their JSON attribute (in place; see ort_ops).
     spin=False: idle ORT threads sleep instead of spinning (when torch shares the cores, e.g. benchmarks)."""
@@ -56,8 +62,15 @@ def ort_session(model, providers: Optional[list[str]] = None, threads: int = 0,
 class OnnxPredictor(ExportedPredictor):
     """`OnnxPredictor(path)(images)`: an exported model on ONNX Runtime (ExportedPredictor's interface)."""
 
-    def __init__(self, path: str | Path, providers: Optional[list[str]] = None, paste: bool = True,
-                 threads: int = 0, log: Callable[[str], None] = print, spin: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        providers: list[str] | None = None,
+        paste: bool = True,
+        threads: int = 0,
+        log: Callable[[str], None] = print,
+        spin: bool = True,
+    ) -> None:
         path = Path(path)
         model = load_onnx(path)
         super().__init__(path, read_metadata(model), paste)
@@ -66,7 +79,7 @@ class OnnxPredictor(ExportedPredictor):
         if has_custom_ops(model):
             from mrcnn.deploy import ort_ops
 
-            self.ops_backend = ort_ops.backend()  # "kernels" (C++) or "reference"
+            self.ops_backend = ort_ops.ops_backend()  # "native" (the C++ kernels) or "reference"
         else:
             self.ops_backend = "onnx"  # standard ops only
         shape = self.session.get_inputs()[0].shape  # [B, 3, H, W]: ints where static
@@ -76,6 +89,11 @@ class OnnxPredictor(ExportedPredictor):
 
     def run(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
         """The graph on a padded batch [B,3,H,W] float 0..1 and sizes [B,2]: fixed-size outputs as tensors."""
-        outs = self.session.run(None, {"images": images.detach().cpu().float().numpy(),
-                                       "image_sizes": image_sizes.detach().cpu().to(torch.int64).numpy()})
-        return {k: torch.from_numpy(np.asarray(v)) for k, v in zip(self.output_names, outs)}
+        outs = self.session.run(
+            None,
+            {
+                "images": images.detach().cpu().float().numpy(),
+                "image_sizes": image_sizes.detach().cpu().to(torch.int64).numpy(),
+            },
+        )
+        return {k: torch.from_numpy(np.asarray(v)) for k, v in zip(self.output_names, outs, strict=True)}

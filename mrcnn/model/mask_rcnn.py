@@ -12,9 +12,11 @@ Shapes:
 Targets (train): boxes [N,4] float xyxy image pixels, labels [N] int64 in 1..C-1, masks [N,h,w] uint8 (unpadded size),
 optional `seed` (int): that image's fg/bg sampling draws from `torch.Generator().manual_seed(seed)`.
 """
+
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +26,7 @@ from mrcnn.model.backbone import ResNetBody
 from mrcnn.model.fpn import FPN
 from mrcnn.model.roi_heads import RoIHeads
 from mrcnn.model.rpn import RPN, flatten_level
+from mrcnn.ops import Ops
 
 
 class Backbone(nn.Module):
@@ -39,16 +42,33 @@ class Backbone(nn.Module):
 
 
 class MaskRCNN(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """`ops`: how this model runs the custom ops (mrcnn.ops.Ops; default Ops.from_env()), its own choice: set_ops /
+    using_ops change it for this model only."""
+
+    def __init__(self, cfg: ModelConfig, ops: Ops | None = None) -> None:
         super().__init__()
         if len(cfg.anchor_sizes) != 5:
             raise ValueError("anchor_sizes needs one size per FPN level P2..P6 (5 values)")
         self.cfg = cfg
+        self.ops = Ops.from_env() if ops is None else ops
         self.backbone = Backbone(cfg)
-        self.rpn = RPN(cfg, cfg.fpn_channels)
-        self.roi_heads = RoIHeads(cfg, cfg.fpn_channels)
+        self.rpn = RPN(cfg, cfg.fpn_channels, self.ops)
+        self.roi_heads = RoIHeads(cfg, cfg.fpn_channels, self.ops)
         self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
+
+    def set_ops(self, ops: Ops) -> None:
+        self.ops = self.rpn.ops = self.roi_heads.ops = ops
+
+    @contextlib.contextmanager
+    def using_ops(self, ops: Ops) -> Iterator[MaskRCNN]:
+        """This model with `ops` inside the block, its own choice again afterwards."""
+        prev = self.ops
+        self.set_ops(ops)
+        try:
+            yield self
+        finally:
+            self.set_ops(prev)
 
     def compile_backbone(self) -> None:
         """torch.compile the backbone + FPN in place (state-dict keys unchanged). The heads stay eager: their shapes
@@ -66,7 +86,7 @@ class MaskRCNN(nn.Module):
         return (images - self.image_mean.to(images.dtype)) / self.image_std.to(images.dtype) * inside
 
     def forward(
-        self, images: Tensor, image_sizes: Tensor, targets: Optional[list[dict[str, Tensor]]] = None
+        self, images: Tensor, image_sizes: Tensor, targets: list[dict[str, Tensor]] | None = None
     ) -> dict[str, Tensor]:
         if self.training and targets is None:
             raise ValueError("targets are required in training mode")
@@ -75,7 +95,7 @@ class MaskRCNN(nn.Module):
         feats = self.backbone(self.normalize(images, image_sizes))
         # 2. RPN: objectness / deltas per level, anchors, fixed-size proposals
         logits, deltas = self.rpn.head(feats)
-        flat = [flatten_level(lg, d) for lg, d in zip(logits, deltas)]
+        flat = [flatten_level(lg, d) for lg, d in zip(logits, deltas, strict=True)]
         objectness = [o for o, _ in flat]
         box_deltas = [d for _, d in flat]
         anchors = self.rpn.anchors(feats, images)
@@ -99,5 +119,5 @@ class MaskRCNN(nn.Module):
         return losses
 
 
-def build_model(cfg: ModelConfig) -> MaskRCNN:
-    return MaskRCNN(cfg)
+def build_model(cfg: ModelConfig, ops: Ops | None = None) -> MaskRCNN:
+    return MaskRCNN(cfg, ops)

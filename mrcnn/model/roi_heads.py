@@ -9,10 +9,11 @@ Shapes:
     box branch:  [R, F*7*7] -> class_logits [R, C], box_deltas [R, 4C]
     mask branch: [R, F, 14, 14] -> mask_logits [R, C, M, M]
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,15 +26,12 @@ from mrcnn.model.rpn import gather_rows, pad_rows, sample_balanced
 from mrcnn.ops import (
     BELOW_LOW_THRESHOLD,
     BETWEEN_THRESHOLDS,
+    Ops,
     box_area,
-    box_iou,
-    box_nms,
     box_sizes_at_least,
     clip_boxes,
     decode_boxes,
-    dispatch,
     encode_boxes,
-    match_proposals,
 )
 
 
@@ -46,8 +44,9 @@ def _infer_scale(feature: Tensor, image: Tensor, nominal: float) -> float:
     return 2.0 ** round(math.log2(float(h_f) / float(h_i)))
 
 
-def map_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224, canonical_level: int = 4,
-               eps: float = 1e-6) -> Tensor:
+def map_levels(
+    boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224, canonical_level: int = 4, eps: float = 1e-6
+) -> Tensor:
     """FPN level index (0-based from k_min) of each box [R,4] (torchvision LevelMapper)."""
     s = torch.sqrt(box_area(boxes))
     lvl = torch.floor(canonical_level + torch.log2(s / canonical_scale) + torch.tensor(eps, dtype=s.dtype))
@@ -56,7 +55,13 @@ def map_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 2
 
 
 def multiscale_roi_align(
-    features: list[Tensor], rois: Tensor, image: Tensor, output_size: int, sampling_ratio: int, aligned: bool,
+    features: list[Tensor],
+    rois: Tensor,
+    image: Tensor,
+    output_size: int,
+    sampling_ratio: int,
+    aligned: bool,
+    ops: Ops,
     native_for_inference: bool = False,
 ) -> Tensor:
     scales = [_infer_scale(f, image, 2.0 ** -(2 + i)) for i, f in enumerate(features)]  # P2 has stride 4
@@ -66,19 +71,28 @@ def multiscale_roi_align(
     # RoIAlign runs in float32 (or float64) even under autocast, like torchvision's autocast kernel
     dtype = torch.float64 if features[0].dtype == torch.float64 else torch.float32
     rois = rois.to(dtype)
-    if dispatch.native_roi_align_applies(features[0], rois, dtype, inference=native_for_inference):
+    if ops.native_roi_align_applies(features[0], rois, dtype, inference=native_for_inference):
         # training, eager inference with the levers: one native call over the whole pyramid, no split of the RoIs
         # by level (no device sync)
         maps = [f.to(dtype=dtype) for f in features]  # channels-last stays so: the op reads it as it is (CPU; CUDA
-        # with set_cuda_roi_align_nhwc)
-        return native.multilevel_roi_align(maps, rois, levels, scales,
-                                            (output_size, output_size), sampling_ratio, aligned)
+        # with ops.cuda_roi_align_nhwc)
+        return native.multilevel_roi_align(
+            maps, rois, levels, scales, (output_size, output_size), sampling_ratio, aligned, ops.cuda_roi_align_nhwc
+        )
     # eval, export, reference backend: torchvision's op per level (exported as ONNX RoiAlign)
     pooled, order = [], []
-    for lvl, (feat, scale) in enumerate(zip(features, scales)):
+    for lvl, (feat, scale) in enumerate(zip(features, scales, strict=True)):
         idx = torch.where(levels == lvl)[0]
-        pooled.append(roi_align(feat.to(dtype), rois[idx], (output_size, output_size), spatial_scale=scale,
-                                sampling_ratio=sampling_ratio, aligned=aligned))
+        pooled.append(
+            roi_align(
+                feat.to(dtype),
+                rois[idx],
+                (output_size, output_size),
+                spatial_scale=scale,
+                sampling_ratio=sampling_ratio,
+                aligned=aligned,
+            )
+        )
         order.append(idx)
     # back to RoI order with one gather (per-level index_copy into a zeros tensor copied the whole [R,C,S,S]
     # tensor once per level, forward and backward). The inverse permutation is a scatter, not an argsort, so the
@@ -172,25 +186,29 @@ class RoIHeads(nn.Module):
     native_roi_align = False
     masks_of_detections_only = False
 
-    def __init__(self, cfg: ModelConfig, in_channels: int) -> None:
+    def __init__(self, cfg: ModelConfig, in_channels: int, ops: Ops) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.ops = cfg, ops
         self.box_head = TwoMLPHead(in_channels * cfg.box_roi_size**2, cfg.representation_size)
         self.box_predictor = BoxPredictor(cfg.representation_size, cfg.num_classes)
         self.mask_head = MaskHead(in_channels, cfg.mask_head_channels, cfg.mask_head_layers)
         self.mask_predictor = MaskPredictor(cfg.mask_head_channels, cfg.mask_head_channels, cfg.num_classes)
 
     # -- branches -----------------------------------------------------------------------------------------------
-    def box_branch(self, features: list[Tensor], rois: Tensor, images: Tensor,
-                   eager: bool = False) -> tuple[Tensor, Tensor]:
+    def box_branch(
+        self, features: list[Tensor], rois: Tensor, images: Tensor, eager: bool = False
+    ) -> tuple[Tensor, Tensor]:
         cfg = self.cfg
-        x = multiscale_roi_align(features, rois, images, cfg.box_roi_size, cfg.sampling_ratio, cfg.roi_aligned, eager)
+        x = multiscale_roi_align(
+            features, rois, images, cfg.box_roi_size, cfg.sampling_ratio, cfg.roi_aligned, self.ops, eager
+        )
         return self.box_predictor(self.box_head(x))
 
     def mask_branch(self, features: list[Tensor], rois: Tensor, images: Tensor, eager: bool = False) -> Tensor:
         cfg = self.cfg
-        x = multiscale_roi_align(features, rois, images, cfg.mask_roi_size, cfg.sampling_ratio, cfg.roi_aligned,
-                                 eager)
+        x = multiscale_roi_align(
+            features, rois, images, cfg.mask_roi_size, cfg.sampling_ratio, cfg.roi_aligned, self.ops, eager
+        )
         return self.mask_predictor(self.mask_head(x))
 
     # -- inference ----------------------------------------------------------------------------------------------
@@ -217,7 +235,7 @@ class RoIHeads(nn.Module):
         valid = proposals_valid[:, :, None].expand(B, P, C - 1).reshape(B, -1)
         valid = valid & box_sizes_at_least(boxes, cfg.box_min_size)
         # 3. class-aware NMS, score > threshold, top detections_per_img
-        det_boxes, det_scores, det_labels, _, num = box_nms(
+        det_boxes, det_scores, det_labels, _, num = self.ops.box_nms(
             boxes, scores, labels, valid, cfg.box_nms, cfg.box_score_thresh, cfg.detections_per_img
         )
         # 4. masks of the detections: the predicted class's channel, sigmoid; padding slots zero
@@ -249,7 +267,7 @@ class RoIHeads(nn.Module):
         proposals_valid: Tensor,
         images: Tensor,
         targets: list[dict[str, Tensor]],
-        generators: Sequence[Optional[torch.Generator]],
+        generators: Sequence[torch.Generator | None],
     ) -> dict[str, Tensor]:
         """Box and mask losses, each normalised per image and averaged over images (torchvision's semantics).
         Candidates per image are its proposal slots and its ground-truth boxes (padded to the batch's largest G);
@@ -262,8 +280,12 @@ class RoIHeads(nn.Module):
         gt_labels = pad_rows([t["labels"].to(device=device, dtype=torch.int64) for t in targets], -1)  # -1: padding
         # 1. candidates = proposals + ground truth; match; label (class, 0 background, -1 ignored or padding)
         cands = torch.cat([proposals.float(), gt], 1)
-        m = torch.stack([match_proposals(box_iou(g, c), cfg.roi_fg_iou, cfg.roi_bg_iou, False)
-                         for g, c in zip(gts, cands)])
+        m = torch.stack(
+            [
+                self.ops.match_proposals(self.ops.box_iou(g, c), cfg.roi_fg_iou, cfg.roi_bg_iou, False)
+                for g, c in zip(gts, cands, strict=True)
+            ]
+        )
         labels = torch.where(m == BELOW_LOW_THRESHOLD, 0, gt_labels.gather(1, m.clamp(min=0)))
         usable = torch.cat([proposals_valid, gt_labels >= 0], 1) & (m != BETWEEN_THRESHOLDS)
         labels = torch.where(usable, labels, -1)
@@ -293,9 +315,14 @@ class RoIHeads(nn.Module):
         pos_labels = torch.cat([labels[i, :k] for i, k in enumerate(counts)])
         sel = mask_logits.float().gather(1, pos_labels.view(-1, 1, 1, 1).expand(-1, 1, M, M))[:, 0]
         mask_targets = [
-            roi_align(t["masks"].to(device)[:, None].float(),
-                      torch.cat([matched[i, :k, None].to(boxes.dtype), boxes[i, :k]], 1), (M, M), 1.0)[:, 0]
-            for i, (t, k) in enumerate(zip(targets, counts)) if k
+            roi_align(
+                t["masks"].to(device)[:, None].float(),
+                torch.cat([matched[i, :k, None].to(boxes.dtype), boxes[i, :k]], 1),
+                (M, M),
+                1.0,
+            )[:, 0]
+            for i, (t, k) in enumerate(zip(targets, counts, strict=True))
+            if k
         ]
         if mask_targets:
             per_roi = F.binary_cross_entropy_with_logits(sel, torch.cat(mask_targets), reduction="none").mean((1, 2))
@@ -313,5 +340,9 @@ class RoIHeads(nn.Module):
 
 def _tracing() -> bool:
     """Under ONNX export, torch.export, dynamo or jit tracing: the graph keeps its fixed sizes."""
-    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-                or torch.compiler.is_exporting())
+    return bool(
+        torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )

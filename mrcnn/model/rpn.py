@@ -8,19 +8,17 @@ Shapes:
     flatten -> objectness [B, A_l], deltas [B, A_l, 4] in (y, x, anchor) order, like torchvision
     proposals(...) -> boxes [B, P, 4], valid [B, P] (sorted by objectness, padding at the end)
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrcnn.config import ModelConfig
-
-# The custom ops (docs/design.md §3) dispatch at call time to the reference or the native kernel (mrcnn.ops.dispatch's
-# backend switch). ONNX export runs under backend "kernels", so the traced graph holds torch.ops.mrcnn.* nodes.
-from mrcnn.ops import BETWEEN_THRESHOLDS, anchor_grid, box_iou, box_nms, encode_boxes, match_proposals, pre_nms_select
+from mrcnn.ops import BETWEEN_THRESHOLDS, Ops, encode_boxes
 
 
 class RPNHead(nn.Module):
@@ -50,19 +48,21 @@ def flatten_level(logits: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
     return obj, d
 
 
-def sampling_keys(n: int, generators: Sequence[Optional[torch.Generator]], device: torch.device) -> Tensor:
+def sampling_keys(n: int, generators: Sequence[torch.Generator | None], device: torch.device) -> Tensor:
     """[B, n] uniform keys in [0, 1), one row per image. A row whose generator is given is drawn from it alone (the
     choice does not depend on the rest of the batch); without generators one draw from the global RNG."""
     if all(g is None for g in generators):
         return torch.rand(len(generators), n, device=device)
-    return torch.stack([
-        torch.rand(n, device=device) if g is None else torch.rand(n, generator=g, device=g.device).to(device)
-        for g in generators
-    ])
+    return torch.stack(
+        [
+            torch.rand(n, device=device) if g is None else torch.rand(n, generator=g, device=g.device).to(device)
+            for g in generators
+        ]
+    )
 
 
 def sample_balanced(
-    labels: Tensor, batch_size: int, positive_fraction: float, generators: Sequence[Optional[torch.Generator]]
+    labels: Tensor, batch_size: int, positive_fraction: float, generators: Sequence[torch.Generator | None]
 ) -> tuple[Tensor, Tensor]:
     """torchvision's BalancedPositiveNegativeSampler for a whole batch, fixed-size and without host syncs.
 
@@ -101,16 +101,18 @@ def gather_rows(x: Tensor, index: Tensor) -> Tensor:
 
 
 class RPN(nn.Module):
-    def __init__(self, cfg: ModelConfig, in_channels: int) -> None:
+    # The custom ops (docs/design.md §3) run as the model's Ops choose (MaskRCNN.set_ops): the reference or the native
+    # kernel; an export chooses "native", so the traced graph holds torch.ops.mrcnn.* nodes.
+    def __init__(self, cfg: ModelConfig, in_channels: int, ops: Ops) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.ops = cfg, ops
         self.num_anchors = len(cfg.aspect_ratios)  # one size per level
         self.head = RPNHead(in_channels, self.num_anchors)
 
     def anchors(self, features: list[Tensor], images: Tensor) -> list[Tensor]:
         return [
-            anchor_grid(f, images, (float(s),), tuple(float(r) for r in self.cfg.aspect_ratios))
-            for f, s in zip(features, self.cfg.anchor_sizes)
+            self.ops.anchor_grid(f, images, (float(s),), tuple(float(r) for r in self.cfg.aspect_ratios))
+            for f, s in zip(features, self.cfg.anchor_sizes, strict=True)
         ]
 
     def proposals(
@@ -122,8 +124,8 @@ class RPN(nn.Module):
         post_n = cfg.rpn_post_nms_top_n_train if self.training else cfg.rpn_post_nms_top_n_test
         boxes, scores, valid, levels = [], [], [], []
         # 1. top-n per level, decode, clip, drop small
-        for lvl, (a, o, d) in enumerate(zip(anchors, objectness, deltas)):
-            b, s, v = pre_nms_select(a, o.detach(), d.detach(), image_sizes, pre_n, cfg.rpn_min_size)
+        for lvl, (a, o, d) in enumerate(zip(anchors, objectness, deltas, strict=True)):
+            b, s, v = self.ops.pre_nms_select(a, o.detach(), d.detach(), image_sizes, pre_n, cfg.rpn_min_size)
             boxes.append(b)
             scores.append(s)
             valid.append(v)
@@ -132,7 +134,7 @@ class RPN(nn.Module):
         scores_t = torch.cat(scores, 1)
         valid_t = torch.cat(valid, 1) & (scores_t >= cfg.rpn_score_thresh)
         # 2. NMS independently per level, keep the post-NMS top-n
-        out_boxes, _, _, _, num = box_nms(
+        out_boxes, _, _, _, num = self.ops.box_nms(
             boxes_t, scores_t, torch.cat(levels, 1), valid_t, cfg.rpn_nms, float("-inf"), post_n
         )
         slots = torch.arange(out_boxes.shape[1], device=num.device)
@@ -144,7 +146,7 @@ class RPN(nn.Module):
         objectness: Tensor,
         deltas: Tensor,
         targets: list[dict[str, Tensor]],
-        generators: Sequence[Optional[torch.Generator]],
+        generators: Sequence[torch.Generator | None],
     ) -> tuple[Tensor, Tensor]:
         """RPN losses, each normalised by its image's sampled count and averaged over images.
         anchors [A,4], objectness [B,A], deltas [B,A,4] (float32). Matching runs per image (G_i differs); sampling and
@@ -152,14 +154,20 @@ class RPN(nn.Module):
         cfg = self.cfg
         gts = [t["boxes"].to(device=anchors.device, dtype=torch.float32) for t in targets]
         # 1. label anchors: 1 foreground, 0 background, -1 ignored
-        m = torch.stack([match_proposals(box_iou(gt, anchors), cfg.rpn_fg_iou, cfg.rpn_bg_iou, True) for gt in gts])
+        m = torch.stack(
+            [
+                self.ops.match_proposals(self.ops.box_iou(gt, anchors), cfg.rpn_fg_iou, cfg.rpn_bg_iou, True)
+                for gt in gts
+            ]
+        )
         labels = torch.where(m >= 0, 1, torch.where(m == BETWEEN_THRESHOLDS, -1, 0))
         # 2. sample; 3. losses normalised by each image's sampled count
         index, ok = sample_balanced(labels, cfg.rpn_batch_per_image, cfg.rpn_positive_fraction, generators)
         pos = ok & (labels.gather(1, index) > 0)
         count = ok.sum(1).clamp(min=1)
-        loss_obj = F.binary_cross_entropy_with_logits(objectness.gather(1, index), pos.to(objectness.dtype),
-                                                      reduction="none")
+        loss_obj = F.binary_cross_entropy_with_logits(
+            objectness.gather(1, index), pos.to(objectness.dtype), reduction="none"
+        )
         matched = gather_rows(pad_rows(gts), m.gather(1, index).clamp(min=0))
         reg = torch.where(pos[..., None], encode_boxes(matched, anchors[index]), 0.0)
         loss_box = F.smooth_l1_loss(gather_rows(deltas, index), reg, beta=1 / 9, reduction="none").sum(2)

@@ -19,34 +19,34 @@ Shapes (the contract is the table in plugins/README.md):
               sampling_ratio, aligned) -> [R,C,pooled_h,pooled_w]
         (float32, with autograd, training only, not a plugin op: torchvision.ops.roi_align semantics, RoI n on
         level levels[n]; CPU on all threads, CUDA one launch for the whole pyramid; channels-last maps are read as
-        they are on CPU, and on CUDA with set_cuda_roi_align_nhwc(True), which also makes their gradients NHWC)
+        they are on CPU, and on CUDA with cuda_nhwc=True, which also makes their gradients NHWC)
 
 Split by job: `library` loads the library and calls its C ABI, `checks` validates inputs (one KernelInputError, a
 MrcnnError and a ValueError), `torch_ops` registers the torch ops (CPU through ctypes, CUDA launchers on the current
 stream with a torch-allocated workspace, fake kernels for torch.export / torch.compile, RoIAlign's autograd), and
-`kernels` has the functions with exactly the signatures and return structure of the references in mrcnn.ops. Which
-of the two model code runs is mrcnn.ops.dispatch's choice.
+`functions` has the functions with exactly the signatures and return structure of the references in mrcnn.ops.
+Which of the two model code runs is the model's `Ops` (mrcnn.ops.dispatch).
 """
+
 from mrcnn.native.checks import KernelInputError
-from mrcnn.native.kernels import (
-                                  anchor_grid,
-                                  box_iou,
-                                  box_nms,
-                                  match_proposals,
-                                  multilevel_roi_align,
-                                  pre_nms_select,
-                                  roi_align,
+from mrcnn.native.functions import (
+    anchor_grid,
+    box_iou,
+    box_nms,
+    match_proposals,
+    multilevel_roi_align,
+    pre_nms_select,
+    roi_align,
 )
 from mrcnn.native.library import (
-                                  available,
-                                  build_info,
-                                  cuda_available,
-                                  cuda_built,
-                                  library_path,
-                                  load_error,
-                                  native_status,
+    available,
+    build_info,
+    cuda_available,
+    cuda_built,
+    library_path,
+    load_error,
+    native_status,
 )
-from mrcnn.native.torch_ops import set_cuda_roi_align_nhwc
 
 __all__ = [
     "KernelInputError",
@@ -64,5 +64,4 @@ __all__ = [
     "multilevel_roi_align",
     "pre_nms_select",
     "roi_align",
-    "set_cuda_roi_align_nhwc",
 ]

@@ -1,9 +1,10 @@
 """Loading the native library (plugins/kernels, libmrcnn_kernels) and calling its C ABI through ctypes.
 
-    library_path() -> Path | None     where the library is (env MRCNN_KERNELS_LIB, the package's lib/, a CMake tree)
-    load() -> CDLL | None              the library with every function's argtypes declared (None: not built)
-    call(name, *args)                  one C function; a non-zero status is one MrcnnError with its message
+library_path() -> Path | None     where the library is (env MRCNN_KERNELS_LIB, the package's lib/, a CMake tree)
+load() -> CDLL | None              the library with every function's argtypes declared (None: not built)
+call(name, *args)                  one C function; a non-zero status is one MrcnnError with its message
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -14,8 +15,8 @@ import torch
 
 from mrcnn.errors import MrcnnError, message_line
 
-_P, _I64, _F, _I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-_SZP = ctypes.POINTER(ctypes.c_size_t)
+_P, _I64, _F, _I, _S = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_char_p
+_SZ, _SZP = ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)
 _ANCHOR = [_I64, _I64, _I64, _I64, _P, _I64, _P, _I64, _I64, _P]
 _IOU = [_P, _P, _I64, _I64, _I64, _P]
 _PRE = [_P, _P, _P, _P, _I64, _I64, _I64, _F, _P, _F, _P, _P, _P]
@@ -24,30 +25,34 @@ _MATCH = [_P, _I64, _I64, _F, _F, _I, _P]
 _ROI = [_P, _P, _P, _P, _I64, _I64, _I64, _P, _P, _I64, _I64, _I64, _I64, _I]  # + threads (CPU), output
 _ROI_BWD = [_P, _P, _P, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I]  # + threads (CPU), grad_inputs
 ROI_MAX_LEVELS = 8  # MRCNN_ROI_ALIGN_MAX_LEVELS
-_SIGNATURES = {
-    "mrcnn_has_cuda": [],
-    "mrcnn_anchor_grid_cpu": _ANCHOR,
-    "mrcnn_box_iou_f32_cpu": _IOU,
-    "mrcnn_box_iou_f16_cpu": _IOU,
-    "mrcnn_pre_nms_select_cpu": _PRE,
-    "mrcnn_box_nms_cpu": _NMS,
-    "mrcnn_match_proposals_cpu": _MATCH,
-    "mrcnn_roi_align_f32_cpu": _ROI + [_I64, _P],
-    "mrcnn_roi_align_nhwc_f32_cpu": _ROI + [_I64, _P],
-    "mrcnn_roi_align_backward_f32_cpu": _ROI_BWD + [_I64, _P],
-    "mrcnn_roi_align_f32_cuda": _ROI + [_P, _P],
-    "mrcnn_roi_align_backward_f32_cuda": _ROI_BWD + [_P, _P],
-    "mrcnn_roi_align_nhwc_f32_cuda": _ROI + [_P, _P],
-    "mrcnn_roi_align_backward_nhwc_f32_cuda": _ROI_BWD + [_P, _P],
-    "mrcnn_anchor_grid_cuda": _ANCHOR + [_P],
-    "mrcnn_box_iou_f32_cuda": _IOU + [_P],
-    "mrcnn_box_iou_f16_cuda": _IOU + [_P],
-    "mrcnn_pre_nms_select_workspace_size": [_I64, _I64, _I64, _SZP],
-    "mrcnn_pre_nms_select_cuda": _PRE + [_P, ctypes.c_size_t, _P],
-    "mrcnn_box_nms_workspace_size": [_I64, _I64, _I64, _SZP],
-    "mrcnn_box_nms_cuda": _NMS + [_P, ctypes.c_size_t, _P],
-    "mrcnn_match_proposals_workspace_size": [_I64, _I64, _SZP],
-    "mrcnn_match_proposals_cuda": _MATCH + [_P, ctypes.c_size_t, _P],
+# Every function of plugins/kernels/include/mrcnn/kernels.h: name -> (restype, argtypes). tests/native/test_abi.py
+# parses the header and compares, so a changed signature on either side fails a test, not a call.
+SIGNATURES: dict[str, tuple[type, list[type]]] = {
+    "mrcnn_build_info": (_S, []),
+    "mrcnn_has_cuda": (_I, []),
+    "mrcnn_error_string": (_S, [_I]),
+    "mrcnn_anchor_grid_cpu": (_I, _ANCHOR),
+    "mrcnn_box_iou_f32_cpu": (_I, _IOU),
+    "mrcnn_box_iou_f16_cpu": (_I, _IOU),
+    "mrcnn_pre_nms_select_cpu": (_I, _PRE),
+    "mrcnn_box_nms_cpu": (_I, _NMS),
+    "mrcnn_match_proposals_cpu": (_I, _MATCH),
+    "mrcnn_roi_align_f32_cpu": (_I, [*_ROI, _I64, _P]),
+    "mrcnn_roi_align_nhwc_f32_cpu": (_I, [*_ROI, _I64, _P]),
+    "mrcnn_roi_align_backward_f32_cpu": (_I, [*_ROI_BWD, _I64, _P]),
+    "mrcnn_roi_align_f32_cuda": (_I, [*_ROI, _P, _P]),
+    "mrcnn_roi_align_backward_f32_cuda": (_I, [*_ROI_BWD, _P, _P]),
+    "mrcnn_roi_align_nhwc_f32_cuda": (_I, [*_ROI, _P, _P]),
+    "mrcnn_roi_align_backward_nhwc_f32_cuda": (_I, [*_ROI_BWD, _P, _P]),
+    "mrcnn_anchor_grid_cuda": (_I, [*_ANCHOR, _P]),
+    "mrcnn_box_iou_f32_cuda": (_I, [*_IOU, _P]),
+    "mrcnn_box_iou_f16_cuda": (_I, [*_IOU, _P]),
+    "mrcnn_pre_nms_select_workspace_size": (_I, [_I64, _I64, _I64, _SZP]),
+    "mrcnn_pre_nms_select_cuda": (_I, [*_PRE, _P, _SZ, _P]),
+    "mrcnn_box_nms_workspace_size": (_I, [_I64, _I64, _I64, _SZP]),
+    "mrcnn_box_nms_cuda": (_I, [*_NMS, _P, _SZ, _P]),
+    "mrcnn_match_proposals_workspace_size": (_I, [_I64, _I64, _SZP]),
+    "mrcnn_match_proposals_cuda": (_I, [*_MATCH, _P, _SZ, _P]),
 }
 _LIB: ctypes.CDLL | None = None
 _LIB_ERROR: str | None = None
@@ -86,14 +91,10 @@ def load() -> ctypes.CDLL | None:
         if not hasattr(lib, "mrcnn_box_iou_f32_cpu"):
             _LIB_ERROR = f"{path} has no kernels (an old build? rebuild with pip install .)"
             return None
-        for name, argtypes in _SIGNATURES.items():
-            if hasattr(lib, name):
+        for name, (restype, argtypes) in SIGNATURES.items():
+            if hasattr(lib, name):  # (the CUDA launchers exist only in a CUDA build)
                 fn = getattr(lib, name)
-                fn.argtypes = argtypes
-                fn.restype = _I
-        lib.mrcnn_error_string.argtypes = [_I]
-        lib.mrcnn_error_string.restype = ctypes.c_char_p
-        lib.mrcnn_build_info.restype = ctypes.c_char_p
+                fn.argtypes, fn.restype = argtypes, restype
         _LIB = lib
     return _LIB
 

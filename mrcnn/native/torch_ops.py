@@ -2,11 +2,11 @@
 launchers on torch's current stream with a torch-allocated workspace; a fake kernel per op gives the fixed output
 shapes for torch.export / torch.compile; RoIAlign has its backward and autograd formula. Importing this module
 registers them (mrcnn.native does)."""
+
 from __future__ import annotations
 
 import ctypes
-import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -67,14 +67,14 @@ def int64s(values: Sequence[int]):
 
 # ---- the ops ---------------------------------------------------------------------------------------------------------
 @torch.library.custom_op("mrcnn::anchor_grid", mutates_args=())
-def _anchor_grid_op(feature: Tensor, image: Tensor, sizes: list[float], aspect_ratios: list[float],
-                    stride: int) -> Tensor:
+def _anchor_grid_op(
+    feature: Tensor, image: Tensor, sizes: list[float], aspect_ratios: list[float], stride: int
+) -> Tensor:
     A = validate_anchor_grid(feature, image, sizes, aspect_ratios, stride)
     H, W = int(feature.shape[-2]), int(feature.shape[-1])
     Hi, Wi = int(image.shape[-2]), int(image.shape[-1])
     out = torch.empty((H * W * A, 4), dtype=torch.float32, device=feature.device)
-    args = [H, W, Hi, Wi, floats(sizes), len(sizes), floats(aspect_ratios), len(aspect_ratios), int(stride),
-            ptr(out)]
+    args = [H, W, Hi, Wi, floats(sizes), len(sizes), floats(aspect_ratios), len(aspect_ratios), int(stride), ptr(out)]
     run(feature.device, "mrcnn_anchor_grid_cpu", "mrcnn_anchor_grid_cuda", args)
     return out
 
@@ -103,8 +103,16 @@ def _(a, b):
 
 
 @torch.library.custom_op("mrcnn::pre_nms_select", mutates_args=())
-def _pre_nms_select_op(anchors: Tensor, objectness: Tensor, deltas: Tensor, image_sizes: Tensor, top_k: int,
-                       min_size: float, weights: list[float], clip: float) -> tuple[Tensor, Tensor, Tensor]:
+def _pre_nms_select_op(
+    anchors: Tensor,
+    objectness: Tensor,
+    deltas: Tensor,
+    image_sizes: Tensor,
+    top_k: int,
+    min_size: float,
+    weights: list[float],
+    clip: float,
+) -> tuple[Tensor, Tensor, Tensor]:
     validate_pre_nms_select(anchors, objectness, deltas, image_sizes, top_k, weights)
     anchors, objectness, deltas, image_sizes = (t.contiguous() for t in (anchors, objectness, deltas, image_sizes))
     B, A = objectness.shape
@@ -113,8 +121,21 @@ def _pre_nms_select_op(anchors: Tensor, objectness: Tensor, deltas: Tensor, imag
     boxes = torch.empty((B, K, 4), dtype=torch.float32, device=dev)
     scores = torch.empty((B, K), dtype=torch.float32, device=dev)
     valid = torch.empty((B, K), dtype=torch.bool, device=dev)
-    args = [ptr(anchors), ptr(objectness), ptr(deltas), ptr(image_sizes), B, A, int(top_k), float(min_size),
-            floats(weights), float(clip), ptr(boxes), ptr(scores), ptr(valid)]
+    args = [
+        ptr(anchors),
+        ptr(objectness),
+        ptr(deltas),
+        ptr(image_sizes),
+        B,
+        A,
+        int(top_k),
+        float(min_size),
+        floats(weights),
+        float(clip),
+        ptr(boxes),
+        ptr(scores),
+        ptr(valid),
+    ]
     ws = cuda_workspace("mrcnn_pre_nms_select_workspace_size", dev, B, A, int(top_k)) if dev.type == "cuda" else None
     run(dev, "mrcnn_pre_nms_select_cpu", "mrcnn_pre_nms_select_cuda", args, ws)
     return boxes, scores, valid
@@ -125,13 +146,23 @@ def _(anchors, objectness, deltas, image_sizes, top_k, min_size, weights, clip):
     validate_pre_nms_select(anchors, objectness, deltas, image_sizes, top_k, weights)
     B, A = objectness.shape
     K = torch.sym_min(int(top_k), A)
-    return (objectness.new_empty((B, K, 4)), objectness.new_empty((B, K)),
-            objectness.new_empty((B, K), dtype=torch.bool))
+    return (
+        objectness.new_empty((B, K, 4)),
+        objectness.new_empty((B, K)),
+        objectness.new_empty((B, K), dtype=torch.bool),
+    )
 
 
 @torch.library.custom_op("mrcnn::box_nms", mutates_args=())
-def _box_nms_op(boxes: Tensor, scores: Tensor, classes: Tensor, valid: Tensor, iou_threshold: float,
-                score_threshold: float, max_output: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _box_nms_op(
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    valid: Tensor,
+    iou_threshold: float,
+    score_threshold: float,
+    max_output: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     validate_box_nms(boxes, scores, classes, valid, max_output)
     boxes, scores, classes, valid = (t.contiguous() for t in (boxes, scores, classes, valid))
     B, N = scores.shape
@@ -142,9 +173,22 @@ def _box_nms_op(boxes: Tensor, scores: Tensor, classes: Tensor, valid: Tensor, i
     out_classes = torch.empty((B, K), dtype=torch.int64, device=dev)
     out_indices = torch.empty((B, K), dtype=torch.int64, device=dev)
     out_num = torch.empty((B,), dtype=torch.int64, device=dev)
-    args = [ptr(boxes), ptr(scores), ptr(classes), ptr(valid), B, N, float(iou_threshold),
-            float(score_threshold), K, ptr(out_boxes), ptr(out_scores), ptr(out_classes), ptr(out_indices),
-            ptr(out_num)]
+    args = [
+        ptr(boxes),
+        ptr(scores),
+        ptr(classes),
+        ptr(valid),
+        B,
+        N,
+        float(iou_threshold),
+        float(score_threshold),
+        K,
+        ptr(out_boxes),
+        ptr(out_scores),
+        ptr(out_classes),
+        ptr(out_indices),
+        ptr(out_num),
+    ]
     ws = cuda_workspace("mrcnn_box_nms_workspace_size", dev, B, N, K) if dev.type == "cuda" else None
     run(dev, "mrcnn_box_nms_cpu", "mrcnn_box_nms_cuda", args, ws)
     return out_boxes, out_scores, out_classes, out_indices, out_num
@@ -154,8 +198,13 @@ def _box_nms_op(boxes: Tensor, scores: Tensor, classes: Tensor, valid: Tensor, i
 def _(boxes, scores, classes, valid, iou_threshold, score_threshold, max_output):
     validate_box_nms(boxes, scores, classes, valid, max_output)
     B, K = boxes.shape[0], int(max_output)
-    return (boxes.new_empty((B, K, 4)), boxes.new_empty((B, K)), boxes.new_empty((B, K), dtype=torch.int64),
-            boxes.new_empty((B, K), dtype=torch.int64), boxes.new_empty((B,), dtype=torch.int64))
+    return (
+        boxes.new_empty((B, K, 4)),
+        boxes.new_empty((B, K)),
+        boxes.new_empty((B, K), dtype=torch.int64),
+        boxes.new_empty((B, K), dtype=torch.int64),
+        boxes.new_empty((B,), dtype=torch.int64),
+    )
 
 
 @torch.library.custom_op("mrcnn::match_proposals", mutates_args=())
@@ -176,41 +225,51 @@ def _(iou, high, low, allow_low_quality):
     return iou.new_empty((iou.shape[1],), dtype=torch.int64)
 
 
-_CUDA_NHWC = os.environ.get("MRCNN_CUDA_ROI_ALIGN_NHWC", "0") == "1"
-
-
-def set_cuda_roi_align_nhwc(enabled: bool) -> bool:
-    """Whether the CUDA RoIAlign reads channels-last maps as they are and writes their gradients channels-last (the
-    NHWC kernels: a warp's atomics on one line) instead of pooling from NCHW copies. Start value: off, env
-    MRCNN_CUDA_ROI_ALIGN_NHWC=1 turns it on; it stays opt-in until test_cuda_roi_align_nhwc_equals_cpu has passed on
-    a GPU. Returns the previous value."""
-    global _CUDA_NHWC
-    prev, _CUDA_NHWC = _CUDA_NHWC, bool(enabled)
-    return prev
-
-
-def _reads_nhwc(inputs: Sequence[Tensor], device: torch.device) -> bool:
-    """Channels-last maps are read as they are (CPU: eager inference; CUDA: when set_cuda_roi_align_nhwc is on);
-    anything else as contiguous NCHW."""
-    if device.type == "cuda" and not _CUDA_NHWC:
+def _reads_nhwc(inputs: Sequence[Tensor], device: torch.device, cuda_nhwc: bool) -> bool:
+    """Channels-last maps are read as they are (CPU: always; CUDA: with `cuda_nhwc`, the NHWC kernels, whose
+    gradients are channels-last too: a warp's atomics on one line); anything else as contiguous NCHW."""
+    if device.type == "cuda" and not cuda_nhwc:
         return False
-    return (all(x.is_contiguous(memory_format=torch.channels_last) for x in inputs)
-            and not all(x.is_contiguous() for x in inputs))  # (a map both ways, C or H*W 1, reads alike)
+    return all(x.is_contiguous(memory_format=torch.channels_last) for x in inputs) and not all(
+        x.is_contiguous() for x in inputs
+    )  # (a map both ways, C or H*W 1, reads alike)
 
 
 @torch.library.custom_op("mrcnn::roi_align", mutates_args=())
-def _roi_align_op(inputs: list[Tensor], rois: Tensor, levels: Optional[Tensor], spatial_scales: list[float],
-                  pooled_h: int, pooled_w: int, sampling_ratio: int, aligned: bool) -> Tensor:
+def _roi_align_op(
+    inputs: list[Tensor],
+    rois: Tensor,
+    levels: Tensor | None,
+    spatial_scales: list[float],
+    pooled_h: int,
+    pooled_w: int,
+    sampling_ratio: int,
+    aligned: bool,
+    cuda_nhwc: bool = False,
+) -> Tensor:
     validate_roi_align(inputs, rois, levels, spatial_scales, pooled_h, pooled_w)
-    nhwc = _reads_nhwc(inputs, rois.device)
+    nhwc = _reads_nhwc(inputs, rois.device, cuda_nhwc)
     inputs = inputs if nhwc else [x.contiguous() for x in inputs]
     rois = rois.contiguous()
     levels = None if levels is None else levels.contiguous()
     B, C = inputs[0].shape[:2]
     out = torch.empty((rois.shape[0], C, pooled_h, pooled_w), dtype=torch.float32, device=rois.device)
-    head = [pointers(inputs), int64s([x.shape[2] for x in inputs]), int64s([x.shape[3] for x in inputs]),
-            floats(spatial_scales), len(inputs), B, C, ptr(rois), ptr(levels), rois.shape[0], int(pooled_h),
-            int(pooled_w), int(sampling_ratio), int(bool(aligned))]
+    head = [
+        pointers(inputs),
+        int64s([x.shape[2] for x in inputs]),
+        int64s([x.shape[3] for x in inputs]),
+        floats(spatial_scales),
+        len(inputs),
+        B,
+        C,
+        ptr(rois),
+        ptr(levels),
+        rois.shape[0],
+        int(pooled_h),
+        int(pooled_w),
+        int(sampling_ratio),
+        int(bool(aligned)),
+    ]
     threads = [torch.get_num_threads()] if rois.device.type == "cpu" else []
     name = "mrcnn_roi_align_nhwc_f32" if nhwc else "mrcnn_roi_align_f32"
     run(rois.device, f"{name}_cpu", f"{name}_cuda", head + threads + [ptr(out)])
@@ -218,21 +277,34 @@ def _roi_align_op(inputs: list[Tensor], rois: Tensor, levels: Optional[Tensor], 
 
 
 @_roi_align_op.register_fake
-def _(inputs, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned):
+def _(inputs, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned, cuda_nhwc=False):
     validate_roi_align(inputs, rois, levels, spatial_scales, pooled_h, pooled_w, fake=True)
     return inputs[0].new_empty((rois.shape[0], inputs[0].shape[1], pooled_h, pooled_w))
 
 
 def _grad_maps(batch: int, C: int, heights: list[int], widths: list[int], device, channels_last: bool) -> list[Tensor]:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return [torch.empty((batch, C, h, w), dtype=torch.float32, device=device, memory_format=fmt)
-            for h, w in zip(heights, widths)]
+    return [
+        torch.empty((batch, C, h, w), dtype=torch.float32, device=device, memory_format=fmt)
+        for h, w in zip(heights, widths, strict=True)
+    ]
 
 
 @torch.library.custom_op("mrcnn::roi_align_backward", mutates_args=())
-def _roi_align_backward_op(grad: Tensor, rois: Tensor, levels: Optional[Tensor], spatial_scales: list[float],
-                           pooled_h: int, pooled_w: int, batch: int, heights: list[int], widths: list[int],
-                           sampling_ratio: int, aligned: bool, channels_last: bool) -> list[Tensor]:
+def _roi_align_backward_op(
+    grad: Tensor,
+    rois: Tensor,
+    levels: Tensor | None,
+    spatial_scales: list[float],
+    pooled_h: int,
+    pooled_w: int,
+    batch: int,
+    heights: list[int],
+    widths: list[int],
+    sampling_ratio: int,
+    aligned: bool,
+    channels_last: bool,
+) -> list[Tensor]:
     """Gradients of the maps; `channels_last` (CUDA only): NHWC gradients from the NHWC kernel, which reads
     grad [R, C, ph, pw] transposed to [R, ph, pw, C] once."""
     nhwc = channels_last and grad.device.type == "cuda"
@@ -241,36 +313,71 @@ def _roi_align_backward_op(grad: Tensor, rois: Tensor, levels: Optional[Tensor],
     levels = None if levels is None else levels.contiguous()
     C = grad.shape[3] if nhwc else grad.shape[1]
     outs = _grad_maps(batch, C, heights, widths, grad.device, nhwc)
-    head = [ptr(grad), ptr(rois), ptr(levels), rois.shape[0], int64s(heights), int64s(widths),
-            floats(spatial_scales), len(heights), batch, C, int(pooled_h), int(pooled_w), int(sampling_ratio),
-            int(bool(aligned))]
+    head = [
+        ptr(grad),
+        ptr(rois),
+        ptr(levels),
+        rois.shape[0],
+        int64s(heights),
+        int64s(widths),
+        floats(spatial_scales),
+        len(heights),
+        batch,
+        C,
+        int(pooled_h),
+        int(pooled_w),
+        int(sampling_ratio),
+        int(bool(aligned)),
+    ]
     threads = [torch.get_num_threads()] if grad.device.type == "cpu" else []
-    run(grad.device, "mrcnn_roi_align_backward_f32_cpu",
+    run(
+        grad.device,
+        "mrcnn_roi_align_backward_f32_cpu",
         "mrcnn_roi_align_backward_nhwc_f32_cuda" if nhwc else "mrcnn_roi_align_backward_f32_cuda",
-        head + threads + [pointers(outs)])
+        head + threads + [pointers(outs)],
+    )
     return outs
 
 
 @_roi_align_backward_op.register_fake
-def _(grad, rois, levels, spatial_scales, pooled_h, pooled_w, batch, heights, widths, sampling_ratio, aligned,
-      channels_last):
-    return _grad_maps(batch, grad.shape[1], heights, widths, grad.device,
-                      channels_last and grad.device.type == "cuda")
+def _(
+    grad,
+    rois,
+    levels,
+    spatial_scales,
+    pooled_h,
+    pooled_w,
+    batch,
+    heights,
+    widths,
+    sampling_ratio,
+    aligned,
+    channels_last,
+):
+    return _grad_maps(batch, grad.shape[1], heights, widths, grad.device, channels_last and grad.device.type == "cuda")
 
 
 def _roi_align_setup(ctx, inputs, output) -> None:
-    feats, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned = inputs
+    feats, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned, cuda_nhwc = inputs
     ctx.save_for_backward(rois, levels)
-    ctx.attrs = (spatial_scales, pooled_h, pooled_w, feats[0].shape[0], [x.shape[2] for x in feats],
-                 [x.shape[3] for x in feats], sampling_ratio, aligned, _reads_nhwc(feats, rois.device))
+    ctx.attrs = (
+        spatial_scales,
+        pooled_h,
+        pooled_w,
+        feats[0].shape[0],
+        [x.shape[2] for x in feats],
+        [x.shape[3] for x in feats],
+        sampling_ratio,
+        aligned,
+        _reads_nhwc(feats, rois.device, cuda_nhwc),
+    )
 
 
 def _roi_align_grad(ctx, grad):
     rois, levels = ctx.saved_tensors
     scales, ph, pw, b, hs, ws, sr, aligned, nhwc = ctx.attrs
     grads = torch.ops.mrcnn.roi_align_backward(grad, rois, levels, scales, ph, pw, b, hs, ws, sr, aligned, nhwc)
-    return list(grads), None, None, None, None, None, None, None
+    return list(grads), None, None, None, None, None, None, None, None
 
 
 _roi_align_op.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
-

@@ -1,19 +1,19 @@
 """Custom ops as pure-torch references: the single source of truth (docs/design.md §3).
 
-Each op is one function with plain tensor inputs, plain attributes and fixed-size outputs. Later, C++/CUDA kernels
-register the same names as `torch.ops.mrcnn.<snake_name>`, and ONNX nodes / TensorRT plugins use the CamelNames:
+Each op is one function with plain tensor inputs, plain attributes and fixed-size outputs. The kernels (plugins/
+kernels, through mrcnn.native) register the same names as `torch.ops.mrcnn.<snake_name>`, and ONNX nodes / TensorRT
+plugins use the CamelNames:
 
-    anchor_grid     AnchorGrid
-    box_iou         BoxIou
-    pre_nms_select  PreNmsSelect
-    box_nms         BoxNms
+    anchor_grid      AnchorGrid
+    box_iou          BoxIou
+    pre_nms_select   PreNmsSelect
+    box_nms          BoxNms
+    match_proposals  MatchProposals
 
-The five kernel-backed names exported here dispatch at call time (`mrcnn.ops.dispatch`: `set_backend` /
-`backend()` context manager / env MRCNN_OPS_BACKEND): "auto" (default) runs the native kernel where the library is
-built and supports the device and dtype, else the reference; "reference" and "kernels" force one. `REFERENCE` holds
-the pure-torch functions themselves.
+The five names exported here run under `Ops()` (mrcnn.ops.dispatch: the native kernel where the library is built
+and supports the device and dtype, else the reference). A model holds its own `Ops` (MaskRCNN.ops), which chooses
+for it alone; `REFERENCE` holds the pure-torch functions themselves.
 """
-import functools
 
 from mrcnn.ops.anchors import base_anchors
 from mrcnn.ops.boxes import (
@@ -24,33 +24,22 @@ from mrcnn.ops.boxes import (
     decode_boxes,
     encode_boxes,
 )
-from mrcnn.ops.dispatch import REFERENCE, backend, get_backend, resolve, set_backend  # noqa: E402 - after the ops
+from mrcnn.ops.dispatch import BACKENDS, OPS, REFERENCE, Ops
 from mrcnn.ops.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS
-from mrcnn.ops.nms import box_nms_reference
 
-
-def _dispatching(name: str):
-    ref = REFERENCE[name]
-
-    @functools.wraps(ref)
-    def op(*args, **kwargs):
-        return resolve(name)(*args, **kwargs)
-
-    return op
-
-
-anchor_grid = _dispatching("anchor_grid")
-box_iou = _dispatching("box_iou")
-pre_nms_select = _dispatching("pre_nms_select")
-box_nms = _dispatching("box_nms")
-match_proposals = _dispatching("match_proposals")
+AUTO = Ops()
+anchor_grid = AUTO.anchor_grid
+box_iou = AUTO.box_iou
+pre_nms_select = AUTO.pre_nms_select
+box_nms = AUTO.box_nms
+match_proposals = AUTO.match_proposals
 
 __all__ = [
+    "AUTO",
+    "BACKENDS",
+    "OPS",
     "REFERENCE",
-    "backend",
-    "get_backend",
-    "resolve",
-    "set_backend",
+    "Ops",
     "anchor_grid",
     "base_anchors",
     "box_iou",
@@ -62,7 +51,6 @@ __all__ = [
     "DEFAULT_SCALE_CLAMP",
     "pre_nms_select",
     "box_nms",
-    "box_nms_reference",
     "match_proposals",
     "BELOW_LOW_THRESHOLD",
     "BETWEEN_THRESHOLDS",

@@ -15,29 +15,31 @@ IoU > iou_threshold. Kept boxes come sorted by score (descending) in slots [0, n
 scores 0, classes 0 and indices -1. `indices` point into the N input candidates.
 
 `box_nms` runs `torchvision.ops.nms` once per class on the candidates' own coordinates (what torchvision's
-`batched_nms` does above 1,000 boxes on the CPU); `box_nms_reference` is the naive float64 loop that defines the
-semantics for tests and for the C++/CUDA kernels, which compute each IoU as torchvision's nms does (bit for bit).
+`batched_nms` does above 1,000 boxes on the CPU); the naive float64 loop that defines the semantics for the tests
+and for the C++/CUDA kernels (which compute each IoU as torchvision's nms does, bit for bit) is tests/references.py's
+`box_nms_reference`.
 
 Not torchvision's `batched_nms` as such: at or below 1,000 boxes on the CPU (100,000 on a GPU) it shifts every box
 by class x (largest coordinate + 1) and runs one nms on the shifted boxes. In float32 the shift rounds each
 coordinate to the grid of the shifted value (1/128 px at 100,000), so an IoU within about 1e-4 of the threshold can
 land on the other side of it: torchvision keeps a box that the IoU of its true coordinates suppresses, or the
 reverse. tests/ops/test_ops.py builds such a pair (float64 IoU 0.500001 > 0.5: torchvision's batched_nms keeps
-both, nms on the class alone, these kernels and this reference suppress one); the portable ONNX flavour
+both, nms on the class alone, the kernels and the reference suppress one); the portable ONNX flavour
 (NonMaxSuppression on shifted boxes) shares torchvision's rounding; docs/design.md says more.
 """
+
 from __future__ import annotations
 
 import torch
 import torchvision
 from torch import Tensor
 
-from mrcnn.ops.boxes import box_iou
 
-
-def _pack(
+def pack_kept(
     boxes: Tensor, scores: Tensor, classes: Tensor, keeps: list[Tensor], max_output: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The fixed-size outputs of box_nms from each image's kept indices (in score order): slots [0, num) hold the
+    kept boxes, the padding boxes 0, scores 0, classes 0 and indices -1."""
     B = boxes.shape[0]
     K = int(max_output)
     device = boxes.device
@@ -58,7 +60,8 @@ def _pack(
     return out_boxes, out_scores, out_classes, out_idx, torch.tensor(nums, dtype=torch.int64, device=device)
 
 
-def _candidates(scores: Tensor, valid: Tensor, score_threshold: float) -> Tensor:
+def nms_candidates(scores: Tensor, valid: Tensor, score_threshold: float) -> Tensor:
+    """The entries NMS considers: `valid`, with a score above `score_threshold` (strict; -inf: all valid ones)."""
     ok = valid.bool()
     if score_threshold != float("-inf"):
         ok = ok & (scores > score_threshold)
@@ -74,17 +77,19 @@ def box_nms(
     score_threshold: float,
     max_output: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    ok = _candidates(scores, valid, score_threshold)
+    ok = nms_candidates(scores, valid, score_threshold)
     keeps = []
     for i in range(boxes.shape[0]):
         cand = torch.where(ok[i])[0]
-        kept = [cand[ids[torchvision.ops.nms(boxes[i, cand[ids]], scores[i, cand[ids]], float(iou_threshold))]]
-                for ids in _per_class(classes[i, cand])]
+        kept = [
+            cand[ids[torchvision.ops.nms(boxes[i, cand[ids]], scores[i, cand[ids]], float(iou_threshold))]]
+            for ids in _per_class(classes[i, cand])
+        ]
         keep = torch.cat(kept) if kept else cand
         keep = keep.sort().values  # input order, so that the stable sort below puts ties lower index first
         order = torch.sort(scores[i, keep], descending=True, stable=True).indices
         keeps.append(keep[order][: int(max_output)])
-    return _pack(boxes, scores, classes, keeps, max_output)
+    return pack_kept(boxes, scores, classes, keeps, max_output)
 
 
 def _per_class(classes: Tensor) -> list[Tensor]:
@@ -94,38 +99,3 @@ def _per_class(classes: Tensor) -> list[Tensor]:
     order = torch.sort(classes, stable=True).indices
     counts = torch.unique_consecutive(classes[order], return_counts=True)[1]
     return list(order.split(counts.tolist()))
-
-
-def box_nms_reference(
-    boxes: Tensor,
-    scores: Tensor,
-    classes: Tensor,
-    valid: Tensor,
-    iou_threshold: float,
-    score_threshold: float,
-    max_output: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Naive float64 greedy loop with the semantics of `box_nms` (ties: lower input index first): each kept box
-    suppresses the later candidates of its class that it overlaps by more than `iou_threshold` (the IoUs of one
-    kept box with all later candidates in one call)."""
-    ok = _candidates(scores, valid, score_threshold)
-    b64 = boxes.double()
-    s64 = scores.double()
-    keeps = []
-    for i in range(boxes.shape[0]):
-        cand = torch.where(ok[i])[0].tolist()
-        cand.sort(key=lambda j: (-float(s64[i, j]), j))
-        order = torch.tensor(cand, dtype=torch.int64, device=boxes.device)
-        suppressed = torch.zeros(len(cand), dtype=torch.bool, device=boxes.device)
-        keep = []
-        for pos, j in enumerate(cand):
-            if suppressed[pos]:
-                continue
-            keep.append(j)
-            if len(keep) == max_output:
-                break
-            later = order[pos + 1:]
-            iou = box_iou(b64[i, j][None], b64[i, later])[0]
-            suppressed[pos + 1:] |= (iou > iou_threshold) & (classes[i, later] == classes[i, j])
-        keeps.append(torch.tensor(keep, dtype=torch.int64, device=boxes.device))
-    return _pack(boxes, scores, classes, keeps, max_output)

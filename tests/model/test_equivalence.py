@@ -10,6 +10,7 @@ not the pipeline. Thresholds are lowered in both (score 0.0) so that every image
 
 Tolerances (docs/design.md §6): boxes 1e-2 px, scores 1e-4, labels equal, 28x28 and pasted masks 1e-3.
 """
+
 from __future__ import annotations
 
 import copy
@@ -70,13 +71,14 @@ CASES = {
 }
 
 
-def _ops_backend(name: str):
-    from mrcnn import native as kernels
-    from mrcnn.ops import dispatch
+def _ops_backend(model, name: str):
+    """`model` running its custom ops on backend `name` inside the block."""
+    from mrcnn import native
+    from mrcnn.ops import Ops
 
-    if name == "kernels" and not kernels.available():
+    if name == "native" and not native.available():
         pytest.skip("native kernels not built (pip install . builds them)")
-    return dispatch.backend(name)
+    return model.using_ops(Ops(backend=name))
 
 
 @pytest.fixture(scope="module")
@@ -86,20 +88,20 @@ def cuda_models(models):
 
 
 @pytest.mark.parametrize("device", on_devices("cpu", "cuda"))
-@pytest.mark.parametrize("backend", ["reference", "kernels"])
+@pytest.mark.parametrize("backend", ["reference", "native"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_equals_torchvision(request, case, backend, device):
     tv, ours = request.getfixturevalue("models" if device == "cpu" else "cuda_models")
     images = [im.to(device) for im in CASES[case]]
     with fp32_exact_cuda():
         ref = run_torchvision(tv, images)
-        with _ops_backend(backend):
+        with _ops_backend(ours, backend):
             got = Predictor(ours, InputConfig(min_size=MIN_SIZE, max_size=MAX_SIZE))(images)
     ref = [{k: v.cpu() for k, v in r.items()} for r in ref]
     got = [{k: v.cpu() for k, v in r.items()} for r in got]
     assert len(got) == len(ref)
     report = []
-    for i, (r, o) in enumerate(zip(ref, got)):
+    for i, (r, o) in enumerate(zip(ref, got, strict=True)):
         n = len(r["boxes"])
         assert n >= 20, f"image {i}: torchvision gave only {n} detections"
         assert len(o["boxes"]) == n, f"image {i}: {len(o['boxes'])} detections vs torchvision {n}"
@@ -117,7 +119,7 @@ def test_equals_torchvision(request, case, backend, device):
             f"mask28={d_m28:.3g} pasted={d_mask:.3g} labels_equal={labels_equal}"
         )
     print("\n".join(report))
-    for line, r, o in zip(report, ref, got):
+    for line, r, o in zip(report, ref, got, strict=True):
         k = match(r, o)
         assert torch.equal(o["labels"][k], r["labels"]), line
         assert (o["boxes"][k] - r["boxes"]).abs().max() <= BOX_TOL, line
@@ -142,6 +144,7 @@ def test_converter_rejects_unknown_and_missing_keys(models, tmp_path):
 
 
 # -- training-mode smoke tests (shapes-tiny: GroupNorm, small) --------------------------------------------------
+
 
 def _tiny(seed: int = 0) -> MaskRCNN:
     torch.manual_seed(seed)
@@ -263,15 +266,25 @@ def test_eval_outputs_fixed_size_and_zero_padding():
 
 # -- building blocks ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "backbone, norm, trainable",
     [("resnet18", "gn", 5), ("resnet34", "bn", 3), ("resnet50", "frozen_bn", 0), ("resnet101", "gn", 2)],
 )
 def test_backbone_variants(backbone, norm, trainable):
-    cfg = get_config("shapes-tiny").override(
-        [f"model.backbone={backbone}", f"model.norm={norm}", f"model.trainable_layers={trainable}",
-         "model.backbone_blocks=1,1,2,1", "model.backbone_width=16"]
-    ).model
+    cfg = (
+        get_config("shapes-tiny")
+        .override(
+            [
+                f"model.backbone={backbone}",
+                f"model.norm={norm}",
+                f"model.trainable_layers={trainable}",
+                "model.backbone_blocks=1,1,2,1",
+                "model.backbone_width=16",
+            ]
+        )
+        .model
+    )
     model = build_model(cfg)
     body = model.backbone.body
     expansion = 4 if backbone in ("resnet50", "resnet101") else 1
@@ -306,15 +319,15 @@ def test_converter_accepts_legacy_key_layout(models):
 
 @pytest.mark.parametrize("device", on_devices("cpu", "cuda"))
 def test_kernels_on_off_same_forward(device):
-    """Issue 3, acceptance 2: the full forward (eval and train) with native kernels on and off."""
+    """The full forward (eval and train) with the native kernels on and off."""
     model = _tiny(0).to(device)
     model.cfg.box_score_thresh = 0.0
     images, sizes, targets = _pair()
     images, sizes = images.to(device), sizes.to(device)
     targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
     outs, grads = {}, {}
-    for name in ("reference", "kernels"):
-        with _ops_backend(name), fp32_exact_cuda():
+    for name in ("reference", "native"):
+        with _ops_backend(model, name), fp32_exact_cuda():
             model.eval()
             with torch.no_grad():
                 ev = model(images, sizes)
@@ -324,10 +337,10 @@ def test_kernels_on_off_same_forward(device):
             sum(tr.values()).backward()  # the backward too: on CPU the native RoIAlign's
             grads[name] = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
         outs[name] = (ev, tr)
-    (ev_r, tr_r), (ev_k, tr_k) = outs["reference"], outs["kernels"]
-    rel, key = max_rel_diff(grads["kernels"], grads["reference"])
-    print(f"gradients kernels vs reference: rel {rel:.2e} (largest at {key}); {len(grads['reference'])} tensors")
-    assert grads["kernels"].keys() == grads["reference"].keys() and len(grads["reference"]) > 10
+    (ev_r, tr_r), (ev_k, tr_k) = outs["reference"], outs["native"]
+    rel, key = max_rel_diff(grads["native"], grads["reference"])
+    print(f"gradients native vs reference: rel {rel:.2e} (largest at {key}); {len(grads['reference'])} tensors")
+    assert grads["native"].keys() == grads["reference"].keys() and len(grads["reference"]) > 10
     assert rel <= 1e-4, f"gradients differ by rel {rel:.2e} at {key}"
     n = ev_r["num_detections"]
     print(f"detections {n.tolist()} vs {ev_k['num_detections'].tolist()}")
@@ -349,7 +362,7 @@ def test_kernels_on_off_same_forward(device):
 def _boxes_target(h: int, w: int, boxes: list, labels: list) -> dict:
     masks = torch.zeros(len(boxes), h, w, dtype=torch.uint8)
     for j, (x1, y1, x2, y2) in enumerate(boxes):
-        masks[j, y1:y2, x1 + (x2 - x1) // 4:x2] = 1  # not the whole box: the mask targets vary inside it
+        masks[j, y1:y2, x1 + (x2 - x1) // 4 : x2] = 1  # not the whole box: the mask targets vary inside it
     return {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels), "masks": masks}
 
 
@@ -381,7 +394,7 @@ def test_train_losses_equal_torchvision_when_every_candidate_is_sampled(models):
     tv.train()
     ours.train()
     with torch.no_grad():
-        ref = [tv([img], [dict(t)]) for img, t in zip(images, targets)]
+        ref = [tv([img], [dict(t)]) for img, t in zip(images, targets, strict=True)]
     batch, sizes = batch_images(images, 32)
     got = ours(batch, sizes, [dict(t) for t in targets])  # with autograd: the training path (native RoIAlign on CPU)
     assert set(got) == LOSS_KEYS == set(ref[0])  # torchvision's loss names are ours
@@ -439,8 +452,9 @@ def test_equals_torchvision_on_photographs(photo_models, photo, monkeypatch):
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (a test dependency) ships the photos")
     from pathlib import Path
 
+    from mrcnn import native
     from mrcnn.deploy.predict import read_image
-    from mrcnn.ops import dispatch
+    from mrcnn.ops import Ops
 
     tv, plain, optimized = photo_models
     image = read_image(Path(skimage_data.__file__).parent / photo)
@@ -449,13 +463,16 @@ def test_equals_torchvision_on_photographs(photo_models, photo, monkeypatch):
         with monkeypatch.context() as m:
             _torchvision_exact_nms(m)
             ref = tv([image.float() / 255])[0]
-    backends = ["reference"] + (["kernels"] if dispatch.native.available() else []) + ["optimized"]
-    report = [f"{photo} {tuple(image.shape[1:])}: torchvision {len(ref['scores'])} detections "
-              f"(its shifted-box NMS: {len(shortcut['scores'])}, "
-              f"{len(ref['scores']) - len(match_all(ref, shortcut))} differ)"]
+    backends = ["reference"] + (["native"] if native.available() else []) + ["optimized"]
+    report = [
+        f"{photo} {tuple(image.shape[1:])}: torchvision {len(ref['scores'])} detections "
+        f"(its shifted-box NMS: {len(shortcut['scores'])}, "
+        f"{len(ref['scores']) - len(match_all(ref, shortcut))} differ)"
+    ]
     for backend in backends:
-        with dispatch.backend("auto" if backend == "optimized" else backend):
-            got = (optimized if backend == "optimized" else plain)([image])[0]  # optimized: the inference levers
+        predictor = optimized if backend == "optimized" else plain  # optimized: the inference levers
+        with predictor.model.using_ops(Ops(backend="auto" if backend == "optimized" else backend)):
+            got = predictor([image])[0]
         assert len(got["scores"]) == len(ref["scores"]), (backend, len(got["scores"]), len(ref["scores"]))
         k = match(ref, got)
         d_box = float((got["boxes"][k] - ref["boxes"]).abs().max()) if k else 0.0

@@ -5,6 +5,7 @@ max(1, |ref|), box coordinates relative to max(1, the largest |coordinate|));
 float16 4e-3; NMS / top-k compared as index sets, with ties resolved to the lower index (tests build ties on
 purpose). Every failure message prints the measured error.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,19 +16,20 @@ import subprocess
 
 import numpy as np
 import pytest
+import references as R
 import torch
 import torchvision
 from helpers import contract_rows
 
-import mrcnn.ops as R
 from mrcnn import native as K
 from mrcnn.errors import MrcnnError
-from mrcnn.ops import dispatch
+from mrcnn.ops import Ops
 
 pytestmark = pytest.mark.skipif(not K.available(), reason=f"native kernels not available: {K.build_info()}")
 
-needs_gpu = pytest.mark.skipif(not K.cuda_available(),
-                               reason="no CUDA GPU visible to torch (or library built without CUDA)")
+needs_gpu = pytest.mark.skipif(
+    not K.cuda_available(), reason="no CUDA GPU visible to torch (or library built without CUDA)"
+)
 
 FP32_TOL = 1e-5
 FP16_TOL = 4e-3
@@ -35,13 +37,6 @@ FP16_TOL = 4e-3
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True)
-def _reference_ops():
-    """mrcnn.ops names dispatch to native kernels when built; these tests check the pure-torch references."""
-    from mrcnn.ops import dispatch
-
-    with dispatch.backend("reference"):
-        yield
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     """max |got - ref| / max(1, |ref|), in float64 (0 for empty tensors)."""
@@ -74,13 +69,13 @@ def edge_boxes(g: torch.Generator, n: int) -> torch.Tensor:
     """Normal, zero-width, zero-height, inverted, point, huge and duplicated boxes mixed."""
     b = rand_boxes(g, n)
     kinds = torch.arange(n) % 7
-    b[kinds == 1, 2] = b[kinds == 1, 0]                      # zero width
-    b[kinds == 2, 3] = b[kinds == 2, 1]                      # zero height
-    b[kinds == 3] = b[kinds == 3][:, [2, 3, 0, 1]]           # inverted
-    b[kinds == 4, 2:] = b[kinds == 4, :2]                    # point
-    b[kinds == 5] = b[kinds == 5] * 1e4                      # huge
+    b[kinds == 1, 2] = b[kinds == 1, 0]  # zero width
+    b[kinds == 2, 3] = b[kinds == 2, 1]  # zero height
+    b[kinds == 3] = b[kinds == 3][:, [2, 3, 0, 1]]  # inverted
+    b[kinds == 4, 2:] = b[kinds == 4, :2]  # point
+    b[kinds == 5] = b[kinds == 5] * 1e4  # huge
     if n > 7:
-        b[6::7] = b[0]                                       # duplicates of box 0
+        b[6::7] = b[0]  # duplicates of box 0
     return b
 
 
@@ -107,13 +102,13 @@ def naive_anchors(H, W, Hi, Wi, sizes, ratios, stride):
 ANCHOR_CASES = [
     # (feature [B,C,H,W], image [B,3,Hi,Wi], sizes, ratios, stride)
     ((1, 8, 13, 17), (1, 3, 800, 1088), (32.0,), (0.5, 1.0, 2.0), 0),
-    ((2, 4, 25, 38), (2, 3, 800, 1216), (64.0,), (0.5, 1.0, 2.0), 0),      # batch > 1, non-square
-    ((1, 1, 13, 13), (1, 3, 800, 800), (512.0,), (0.5, 1.0, 2.0), 0),      # P6 rule: stride 800 // 13 = 61
-    ((1, 1, 13, 13), (1, 3, 800, 800), (512.0,), (0.5, 1.0, 2.0), 64),     # forced stride
+    ((2, 4, 25, 38), (2, 3, 800, 1216), (64.0,), (0.5, 1.0, 2.0), 0),  # batch > 1, non-square
+    ((1, 1, 13, 13), (1, 3, 800, 800), (512.0,), (0.5, 1.0, 2.0), 0),  # P6 rule: stride 800 // 13 = 61
+    ((1, 1, 13, 13), (1, 3, 800, 800), (512.0,), (0.5, 1.0, 2.0), 64),  # forced stride
     ((1, 2, 7, 5), (1, 3, 224, 160), (32.0, 45.25, 64.0), (0.25, 0.3, 1.0, 1.7, 4.0), 16),  # odd sizes / ratios
-    ((1, 2, 1, 1), (1, 3, 32, 32), (8.0,), (1.0,), 0),                     # one location
-    ((1, 2, 0, 5), (1, 3, 0, 160), (32.0,), (1.0,), 4),                    # empty map
-    ((3, 5, 9), (3, 31, 47), (16.0, 24.0), (0.5, 2.0), 0),                 # rank 3, odd image
+    ((1, 2, 1, 1), (1, 3, 32, 32), (8.0,), (1.0,), 0),  # one location
+    ((1, 2, 0, 5), (1, 3, 0, 160), (32.0,), (1.0,), 4),  # empty map
+    ((3, 5, 9), (3, 31, 47), (16.0, 24.0), (0.5, 2.0), 0),  # rank 3, odd image
 ]
 
 
@@ -152,8 +147,9 @@ def naive_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("batch,n,m", [(1, 0, 0), (1, 0, 5), (2, 5, 0), (1, 1, 1), (1, 1, 7), (3, 37, 53),
-                                       (2, 200, 300)])
+@pytest.mark.parametrize(
+    "batch,n,m", [(1, 0, 0), (1, 0, 5), (2, 5, 0), (1, 1, 1), (1, 1, 7), (3, 37, 53), (2, 200, 300)]
+)
 def test_box_iou_fp32(batch, n, m):
     g = torch.Generator().manual_seed(batch * 1000 + n * 10 + m)
     a, b = rand_boxes(g, batch, n), rand_boxes(g, batch, m)
@@ -181,9 +177,9 @@ def test_box_iou_degenerate_huge_duplicate_boxes():
 def test_box_iou_2d_broadcast_and_non_contiguous():
     g = torch.Generator().manual_seed(3)
     big_a, big_b = rand_boxes(g, 3, 80), rand_boxes(g, 1, 120)
-    a = big_a[:, ::2]                      # non-contiguous rows
+    a = big_a[:, ::2]  # non-contiguous rows
     b = big_b.transpose(0, 1).transpose(0, 1)[:, 1::3]
-    got = K.box_iou(a, b)                  # [3,40,4] x [1,40,4] broadcast
+    got = K.box_iou(a, b)  # [3,40,4] x [1,40,4] broadcast
     assert got.shape == (3, 40, 40)
     e = rel_err(got, R.box_iou(a.double(), b.double()))
     assert e <= FP32_TOL, f"broadcast/non-contiguous: {e:.3g}"
@@ -211,7 +207,7 @@ def rpn_inputs(g, B, A_side=(10, 13), ratios=(0.5, 1.0, 2.0), delta_scale=0.5):
     A = anchors.shape[0]
     objectness = torch.randn(B, A, generator=g) * 3
     deltas = torch.randn(B, A, 4, generator=g) * delta_scale
-    deltas[:, ::11, 2:] = 20.0                      # beyond the dw/dh clamp
+    deltas[:, ::11, 2:] = 20.0  # beyond the dw/dh clamp
     hw = torch.tensor([[H * 16 - 7 * i, W * 16 - 5 * i] for i in range(B)], dtype=torch.int64)
     return anchors, objectness, deltas, hw
 
@@ -228,14 +224,17 @@ def assert_selection(got, ref, what: str, tol: float = FP32_TOL, min_size: float
         assert margin <= 1e-3, f"{what}: {int(bad.sum())} valid flags differ, |side - min_size| up to {margin:.3g}"
 
 
-@pytest.mark.parametrize("B,top_k,min_size,weights", [
-    (1, 100, 0.0, (1.0, 1.0, 1.0, 1.0)),
-    (2, 1000, 16.0, (1.0, 1.0, 1.0, 1.0)),
-    (3, 57, 1e-3, (10.0, 10.0, 5.0, 5.0)),
-    (2, 10_000, 0.0, (1.0, 1.0, 1.0, 1.0)),       # top_k > A: K = A
-    (1, 1, 0.0, (1.0, 1.0, 1.0, 1.0)),
-    (2, 0, 0.0, (1.0, 1.0, 1.0, 1.0)),
-])
+@pytest.mark.parametrize(
+    "B,top_k,min_size,weights",
+    [
+        (1, 100, 0.0, (1.0, 1.0, 1.0, 1.0)),
+        (2, 1000, 16.0, (1.0, 1.0, 1.0, 1.0)),
+        (3, 57, 1e-3, (10.0, 10.0, 5.0, 5.0)),
+        (2, 10_000, 0.0, (1.0, 1.0, 1.0, 1.0)),  # top_k > A: K = A
+        (1, 1, 0.0, (1.0, 1.0, 1.0, 1.0)),
+        (2, 0, 0.0, (1.0, 1.0, 1.0, 1.0)),
+    ],
+)
 def test_pre_nms_select(B, top_k, min_size, weights):
     g = torch.Generator().manual_seed(B * 100 + top_k)
     anchors, obj, deltas, hw = rpn_inputs(g, B)
@@ -258,8 +257,10 @@ def test_pre_nms_select(B, top_k, min_size, weights):
             pw, ph = math.exp(min(d[2], clip)) * w, math.exp(min(d[3], clip)) * h
             pcx, pcy = d[0] * w + cx, d[1] * h + cy
             H, W = hw[b].tolist()
-            box = [min(max(v, 0.0), lim) for v, lim in
-                   zip((pcx - pw / 2, pcy - ph / 2, pcx + pw / 2, pcy + ph / 2), (W, H, W, H))]
+            box = [
+                min(max(v, 0.0), lim)
+                for v, lim in zip((pcx - pw / 2, pcy - ph / 2, pcx + pw / 2, pcy + ph / 2), (W, H, W, H), strict=True)
+            ]
             e = scaled_err(got[0][b, s], torch.tensor(box, dtype=torch.float64))
             assert e <= FP32_TOL, f"image {b} slot {s}: kernel vs naive loop {e:.3g}"
 
@@ -278,7 +279,7 @@ def test_pre_nms_select_ties_lower_index_first():
     # the kernel's rule: among equal logits, lower anchor indices first
     for b in range(2):
         idx = torch.tensor(sorted(range(A), key=lambda j: (-float(obj[b, j]), j))[:top_k])
-        exp = R.clip_boxes(R.decode_boxes(deltas[b, idx][None], anchors[idx][None]), hw[b:b + 1])[0]
+        exp = R.clip_boxes(R.decode_boxes(deltas[b, idx][None], anchors[idx][None]), hw[b : b + 1])[0]
         e = scaled_err(got[0][b], exp)
         assert e <= FP32_TOL, f"image {b}: boxes of the lower-index-first selection differ by {e:.3g}"
 
@@ -300,8 +301,7 @@ def test_pre_nms_select_large_level(dist):
     got = K.pre_nms_select(anchors, obj, deltas, hw, top_k, 0.0)
     for b in range(2):
         idx = torch.sort(-obj[b], stable=True).indices[:top_k]  # lower index first among ties
-        exp = R.clip_boxes(R.decode_boxes(deltas[b, idx][None].double(), anchors[idx][None].double()),
-                           hw[b:b + 1])[0]
+        exp = R.clip_boxes(R.decode_boxes(deltas[b, idx][None].double(), anchors[idx][None].double()), hw[b : b + 1])[0]
         e = scaled_err(got[0][b], exp)
         assert e <= FP32_TOL, f"{dist} image {b}: boxes vs the expected selection differ by {e:.3g}"
         e_s = rel_err(got[1][b], torch.sigmoid(obj[b, idx].double()))
@@ -316,13 +316,14 @@ def test_pre_nms_select_empty_fp16_and_non_contiguous():
     anchors, obj, deltas, hw = rpn_inputs(g, 2)
     empty = K.pre_nms_select(anchors[:0], obj[:, :0], deltas[:, :0], hw, 100, 0.0)  # A = 0
     assert empty[0].shape == (2, 0, 4) and empty[1].shape == (2, 0)
-    none = K.pre_nms_select(anchors, obj[:0], deltas[:0], hw[:0], 100, 0.0)          # B = 0
+    none = K.pre_nms_select(anchors, obj[:0], deltas[:0], hw[:0], 100, 0.0)  # B = 0
     assert none[0].shape == (0, 100, 4)
     # non-contiguous: deltas from a [B,4,A] layout, objectness from a wider buffer
     strided_obj = torch.stack([obj, -obj], -1)[..., 0]
     assert not strided_obj.is_contiguous()
-    got = K.pre_nms_select(anchors, strided_obj, deltas.transpose(1, 2).contiguous().transpose(1, 2),
-                           hw.t().contiguous().t(), 200, 0.0)
+    got = K.pre_nms_select(
+        anchors, strided_obj, deltas.transpose(1, 2).contiguous().transpose(1, 2), hw.t().contiguous().t(), 200, 0.0
+    )
     ref = R.pre_nms_select(anchors.double(), obj.double(), deltas.double(), hw, 200, 0.0)
     assert_selection(got, ref, "non-contiguous inputs")
     # fp16 in, fp16 out (within fp16 tolerance of the float64 reference on the same fp16 inputs); logits distinct
@@ -351,25 +352,30 @@ def nms_inputs(g, B, N, num_classes, score_levels: int | None = None):
 
 def assert_nms_equal(got, ref, what: str):
     names = ("boxes", "scores", "classes", "indices", "num")
-    for name, x, y in zip(names, got, ref):
+    for name, x, y in zip(names, got, ref, strict=True):
         assert x.shape == y.shape and x.dtype == y.dtype, f"{what}: {name} {x.shape}/{x.dtype} vs {y.shape}/{y.dtype}"
     if not torch.equal(got[4], ref[4]) or not torch.equal(got[3], ref[3]):
         diff = [(b, sorted(set(got[3][b].tolist()) ^ set(ref[3][b].tolist()))[:10]) for b in range(got[3].shape[0])]
-        raise AssertionError(f"{what}: num {got[4].tolist()} vs {ref[4].tolist()}; index symmetric difference "
-                             f"per image (first 10): {diff}")
-    for name, x, y in zip(names[:3], got[:3], ref[:3]):
+        raise AssertionError(
+            f"{what}: num {got[4].tolist()} vs {ref[4].tolist()}; index symmetric difference "
+            f"per image (first 10): {diff}"
+        )
+    for name, x, y in zip(names[:3], got[:3], ref[:3], strict=True):
         assert torch.equal(x, y), f"{what}: {name} differ by {(x.double() - y.double()).abs().max()}"
 
 
-@pytest.mark.parametrize("B,N,C,iou,score_thr,max_out", [
-    (1, 0, 1, 0.5, float("-inf"), 10),
-    (2, 1, 1, 0.5, float("-inf"), 10),
-    (1, 5, 1, 0.5, float("-inf"), 0),
-    (2, 200, 1, 0.7, float("-inf"), 1000),
-    (3, 300, 5, 0.5, 0.3, 50),
-    (1, 1000, 3, 0.7, float("-inf"), 100),
-    (2, 400, 80, 0.5, 0.05, 100),
-])
+@pytest.mark.parametrize(
+    "B,N,C,iou,score_thr,max_out",
+    [
+        (1, 0, 1, 0.5, float("-inf"), 10),
+        (2, 1, 1, 0.5, float("-inf"), 10),
+        (1, 5, 1, 0.5, float("-inf"), 0),
+        (2, 200, 1, 0.7, float("-inf"), 1000),
+        (3, 300, 5, 0.5, 0.3, 50),
+        (1, 1000, 3, 0.7, float("-inf"), 100),
+        (2, 400, 80, 0.5, 0.05, 100),
+    ],
+)
 def test_box_nms_vs_reference(B, N, C, iou, score_thr, max_out):
     g = torch.Generator().manual_seed(B * 7 + N + C)
     boxes, scores, classes, valid = nms_inputs(g, B, N, C)
@@ -412,9 +418,17 @@ def test_box_nms_non_contiguous_and_fp16():
 
 
 # ---- MatchProposals -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("G,P,high,low,lq", [(0, 10, 0.7, 0.3, True), (3, 0, 0.7, 0.3, True), (1, 50, 0.7, 0.3, True),
-                                              (5, 400, 0.7, 0.3, True), (5, 400, 0.5, 0.5, False),
-                                              (12, 2000, 0.7, 0.3, False)])
+@pytest.mark.parametrize(
+    "G,P,high,low,lq",
+    [
+        (0, 10, 0.7, 0.3, True),
+        (3, 0, 0.7, 0.3, True),
+        (1, 50, 0.7, 0.3, True),
+        (5, 400, 0.7, 0.3, True),
+        (5, 400, 0.5, 0.5, False),
+        (12, 2000, 0.7, 0.3, False),
+    ],
+)
 def test_match_proposals(G, P, high, low, lq):
     g = torch.Generator().manual_seed(G * 13 + P)
     gt, props = rand_boxes(g, G, min_wh=5), rand_boxes(g, P, min_wh=5)
@@ -457,10 +471,10 @@ def roi_inputs(g: torch.Generator, B: int, C: int, H: int, W: int, R: int, scale
     xy = torch.rand(R, 2, generator=g) * size * (1.2 if spill else 0.9) - (0.1 * size if spill else 0)
     wh = torch.rand(R, 2, generator=g) * size * 0.6
     if R >= 4:
-        wh[0] = 0.0                      # a point
-        wh[1] = -3.0                     # inverted (legacy mode makes it 1x1)
-        xy[2] = -size                    # wholly outside, top-left
-        xy[3] = size * 2                 # wholly outside, bottom-right
+        wh[0] = 0.0  # a point
+        wh[1] = -3.0  # inverted (legacy mode makes it 1x1)
+        xy[2] = -size  # wholly outside, top-left
+        xy[3] = size * 2  # wholly outside, bottom-right
     batch = torch.randint(0, B, (R, 1), generator=g).float()
     return x, torch.cat([batch, xy, xy + wh], 1)
 
@@ -471,12 +485,12 @@ def roi_align_f64(x: torch.Tensor, rois: torch.Tensor, size: int, scale: float, 
 
 
 ROI_CASES = [  # B, C, H, W, R, size, scale, sampling_ratio, aligned
-    (2, 16, 40, 56, 300, 7, 0.25, 2, False),     # the box head
-    (1, 8, 25, 19, 40, 14, 0.125, 2, False),     # the mask head, odd sizes
-    (3, 4, 12, 12, 50, 7, 1 / 32, -1, False),    # adaptive sampling grid
-    (2, 5, 30, 20, 60, 5, 0.5, 0, True),         # aligned (half-pixel), adaptive
-    (1, 3, 1, 1, 9, 2, 1.0, 2, True),            # a 1x1 map
-    (2, 6, 10, 10, 0, 7, 0.25, 2, False),        # no RoIs
+    (2, 16, 40, 56, 300, 7, 0.25, 2, False),  # the box head
+    (1, 8, 25, 19, 40, 14, 0.125, 2, False),  # the mask head, odd sizes
+    (3, 4, 12, 12, 50, 7, 1 / 32, -1, False),  # adaptive sampling grid
+    (2, 5, 30, 20, 60, 5, 0.5, 0, True),  # aligned (half-pixel), adaptive
+    (1, 3, 1, 1, 9, 2, 1.0, 2, True),  # a 1x1 map
+    (2, 6, 10, 10, 0, 7, 0.25, 2, False),  # no RoIs
 ]
 
 
@@ -497,8 +511,9 @@ def test_roi_align_equals_torchvision_bit_for_bit(B, C, H, W, R, size, scale, sr
     ref64 = roi_align_f64(x64, rois, size, scale, sr, aligned)
     ref64.backward(grad.double())
     e_fwd, e_bwd = scaled_err(got, ref64), scaled_err(xa.grad, x64.grad)
-    print(f"roi_align {(B, C, H, W, R, size, scale, sr, aligned)}: fp32 vs fp64 forward {e_fwd:.2e} "
-          f"backward {e_bwd:.2e}")
+    print(
+        f"roi_align {(B, C, H, W, R, size, scale, sr, aligned)}: fp32 vs fp64 forward {e_fwd:.2e} backward {e_bwd:.2e}"
+    )
     assert e_fwd <= FP32_TOL and e_bwd <= FP32_TOL, (e_fwd, e_bwd)
 
 
@@ -545,16 +560,17 @@ def test_roi_align_autograd_and_fake_kernels():
     y = torch.randn(2, 4, 5, 6, generator=g).requires_grad_()
     levels = torch.randint(0, 2, (12,), generator=g)
     torch.library.opcheck(torch.ops.mrcnn.roi_align, ([x, y], rois, levels, [0.5, 0.25], 2, 3, 2, True))
-    fake = torch.ops.mrcnn.roi_align([x.detach().to("meta"), y.detach().to("meta")], rois.to("meta"),
-                                     levels.to("meta"), [0.5, 0.25], 3, 4, 2, False)
+    fake = torch.ops.mrcnn.roi_align(
+        [x.detach().to("meta"), y.detach().to("meta")], rois.to("meta"), levels.to("meta"), [0.5, 0.25], 3, 4, 2, False
+    )
     assert fake.shape == (12, 4, 3, 4) and fake.device.type == "meta"
 
 
 PYRAMID_CASES = [  # B, C, levels (H, W), R, size, sampling_ratio, aligned
     (2, 16, [(40, 56), (20, 28), (10, 14), (5, 7)], 300, 7, 2, False),  # box head on an FPN
-    (1, 8, [(25, 19), (13, 10), (7, 5), (4, 3)], 60, 14, 2, False),      # mask head, odd sizes
-    (3, 4, [(12, 12), (6, 6)], 40, 5, 0, True),                          # adaptive grid, aligned
-    (2, 3, [(9, 9), (5, 5), (3, 3)], 0, 7, 2, False),                    # no RoIs
+    (1, 8, [(25, 19), (13, 10), (7, 5), (4, 3)], 60, 14, 2, False),  # mask head, odd sizes
+    (3, 4, [(12, 12), (6, 6)], 40, 5, 0, True),  # adaptive grid, aligned
+    (2, 3, [(9, 9), (5, 5), (3, 3)], 0, 7, 2, False),  # no RoIs
 ]
 
 
@@ -572,7 +588,7 @@ def pyramid_inputs(g, B, C, shapes, R):
 def per_level_torchvision(feats, rois, levels, scales, size, sr, aligned):
     """torchvision's way (MultiScaleRoIAlign): each level's RoIs through roi_align, back to RoI order."""
     out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], size, size))
-    for lvl, (f, s) in enumerate(zip(feats, scales)):
+    for lvl, (f, s) in enumerate(zip(feats, scales, strict=True)):
         idx = torch.where(levels == lvl)[0]
         out = out.index_put((idx,), torchvision.ops.roi_align(f, rois[idx], size, s, sr, aligned))
     return out
@@ -591,9 +607,10 @@ def test_multilevel_roi_align_equals_torchvision_per_level_bit_for_bit(B, C, sha
     grad = torch.randn(got.shape, generator=g)
     got.backward(grad)
     ref.backward(grad)
-    for lvl, (a, b) in enumerate(zip(fa, fb)):
-        assert torch.equal(a.grad, b.grad), f"level {lvl} ({counts[lvl]} RoIs): gradient differs by " \
-                                            f"{(a.grad - b.grad).abs().max()}"
+    for lvl, (a, b) in enumerate(zip(fa, fb, strict=True)):
+        assert torch.equal(a.grad, b.grad), (
+            f"level {lvl} ({counts[lvl]} RoIs): gradient differs by {(a.grad - b.grad).abs().max()}"
+        )
 
 
 @pytest.mark.parametrize("shapes", [[(24, 40), (12, 20), (6, 10), (3, 5)], [(17, 9), (1, 1)]])
@@ -613,7 +630,7 @@ def test_roi_align_reads_channels_last_maps_bit_for_bit(shapes):
     grad = torch.randn(got.shape, generator=g)
     got.backward(grad)
     want.backward(grad)
-    for a, b in zip(cl, plain):  # (a level without RoIs may get no gradient: zeros)
+    for a, b in zip(cl, plain, strict=True):  # (a level without RoIs may get no gradient: zeros)
         ga, gb = (x.grad if x.grad is not None else torch.zeros_like(x) for x in (a, b))
         assert torch.equal(ga, gb)
 
@@ -621,18 +638,18 @@ def test_roi_align_reads_channels_last_maps_bit_for_bit(shapes):
 def test_model_uses_native_roi_align_only_for_cpu_float32_training():
     x = torch.zeros(1, 2, 8, 8)
     rois = torch.zeros(3, 5)
-    with dispatch.backend("auto"):
-        assert not dispatch.native_roi_align_applies(x, rois), "no gradient needed: torchvision's op (export, eval)"
-        x.requires_grad_()
-        assert dispatch.native_roi_align_applies(x, rois)
-        with torch.no_grad():
-            assert not dispatch.native_roi_align_applies(x, rois)
-        assert not dispatch.native_roi_align_applies(x.detach().double().requires_grad_(), rois.double())
-        bf16 = x.detach().bfloat16().requires_grad_()  # AMP: features cast to float32 for the op
-        assert dispatch.native_roi_align_applies(bf16, rois, torch.float32)
-        assert not dispatch.native_roi_align_applies(bf16, rois)
-    with dispatch.backend("reference"):
-        assert not dispatch.native_roi_align_applies(x, rois)
+    auto = Ops(backend="auto")
+    assert not auto.native_roi_align_applies(x, rois), "no gradient needed: torchvision's op (export, eval)"
+    x.requires_grad_()
+    assert auto.native_roi_align_applies(x, rois)
+    with torch.no_grad():
+        assert not auto.native_roi_align_applies(x, rois)
+    assert not auto.native_roi_align_applies(x.detach().double().requires_grad_(), rois.double())
+    bf16 = x.detach().bfloat16().requires_grad_()  # AMP: features cast to float32 for the op
+    assert auto.native_roi_align_applies(bf16, rois, torch.float32)
+    assert not auto.native_roi_align_applies(bf16, rois)
+    assert not Ops(backend="reference").native_roi_align_applies(x, rois)
+    assert Ops(pyramid_roi_align_export=True).native_roi_align_applies(x.detach(), rois), "an rtx export traces it"
 
 
 # ---- bad inputs: one clear Python error ---------------------------------------------------------------------------
@@ -645,27 +662,56 @@ BAD_INPUTS = [
     ("devices", lambda: K.box_iou(Z(3, 4), Z(3, 4, device="meta")), "one device"),
     ("batch mismatch", lambda: K.box_iou(Z(2, 3, 4), Z(3, 3, 4)), "broadcast"),
     ("op rank", lambda: torch.ops.mrcnn.box_iou(Z(3, 4), Z(3, 4)), "rank 3"),
-    ("negative top_k", lambda: K.pre_nms_select(Z(5, 4), Z(1, 5), Z(1, 5, 4), Z(1, 2, dtype=torch.int64), -1, 0.0),
-     "top_k"),
+    (
+        "negative top_k",
+        lambda: K.pre_nms_select(Z(5, 4), Z(1, 5), Z(1, 5, 4), Z(1, 2, dtype=torch.int64), -1, 0.0),
+        "top_k",
+    ),
     ("float image sizes", lambda: K.pre_nms_select(Z(5, 4), Z(1, 5), Z(1, 5, 4), Z(1, 2), 3, 0.0), "image_sizes"),
-    ("anchors vs A", lambda: K.pre_nms_select(Z(6, 4), Z(1, 5), Z(1, 5, 4), Z(1, 2, dtype=torch.int64), 3, 0.0),
-     "anchors.shape"),
-    ("pre_nms devices", lambda: K.pre_nms_select(Z(5, 4), Z(1, 5, device="meta"), Z(1, 5, 4),
-                                                 Z(1, 2, dtype=torch.int64), 3, 0.0), "one device"),
-    ("weights", lambda: K.pre_nms_select(Z(5, 4), Z(1, 5), Z(1, 5, 4), Z(1, 2, dtype=torch.int64), 3, 0.0, (1.0,)),
-     "weights"),
-    ("negative max_output", lambda: K.box_nms(Z(1, 3, 4), Z(1, 3), Z(1, 3, dtype=torch.int64),
-                                              Z(1, 3, dtype=torch.bool), 0.5, 0.0, -1), "max_output"),
-    ("float classes", lambda: K.box_nms(Z(1, 3, 4), Z(1, 3), Z(1, 3), Z(1, 3, dtype=torch.bool), 0.5, 0.0, 5),
-     "classes"),
-    ("scores shape", lambda: K.box_nms(Z(1, 3, 4), Z(1, 4), Z(1, 3, dtype=torch.int64), Z(1, 3, dtype=torch.bool),
-                                       0.5, 0.0, 5), "scores.shape"),
-    ("nms devices", lambda: K.box_nms(Z(1, 3, 4), Z(1, 3), Z(1, 3, dtype=torch.int64),
-                                      Z(1, 3, dtype=torch.bool, device="meta"), 0.5, 0.0, 5), "one device"),
+    (
+        "anchors vs A",
+        lambda: K.pre_nms_select(Z(6, 4), Z(1, 5), Z(1, 5, 4), Z(1, 2, dtype=torch.int64), 3, 0.0),
+        "anchors.shape",
+    ),
+    (
+        "pre_nms devices",
+        lambda: K.pre_nms_select(Z(5, 4), Z(1, 5, device="meta"), Z(1, 5, 4), Z(1, 2, dtype=torch.int64), 3, 0.0),
+        "one device",
+    ),
+    (
+        "weights",
+        lambda: K.pre_nms_select(Z(5, 4), Z(1, 5), Z(1, 5, 4), Z(1, 2, dtype=torch.int64), 3, 0.0, (1.0,)),
+        "weights",
+    ),
+    (
+        "negative max_output",
+        lambda: K.box_nms(Z(1, 3, 4), Z(1, 3), Z(1, 3, dtype=torch.int64), Z(1, 3, dtype=torch.bool), 0.5, 0.0, -1),
+        "max_output",
+    ),
+    (
+        "float classes",
+        lambda: K.box_nms(Z(1, 3, 4), Z(1, 3), Z(1, 3), Z(1, 3, dtype=torch.bool), 0.5, 0.0, 5),
+        "classes",
+    ),
+    (
+        "scores shape",
+        lambda: K.box_nms(Z(1, 3, 4), Z(1, 4), Z(1, 3, dtype=torch.int64), Z(1, 3, dtype=torch.bool), 0.5, 0.0, 5),
+        "scores.shape",
+    ),
+    (
+        "nms devices",
+        lambda: K.box_nms(
+            Z(1, 3, 4), Z(1, 3), Z(1, 3, dtype=torch.int64), Z(1, 3, dtype=torch.bool, device="meta"), 0.5, 0.0, 5
+        ),
+        "one device",
+    ),
     ("negative stride", lambda: K.anchor_grid(Z(1, 1, 4, 4), Z(1, 3, 32, 32), (32.0,), (1.0,), -4), "stride"),
     ("no sizes", lambda: K.anchor_grid(Z(1, 1, 4, 4), Z(1, 3, 32, 32), (), (1.0,)), "sizes"),
-    ("anchor devices", lambda: K.anchor_grid(Z(1, 1, 4, 4), Z(1, 3, 32, 32, device="meta"), (32.0,), (1.0,)),
-     "one device"),
+    (
+        "anchor devices",
+        lambda: K.anchor_grid(Z(1, 1, 4, 4), Z(1, 3, 32, 32, device="meta"), (32.0,), (1.0,)),
+        "one device",
+    ),
     ("matcher rank", lambda: K.match_proposals(Z(2, 3, 4), 0.7, 0.3, True), "rank 2"),
     ("not a tensor", lambda: K.box_iou([[0, 0, 1, 1]], Z(1, 4)), "torch.Tensor"),
     ("roi_align rois", lambda: K.roi_align(Z(1, 2, 8, 8), Z(3, 4), 7, 0.25), "last dimension of 5"),
@@ -684,22 +730,40 @@ def test_bad_inputs_raise_one_clear_error(what, call, message):
 
 
 # ---- the built library --------------------------------------------------------------------------------------------
-CUDA_SYMBOLS = ["mrcnn_anchor_grid_cuda", "mrcnn_box_iou_f32_cuda", "mrcnn_box_iou_f16_cuda",
-                "mrcnn_pre_nms_select_cuda", "mrcnn_pre_nms_select_workspace_size", "mrcnn_box_nms_cuda",
-                "mrcnn_box_nms_workspace_size", "mrcnn_match_proposals_cuda", "mrcnn_roi_align_f32_cuda",
-                "mrcnn_roi_align_backward_f32_cuda", "mrcnn_roi_align_nhwc_f32_cuda",
-                "mrcnn_roi_align_backward_nhwc_f32_cuda"]
-CPU_SYMBOLS = ["mrcnn_build_info", "mrcnn_anchor_grid_cpu", "mrcnn_box_iou_f32_cpu", "mrcnn_box_iou_f16_cpu",
-               "mrcnn_pre_nms_select_cpu", "mrcnn_box_nms_cpu", "mrcnn_match_proposals_cpu",
-               "mrcnn_roi_align_f32_cpu", "mrcnn_roi_align_backward_f32_cpu"]
+CUDA_SYMBOLS = [
+    "mrcnn_anchor_grid_cuda",
+    "mrcnn_box_iou_f32_cuda",
+    "mrcnn_box_iou_f16_cuda",
+    "mrcnn_pre_nms_select_cuda",
+    "mrcnn_pre_nms_select_workspace_size",
+    "mrcnn_box_nms_cuda",
+    "mrcnn_box_nms_workspace_size",
+    "mrcnn_match_proposals_cuda",
+    "mrcnn_roi_align_f32_cuda",
+    "mrcnn_roi_align_backward_f32_cuda",
+    "mrcnn_roi_align_nhwc_f32_cuda",
+    "mrcnn_roi_align_backward_nhwc_f32_cuda",
+]
+CPU_SYMBOLS = [
+    "mrcnn_build_info",
+    "mrcnn_anchor_grid_cpu",
+    "mrcnn_box_iou_f32_cpu",
+    "mrcnn_box_iou_f16_cpu",
+    "mrcnn_pre_nms_select_cpu",
+    "mrcnn_box_nms_cpu",
+    "mrcnn_match_proposals_cpu",
+    "mrcnn_roi_align_f32_cpu",
+    "mrcnn_roi_align_backward_f32_cpu",
+]
 
 
 def exported_symbols() -> set[str]:
     nm = shutil.which("nm")
     if nm is None:
         pytest.skip("nm (binutils) not installed")
-    out = subprocess.run([nm, "-D", "--defined-only", str(K.library_path())], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [nm, "-D", "--defined-only", str(K.library_path())], capture_output=True, text=True, check=True
+    ).stdout
     return {line.split()[-1] for line in out.splitlines() if line.strip()}
 
 
@@ -725,8 +789,9 @@ def test_nvcc_on_path_means_cuda_was_compiled():
         pytest.skip("MRCNN_WITH_CUDA=OFF requested")
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc not on PATH: the library is expected to be CPU-only")
-    assert "cuda" in K.build_info(), (f"nvcc is on PATH but {K.library_path()} was built without CUDA "
-                                      f"kernels: {K.build_info()}")
+    assert "cuda" in K.build_info(), (
+        f"nvcc is on PATH but {K.library_path()} was built without CUDA kernels: {K.build_info()}"
+    )
 
 
 # ---- torch.library: schemas, fake kernels ------------------------------------------------------------------------
@@ -755,24 +820,53 @@ def test_fake_kernels_give_the_real_shapes(name):
     real = op(*args)
     fake = op(*[a.to("meta") if isinstance(a, torch.Tensor) else a for a in args])
     real, fake = (real, fake) if isinstance(real, tuple) else ((real,), (fake,))
-    for r, f in zip(real, fake):
+    for r, f in zip(real, fake, strict=True):
         assert f.shape == r.shape and f.dtype == r.dtype and f.device.type == "meta"
 
 
-# ---- backend switch -----------------------------------------------------------------------------------------------
-def test_resolve_backends():
+# ---- backend choice -----------------------------------------------------------------------------------------------
+def test_ops_backends():
     g = torch.Generator().manual_seed(1)
     a, b = rand_boxes(g, 6), rand_boxes(g, 9)
-    box_iou = dispatch.resolve("box_iou")
-    for name in ("reference", "kernels", "auto"):
-        with dispatch.backend(name):
-            assert rel_err(box_iou(a, b), R.box_iou(a, b)) <= 1e-6
-    with dispatch.backend("auto"):  # float64: no kernel, falls back to the reference
-        assert box_iou(a.double(), b.double()).dtype == torch.float64
-    with dispatch.backend("kernels"), pytest.raises(K.KernelInputError):
-        box_iou(a.double(), b.double())
-    with pytest.raises(MrcnnError):
-        dispatch.set_backend("fast")
+    for name in ("reference", "native", "auto"):
+        assert rel_err(Ops(backend=name).box_iou(a, b), R.box_iou(a, b)) <= 1e-6, name
+    assert Ops(backend="reference").implementation("box_iou", (a, b)) is R.box_iou
+    assert Ops(backend="native").implementation("box_iou", (a, b)) is K.box_iou
+    # float64: no kernel, "auto" falls back to the reference, "native" refuses
+    assert Ops(backend="auto").box_iou(a.double(), b.double()).dtype == torch.float64
+    with pytest.raises(K.KernelInputError):
+        Ops(backend="native").box_iou(a.double(), b.double())
+    with pytest.raises(MrcnnError, match="unknown ops backend 'fast'"):
+        Ops(backend="fast")
+
+
+@pytest.mark.parametrize(
+    "var,value,message",
+    [
+        ("MRCNN_OPS_BACKEND", "bogus", "MRCNN_OPS_BACKEND='bogus': choose one of reference, native, auto"),
+        ("MRCNN_CUDA_ROI_ALIGN", "yes", "MRCNN_CUDA_ROI_ALIGN='yes': must be 0 or 1"),
+        ("MRCNN_CUDA_ROI_ALIGN_NHWC", "2", "MRCNN_CUDA_ROI_ALIGN_NHWC='2': must be 0 or 1"),
+    ],
+)
+def test_ops_from_env_names_a_bad_variable(monkeypatch, var, value, message):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(MrcnnError) as e:
+        Ops.from_env()
+    print(e.value)
+    assert str(e.value) == message
+
+
+def test_two_models_choose_their_ops_independently():
+    """The choice is a model's own value: setting one model's ops leaves another's as it was."""
+    from mrcnn.config import get_config
+    from mrcnn.model import build_model
+
+    a, b = build_model(get_config("shapes-tiny").model), build_model(get_config("shapes-tiny").model)
+    a.set_ops(Ops(backend="reference"))
+    b.set_ops(Ops(backend="native", pyramid_roi_align_export=True))
+    assert (a.ops.backend, a.rpn.ops.backend, a.roi_heads.ops.backend) == ("reference",) * 3
+    assert (b.ops.backend, b.rpn.ops.backend, b.roi_heads.ops.backend) == ("native",) * 3
+    assert b.roi_heads.ops.pyramid_roi_align_export and not a.roi_heads.ops.pyramid_roi_align_export
 
 
 # ---- CUDA vs CPU kernels (GPU machines) ---------------------------------------------------------------------------
@@ -807,8 +901,7 @@ def test_cuda_pre_nms_select_equals_cpu():
         anchors, obj, deltas, hw = rpn_inputs(g, B, side)
         obj[:, ::3] = obj[:, 1::3][:, : obj[:, ::3].shape[1]]  # ties
         cpu = K.pre_nms_select(anchors, obj, deltas, hw, top_k, 1.0, (10.0, 10.0, 5.0, 5.0))
-        gpu = K.pre_nms_select(anchors.cuda(), obj.cuda(), deltas.cuda(), hw.cuda(), top_k, 1.0,
-                               (10.0, 10.0, 5.0, 5.0))
+        gpu = K.pre_nms_select(anchors.cuda(), obj.cuda(), deltas.cuda(), hw.cuda(), top_k, 1.0, (10.0, 10.0, 5.0, 5.0))
         assert_selection(tuple(t.cpu() for t in gpu), cpu, f"CUDA vs CPU {B} {side} {top_k}", 1e-6, 1.0)
 
 
@@ -816,9 +909,13 @@ def test_cuda_pre_nms_select_equals_cpu():
 @needs_gpu
 def test_cuda_box_nms_equals_cpu():
     g = torch.Generator().manual_seed(4)
-    for B, N, C, thr, max_out, levels in [(1, 0, 1, float("-inf"), 10, None), (2, 1, 1, float("-inf"), 10, None),
-                                          (2, 5000, 5, float("-inf"), 1000, None), (3, 700, 80, 0.05, 100, 8),
-                                          (1, 300, 2, 0.2, 0, None)]:
+    for B, N, C, thr, max_out, levels in [
+        (1, 0, 1, float("-inf"), 10, None),
+        (2, 1, 1, float("-inf"), 10, None),
+        (2, 5000, 5, float("-inf"), 1000, None),
+        (3, 700, 80, 0.05, 100, 8),
+        (1, 300, 2, 0.2, 0, None),
+    ]:
         boxes, scores, classes, valid = nms_inputs(g, B, N, C, levels)
         cpu = K.box_nms(boxes, scores, classes, valid, 0.7, thr, max_out)
         gpu = K.box_nms(boxes.cuda(), scores.cuda(), classes.cuda(), valid.cuda(), 0.7, thr, max_out)
@@ -855,38 +952,48 @@ def test_cuda_roi_align_equals_cpu(B, C, shapes, R, size, sr, aligned):
     grad = torch.randn(cpu.shape, generator=g)
     cpu.backward(grad)
     gpu.backward(grad.cuda())
-    for lvl, (a, b) in enumerate(zip(fc, fg)):  # atomicAdd: sums in another order
+    for lvl, (a, b) in enumerate(zip(fc, fg, strict=True)):  # atomicAdd: sums in another order
         e = rel_err(b.grad.cpu(), a.grad)
         assert e <= FP32_TOL, f"level {lvl}: gradient CUDA vs CPU rel {e:.2e}"
 
 
 @pytest.mark.cuda
 @needs_gpu
-@pytest.mark.parametrize("B,C,shapes,R,size,sr,aligned", PYRAMID_CASES + [
-    (2, 64, [(40, 56), (20, 28), (10, 14), (5, 7)], 300, 7, 2, False)])  # whole warps of channels
+@pytest.mark.parametrize(
+    "B,C,shapes,R,size,sr,aligned", PYRAMID_CASES + [(2, 64, [(40, 56), (20, 28), (10, 14), (5, 7)], 300, 7, 2, False)]
+)  # whole warps of channels
 @pytest.mark.parametrize("nhwc", [True, False])
 def test_cuda_roi_align_nhwc_equals_cpu(B, C, shapes, R, size, sr, aligned, nhwc):
     """Channels-last maps on CUDA: with the NHWC kernels on, the forward equals the CPU kernel bit for bit and the
     gradients (NHWC, from coalesced atomics) equal its within rounding; with them off, the maps are pooled from
     NCHW copies and the gradients come back NCHW."""
-    from mrcnn.ops import dispatch
-
     g = torch.Generator().manual_seed(R + 29)
     feats, rois, levels, scales = pyramid_inputs(g, B, C, shapes, R)
     fc = [f.clone().requires_grad_() for f in feats]
     fg = [f.cuda().contiguous(memory_format=torch.channels_last).requires_grad_() for f in feats]
     cpu = K.multilevel_roi_align(fc, rois, levels, scales, size, sr, aligned)
-    with dispatch.cuda_roi_align_nhwc(nhwc):
-        gpu = K.multilevel_roi_align(fg, rois.cuda(), levels.cuda(), scales, size, sr, aligned)
-        grad = torch.randn(cpu.shape, generator=g)
-        gpu.backward(grad.cuda())
+    gpu = K.multilevel_roi_align(fg, rois.cuda(), levels.cuda(), scales, size, sr, aligned, cuda_nhwc=nhwc)
+    grad = torch.randn(cpu.shape, generator=g)
+    gpu.backward(grad.cuda())
     cpu.backward(grad)
     assert torch.equal(gpu.cpu(), cpu), f"forward: max diff {(gpu.cpu() - cpu).abs().max()}"
-    maps = torch.ops.mrcnn.roi_align_backward(grad.cuda(), rois.cuda(), levels.cuda(), scales, size, size, B,
-                                              [h for h, _ in shapes], [w for _, w in shapes], sr, aligned, nhwc)
+    maps = torch.ops.mrcnn.roi_align_backward(
+        grad.cuda(),
+        rois.cuda(),
+        levels.cuda(),
+        scales,
+        size,
+        size,
+        B,
+        [h for h, _ in shapes],
+        [w for _, w in shapes],
+        sr,
+        aligned,
+        nhwc,
+    )
     layout = torch.channels_last if nhwc else torch.contiguous_format
     assert all(m.is_contiguous(memory_format=layout) for m in maps), [m.stride() for m in maps]
-    for lvl, (a, b) in enumerate(zip(fc, fg)):  # (a leaf's .grad takes the leaf's layout either way)
+    for lvl, (a, b) in enumerate(zip(fc, fg, strict=True)):  # (a leaf's .grad takes the leaf's layout either way)
         e = rel_err(b.grad.cpu(), a.grad)
         assert e <= FP32_TOL, f"level {lvl}: gradient CUDA vs CPU rel {e:.2e}"
 
@@ -913,5 +1020,5 @@ def test_contract_table_matches_the_torch_ops():
     boxes, scores, classes, valid = nms_inputs(g, 1, 3, 1)
     out = K.box_nms(boxes, scores, classes, valid, 0.5, 2.0, 4)  # score_threshold 2: no candidates
     fills = {r["name"]: r["fill"] for r in rows if r["op"] == "BoxNms" and r["kind"] == "output"}
-    for name, t in zip(("boxes", "scores", "classes", "indices"), out[:4]):
+    for name, t in zip(("boxes", "scores", "classes", "indices"), out[:4], strict=True):
         assert (t == float(fills[name])).all(), f"padding of {name}: {t.flatten()[:4].tolist()} vs {fills[name]}"

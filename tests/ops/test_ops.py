@@ -2,6 +2,7 @@
 
 Tolerances: anchors exact; fp32 op vs float64 loop 1e-5; NMS / top-k indices compared as sets.
 """
+
 from __future__ import annotations
 
 import math
@@ -9,12 +10,7 @@ import math
 import pytest
 import torch
 import torchvision
-from torchvision.models.detection import _utils as det_utils  # noqa: PLC2701 - the peer's own helper
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import RegionProposalNetwork
-
-from mrcnn.ops import (
+from references import (  # the pure-torch references (mrcnn.ops's names run the kernels where built)
     anchor_grid,
     box_iou,
     box_nms,
@@ -24,15 +20,11 @@ from mrcnn.ops import (
     match_proposals,
     pre_nms_select,
 )
+from torchvision.models.detection import _utils as det_utils  # noqa: PLC2701 - the peer's own helper
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.rpn import RegionProposalNetwork
 
-
-@pytest.fixture(autouse=True)
-def _reference_ops():
-    """mrcnn.ops names dispatch to native kernels when built; these tests check the pure-torch references."""
-    from mrcnn.ops import dispatch
-
-    with dispatch.backend("reference"):
-        yield
 
 def random_boxes(n: int, size: float = 100.0, generator=None, degenerate: int = 0) -> torch.Tensor:
     xy = torch.rand(n, 2, generator=generator) * size
@@ -44,6 +36,7 @@ def random_boxes(n: int, size: float = 100.0, generator=None, degenerate: int = 
 
 
 # -- AnchorGrid -------------------------------------------------------------------------------------------------
+
 
 def anchors_loop(H, W, Hi, Wi, sizes, ratios, stride=0):
     """float64 loop; base anchors rounded from float32 sizes (torchvision computes them in float32)."""
@@ -77,7 +70,7 @@ def test_anchor_grid_equals_torchvision(image_hw, feat_hws):
     images = torch.zeros(2, 3, *image_hw)
     feats = [torch.zeros(2, 4, h, w) for h, w in feat_hws]
     ref = gen(ImageList(images, [image_hw] * 2), feats)[0]
-    ours = torch.cat([anchor_grid(f, images, s, ratios) for f, s in zip(feats, sizes)])
+    ours = torch.cat([anchor_grid(f, images, s, ratios) for f, s in zip(feats, sizes, strict=True)])
     assert ours.dtype == torch.float32
     assert torch.equal(ours, ref)
 
@@ -95,6 +88,7 @@ def test_anchor_grid_multi_size_vs_loop(stride):
 
 
 # -- BoxIou -----------------------------------------------------------------------------------------------------
+
 
 def iou_loop(a, b):
     a, b = a.double(), b.double()
@@ -141,6 +135,7 @@ def test_box_iou_batched():
 
 # -- box coder --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0), (10.0, 7.0, 5.0, 3.0)])
 def test_box_coder_equals_torchvision(weights):
     g = torch.Generator().manual_seed(0)
@@ -160,6 +155,7 @@ def test_box_coder_equals_torchvision(weights):
 
 # -- PreNmsSelect -----------------------------------------------------------------------------------------------
 
+
 def pre_nms_loop(anchors, logits, deltas, sizes, top_k, min_size):
     """float64 loop: per image a list of (anchor index, box, score) of the valid top-k."""
     out = []
@@ -176,7 +172,7 @@ def pre_nms_loop(anchors, logits, deltas, sizes, top_k, min_size):
             pcx, pcy = d[0] * aw + cx, d[1] * ah + cy
             pw, ph = math.exp(dw) * aw, math.exp(dh) * ah
             box = [pcx - pw / 2, pcy - ph / 2, pcx + pw / 2, pcy + ph / 2]
-            box = [min(max(float(v), 0.0), lim) for v, lim in zip(box, (w, h, w, h))]
+            box = [min(max(float(v), 0.0), lim) for v, lim in zip(box, (w, h, w, h), strict=True)]
             if box[2] - box[0] >= min_size and box[3] - box[1] >= min_size:
                 res.append((j, box, 1 / (1 + math.exp(-float(logits[i, j])))))
         out.append(res)
@@ -218,8 +214,15 @@ def test_pre_nms_select_equals_torchvision_rpn_filter():
     anchors, logits, deltas = _rpn_case(B, A, 7)
     sizes = [(100, 140), (77, 120)]
     rpn = RegionProposalNetwork(
-        AnchorGenerator(), torch.nn.Identity(), 0.7, 0.3, 256, 0.5,
-        dict(training=top_k, testing=top_k), dict(training=10**6, testing=10**6), nms_thresh=1.0,
+        AnchorGenerator(),
+        torch.nn.Identity(),
+        0.7,
+        0.3,
+        256,
+        0.5,
+        dict(training=top_k, testing=top_k),
+        dict(training=10**6, testing=10**6),
+        nms_thresh=1.0,
     ).eval()
     proposals = det_utils.BoxCoder((1.0, 1.0, 1.0, 1.0)).decode(deltas.reshape(-1, 4), [anchors] * B).view(B, -1, 4)
     ref_boxes, ref_scores = rpn.filter_proposals(proposals, logits, sizes, [A])
@@ -230,6 +233,7 @@ def test_pre_nms_select_equals_torchvision_rpn_filter():
 
 
 # -- BoxNms -----------------------------------------------------------------------------------------------------
+
 
 def _nms_case(B, N, C, seed, size=60.0):
     g = torch.Generator().manual_seed(seed)
@@ -254,8 +258,13 @@ def _check_nms_output(out, B, K):
 
 @pytest.mark.parametrize(
     "B, N, C, max_output, score_thr",
-    [(1, 0, 3, 5, float("-inf")), (1, 1, 1, 5, float("-inf")), (2, 60, 3, 100, float("-inf")),
-     (3, 200, 5, 20, 0.3), (2, 1200, 4, 50, 0.05)],  # 1200 boxes: torchvision's per-class ("vanilla") path
+    [
+        (1, 0, 3, 5, float("-inf")),
+        (1, 1, 1, 5, float("-inf")),
+        (2, 60, 3, 100, float("-inf")),
+        (3, 200, 5, 20, 0.3),
+        (2, 1200, 4, 50, 0.05),
+    ],  # 1200 boxes: torchvision's per-class ("vanilla") path
 )
 def test_box_nms_vs_torchvision_and_loop(B, N, C, max_output, score_thr):
     boxes, scores, classes, valid = _nms_case(B, N, C, N + B)
@@ -292,7 +301,7 @@ def test_box_nms_ties():
     classes = torch.zeros(1, 5, dtype=torch.int64)
     valid = torch.ones(1, 5, dtype=torch.bool)
     outs = [fn(boxes, scores, classes, valid, 0.5, float("-inf"), 10) for fn in (box_nms, box_nms_reference)]
-    for b, s, c, idx, num in outs:
+    for _, _, _, idx, num in outs:
         assert int(num[0]) == 3
         kept = set(idx[0, :3].tolist())
         assert {2, 3} <= kept and len(kept & {0, 1}) == 1
@@ -339,6 +348,7 @@ def test_box_nms_decides_on_true_coordinates_where_torchvision_batched_nms_round
 
 
 # -- matcher ----------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("allow_low", [False, True])
 @pytest.mark.parametrize("G, P", [(1, 1), (3, 40), (5, 7)])
