@@ -12,6 +12,7 @@ Reports, at the config's input size (r50-fpn: 800 / 1333):
 - padded pixels per image of one epoch's global batches with and without aspect-ratio grouping, relative to each
   image padded alone (from the json sizes, no decoding).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,7 +81,7 @@ def main() -> None:
         t2 = time.perf_counter()
         ds.transform(image, target, torch.Generator().manual_seed(i))
         t3 = time.perf_counter()
-        for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+        for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
             parts[k].append(v * 1000)
     instances = statistics.mean(len(base._anns.rows(i)) for i in range(n))
     sample_ms = {k: {"median": statistics.median(v), "mean": statistics.mean(v)} for k, v in parts.items()}
@@ -113,24 +114,44 @@ def main() -> None:
         sc = resize_scale(h, w, inp.min_size, inp.max_size)
         sizes.append((int(h * sc), int(w * sc)))
     groups = base.aspect_groups()
-    padded = {"grouped": _padded_ratio(sizes, groups, a.batch, inp.size_divisible, cfg.seed),
-              "ungrouped": _padded_ratio(sizes, None, a.batch, inp.size_divisible, cfg.seed)}
+    padded = {
+        "grouped": _padded_ratio(sizes, groups, a.batch, inp.size_divisible, cfg.seed),
+        "ungrouped": _padded_ratio(sizes, None, a.batch, inp.size_divisible, cfg.seed),
+    }
 
-    print(f"data {data} ({len(base)} images, {instances:.1f} instances per image in the timed ones), "
-          f"{a.config}: {inp.min_size} / {inp.max_size}")
-    print("one sample, 1 thread (median / mean ms): "
-          + ", ".join(f"{k} {v['median']:.1f} / {v['mean']:.1f}" for k, v in sample_ms.items()))
+    print(
+        f"data {data} ({len(base)} images, {instances:.1f} instances per image in the timed ones), "
+        f"{a.config}: {inp.min_size} / {inp.max_size}"
+    )
+    print(
+        "one sample, 1 thread (median / mean ms): "
+        + ", ".join(f"{k} {v['median']:.1f} / {v['mean']:.1f}" for k, v in sample_ms.items())
+    )
     print(f"collate {a.batch}: {statistics.median(collate_ms):.1f} ms")
-    print("trainer loader: " + ", ".join(f"{w} workers {v:.1f} img/s" for w, v in loader_img_s.items())
-          + f" ({machine('cpu')['cpus']} cores)")
-    print(f"padded pixels / each image padded alone, batch {a.batch}: grouped {padded['grouped']:.3f}, "
-          f"ungrouped {padded['ungrouped']:.3f} ({groups.count(0)} landscape, {groups.count(1)} portrait or square)")
+    print(
+        "trainer loader: "
+        + ", ".join(f"{w} workers {v:.1f} img/s" for w, v in loader_img_s.items())
+        + f" ({machine('cpu')['cpus']} cores)"
+    )
+    print(
+        f"padded pixels / each image padded alone, batch {a.batch}: grouped {padded['grouped']:.3f}, "
+        f"ungrouped {padded['ungrouped']:.3f} ({groups.count(0)} landscape, {groups.count(1)} portrait or square)"
+    )
     if not a.no_save:
-        p = save("data_loading", {"machine": machine("cpu"), "args": vars(a), "images": len(base),
-                                  "instances_per_image": instances, "sample_ms": sample_ms,
-                                  "collate_ms": statistics.median(collate_ms),
-                                  "loader_img_s": {str(k): v for k, v in loader_img_s.items()},
-                                  "padded_over_alone": padded}, a.json)
+        p = save(
+            "data_loading",
+            {
+                "machine": machine("cpu"),
+                "args": vars(a),
+                "images": len(base),
+                "instances_per_image": instances,
+                "sample_ms": sample_ms,
+                "collate_ms": statistics.median(collate_ms),
+                "loader_img_s": {str(k): v for k, v in loader_img_s.items()},
+                "padded_over_alone": padded,
+            },
+            a.json,
+        )
         print(f"saved {p}")
 
 

@@ -10,7 +10,7 @@ which `mrcnn predict`, `eval`, `validate` and `bench` use for checkpoints; the s
 on CPUs with AVX512-BF16 or AMX; with `--ort` the portable ONNX export on ONNX Runtime. Each row:
 median and p90 seconds and torchvision's median / its median with a 95% bootstrap interval over the paired rounds.
 The FLOP floor row: the network's FLOPs at the padded input (torch's FlopCounterMode on our model) divided by the
-3x3-convolution rate this host reaches with the same threads. Goals (issue 24): ours >= 1.5x torchvision; the
+3x3-convolution rate this host reaches with the same threads. Goals: ours >= 1.5x torchvision; the
 fastest path <= 2x the floor; bf16 >= 1.6x our fp32. On CUDA (CUDA events): batch 1 or 8, autocast bf16 / fp16 for
 both models, and "ours CUDA graph": the network captured once for the input shape and replayed, postprocess after
 (a capture that fails is reported, with its reason, instead of the row). The GPU rows have not run yet.
@@ -19,6 +19,7 @@ Weights: torchvision's architecture with random weights made well conditioned (t
 frozen BatchNorm, damped residual branches, a decisive classifier) and seed 1: about 100 detections per photograph,
 so the mask head and the pasting work as much as on a busy real image. Photographs: scikit-image's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,7 +101,7 @@ def _cuda_graph_runner(pred, images: list[torch.Tensor], amp):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), torch.inference_mode(), amp():
             static_out = model(static_in, static_sizes)
-    except Exception as e:  # noqa: BLE001 - report why and go on with the other rows
+    except Exception as e:
         return None, first_line(e)
 
     def run():
@@ -117,8 +118,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--batch", type=int, default=1, help="images per call (copies of the photograph)")
-    ap.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
-                    help="cuda: autocast for torchvision and ours (and the graph)")
+    ap.add_argument(
+        "--amp",
+        default="none",
+        choices=["none", "bf16", "fp16"],
+        help="cuda: autocast for torchvision and ours (and the graph)",
+    )
     ap.add_argument("--photo", default="motorcycle_left.png", help="one of scikit-image's photographs")
     ap.add_argument("--ort", action="store_true", help="also the portable ONNX export on ONNX Runtime")
     ap.add_argument("--out", default=None)
@@ -156,6 +161,7 @@ def main() -> None:
         def run():
             with amp():
                 return fn()
+
         return run
 
     plain = load_artifact(tmp / "ours.pt", args.device, log=quiet, optimize=False)
@@ -166,7 +172,7 @@ def main() -> None:
         "ours optimized": under_amp(lambda: fast(images_dev)),
     }
     notes = {}
-    if not cuda and cpu_has_bf16():  # goal 3: the networks in bfloat16 where the CPU runs it natively
+    if not cuda and cpu_has_bf16():  # the networks in bfloat16 where the CPU runs it natively
         bf16 = load_artifact(tmp / "ours.pt", "cpu", log=quiet, precision="bf16")
         runners["ours optimized bf16"] = lambda: bf16(images_dev)
     if cuda:
@@ -180,15 +186,19 @@ def main() -> None:
     if args.ort:
         from mrcnn.export import export_checkpoint
 
-        export_checkpoint(tmp / "ours.pt", tmp / "ours.onnx", target="portable", log=quiet)
+        export_checkpoint(tmp / "ours.pt", tmp / "ours.onnx", flavour="portable", log=quiet)
         ort = load_artifact(tmp / "ours.onnx", args.device, log=quiet)
         runners["ours ONNX Runtime (portable)"] = lambda: ort(images)
     counts = {}
     with torch.inference_mode():
         for name, run in runners.items():
             counts[name] = len(run()[0]["scores"])
-        times, _ = timed_interleaved({k: (lambda r=r: torch.inference_mode()(r)()) for k, r in runners.items()},
-                                     args.iters, args.warmup, args.device)
+        times, _ = timed_interleaved(
+            {k: (lambda r=r: torch.inference_mode()(r)()) for k, r in runners.items()},
+            args.iters,
+            args.warmup,
+            args.device,
+        )
     ph, pw = (int(d) for d in plain.prepare([image])[0].shape[-2:])  # the padded input the network sees
     floor = None
     if not cuda:
@@ -201,31 +211,58 @@ def main() -> None:
         lo, hi = ratio_interval(peer, ts)
         med = statistics.median(ts)
         p90 = sorted(ts)[max(0, math.ceil(0.9 * len(ts)) - 1)]
-        rows[name] = {"median_s": med, "p90_s": p90, "detections": counts[name],
-                      "images_per_s": args.batch / med, "speedup_vs_torchvision": statistics.median(peer) / med,
-                      "speedup_95ci": [lo, hi], "times_floor": med / floor if floor else None}
+        rows[name] = {
+            "median_s": med,
+            "p90_s": p90,
+            "detections": counts[name],
+            "images_per_s": args.batch / med,
+            "speedup_vs_torchvision": statistics.median(peer) / med,
+            "speedup_95ci": [lo, hi],
+            "times_floor": med / floor if floor else None,
+        }
     amp_text = f", autocast {args.amp}" if cuda and dtype else ""
-    print(f"{args.photo} {tuple(image.shape[1:])} -> padded {ph}x{pw}, batch {args.batch}, {args.device}{amp_text}, "
-          f"{args.threads} threads, {args.iters} rounds")
-    print(f"{'':32s} {'median s':>9s} {'p90 s':>8s} {'img/s':>7s} {'vs torchvision':>22s} {'x floor':>8s} "
-          f"{'dets':>5s}")
+    print(
+        f"{args.photo} {tuple(image.shape[1:])} -> padded {ph}x{pw}, batch {args.batch}, {args.device}{amp_text}, "
+        f"{args.threads} threads, {args.iters} rounds"
+    )
+    print(f"{'':32s} {'median s':>9s} {'p90 s':>8s} {'img/s':>7s} {'vs torchvision':>22s} {'x floor':>8s} {'dets':>5s}")
     for name, r in rows.items():
         ci = f"{r['speedup_vs_torchvision']:.2f}x [{r['speedup_95ci'][0]:.2f}, {r['speedup_95ci'][1]:.2f}]"
         xf = f"{r['times_floor']:8.2f}" if r["times_floor"] else f"{'':8s}"
-        print(f"{name:32s} {r['median_s']:9.4f} {r['p90_s']:8.4f} {r['images_per_s']:7.1f} {ci:>22s} {xf} "
-              f"{r['detections']:5d}")
-    payload = {"photo": args.photo, "image": list(image.shape[1:]), "padded": [ph, pw], "batch": args.batch,
-               "device": args.device, "amp": args.amp, "threads": args.threads, "iters": args.iters, "rows": rows,
-               "notes": notes, "machine": machine(args.device)}
+        print(
+            f"{name:32s} {r['median_s']:9.4f} {r['p90_s']:8.4f} {r['images_per_s']:7.1f} {ci:>22s} {xf} "
+            f"{r['detections']:5d}"
+        )
+    payload = {
+        "photo": args.photo,
+        "image": list(image.shape[1:]),
+        "padded": [ph, pw],
+        "batch": args.batch,
+        "device": args.device,
+        "amp": args.amp,
+        "threads": args.threads,
+        "iters": args.iters,
+        "rows": rows,
+        "notes": notes,
+        "machine": machine(args.device),
+    }
     if floor:
-        print(f"{'FLOP floor':32s} {floor:9.3f}   ({flops / 1e9:.1f} GFLOP at {rate:.1f} GFLOP/s, 3x3 conv, "
-              f"{args.threads} threads)")
+        print(
+            f"{'FLOP floor':32s} {floor:9.3f}   ({flops / 1e9:.1f} GFLOP at {rate:.1f} GFLOP/s, 3x3 conv, "
+            f"{args.threads} threads)"
+        )
         fastest = min((k for k in rows if k != "torchvision eager"), key=lambda k: rows[k]["median_s"])
         payload["floor"] = {"gflop": flops / 1e9, "conv_gflops": rate, "seconds": floor}
-        payload["goals"] = {"ours_vs_torchvision_ge_1.5": rows["ours optimized"]["speedup_vs_torchvision"] >= 1.5,
-                            "fastest": fastest, "fastest_le_2x_floor": rows[fastest]["times_floor"] <= 2.0}
-        payload["bf16_vs_fp32"] = (rows["ours optimized"]["median_s"] / rows["ours optimized bf16"]["median_s"]
-                                   if "ours optimized bf16" in rows else "not measured: no AVX512-BF16 / AMX here")
+        payload["goals"] = {
+            "ours_vs_torchvision_ge_1.5": rows["ours optimized"]["speedup_vs_torchvision"] >= 1.5,
+            "fastest": fastest,
+            "fastest_le_2x_floor": rows[fastest]["times_floor"] <= 2.0,
+        }
+        payload["bf16_vs_fp32"] = (
+            rows["ours optimized"]["median_s"] / rows["ours optimized bf16"]["median_s"]
+            if "ours optimized bf16" in rows
+            else "not measured: no AVX512-BF16 / AMX here"
+        )
         print(f"goals: {payload['goals']}; bf16 / fp32 speed-up: {payload['bf16_vs_fp32']}")
     name = "infer_throughput" if not cuda else f"infer_throughput-b{args.batch}-{args.amp}"
     print(f"-> {save(name, payload, args.out)}")

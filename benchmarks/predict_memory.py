@@ -1,5 +1,5 @@
 """Memory of `mrcnn predict` against the image's resolution: peak resident memory of one predict process on a
-4000x3000 photo-sized image and on a 640x480 one, same model and picture. Goal (the hardening issue): the large
+4000x3000 photo-sized image and on a 640x480 one, same model and picture. Goal: the large
 one's peak <= 1.5 x the small one's + its decoded image (4000 x 3000 x 3 bytes), i.e. memory does not scale with the
 resolution beyond the decoded image and one pasted mask at a time.
 
@@ -8,6 +8,7 @@ resolution beyond the decoded image and one pasted mask at a time.
 Each run is a fresh process running `mrcnn predict` (its peak RSS is its VmHWM); the model has random weights
 (seeded), so it keeps many low-score detections: every kept one is pasted, drawn and encoded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ sys.exit(code or 0)
 def peak_rss_mb(args: list[str]) -> tuple[float, str]:
     """The peak resident memory (VmHWM, read by the process itself at its end: a forked child's own rusage would
     count the parent's pages it started with) of one `mrcnn` command in a fresh process."""
-    r = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True,
-                       env=dict(os.environ, OMP_NUM_THREADS="2"))
+    r = subprocess.run(
+        [sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2")
+    )
     lines = r.stdout.strip().splitlines()
     if r.returncode != 0 or not lines or not lines[-1].startswith("VmHWM"):
         raise SystemExit(f"predict failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
@@ -74,22 +76,47 @@ def main() -> None:
     cfg = get_config(a.config)
     cfg.model.num_classes = 6
     ckpt = tmp / "model.pt"
-    save_checkpoint(ckpt, {"config": cfg.to_dict(), "class_names": ["a", "b", "c", "d", "e"],
-                           "model": build_model(cfg.model).state_dict()})
+    save_checkpoint(
+        ckpt,
+        {
+            "config": cfg.to_dict(),
+            "class_names": ["a", "b", "c", "d", "e"],
+            "model": build_model(cfg.model).state_dict(),
+        },
+    )
     rows = {}
     for name, (h, w) in {"640x480": (480, 640), "4000x3000": (3000, 4000)}.items():
         path = tmp / f"{name}.jpg"
         Image.fromarray(photo(h, w)).save(path, quality=92)
-        peak, line = peak_rss_mb(["predict", str(ckpt), str(path), "--out", str(tmp / f"out-{name}"), "--score",
-                                  str(a.score), "--device", "cpu"])
-        rows[name] = {"peak_rss_mb": round(peak, 1), "decoded_mb": round(h * w * 3 / 2 ** 20, 1), "predict": line}
+        peak, line = peak_rss_mb(
+            [
+                "predict",
+                str(ckpt),
+                str(path),
+                "--out",
+                str(tmp / f"out-{name}"),
+                "--score",
+                str(a.score),
+                "--device",
+                "cpu",
+            ]
+        )
+        rows[name] = {"peak_rss_mb": round(peak, 1), "decoded_mb": round(h * w * 3 / 2**20, 1), "predict": line}
         print(f"{name}: peak RSS {peak:.0f} MB ({line})")
     small, large = rows["640x480"], rows["4000x3000"]
     bound = 1.5 * small["peak_rss_mb"] + large["decoded_mb"]
-    print(f"4000x3000 peak {large['peak_rss_mb']:.0f} MB vs bound 1.5 x {small['peak_rss_mb']:.0f} + "
-          f"{large['decoded_mb']:.0f} = {bound:.0f} MB: {'met' if large['peak_rss_mb'] <= bound else 'NOT met'}")
-    result = {"config": a.config, "score": a.score, "rows": rows, "bound_mb": round(bound, 1),
-              "met": large["peak_rss_mb"] <= bound, "machine": machine("cpu")}
+    print(
+        f"4000x3000 peak {large['peak_rss_mb']:.0f} MB vs bound 1.5 x {small['peak_rss_mb']:.0f} + "
+        f"{large['decoded_mb']:.0f} = {bound:.0f} MB: {'met' if large['peak_rss_mb'] <= bound else 'NOT met'}"
+    )
+    result = {
+        "config": a.config,
+        "score": a.score,
+        "rows": rows,
+        "bound_mb": round(bound, 1),
+        "met": large["peak_rss_mb"] <= bound,
+        "machine": machine("cpu"),
+    }
     if not a.no_save:
         save("predict_memory", result, a.json)
 

@@ -13,8 +13,9 @@ human-readable contract table is plugins/README.md, and tests/export/test_export
 
 `register_schemas()` adds the domain's OpSchemas (with type and shape inference) to onnx's registry of this process,
 so `onnx.checker.check_model(full_check=True)` and `onnx.shape_inference` accept trt-flavour models. Only onnx is
-imported here: the ONNX Runtime binding (mrcnn/runtime) uses this module too.
+imported here: the ONNX Runtime custom ops (mrcnn/deploy/ort_ops.py) use this module too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,8 +55,17 @@ class OpDef:
 
 F32, I64, BOOL = "tensor(float)", "tensor(int64)", "tensor(bool)"
 TYPE_PARAMS = {  # type parameters of the schemas (plugins/README.md: "any", "float32, float16")
-    "T_any": ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)", "tensor(uint8)",
-              "tensor(int8)", "tensor(int32)", "tensor(int64)", "tensor(bool)"],
+    "T_any": [
+        "tensor(float)",
+        "tensor(float16)",
+        "tensor(bfloat16)",
+        "tensor(double)",
+        "tensor(uint8)",
+        "tensor(int8)",
+        "tensor(int32)",
+        "tensor(int64)",
+        "tensor(bool)",
+    ],
     "T_box": ["tensor(float)", "tensor(float16)"],
 }
 
@@ -63,38 +73,61 @@ OPS: dict[str, OpDef] = {
     op.op_type: op
     for op in (
         OpDef(
-            "AnchorGrid", "anchor_grid",
+            "AnchorGrid",
+            "anchor_grid",
             (Port("feature", "T_any", "[B,C,H,W]"), Port("image", "T_any", "[B,3,Hi,Wi]")),
             (Port("anchors", F32, "[H*W*A,4]"),),
-            (Attr("sizes", "floats", "anchor sizes (A = len(sizes) * len(aspect_ratios))"),
-             Attr("aspect_ratios", "floats", "h/w ratios"),
-             Attr("stride", "int", "0: Hi // H and Wi // W per axis; > 0 forces both")),
+            (
+                Attr("sizes", "floats", "anchor sizes (A = len(sizes) * len(aspect_ratios))"),
+                Attr("aspect_ratios", "floats", "h/w ratios"),
+                Attr("stride", "int", "0: Hi // H and Wi // W per axis; > 0 forces both"),
+            ),
             "anchors of one FPN level from the runtime shapes of its feature map and the padded image",
         ),
         OpDef(
-            "PreNmsSelect", "pre_nms_select",
-            (Port("anchors", F32, "[A,4]"), Port("objectness", F32, "[B,A]"), Port("deltas", F32, "[B,A,4]"),
-             Port("image_sizes", I64, "[B,2]")),
+            "PreNmsSelect",
+            "pre_nms_select",
+            (
+                Port("anchors", F32, "[A,4]"),
+                Port("objectness", F32, "[B,A]"),
+                Port("deltas", F32, "[B,A,4]"),
+                Port("image_sizes", I64, "[B,2]"),
+            ),
             (Port("boxes", F32, "[B,K,4]"), Port("scores", F32, "[B,K]"), Port("valid", BOOL, "[B,K]")),
-            (Attr("top_k", "int", "K = min(top_k, A)"),
-             Attr("min_size", "float", "boxes with a side < min_size are invalid"),
-             Attr("weights", "floats", "box coder weights (wx, wy, ww, wh)"),
-             Attr("clip", "float", "upper clamp of dw, dh")),
+            (
+                Attr("top_k", "int", "K = min(top_k, A)"),
+                Attr("min_size", "float", "boxes with a side < min_size are invalid"),
+                Attr("weights", "floats", "box coder weights (wx, wy, ww, wh)"),
+                Attr("clip", "float", "upper clamp of dw, dh"),
+            ),
             "top-k by objectness, decode on anchors, clip to the image, mark small boxes invalid",
         ),
         OpDef(
-            "BoxNms", "box_nms",
-            (Port("boxes", F32, "[B,N,4]"), Port("scores", F32, "[B,N]"), Port("classes", I64, "[B,N]"),
-             Port("valid", BOOL, "[B,N]")),
-            (Port("boxes", F32, "[B,K,4]"), Port("scores", F32, "[B,K]"), Port("classes", I64, "[B,K]"),
-             Port("indices", I64, "[B,K]"), Port("num", I64, "[B]")),
-            (Attr("iou_threshold", "float", "suppress IoU > iou_threshold within a class"),
-             Attr("score_threshold", "float", "candidates: valid and score > score_threshold (-inf: no test)"),
-             Attr("max_output", "int", "K output slots")),
+            "BoxNms",
+            "box_nms",
+            (
+                Port("boxes", F32, "[B,N,4]"),
+                Port("scores", F32, "[B,N]"),
+                Port("classes", I64, "[B,N]"),
+                Port("valid", BOOL, "[B,N]"),
+            ),
+            (
+                Port("boxes", F32, "[B,K,4]"),
+                Port("scores", F32, "[B,K]"),
+                Port("classes", I64, "[B,K]"),
+                Port("indices", I64, "[B,K]"),
+                Port("num", I64, "[B]"),
+            ),
+            (
+                Attr("iou_threshold", "float", "suppress IoU > iou_threshold within a class"),
+                Attr("score_threshold", "float", "candidates: valid and score > score_threshold (-inf: no test)"),
+                Attr("max_output", "int", "K output slots"),
+            ),
             "batched class-aware greedy NMS, fixed-size outputs (padding: 0, index -1) and valid counts",
         ),
         OpDef(
-            "BoxIou", "box_iou",
+            "BoxIou",
+            "box_iou",
             (Port("a", "T_box", "[B,N,4]"), Port("b", "T_box", "[B,M,4]")),
             (Port("iou", F32, "[B,N,M]"),),
             (),
@@ -105,6 +138,7 @@ OPS: dict[str, OpDef] = {
 
 
 # -- shape inference ------------------------------------------------------------------------------------------------
+
 
 def _dims(ctx, i: int) -> list | None:
     """Input i's dims as ints / strings (dim_param) / None (unknown); None when the rank is unknown."""
@@ -192,22 +226,33 @@ def _infer_box_iou(ctx) -> None:
     _set(ctx, 0, onnx.TensorProto.FLOAT, [a[0] if a else None, a[1] if a else None, b[1] if b else None])
 
 
-_INFER = {"AnchorGrid": _infer_anchor_grid, "PreNmsSelect": _infer_pre_nms_select, "BoxNms": _infer_box_nms,
-          "BoxIou": _infer_box_iou}
+_INFER = {
+    "AnchorGrid": _infer_anchor_grid,
+    "PreNmsSelect": _infer_pre_nms_select,
+    "BoxNms": _infer_box_nms,
+    "BoxIou": _infer_box_iou,
+}
 
 
 def schemas() -> list:
     from onnx.defs import OpSchema
 
-    kinds = {"int": OpSchema.AttrType.INT, "float": OpSchema.AttrType.FLOAT, "floats": OpSchema.AttrType.FLOATS,
-             "string": OpSchema.AttrType.STRING}
+    kinds = {
+        "int": OpSchema.AttrType.INT,
+        "float": OpSchema.AttrType.FLOAT,
+        "floats": OpSchema.AttrType.FLOATS,
+        "string": OpSchema.AttrType.STRING,
+    }
     out = []
     for op in OPS.values():
         attrs = [OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "TensorRT plugin version")]
         attrs += [OpSchema.Attribute(a.name, kinds[a.kind], a.doc) for a in op.attrs]
         params = sorted({p.dtype for p in op.inputs + op.outputs if p.dtype in TYPE_PARAMS})
         s = OpSchema(
-            op.op_type, DOMAIN, DOMAIN_VERSION, doc=op.doc,
+            op.op_type,
+            DOMAIN,
+            DOMAIN_VERSION,
+            doc=op.doc,
             inputs=[OpSchema.FormalParameter(p.name, p.dtype) for p in op.inputs],
             outputs=[OpSchema.FormalParameter(p.name, p.dtype) for p in op.outputs],
             type_constraints=[(t, TYPE_PARAMS[t], "") for t in params],

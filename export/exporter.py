@@ -2,7 +2,7 @@
 the networks in float16), written atomically.
 
 Path: torch.export (non-strict) of the eval forward with the model's custom ops as torch.ops.mrcnn.* nodes
-(mrcnn.ops.dispatch backend "kernels"; only their fake kernels run while tracing), then torch.onnx's dynamo translation
+(the model's Ops with backend "native"; only their fake kernels run while tracing), then torch.onnx's dynamo translation
 with a custom_translation_table per flavour (export/translations.py). RoIAlign comes from torchlib's
 torchvision::roi_align translation (ONNX RoiAlign-16, coordinate_transformation_mode output_half_pixel for
 aligned=False, half_pixel for aligned=True).
@@ -13,6 +13,7 @@ Graph interface:
     outputs  boxes [B,K,4] float32 (resized-image pixels), scores [B,K], labels [B,K] int64,
              masks [B,K,M,M] float32 probabilities, num_detections [B] int64; slots >= num_detections are zero
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,14 +21,14 @@ import copy
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
 from mrcnn.errors import MrcnnError
 
-TARGETS = ("trt", "portable", "rtx")
+FLAVOURS = ("trt", "portable", "rtx")
 MIN_OPSET = 16  # RoiAlign-16: coordinate_transformation_mode (output_half_pixel == torchvision aligned=False)
 DEFAULT_OPSET = 18
 INPUT_NAMES = ["images", "image_sizes"]
@@ -57,7 +58,7 @@ def _quiet_loggers():
     try:
         yield
     finally:
-        for lg, lv in zip(loggers, levels):
+        for lg, lv in zip(loggers, levels, strict=True):
             lg.setLevel(lv)
 
 
@@ -84,7 +85,7 @@ def _without_slices_split():
         rewriter._DEFAULT_REWRITE_RULES = rules
 
 
-def _newest_opset() -> Optional[int]:
+def _newest_opset() -> int | None:
     try:
         import onnx
     except ImportError:  # reported where the export needs it
@@ -98,18 +99,30 @@ def _onnx_version() -> str:
     return onnx.__version__
 
 
-def check_options(target: str, opset: int, output: Optional[str | Path], batch: Optional[int],
-                  dynamic_batch: bool, height: Optional[int], width: Optional[int], dynamic_size: bool) -> None:
+def check_options(
+    flavour: str,
+    opset: int,
+    output: str | Path | None,
+    batch: int | None,
+    dynamic_batch: bool,
+    height: int | None,
+    width: int | None,
+    dynamic_size: bool,
+) -> None:
     """Every user error that can be found before loading anything: one MrcnnError line each."""
-    if target not in TARGETS:
-        raise MrcnnError(f"unknown export target {target!r}; choose one of: {', '.join(TARGETS)}")
+    if flavour not in FLAVOURS:
+        raise MrcnnError(f"unknown ONNX flavour {flavour!r}; choose one of: {', '.join(FLAVOURS)}")
     if opset < MIN_OPSET:
-        raise MrcnnError(f"opset {opset} is too old: RoIAlign with torchvision's aligned={{False,True}} semantics "
-                         f"needs ONNX RoiAlign-16 (coordinate_transformation_mode); use --opset {MIN_OPSET} or newer")
+        raise MrcnnError(
+            f"opset {opset} is too old: RoIAlign with torchvision's aligned={{False,True}} semantics "
+            f"needs ONNX RoiAlign-16 (coordinate_transformation_mode); use --opset {MIN_OPSET} or newer"
+        )
     newest = _newest_opset()
     if newest is not None and opset > newest:
-        raise MrcnnError(f"opset {opset} is newer than the installed onnx package knows (onnx "
-                         f"{_onnx_version()}: up to opset {newest}); use --opset {newest} or older")
+        raise MrcnnError(
+            f"opset {opset} is newer than the installed onnx package knows (onnx "
+            f"{_onnx_version()}: up to opset {newest}); use --opset {newest} or older"
+        )
     if output is not None and Path(output).is_dir():
         raise MrcnnError(f"{output}: is a directory, expected an .onnx file path")
     if batch is not None and dynamic_batch:
@@ -125,48 +138,70 @@ def check_options(target: str, opset: int, output: Optional[str | Path], batch: 
 def _example_inputs(batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     images = torch.rand(batch, 3, height, width, generator=g)
-    sizes = torch.tensor([[height, width]] + [[max(1, height - 8 * i), max(1, width - 16 * i)]
-                                              for i in range(1, batch)], dtype=torch.int64)
+    sizes = torch.tensor(
+        [[height, width]] + [[max(1, height - 8 * i), max(1, width - 16 * i)] for i in range(1, batch)],
+        dtype=torch.int64,
+    )
     return images, sizes
 
 
-def metadata(cfg, class_names: list[str], target: str, opset: int, dynamic: dict,
-             precision: str = "fp32") -> dict[str, str]:
+def metadata(
+    cfg, class_names: list[str], flavour: str, opset: int, dynamic: dict, precision: str = "fp32"
+) -> dict[str, str]:
     import mrcnn
     from mrcnn.model.preprocess import min_batch_shape
 
     i, m = cfg.input, cfg.model
     preprocess = {
-        "min_size": i.min_size, "max_size": i.max_size, "size_divisible": i.size_divisible,
+        "min_size": i.min_size,
+        "max_size": i.max_size,
+        "size_divisible": i.size_divisible,
         "pad_to": list(min_batch_shape(i) or ()),
-        "image_mean": list(m.image_mean), "image_std": list(m.image_std),
+        "image_mean": list(m.image_mean),
+        "image_std": list(m.image_std),
         "resize": "bilinear, scale = min(min_size / min(h, w), max_size / max(h, w)) (torchvision)",
         "input": "images float32 [B,3,H,W] RGB 0..1 zero-padded to size_divisible (and to at least pad_to, "
-                 "[H, W], where given: the model was trained so); image_sizes int64 [B,2] (h, w); "
-                 "mean/std normalisation is inside the graph",
+        "[H, W], where given: the model was trained so); image_sizes int64 [B,2] (h, w); "
+        "mean/std normalisation is inside the graph",
     }
     return {
         "mrcnn.version": mrcnn.__version__,
-        "mrcnn.flavour": target,
+        "mrcnn.flavour": flavour,
         "mrcnn.opset": str(opset),
         "mrcnn.precision": precision,
         "mrcnn.config": cfg.to_json(),
         "mrcnn.class_names": json.dumps(list(class_names)),
         "mrcnn.preprocess": json.dumps(preprocess, sort_keys=True),
         "mrcnn.dynamic": json.dumps(dynamic, sort_keys=True),
-        "mrcnn.outputs": json.dumps({
-            "boxes": "[B,K,4] float32 xyxy, resized-image pixels", "scores": "[B,K] float32",
-            "labels": "[B,K] int64", "masks": f"[B,K,{m.mask_resolution},{m.mask_resolution}] float32 probabilities",
-            "num_detections": "[B] int64; slots >= num_detections are zero"}),
+        "mrcnn.outputs": json.dumps(
+            {
+                "boxes": "[B,K,4] float32 xyxy, resized-image pixels",
+                "scores": "[B,K] float32",
+                "labels": "[B,K] int64",
+                "masks": f"[B,K,{m.mask_resolution},{m.mask_resolution}] float32 probabilities",
+                "num_detections": "[B] int64; slots >= num_detections are zero",
+            }
+        ),
     }
 
 
-def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: str | Path, *, target: str = "trt",
-                 opset: int = DEFAULT_OPSET, batch: Optional[int] = None, height: Optional[int] = None,
-                 width: Optional[int] = None, fp16: bool = False, log: Callable[[str], None] = print,
-                 source: Optional[dict] = None):
+def export_model(
+    model: torch.nn.Module,
+    cfg,
+    class_names: list[str],
+    output: str | Path,
+    *,
+    flavour: str = "trt",
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    fp16: bool = False,
+    log: Callable[[str], None] = print,
+    source: dict | None = None,
+):
     """Export `model` (eval) to `output`. batch None -> dynamic batch; height/width None -> dynamic size;
-    fp16: the networks in float16, the ops between them float32 (mrcnn.model.precision.half_network; `model` itself
+    fp16: the networks in float16, the ops between them float32 (mrcnn.export.precision.half_network; `model` itself
     is not changed).
     `source`: the checkpoint it came from ({"checkpoint": path, "sha256": ...}, metadata `mrcnn.source`: the
     reference `mrcnn validate` compares the model with). Returns the onnx ModelProto that was written."""
@@ -175,9 +210,8 @@ def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: st
     from mrcnn.export.contract import register_schemas
     from mrcnn.export.translations import translation_table
     from mrcnn.io import atomic_write
-    from mrcnn.ops import dispatch
 
-    check_options(target, opset, output, batch, False, height, width, height is None)
+    check_options(flavour, opset, output, batch, False, height, width, height is None)
     div = cfg.input.size_divisible
     if height is not None and (height % div or width % div or height <= 0 or width <= 0):
         raise MrcnnError(f"--height/--width must be positive multiples of size_divisible={div}, got {height}x{width}")
@@ -200,24 +234,38 @@ def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: st
 
         model = half_network(copy.deepcopy(model))
     precision = "fp16" if fp16 else "fp32"
-    log(f"exporting {cfg.name} ({target}, {precision}, opset {opset}, batch {'dynamic' if dyn_batch else batch}, "
-        f"size {'dynamic' if dyn_size else f'{height}x{width}'})")
+    log(
+        f"exporting {cfg.name} ({flavour}, {precision}, opset {opset}, batch {'dynamic' if dyn_batch else batch}, "
+        f"size {'dynamic' if dyn_size else f'{height}x{width}'})"
+    )
     if opset < DEFAULT_OPSET:
         log(f"opset {opset}: traced at opset {DEFAULT_OPSET} and converted down by onnx's version converter")
-    with torch.no_grad(), dispatch.backend("kernels"), dispatch.pyramid_roi_align_export(target == "rtx"), \
-            warnings.catch_warnings(), _quiet_loggers(), _without_slices_split():
+    with (
+        torch.no_grad(),
+        model.using_ops(model.ops.replace(backend="native", pyramid_roi_align_export=flavour == "rtx")),
+        warnings.catch_warnings(),
+        _quiet_loggers(),
+        _without_slices_split(),
+    ):
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
-                ExportWrapper(model), (images, sizes), dynamo=True, opset_version=opset,
-                input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, dynamic_shapes=dynamic_shapes,
-                custom_translation_table=translation_table(target), optimize=True, verbose=False,
+                ExportWrapper(model),
+                (images, sizes),
+                dynamo=True,
+                opset_version=opset,
+                input_names=INPUT_NAMES,
+                output_names=OUTPUT_NAMES,
+                dynamic_shapes=dynamic_shapes,
+                custom_translation_table=translation_table(flavour),
+                optimize=True,
+                verbose=False,
             )
-        except Exception as e:  # noqa: BLE001 - torch.onnx raises many types; one line for the user
+        except Exception as e:
             first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
             raise MrcnnError(f"ONNX export failed: {first[:300]}") from e
     proto = program.model_proto
-    meta = metadata(cfg, class_names, target, opset, {"batch": dyn_batch, "size": dyn_size}, precision)
+    meta = metadata(cfg, class_names, flavour, opset, {"batch": dyn_batch, "size": dyn_size}, precision)
     if source:
         meta["mrcnn.source"] = json.dumps(source, sort_keys=True)
     for k, v in meta.items():
@@ -233,28 +281,51 @@ def export_model(model: torch.nn.Module, cfg, class_names: list[str], output: st
     return proto
 
 
-def export_checkpoint(checkpoint: str | Path, output: Optional[str | Path] = None, *, target: str = "trt",
-                      opset: int = DEFAULT_OPSET, batch: Optional[int] = None, dynamic_batch: bool = False,
-                      height: Optional[int] = None, width: Optional[int] = None, dynamic_size: bool = False,
-                      fp16: bool = False, overrides: Optional[list[str]] = None,
-                      log: Callable[[str], None] = print) -> Path:
+def export_checkpoint(
+    checkpoint: str | Path,
+    output: str | Path | None = None,
+    *,
+    flavour: str = "trt",
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    dynamic_batch: bool = False,
+    height: int | None = None,
+    width: int | None = None,
+    dynamic_size: bool = False,
+    fp16: bool = False,
+    overrides: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """`mrcnn export CKPT`: default output CKPT with suffix .onnx (next to the checkpoint).
     `overrides` (section.key=value) adjust inference settings such as model.box_score_thresh."""
     from mrcnn.io import check_writable_file, file_sha256
     from mrcnn.model.checkpoint import load_model
 
-    check_options(target, opset, output, batch, dynamic_batch, height, width, dynamic_size)
+    check_options(flavour, opset, output, batch, dynamic_batch, height, width, dynamic_size)
     ckpt_path = Path(checkpoint)
     if ckpt_path.suffix.lower() in (".onnx", ".plan", ".engine"):
-        raise MrcnnError(f"{ckpt_path}: is an exported model; `mrcnn export` takes a checkpoint (.pt), e.g. a run's "
-                         "model_final.pt")
+        raise MrcnnError(
+            f"{ckpt_path}: is an exported model; `mrcnn export` takes a checkpoint (.pt), e.g. a run's model_final.pt"
+        )
     out = Path(output) if output is not None else ckpt_path.with_suffix(".onnx")
     model, cfg, names = load_model(ckpt_path, "cpu", overrides)
     check_writable_file(out, "-o")
     source = {"checkpoint": str(ckpt_path.resolve()), "sha256": file_sha256(ckpt_path)}
     if overrides:  # other inference settings than the checkpoint's: validate compares with the same overrides
         source["overrides"] = list(overrides)
-    export_model(model, cfg, names, out, target=target, opset=opset, batch=batch, height=height, width=width,
-                 fp16=fp16, log=log, source=source)
+    export_model(
+        model,
+        cfg,
+        names,
+        out,
+        flavour=flavour,
+        opset=opset,
+        batch=batch,
+        height=height,
+        width=width,
+        fp16=fp16,
+        log=log,
+        source=source,
+    )
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return out

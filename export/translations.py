@@ -1,7 +1,7 @@
 """Two ONNX translations of the torch.ops.mrcnn.* nodes of one traced graph (docs/design.md §4).
 
     trt       one `mrcnn` node per op (export/contract.py): TensorRT maps it to the plugin, ONNX Runtime to the
-              Python custom op on the C++ kernels (mrcnn/runtime/ort_ops.py)
+              Python custom op on the C++ kernels (mrcnn/deploy/ort_ops.py)
     portable  onnxscript decompositions into standard ONNX ops (TopK, NonMaxSuppression, Gather, ScatterND, ...)
 
 Both are `custom_translation_table`s for `torch.onnx.export(..., dynamo=True)`, keyed on the torch custom ops.
@@ -10,9 +10,10 @@ clip_boxes, anchor_grid), so they agree to float rounding.
 
 Shapes: B images; A anchors; N candidates; K output slots; S boxes selected by NonMaxSuppression.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -33,6 +34,7 @@ def _floats(values: Sequence[float]) -> list[float]:
 
 # -- trt: custom nodes ----------------------------------------------------------------------------------------------
 
+
 def _shape_carrier(x):
     """x[:1, :1] ([1,1,H,W]): AnchorGrid reads only the last two dims of its inputs (plugins/README.md), so the node
     gets a one-plane slice instead of the whole feature map / image (no large copies into a plugin or custom op)."""
@@ -40,21 +42,45 @@ def _shape_carrier(x):
 
 
 def anchor_grid_trt(feature, image, sizes: Sequence[float], aspect_ratios: Sequence[float], stride: int):
-    return _MRCNN.AnchorGrid(_shape_carrier(feature), _shape_carrier(image), sizes=_floats(sizes),
-                             aspect_ratios=_floats(aspect_ratios), stride=int(stride), plugin_version=PLUGIN_VERSION)
+    return _MRCNN.AnchorGrid(
+        _shape_carrier(feature),
+        _shape_carrier(image),
+        sizes=_floats(sizes),
+        aspect_ratios=_floats(aspect_ratios),
+        stride=int(stride),
+        plugin_version=PLUGIN_VERSION,
+    )
 
 
-def pre_nms_select_trt(anchors, objectness, deltas, image_sizes, top_k: int, min_size: float,
-                       weights: Sequence[float], clip: float):
-    return _MRCNN.PreNmsSelect(anchors, objectness, deltas, image_sizes, top_k=int(top_k), min_size=float(min_size),
-                               weights=_floats(weights), clip=float(clip), plugin_version=PLUGIN_VERSION,
-                               _outputs=3)
+def pre_nms_select_trt(
+    anchors, objectness, deltas, image_sizes, top_k: int, min_size: float, weights: Sequence[float], clip: float
+):
+    return _MRCNN.PreNmsSelect(
+        anchors,
+        objectness,
+        deltas,
+        image_sizes,
+        top_k=int(top_k),
+        min_size=float(min_size),
+        weights=_floats(weights),
+        clip=float(clip),
+        plugin_version=PLUGIN_VERSION,
+        _outputs=3,
+    )
 
 
 def box_nms_trt(boxes, scores, classes, valid, iou_threshold: float, score_threshold: float, max_output: int):
-    return _MRCNN.BoxNms(boxes, scores, classes, valid, iou_threshold=float(iou_threshold),
-                         score_threshold=float(score_threshold), max_output=int(max_output),
-                         plugin_version=PLUGIN_VERSION, _outputs=5)
+    return _MRCNN.BoxNms(
+        boxes,
+        scores,
+        classes,
+        valid,
+        iou_threshold=float(iou_threshold),
+        score_threshold=float(score_threshold),
+        max_output=int(max_output),
+        plugin_version=PLUGIN_VERSION,
+        _outputs=5,
+    )
 
 
 def box_iou_trt(a, b):
@@ -62,6 +88,7 @@ def box_iou_trt(a, b):
 
 
 # -- portable: standard ONNX ops ------------------------------------------------------------------------------------
+
 
 def _c(value, dtype=np.int64):
     """A constant tensor."""
@@ -121,8 +148,13 @@ def _decode(deltas, boxes, weights: Sequence[float], clip: float):
     cw = op.Mul(half, pw)
     ch = op.Mul(half, ph)
     u = _c([-1])
-    return op.Concat(op.Unsqueeze(op.Sub(pcx, cw), u), op.Unsqueeze(op.Sub(pcy, ch), u),
-                     op.Unsqueeze(op.Add(pcx, cw), u), op.Unsqueeze(op.Add(pcy, ch), u), axis=-1)
+    return op.Concat(
+        op.Unsqueeze(op.Sub(pcx, cw), u),
+        op.Unsqueeze(op.Sub(pcy, ch), u),
+        op.Unsqueeze(op.Add(pcx, cw), u),
+        op.Unsqueeze(op.Add(pcy, ch), u),
+        axis=-1,
+    )
 
 
 def _clip(boxes, image_sizes):
@@ -139,8 +171,9 @@ def _clip(boxes, image_sizes):
     return op.Concat(op.Unsqueeze(x1, u), op.Unsqueeze(y1, u), op.Unsqueeze(x2, u), op.Unsqueeze(y2, u), axis=-1)
 
 
-def pre_nms_select_portable(anchors, objectness, deltas, image_sizes, top_k: int, min_size: float,
-                            weights: Sequence[float], clip: float):
+def pre_nms_select_portable(
+    anchors, objectness, deltas, image_sizes, top_k: int, min_size: float, weights: Sequence[float], clip: float
+):
     # 1. top-k anchors by objectness logit, sorted descending; K = min(top_k, A)
     A = _dim(op.Shape(objectness), 1)
     k = op.Min(A, _c([int(top_k)]))
@@ -174,14 +207,21 @@ def box_nms_portable(boxes, scores, classes, valid, iou_threshold: float, score_
     span = op.Add(op.Sub(hi, lo), _c(1.0, np.float32))
     offset = op.Mul(op.Unsqueeze(op.Cast(classes, to=_FLOAT), _c([-1])), span)  # [B,N,1]
     shifted = op.Add(op.Sub(boxes, lo), offset)
-    sel = op.NonMaxSuppression(shifted, op.Unsqueeze(masked, _c([1])), _c([K]), _c([float(iou_threshold)], np.float32),
-                               _c([_FLT_LOWEST], np.float32))  # [S,3] (batch, 0, box), batch-major, by score
+    sel = op.NonMaxSuppression(
+        shifted,
+        op.Unsqueeze(masked, _c([1])),
+        _c([K]),
+        _c([float(iou_threshold)], np.float32),
+        _c([_FLT_LOWEST], np.float32),
+    )  # [S,3] (batch, 0, box), batch-major, by score
     # 3. rank of each selected box within its image -> slot b*K + rank in the [B*K] outputs
     b = op.Squeeze(op.Slice(sel, _c([0]), _c([1]), _c([1])), _c([1]))  # [S]
     n = op.Squeeze(op.Slice(sel, _c([2]), _c([3]), _c([1])), _c([1]))
     Bt = _dim(op.Shape(boxes), 0)
-    one_hot = op.Cast(op.Equal(op.Unsqueeze(b, _c([1])), op.Unsqueeze(op.Range(_c(0), op.Squeeze(Bt, _c([0])), _c(1)),
-                                                                      _c([0]))), to=_INT64)  # [S,B]
+    one_hot = op.Cast(
+        op.Equal(op.Unsqueeze(b, _c([1])), op.Unsqueeze(op.Range(_c(0), op.Squeeze(Bt, _c([0])), _c(1)), _c([0]))),
+        to=_INT64,
+    )  # [S,B]
     counts = op.ReduceSum(one_hot, _c([0]), keepdims=0)  # [B]
     starts = op.CumSum(counts, _c(0), exclusive=1)
     S = op.Shape(b)
@@ -190,14 +230,20 @@ def box_nms_portable(boxes, scores, classes, valid, iou_threshold: float, score_
     bn = op.Concat(op.Unsqueeze(b, _c([-1])), op.Unsqueeze(n, _c([-1])), axis=1)  # [S,2]
     BK = op.Mul(Bt, _c([K]))
     # 4. scatter the selected rows into zero-filled slots (indices -1)
-    out_boxes = op.ScatterND(op.Expand(_c(0.0, np.float32), op.Concat(BK, _c([4]), axis=0)), slot,
-                             op.GatherND(boxes, bn))
+    out_boxes = op.ScatterND(
+        op.Expand(_c(0.0, np.float32), op.Concat(BK, _c([4]), axis=0)), slot, op.GatherND(boxes, bn)
+    )
     out_scores = op.ScatterND(op.Expand(_c(0.0, np.float32), BK), slot, op.GatherND(scores, bn))
     out_classes = op.ScatterND(op.Expand(_c(0), BK), slot, op.GatherND(classes, bn))
     out_indices = op.ScatterND(op.Expand(_c(-1), BK), slot, n)
     shape_bk = op.Concat(Bt, _c([K]), axis=0)
-    return (op.Reshape(out_boxes, op.Concat(shape_bk, _c([4]), axis=0)), op.Reshape(out_scores, shape_bk),
-            op.Reshape(out_classes, shape_bk), op.Reshape(out_indices, shape_bk), counts)
+    return (
+        op.Reshape(out_boxes, op.Concat(shape_bk, _c([4]), axis=0)),
+        op.Reshape(out_scores, shape_bk),
+        op.Reshape(out_classes, shape_bk),
+        op.Reshape(out_indices, shape_bk),
+        counts,
+    )
 
 
 def box_iou_portable(a, b):
@@ -246,8 +292,17 @@ def _axis_samples(start, bin_size, size, pooled: int, sub: int, sr: int):
     return (op.Cast(low, to=_INT64), op.Cast(high, to=_INT64), op.Where(inside, h_w, zero), op.Where(inside, l_w, zero))
 
 
-def roi_align_rtx(inputs, rois, levels, spatial_scales: Sequence[float], pooled_h: int, pooled_w: int,
-                  sampling_ratio: int, aligned: bool):
+def roi_align_rtx(
+    inputs,
+    rois,
+    levels,
+    spatial_scales: Sequence[float],
+    pooled_h: int,
+    pooled_w: int,
+    sampling_ratio: int,
+    aligned: bool,
+    cuda_nhwc: bool = False,
+):
     """torch.ops.mrcnn.roi_align (RoIAlign over the pyramid, RoI n from level levels[n]; torchvision's semantics)
     as gathers: every level's pixels in one channels-last table [sum_l B*H_l*W_l, C], and per (sub-sample,
     corner) one Gather of [R, PH, PW] rows, weighted and summed like torchvision's CPU kernel. No RoiAlign node, no
@@ -259,8 +314,9 @@ def roi_align_rtx(inputs, rois, levels, spatial_scales: Sequence[float], pooled_
     shapes = [op.Shape(f) for f in feats]
     C = _dim(shapes[0], 1)
     # 1. the table; level l's rows start at offsets[l], pixel (b, y, x) at row offsets[l] + (b * H_l + y) * W_l + x
-    table = op.Concat(*[op.Reshape(op.Transpose(f, perm=[0, 2, 3, 1]), op.Concat(_c([-1]), C, axis=0))
-                        for f in feats], axis=0)
+    table = op.Concat(
+        *[op.Reshape(op.Transpose(f, perm=[0, 2, 3, 1]), op.Concat(_c([-1]), C, axis=0)) for f in feats], axis=0
+    )
     heights = op.Concat(*[_dim(s, 2) for s in shapes], axis=0)  # [L]
     widths = op.Concat(*[_dim(s, 3) for s in shapes], axis=0)
     rows = op.Concat(*[op.Mul(op.Mul(_dim(s, 0), _dim(s, 2)), _dim(s, 3)) for s in shapes], axis=0)
@@ -275,8 +331,7 @@ def roi_align_rtx(inputs, rois, levels, spatial_scales: Sequence[float], pooled_
     scale = op.Unsqueeze(op.Gather(_c(_floats(spatial_scales), np.float32), lv), u)
     b = op.Cast(op.Slice(rois, _c([0]), _c([1]), _c([1])), to=_INT64)  # [R,1]
     shift = _c(0.5 if aligned else 0.0, np.float32)
-    x1, y1, x2, y2 = (op.Sub(op.Mul(op.Slice(rois, _c([i]), _c([i + 1]), _c([1])), scale), shift)
-                      for i in range(1, 5))
+    x1, y1, x2, y2 = (op.Sub(op.Mul(op.Slice(rois, _c([i]), _c([i + 1]), _c([1])), scale), shift) for i in range(1, 5))
     roi_w, roi_h = op.Sub(x2, x1), op.Sub(y2, y1)
     if not aligned:
         roi_w, roi_h = op.Max(roi_w, _c(1.0, np.float32)), op.Max(roi_h, _c(1.0, np.float32))
@@ -352,8 +407,9 @@ def box_nms_rtx(boxes, scores, classes, valid, iou_threshold: float, score_thres
     slot = op.Range(_c(0), op.Squeeze(k, _c([0])), _c(1))
     filled = op.Less(op.Unsqueeze(slot, _c([0])), op.Unsqueeze(num, _c([1])))  # [B,k]
     pos4 = op.Expand(op.Unsqueeze(pos, _c([-1])), op.Concat(op.Shape(pos), _c([4]), axis=0))
-    out_boxes = op.Where(op.Unsqueeze(filled, _c([-1])), op.GatherElements(top_boxes, pos4, axis=1),
-                         _c(0.0, np.float32))
+    out_boxes = op.Where(
+        op.Unsqueeze(filled, _c([-1])), op.GatherElements(top_boxes, pos4, axis=1), _c(0.0, np.float32)
+    )
     out_scores = op.Where(filled, op.GatherElements(top_scores, pos, axis=1), _c(0.0, np.float32))
     out_classes = op.Where(filled, op.GatherElements(top_classes, pos, axis=1), _c(0))
     out_indices = op.Where(filled, op.GatherElements(idx, pos, axis=1), _c(-1))
@@ -369,22 +425,31 @@ def box_nms_rtx(boxes, scores, classes, valid, iou_threshold: float, score_thres
 
 # -- tables ---------------------------------------------------------------------------------------------------------
 
-def translation_table(target: str) -> dict:
+
+def translation_table(flavour: str) -> dict:
     """custom_translation_table for torch.onnx.export: torch.ops.mrcnn.* -> trt nodes or portable decompositions."""
     import mrcnn.native  # noqa: F401 - registers torch.ops.mrcnn.*
 
     register_schemas()
     ops = torch.ops.mrcnn
-    if target == "trt":
+    if flavour == "trt":
         fns = (anchor_grid_trt, pre_nms_select_trt, box_nms_trt, box_iou_trt)
-    elif target in ("portable", "rtx"):
-        fns = (anchor_grid_portable, pre_nms_select_portable,
-               box_nms_portable if target == "portable" else box_nms_rtx, box_iou_portable)
+    elif flavour in ("portable", "rtx"):
+        fns = (
+            anchor_grid_portable,
+            pre_nms_select_portable,
+            box_nms_portable if flavour == "portable" else box_nms_rtx,
+            box_iou_portable,
+        )
     else:
-        raise ValueError(target)
-    table = {ops.anchor_grid.default: fns[0], ops.pre_nms_select.default: fns[1], ops.box_nms.default: fns[2],
-             ops.box_iou.default: fns[3]}
-    if target == "rtx":  # the model's RoIAlign is the one pyramid op there (multiscale_roi_align, export/exporter.py)
+        raise ValueError(flavour)
+    table = {
+        ops.anchor_grid.default: fns[0],
+        ops.pre_nms_select.default: fns[1],
+        ops.box_nms.default: fns[2],
+        ops.box_iou.default: fns[3],
+    }
+    if flavour == "rtx":  # the model's RoIAlign is the one pyramid op there (multiscale_roi_align, export/exporter.py)
         table[ops.roi_align.default] = roi_align_rtx
     return table
 

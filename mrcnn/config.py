@@ -3,6 +3,7 @@
 Defaults are the seed's R-50-FPN 1x (docs/design.md §5). `torchvision` mode reproduces torchvision's
 maskrcnn_resnet50_fpn choices exactly (used by `mrcnn convert torchvision`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -102,7 +103,9 @@ class SolverConfig:
     compile: bool = False  # torch.compile (inductor) the backbone + FPN: fused elementwise ops, fewer launches for a
     # host-bound GPU step; the first steps of each new input shape compile (~20 s on 2 CPU cores for R-18)
     grad_clip: float = 0.0  # 0 = off
-    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights (mrcnn/engine/ema.py)
+    ema_decay: float = (
+        0.0  # > 0: evaluate and save an exponential moving average of the weights (mrcnn/training/ema.py)
+    )
     ema_tau: float = 2000.0  # the average's decay ramps up as decay * (1 - exp(-step / tau)) (Ultralytics' 2000)
     eval_period: int = 0  # 0 = only at the end
     eval_max_images: int = 0  # periodic / final evaluation on the first N val images (0: all); `mrcnn eval` reads all
@@ -131,10 +134,10 @@ class Config:
         return json.dumps(self.to_dict(), sort_keys=True, indent=indent)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Config":
+    def from_dict(cls, d: dict[str, Any]) -> Config:
         return _from_dict(cls, d, "")
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Every field within its range, or one MrcnnError naming the key (before any model or file is made)."""
         m, i, s = self.model, self.input, self.solver
         for section in ("model", "input", "solver"):
@@ -144,19 +147,29 @@ class Config:
                 if any(isinstance(v, float) and not math.isfinite(v) for v in values):
                     raise MrcnnError(f"{section}.{f.name} must be a finite number; got {value!r}")
                 if any(isinstance(v, float) and abs(v) > FLOAT32_MAX for v in values):  # (tensors hold them)
-                    raise MrcnnError(f"{section}.{f.name} must be within float32's range (|x| <= 3.4e38); got "
-                                     f"{value!r}")
+                    raise MrcnnError(
+                        f"{section}.{f.name} must be within float32's range (|x| <= 3.4e38); got {value!r}"
+                    )
         checks = [
             ("model.num_classes", m.num_classes >= 2, "be >= 2 (background + 1 class)"),
-            ("model.backbone_blocks", len(m.backbone_blocks) in (0, 4) and all(b >= 1 for b in m.backbone_blocks),
-             "be empty (standard) or 4 block counts >= 1"),
+            (
+                "model.backbone_blocks",
+                len(m.backbone_blocks) in (0, 4) and all(b >= 1 for b in m.backbone_blocks),
+                "be empty (standard) or 4 block counts >= 1",
+            ),
             ("model.backbone_width", m.backbone_width >= 1, "be >= 1"),
             ("model.trainable_layers", 0 <= m.trainable_layers <= 5, "be 0..5"),
             ("model.fpn_channels", m.fpn_channels >= 1, "be >= 1"),
-            ("model.anchor_sizes", len(m.anchor_sizes) == 5 and all(a > 0 for a in m.anchor_sizes),
-             "be 5 positive sizes, one per FPN level P2..P6"),
-            ("model.aspect_ratios", len(m.aspect_ratios) >= 1 and all(a > 0 for a in m.aspect_ratios),
-             "be one or more positive ratios"),
+            (
+                "model.anchor_sizes",
+                len(m.anchor_sizes) == 5 and all(a > 0 for a in m.anchor_sizes),
+                "be 5 positive sizes, one per FPN level P2..P6",
+            ),
+            (
+                "model.aspect_ratios",
+                len(m.aspect_ratios) >= 1 and all(a > 0 for a in m.aspect_ratios),
+                "be one or more positive ratios",
+            ),
             ("model.rpn_fg_iou", 0 <= m.rpn_bg_iou <= m.rpn_fg_iou <= 1, "be in [rpn_bg_iou, 1]"),
             ("model.roi_fg_iou", 0 <= m.roi_bg_iou <= m.roi_fg_iou <= 1, "be in [roi_bg_iou, 1]"),
             ("model.rpn_batch_per_image", m.rpn_batch_per_image >= 1, "be >= 1"),
@@ -172,22 +185,34 @@ class Config:
             ("model.box_score_thresh", 0 <= m.box_score_thresh < 1, "be in [0, 1)"),
             ("model.rpn_min_size", m.rpn_min_size >= 0, "be >= 0"),
             ("model.box_min_size", m.box_min_size >= 0, "be >= 0"),
-            ("model.box_weights", len(m.box_weights) == 4 and all(w > 0 for w in m.box_weights),
-             "be 4 positive weights (x, y, w, h)"),
+            (
+                "model.box_weights",
+                len(m.box_weights) == 4 and all(w > 0 for w in m.box_weights),
+                "be 4 positive weights (x, y, w, h)",
+            ),
             ("model.detections_per_img", m.detections_per_img >= 1, "be >= 1"),
             ("model.representation_size", m.representation_size >= 1, "be >= 1"),
             ("model.box_roi_size", m.box_roi_size >= 1, "be >= 1"),
             ("model.mask_roi_size", m.mask_roi_size >= 1, "be >= 1"),
             ("model.mask_head_channels", m.mask_head_channels >= 1, "be >= 1"),
             ("model.mask_head_layers", m.mask_head_layers >= 1, "be >= 1"),
-            ("model.mask_resolution", m.mask_resolution == 2 * m.mask_roi_size,
-             f"be the mask head's output size, 2 x model.mask_roi_size = {2 * m.mask_roi_size}"),
+            (
+                "model.mask_resolution",
+                m.mask_resolution == 2 * m.mask_roi_size,
+                f"be the mask head's output size, 2 x model.mask_roi_size = {2 * m.mask_roi_size}",
+            ),
             ("model.image_mean", len(m.image_mean) == 3, "be 3 values (R, G, B)"),
-            ("model.image_std", len(m.image_std) == 3 and all(v > 0 for v in m.image_std),
-             "be 3 positive values (R, G, B)"),
+            (
+                "model.image_std",
+                len(m.image_std) == 3 and all(v > 0 for v in m.image_std),
+                "be 3 positive values (R, G, B)",
+            ),
             ("input.min_size", 1 <= i.min_size <= i.max_size, "be in [1, input.max_size]"),
-            ("input.train_min_sizes", all(1 <= v <= i.max_size for v in i.train_min_sizes),
-             "be sizes in [1, input.max_size]"),
+            (
+                "input.train_min_sizes",
+                all(1 <= v <= i.max_size for v in i.train_min_sizes),
+                "be sizes in [1, input.max_size]",
+            ),
             ("input.size_divisible", i.size_divisible >= 1, "be >= 1"),
             ("input.hflip_prob", 0 <= i.hflip_prob <= 1, "be in [0, 1]"),
             ("solver.batch", s.batch >= 1, "be >= 1 (--batch)"),
@@ -203,8 +228,11 @@ class Config:
             ("solver.weight_decay", s.weight_decay >= 0, "be >= 0"),
             ("solver.warmup_iters", s.warmup_iters >= 0, "be >= 0"),
             ("solver.warmup_factor", 0 < s.warmup_factor <= 1, "be in (0, 1]"),
-            ("solver.steps", all(0 < f < 1 for f in s.steps) and list(s.steps) == sorted(s.steps),
-             "be increasing fractions of the run in (0, 1) (0.75 = at 75% of max_iter), not iteration numbers"),
+            (
+                "solver.steps",
+                all(0 < f < 1 for f in s.steps) and list(s.steps) == sorted(s.steps),
+                "be increasing fractions of the run in (0, 1) (0.75 = at 75% of max_iter), not iteration numbers",
+            ),
             ("solver.gamma", s.gamma > 0, "be > 0"),
             ("solver.max_minutes", s.max_minutes >= 0, "be >= 0 (0: no time budget)"),
             ("solver.fp16_init_scale", s.fp16_init_scale > 0, "be > 0"),
@@ -212,8 +240,7 @@ class Config:
             ("solver.ema_decay", 0 <= s.ema_decay < 1, "be in [0, 1) (0: off)"),
             ("solver.ema_tau", s.ema_tau >= 0, "be >= 0 (0: no ramp)"),
             ("solver.eval_period", s.eval_period >= 0, "be >= 0 (--eval-period; 0: at the end only)"),
-            ("solver.checkpoint_period", s.checkpoint_period >= 0,
-             "be >= 0 (--checkpoint-period; 0: at the end only)"),
+            ("solver.checkpoint_period", s.checkpoint_period >= 0, "be >= 0 (--checkpoint-period; 0: at the end only)"),
             ("solver.max_bad_steps", s.max_bad_steps >= 1, "be >= 1"),
         ]
         for key, ok, must in checks:
@@ -222,7 +249,7 @@ class Config:
                 raise MrcnnError(f"{key} must {must}; got {value!r}")
         return self
 
-    def override(self, assignments: list[str] | None) -> "Config":
+    def override(self, assignments: list[str] | None) -> Config:
         """Apply `section.key=value` strings (e.g. `model.fpn_channels=128`, `solver.steps=0.5,0.8`)."""
         d = self.to_dict()
         for a in assignments or []:
@@ -266,6 +293,7 @@ def _parse_value(text: str, current: Any, where: str) -> Any:
 
 def _typed(t: Any, v: Any, key: str) -> Any:
     """`v` as a value of the field type `t` (ints are accepted where floats are meant), or one error line."""
+
     def number(x: Any, kind: type) -> bool:
         return isinstance(x, (int, float) if kind is float else kind) and not isinstance(x, bool)
 
@@ -344,6 +372,7 @@ def load_config_file(path: str | Path) -> Config:
 
 # -- named presets --------------------------------------------------------------------------------------------------
 
+
 def _r50() -> Config:
     """The seed's R-50-FPN 1x (frozen BN, 2 frozen stages: train from ImageNet weights with --weights)."""
     return Config(name="r50-fpn")
@@ -404,8 +433,9 @@ def _shapes_tiny() -> Config:
 
 def describe_presets() -> list[tuple[str, str]]:
     """(name, first line of its docstring) of every named config."""
-    return [(name, (make.__doc__ or "").strip().splitlines()[0] if make.__doc__ else "") for name, make in
-            PRESETS.items()]
+    return [
+        (name, (make.__doc__ or "").strip().splitlines()[0] if make.__doc__ else "") for name, make in PRESETS.items()
+    ]
 
 
 PRESETS = {

@@ -1,6 +1,7 @@
 """Shared fixtures. The expensive ones (a synthetic dataset, a random-weight tiny model and its exports, a model
 trained 150 iterations) are built once per test run and shared by the pytest-xdist workers: the first worker to
 need one builds it under a file lock, the others read it."""
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,9 @@ def tiny(shared):
         torch.manual_seed(0)
         cfg = get_config("shapes-tiny")
         model = build_model(cfg.model)
-        save_checkpoint(folder / "tiny.pt", {"config": cfg.to_dict(), "class_names": TINY_NAMES,
-                                             "model": model.state_dict()})
+        save_checkpoint(
+            folder / "tiny.pt", {"config": cfg.to_dict(), "class_names": TINY_NAMES, "model": model.state_dict()}
+        )
 
     ckpt = shared("tiny", build) / "tiny.pt"
     saved = load_checkpoint(ckpt)
@@ -77,23 +79,29 @@ def _exports(shared, tiny, name: str, targets, fp16: bool) -> dict[str, Path]:
     suffix = "-fp16" if fp16 else ""
 
     def build(folder: Path) -> None:
-        for target in targets:
+        for flavour in targets:
             t0 = time.perf_counter()
-            export_checkpoint(tiny["ckpt"], folder / f"tiny-{target}{suffix}.onnx", target=target, fp16=fp16,
-                              overrides=["model.box_score_thresh=0.0"], log=lambda m: None)
-            print(f"export {target}{suffix}: {time.perf_counter() - t0:.1f} s")
+            export_checkpoint(
+                tiny["ckpt"],
+                folder / f"tiny-{flavour}{suffix}.onnx",
+                flavour=flavour,
+                fp16=fp16,
+                overrides=["model.box_score_thresh=0.0"],
+                log=lambda m: None,
+            )
+            print(f"export {flavour}{suffix}: {time.perf_counter() - t0:.1f} s")
 
     folder = shared(name, build)
-    return {target: folder / f"tiny-{target}{suffix}.onnx" for target in targets}
+    return {flavour: folder / f"tiny-{flavour}{suffix}.onnx" for flavour in targets}
 
 
 @pytest.fixture(scope="session")
 def tiny_onnx(shared, tiny):
     """Every flavour of the tiny model, dynamic batch and size, score threshold 0."""
     pytest.importorskip("onnxscript")
-    from helpers import TARGETS
+    from helpers import FLAVOURS
 
-    return _exports(shared, tiny, "tiny-onnx", TARGETS, fp16=False)
+    return _exports(shared, tiny, "tiny-onnx", FLAVOURS, fp16=False)
 
 
 @pytest.fixture(scope="session")
@@ -101,9 +109,9 @@ def tiny_fp16(shared, tiny):
     """The tiny model exported with --fp16, trt and rtx flavours (portable has the same float16 network between
     float32 ops whose portable forms are checked in float32)."""
     pytest.importorskip("onnxscript")
-    from helpers import FP16_TARGETS
+    from helpers import FP16_FLAVOURS
 
-    return _exports(shared, tiny, "tiny-fp16", FP16_TARGETS, fp16=True)
+    return _exports(shared, tiny, "tiny-fp16", FP16_FLAVOURS, fp16=True)
 
 
 @pytest.fixture(scope="session")
@@ -116,9 +124,16 @@ def trained(shared, synth_data):
     from mrcnn.training.trainer import train
 
     def build(out: Path) -> None:
-        res = train(tiny_config(max_iter=150, warmup_iters=10), synth_data, out / "run", log=lambda m: None,
-                    progress=False, evaluate_at_end=False, device="cpu")
-        export_checkpoint(res.checkpoint, out / "model-trt.onnx", target="trt", log=lambda m: None)
+        res = train(
+            tiny_config(max_iter=150, warmup_iters=10),
+            synth_data,
+            out / "run",
+            log=lambda m: None,
+            progress=False,
+            evaluate_at_end=False,
+            device="cpu",
+        )
+        export_checkpoint(res.checkpoint, out / "model-trt.onnx", flavour="trt", log=lambda m: None)
 
     out = shared("trained", build)
     return {"ckpt": out / "run" / "model_final.pt", "onnx": out / "model-trt.onnx", "dir": out}

@@ -6,25 +6,38 @@
     [8] `mrcnn predict` overlays of a few val images
 then `format_summary`: one row per artifact (runtime, size, AP, AP drop, p50 latency), and `written_paths`.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from mrcnn.api.validate import score_predictor, validate_artifact
 from mrcnn.errors import MrcnnError
 
 # the demo's exports: file name model-NAME.onnx -> (flavour, --fp16)
-DEMO_FLAVOURS = {"trt": ("trt", False), "portable": ("portable", False), "rtx": ("rtx", False),
-                 "rtx-fp16": ("rtx", True)}
+DEMO_FLAVOURS = {
+    "trt": ("trt", False),
+    "portable": ("portable", False),
+    "rtx": ("rtx", False),
+    "rtx-fp16": ("rtx", True),
+}
 DEMO_MAX_AP_DROP = 0.005  # the demo's gate on its ONNX models (measured drop: 0, rtx-fp16 segm 0.0013; all paired)
 DEMO_OVERLAYS = 4  # val images drawn by `mrcnn predict` at the end
 DEMO_BENCH_ITERS = 30
 
 
-def demo(out: str | Path = "mrcnn-demo", *, max_iter: int | None = None, n_train: int = 200, n_val: int = 50,
-         export: bool = True, log: Callable[[str], None] = print, progress: bool = True) -> dict:
+def demo(
+    out: str | Path = "mrcnn-demo",
+    *,
+    max_iter: int | None = None,
+    n_train: int = 200,
+    n_val: int = 50,
+    export: bool = True,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
     """The steps of the module docstring (with `export=False` the first three). report["onnx"][name]["validation"]
     ["failed"] lists each export's AP drops above DEMO_MAX_AP_DROP; report["engines"] the engines built (or why
     none); report["bench"] the latency rows; report["predictions"] the overlays' folder."""
@@ -54,14 +67,21 @@ def demo(out: str | Path = "mrcnn-demo", *, max_iter: int | None = None, n_train
     val = open_split(data, "val2017", logger=log)
     predictor = load_artifact(result.checkpoint, log=log)
     reference = score_predictor(predictor, str(result.checkpoint), val, 2, log, progress, 0)
-    report = {"out": str(out), "data": str(data), "run": str(out / "run"), "checkpoint": str(result.checkpoint),
-              "runtime": predictor.runtime, "metrics": reference[0]}
+    report = {
+        "out": str(out),
+        "data": str(data),
+        "run": str(out / "run"),
+        "checkpoint": str(result.checkpoint),
+        "runtime": predictor.runtime,
+        "metrics": reference[0],
+    }
     if export:
         report["onnx"] = demo_exports(result.checkpoint, data, out, reference, step, log, progress)
         rtx = [Path(r["path"]) for name, r in report["onnx"].items() if DEMO_FLAVOURS[name][0] == "rtx"]
         report["engines"] = demo_engines(rtx, step, log)
-        report["bench"] = demo_bench([result.checkpoint, *(Path(r["path"]) for r in report["onnx"].values())],
-                                     data, step, log)
+        report["bench"] = demo_bench(
+            [result.checkpoint, *(Path(r["path"]) for r in report["onnx"].values())], data, step, log
+        )
         report["predictions"] = demo_overlays(result.checkpoint, val, out / "predictions", step, log)
     return report
 
@@ -77,23 +97,25 @@ class _Steps:
         self.log(f"[{self.k}/{self.total}] {text}")
 
 
-def demo_exports(checkpoint: Path, data: Path, out: Path, reference: tuple, step: _Steps,
-                 log: Callable[[str], None], progress: bool) -> dict:
+def demo_exports(
+    checkpoint: Path, data: Path, out: Path, reference: tuple, step: _Steps, log: Callable[[str], None], progress: bool
+) -> dict:
     """Steps 4 and 5: every DEMO_FLAVOURS export, then each validated against the checkpoint's evaluation."""
     from mrcnn.export import export_checkpoint
 
     step("ONNX exports")
     paths = {}
-    for name, (target, fp16) in DEMO_FLAVOURS.items():
+    for name, (flavour, fp16) in DEMO_FLAVOURS.items():
         paths[name] = out / f"model-{name}.onnx"
-        step(f"export {target} flavour{' --fp16' if fp16 else ''} -> {paths[name]}", same=True)
-        export_checkpoint(checkpoint, paths[name], target=target, fp16=fp16, log=log)
+        step(f"export {flavour} flavour{' --fp16' if fp16 else ''} -> {paths[name]}", same=True)
+        export_checkpoint(checkpoint, paths[name], flavour=flavour, fp16=fp16, log=log)
     step("validation of the exports (ONNX Runtime) against the checkpoint (`mrcnn validate`)")
     onnx = {}
     for name, path in paths.items():
         step(f"validation of {path}", same=True)
-        v = validate_artifact(path, data, max_ap_drop=DEMO_MAX_AP_DROP, log=log, progress=progress,
-                              reference_eval=reference)
+        v = validate_artifact(
+            path, data, max_ap_drop=DEMO_MAX_AP_DROP, log=log, progress=progress, reference_eval=reference
+        )
         onnx[name] = {"path": str(path), "metrics": v["artifact"]["metrics"], "validation": v}
     return onnx
 
@@ -113,8 +135,14 @@ def demo_engines(onnx_paths: list[Path], step: _Steps, log: Callable[[str], None
         step(f"engine from {onnx_path}", same=True)
         t0 = time.perf_counter()
         plan = build_artifact(onnx_path, runtime="tensorrt-rtx", log=log)
-        engines.append({"path": str(plan), "onnx": str(onnx_path), "mb": plan.stat().st_size / 1e6,
-                        "seconds": time.perf_counter() - t0})
+        engines.append(
+            {
+                "path": str(plan),
+                "onnx": str(onnx_path),
+                "mb": plan.stat().st_size / 1e6,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
     return engines
 
 
@@ -143,17 +171,43 @@ def summary_rows(report: dict) -> list[dict]:
     """One row per artifact the demo made: name, path, runtime, MB, metrics, AP drops, p50 ms (None: not run)."""
     p50 = {Path(r["artifact"]).name: r["p50_ms"] for r in report.get("bench", {}).get("rows", [])}
     ck = Path(report["checkpoint"])
-    rows = [{"name": ck.name, "path": str(ck), "runtime": report["runtime"], "mb": _mb(ck),
-             "metrics": report["metrics"], "drop": None, "p50": p50.get(ck.name)}]
-    for name, r in report.get("onnx", {}).items():
+    rows = [
+        {
+            "name": ck.name,
+            "path": str(ck),
+            "runtime": report["runtime"],
+            "mb": _mb(ck),
+            "metrics": report["metrics"],
+            "drop": None,
+            "p50": p50.get(ck.name),
+        }
+    ]
+    for r in report.get("onnx", {}).values():
         v = r["validation"]
-        rows.append({"name": Path(r["path"]).name, "path": r["path"], "runtime": v["artifact"]["runtime"],
-                     "mb": _mb(r["path"]), "metrics": r["metrics"], "drop": v.get("ap_drop"),
-                     "p50": p50.get(Path(r["path"]).name)})
+        rows.append(
+            {
+                "name": Path(r["path"]).name,
+                "path": r["path"],
+                "runtime": v["artifact"]["runtime"],
+                "mb": _mb(r["path"]),
+                "metrics": r["metrics"],
+                "drop": v.get("ap_drop"),
+                "p50": p50.get(Path(r["path"]).name),
+            }
+        )
     for e in report.get("engines", []):
         if "path" in e:
-            rows.append({"name": Path(e["path"]).name, "path": e["path"], "runtime": "TensorRT-RTX engine",
-                         "mb": e["mb"], "metrics": None, "drop": None, "p50": None})
+            rows.append(
+                {
+                    "name": Path(e["path"]).name,
+                    "path": e["path"],
+                    "runtime": "TensorRT-RTX engine",
+                    "mb": e["mb"],
+                    "metrics": None,
+                    "drop": None,
+                    "p50": None,
+                }
+            )
     return rows
 
 
@@ -197,14 +251,20 @@ def format_report(report: dict) -> str:
     from mrcnn.evaluation.comparison import format_pairs
 
     lines = [f"PyTorch checkpoint {report['checkpoint']}", format_table(report["metrics"])]
-    for target, r in report.get("onnx", {}).items():
+    for flavour, r in report.get("onnx", {}).items():
         v = r["validation"]
-        lines += [f"ONNX Runtime, {target} flavour: {r['path']}", format_table(r["metrics"]), format_ap_drop(v),
-                  format_pairs(v["detections"])]
+        lines += [
+            f"ONNX Runtime, {flavour} flavour: {r['path']}",
+            format_table(r["metrics"]),
+            format_ap_drop(v),
+            format_pairs(v["detections"]),
+        ]
     for e in report.get("engines", []):
         if "path" in e:
-            lines.append(f"TensorRT-RTX engine: {e['path']} ({e['mb']:.1f} MB, built in {e['seconds']:.1f} s on this "
-                         "machine; it runs where TensorRT-RTX and an RTX-class GPU are)")
+            lines.append(
+                f"TensorRT-RTX engine: {e['path']} ({e['mb']:.1f} MB, built in {e['seconds']:.1f} s on this "
+                "machine; it runs where TensorRT-RTX and an RTX-class GPU are)"
+            )
         else:
             lines.append(f"TensorRT-RTX engines: skipped, {e['skipped']}")
     if "bench" in report:

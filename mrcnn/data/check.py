@@ -1,11 +1,12 @@
 """`mrcnn data check DATA`: read a dataset the way training does and report what it holds and what it would skip,
 before hours of training find out (images, instances per class, crowd regions, every bad-data case of
 `CocoDetection`; with `decode`, corrupt image files too)."""
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -20,7 +21,7 @@ def instance_counts(ds) -> tuple[np.ndarray, dict[str, int]]:
     cum = np.concatenate([[0], np.cumsum(~crowd)])
     per_image = cum[starts[1:]] - cum[starts[:-1]]
     ids = A.category_id[~crowd]
-    return per_image, {name: int((ids == cid).sum()) for cid, name in zip(ds.cat_ids, ds.class_names)}
+    return per_image, {name: int((ids == cid).sum()) for cid, name in zip(ds.cat_ids, ds.class_names, strict=True)}
 
 
 def training_issues(ds, split: str = "train") -> tuple[list[str], list[str]]:
@@ -33,17 +34,22 @@ def training_issues(ds, split: str = "train") -> tuple[list[str], list[str]]:
     if len(ds) == 0:
         errors.append(f"{ds.ann_file}: no usable training images in the {split} split{skipped}")
     elif sum(per_class.values()) == 0:
-        errors.append(f"{ds.ann_file}: no usable training instances in the {split} split (nothing to learn)"
-                      f"{skipped or ': its images have no annotations'}")
+        errors.append(
+            f"{ds.ann_file}: no usable training instances in the {split} split (nothing to learn)"
+            f"{skipped or ': its images have no annotations'}"
+        )
     empty = [n for n, c in per_class.items() if c == 0]
     if empty and not errors:
-        warnings.append(f"warning: classes without training instances in the {split} split: {', '.join(empty)} "
-                        "(the model will not learn to detect them)")
+        warnings.append(
+            f"warning: classes without training instances in the {split} split: {', '.join(empty)} "
+            "(the model will not learn to detect them)"
+        )
     return errors, warnings
 
 
-def check_split(data: str | Path, split: str, *, decode: bool = False, log: Callable[[str], None] = print,
-                progress: bool = True) -> dict | None:
+def check_split(
+    data: str | Path, split: str, *, decode: bool = False, log: Callable[[str], None] = print, progress: bool = True
+) -> dict | None:
     """Counts and problems of one split (None where the dataset has no such split)."""
     from mrcnn.data.layout import open_split
     from mrcnn.progress import reporter
@@ -59,12 +65,21 @@ def check_split(data: str | Path, split: str, *, decode: bool = False, log: Call
                 rep.update(i + 1)
     per_image, per_class = instance_counts(ds)
     crowd = ds._anns.iscrowd
-    out = {"annotations": str(ds.ann_file), "images_dir": str(ds.img_dir), "images": len(ds),
-           "images_without_instances": int((per_image == 0).sum()), "instances": int((~crowd).sum()),
-           "crowd": int(crowd.sum()), "classes": len(ds.class_names), "per_class": per_class,
-           "skipped": dict(Counter(ds.skipped))}
-    log(f"  {out['images']} images ({out['images_without_instances']} without instances), {out['instances']} "
-        f"instances (+{out['crowd']} crowd regions), {out['classes']} classes")
+    out = {
+        "annotations": str(ds.ann_file),
+        "images_dir": str(ds.img_dir),
+        "images": len(ds),
+        "images_without_instances": int((per_image == 0).sum()),
+        "instances": int((~crowd).sum()),
+        "crowd": int(crowd.sum()),
+        "classes": len(ds.class_names),
+        "per_class": per_class,
+        "skipped": dict(Counter(ds.skipped)),
+    }
+    log(
+        f"  {out['images']} images ({out['images_without_instances']} without instances), {out['instances']} "
+        f"instances (+{out['crowd']} crowd regions), {out['classes']} classes"
+    )
     log("  instances per class: " + ", ".join(f"{n} {c}" for n, c in per_class.items()))
     empty = [n for n, c in per_class.items() if c == 0]
     if empty:
@@ -77,8 +92,14 @@ def check_split(data: str | Path, split: str, *, decode: bool = False, log: Call
     return out
 
 
-def check_dataset(data: str | Path, splits: Sequence[str] = ("train", "val"), *, decode: bool = False,
-                  log: Callable[[str], None] = print, progress: bool = True) -> dict:
+def check_dataset(
+    data: str | Path,
+    splits: Sequence[str] = ("train", "val"),
+    *,
+    decode: bool = False,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
     """Every split of `splits` that `data` has; MrcnnError where it has none, or (after the report) where anything
     would be skipped."""
     from mrcnn.data.layout import require_split
@@ -95,6 +116,7 @@ def check_dataset(data: str | Path, splits: Sequence[str] = ("train", "val"), *,
             raise MrcnnError(f"{r['errors'][0]}; `mrcnn train` refuses it")
     problems = sum(sum(r["skipped"].values()) for r in report.values())
     if problems:
-        raise MrcnnError(f"{data}: {problems} problem(s), listed above; training skips those samples "
-                         "(--strict: stops at the first)")
+        raise MrcnnError(
+            f"{data}: {problems} problem(s), listed above; training skips those samples (--strict: stops at the first)"
+        )
     return report

@@ -18,6 +18,7 @@ worker as it changes their reference counts: on a COCO-train-sized file, 2 GB pe
 `benchmarks/coco_scale.py`.)
 The pycocotools `COCO` object that evaluation needs is built from the arrays on first use of `coco`.
 """
+
 from __future__ import annotations
 
 import collections
@@ -28,8 +29,8 @@ import json
 import os
 import pickle
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -102,10 +103,10 @@ class _Annotations:
         is_rle = np.fromiter((isinstance(seg, dict) for seg in segs), bool, n)
         self.rle_slot = np.full(n, -1, dtype=np.int64)
         self.rle_slot[is_rle] = np.arange(int(is_rle.sum()))
-        self.rles = _Blobs([seg for seg, r in zip(segs, is_rle.tolist()) if r])
-        polys = [p for seg, r in zip(segs, is_rle.tolist()) if not r for p in seg]
+        self.rles = _Blobs([seg for seg, r in zip(segs, is_rle.tolist(), strict=True) if r])
+        polys = [p for seg, r in zip(segs, is_rle.tolist(), strict=True) if not r for p in seg]
         self.poly_start = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum([0 if r else len(seg) for seg, r in zip(segs, is_rle.tolist())], out=self.poly_start[1:])
+        np.cumsum([0 if r else len(seg) for seg, r in zip(segs, is_rle.tolist(), strict=True)], out=self.poly_start[1:])
         self.coord_start = np.zeros(len(polys) + 1, dtype=np.int64)
         np.cumsum([len(p) for p in polys], out=self.coord_start[1:])
         self.coords = np.fromiter(itertools.chain.from_iterable(polys), np.float64, int(self.coord_start[-1]))
@@ -167,8 +168,9 @@ class CocoDetection(torch.utils.data.Dataset):
         self.ids: list[int] = sorted(images)
         self._categories = [cats[c] for c in self.cat_ids]
         self._cat_ids = np.array(self.cat_ids, dtype=np.int64)
-        self._sizes = np.array([(images[i]["height"], images[i]["width"]) for i in self.ids],
-                               dtype=np.int64).reshape(-1, 2)  # (a split without images: shape (0, 2))
+        self._sizes = np.array([(images[i]["height"], images[i]["width"]) for i in self.ids], dtype=np.int64).reshape(
+            -1, 2
+        )  # (a split without images: shape (0, 2))
         self._image_ids = np.array(self.ids, dtype=np.int64)
         self._file_names = np.array([images[i]["file_name"] for i in self.ids], dtype=np.str_)
         self._anns = _Annotations([by_image[i] for i in self.ids])
@@ -265,17 +267,25 @@ class CocoDetection(torch.utils.data.Dataset):
         Built from the packed arrays on first use (a training set never builds it)."""
         if self._coco is None:
             A = self._anns
-            images = [{"id": iid, "file_name": str(fn), "height": h, "width": w}
-                      for iid, fn, (h, w) in zip(self.ids, self._file_names, self._sizes.tolist())]
+            images = [
+                {"id": iid, "file_name": str(fn), "height": h, "width": w}
+                for iid, fn, (h, w) in zip(self.ids, self._file_names, self._sizes.tolist(), strict=True)
+            ]
             anns = []
             for i, iid in enumerate(self.ids):
                 for k in A.rows(i):
                     seg = A.segmentation(k)
-                    anns.append({
-                        "id": int(A.ann_id[k]), "image_id": iid, "category_id": int(A.category_id[k]),
-                        "bbox": A.bbox[k].tolist(), "area": float(A.area[k]), "iscrowd": int(A.iscrowd[k]),
-                        "segmentation": seg if isinstance(seg, dict) else [p.tolist() for p in seg],
-                    })
+                    anns.append(
+                        {
+                            "id": int(A.ann_id[k]),
+                            "image_id": iid,
+                            "category_id": int(A.category_id[k]),
+                            "bbox": A.bbox[k].tolist(),
+                            "area": float(A.area[k]),
+                            "iscrowd": int(A.iscrowd[k]),
+                            "segmentation": seg if isinstance(seg, dict) else [p.tolist() for p in seg],
+                        }
+                    )
             coco = COCO()
             coco.dataset = {"images": images, "annotations": anns, "categories": self._categories}
             with contextlib.redirect_stdout(io.StringIO()):
@@ -391,5 +401,11 @@ class CocoDetection(torch.utils.data.Dataset):
             masks = torch.from_numpy(np.stack([segmentation_mask(A.segmentation(k), h, w) for k in rows.tolist()]))
         else:
             masks = torch.zeros((0, h, w), dtype=torch.uint8)
-        return {"boxes": boxes, "labels": labels, "masks": masks, "image_id": int(self._image_ids[i]),
-                "orig_size": (h, w), "index": int(i)}
+        return {
+            "boxes": boxes,
+            "labels": labels,
+            "masks": masks,
+            "image_id": int(self._image_ids[i]),
+            "orig_size": (h, w),
+            "index": int(i),
+        }

@@ -15,6 +15,7 @@ mask are uncompressed RLE. Every 15th image (index % 15 == 3) has an iscrowd=1 r
 Each image is rendered from its own generator seeded by (seed, split, index) (`render_sample`), so an image does not
 depend on how many images precede it and the test can re-render the drawn masks.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,8 +24,8 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -45,6 +46,7 @@ _FIXED_DATE = "2024-01-01 00:00:00"
 
 # -- geometry ---------------------------------------------------------------------------------------------------
 
+
 def _shape_polygon(kind: int, cx: float, cy: float, s: float, rot: float, rng: np.random.Generator) -> list | None:
     """Vertices (x, y) of shape `kind` (1..5) with extent ~s; None for the circle (drawn as an ellipse)."""
     r = s / 2.0
@@ -64,7 +66,7 @@ def _shape_polygon(kind: int, cx: float, cy: float, s: float, rot: float, rng: n
         radii = r * b / np.sqrt((b * np.cos(t)) ** 2 + (r * np.sin(t)) ** 2)
         angles = t
     a = angles + rot
-    return [(float(cx + q * math.cos(p)), float(cy + q * math.sin(p))) for q, p in zip(radii, a)]
+    return [(float(cx + q * math.cos(p)), float(cy + q * math.sin(p))) for q, p in zip(radii, a, strict=True)]
 
 
 def _draw_mask(kind: int, cx: float, cy: float, s: float, rot: float, h: int, w: int, rng) -> np.ndarray:
@@ -83,6 +85,7 @@ def _draw_mask(kind: int, cx: float, cy: float, s: float, rot: float, h: int, w:
 
 
 # -- background -------------------------------------------------------------------------------------------------
+
 
 def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -108,6 +111,7 @@ def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 
 
 # -- mask encoding ----------------------------------------------------------------------------------------------
+
 
 def trace_polygon(mask: np.ndarray) -> list[float] | None:
     """Boundary of a binary mask as one polygon [x0, y0, x1, y1, ...] at pixel-corner coordinates.
@@ -189,6 +193,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 # -- one image --------------------------------------------------------------------------------------------------
 
+
 def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), _SPLIT_CODE[split], int(index)])))
 
@@ -231,8 +236,9 @@ def render_sample(seed: int, split: str, index: int, size: int = 256) -> tuple[n
         crowd = np.zeros((h, w), bool)
         for _ in range(int(rng.integers(8, 21))):
             s = rng.uniform(0.04, 0.07) * side
-            crowd |= _draw_mask(kind, ox + rng.uniform(0, rw), oy + rng.uniform(0, rh), s,
-                                rng.uniform(0, 2 * math.pi), h, w, rng)
+            crowd |= _draw_mask(
+                kind, ox + rng.uniform(0, rw), oy + rng.uniform(0, rh), s, rng.uniform(0, 2 * math.pi), h, w, rng
+            )
         paint(crowd, col)
         objs.append((kind, crowd, 1))
     # 2. 1-6 instances, later ones on top
@@ -256,7 +262,7 @@ def render_sample(seed: int, split: str, index: int, size: int = 256) -> tuple[n
         visible[k] = objs[k][1] & ~cover
         cover |= objs[k][1]
     instances = []
-    for (cat, _, crowd), vis in zip(objs, visible):
+    for (cat, _, crowd), vis in zip(objs, visible, strict=True):
         want_rle = rng.random() < RLE_FRACTION  # drawn for every object: keeps the stream independent of masks
         if np.count_nonzero(vis) < MIN_VISIBLE_AREA:
             continue
@@ -270,8 +276,16 @@ def render_sample(seed: int, split: str, index: int, size: int = 256) -> tuple[n
         dec = _decode(segm, h, w)
         ys, xs = np.nonzero(dec)
         bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-        instances.append({"category_id": cat, "mask": vis, "iscrowd": crowd, "segmentation": segm,
-                          "area": int(dec.sum()), "bbox": bbox})
+        instances.append(
+            {
+                "category_id": cat,
+                "mask": vis,
+                "iscrowd": crowd,
+                "segmentation": segm,
+                "area": int(dec.sum()),
+                "bbox": bbox,
+            }
+        )
     return image, instances
 
 
@@ -282,6 +296,7 @@ def _png_bytes(image: np.ndarray) -> bytes:
 
 
 # -- the dataset ------------------------------------------------------------------------------------------------
+
 
 def _is_synth_output(path: Path) -> bool:
     try:
@@ -334,12 +349,28 @@ def generate_synthetic(
                 fname = f"{img_id:012d}.png"
                 (tmp / split / fname).write_bytes(_png_bytes(image))
                 h, w = image.shape[:2]
-                images.append({"id": img_id, "file_name": fname, "height": h, "width": w, "license": 1,
-                               "date_captured": _FIXED_DATE})
+                images.append(
+                    {
+                        "id": img_id,
+                        "file_name": fname,
+                        "height": h,
+                        "width": w,
+                        "license": 1,
+                        "date_captured": _FIXED_DATE,
+                    }
+                )
                 for inst in insts:
-                    anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": inst["category_id"],
-                                 "iscrowd": inst["iscrowd"], "segmentation": inst["segmentation"],
-                                 "area": inst["area"], "bbox": inst["bbox"]})
+                    anns.append(
+                        {
+                            "id": len(anns) + 1,
+                            "image_id": img_id,
+                            "category_id": inst["category_id"],
+                            "iscrowd": inst["iscrowd"],
+                            "segmentation": inst["segmentation"],
+                            "area": inst["area"],
+                            "bbox": inst["bbox"],
+                        }
+                    )
                     if inst["iscrowd"]:
                         counts["crowd"] += 1
                     else:
@@ -350,8 +381,14 @@ def generate_synthetic(
                 if progress is not None:
                     progress(done, total)
             doc = {
-                "info": {"description": "mrcnn synthetic shapes", "version": "1.0", "year": 2024,
-                         "contributor": "mrcnn.data.synth", "date_created": _FIXED_DATE, "seed": int(seed)},
+                "info": {
+                    "description": "mrcnn synthetic shapes",
+                    "version": "1.0",
+                    "year": 2024,
+                    "contributor": "mrcnn.data.synth",
+                    "date_created": _FIXED_DATE,
+                    "seed": int(seed),
+                },
                 "licenses": [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
                 "images": images,
                 "annotations": anns,
@@ -359,9 +396,17 @@ def generate_synthetic(
             }
             (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc, **_JSON_KW))
             summary[split.replace("2017", "")] = counts
-        marker = {"generator": "mrcnn.data.synth", "version": 1, "seed": int(seed), "size": int(size),
-                  "n_train": int(n_train), "n_val": int(n_val), "classes": CLASS_NAMES,
-                  "train": summary["train"], "val": summary["val"]}
+        marker = {
+            "generator": "mrcnn.data.synth",
+            "version": 1,
+            "seed": int(seed),
+            "size": int(size),
+            "n_train": int(n_train),
+            "n_val": int(n_val),
+            "classes": CLASS_NAMES,
+            "train": summary["train"],
+            "val": summary["val"],
+        }
         (tmp / MARKER).write_text(json.dumps(marker, **_JSON_KW) + "\n")
         # swap in: an existing previous output is moved aside first, then removed
         old = None

@@ -12,6 +12,7 @@ speed-up over the first one with a 95% bootstrap interval over the paired rounds
 
 Also the timing core of `benchmarks/` (timed_interleaved, ratio_interval).
 """
+
 from __future__ import annotations
 
 import gc
@@ -19,8 +20,8 @@ import os
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ def timed_interleaved(steps: dict, iters: int, warmup: int, device: str) -> tupl
                     end.record()
                     end.synchronize()
                     times[k].append(start.elapsed_time(end) / 1e3)
-                    allocs[k] = [a + (c - b) for a, b, c in zip(allocs[k], before, _alloc_counts())]
+                    allocs[k] = [a + (c - b) for a, b, c in zip(allocs[k], before, _alloc_counts(), strict=True)]
                 else:
                     t0 = time.perf_counter()
                     step()
@@ -69,8 +70,9 @@ def _alloc_counts() -> tuple[int, int]:
     return st.get("num_device_alloc", 0), st.get("num_alloc_retries", 0)
 
 
-def ratio_interval(peer: list[float], ours: list[float], level: float = 0.95, resamples: int = 4000,
-                   seed: int = 0) -> tuple[float, float]:
+def ratio_interval(
+    peer: list[float], ours: list[float], level: float = 0.95, resamples: int = 4000, seed: int = 0
+) -> tuple[float, float]:
     """Two-sided `level` bootstrap interval of median(peer) / median(ours) (a speed ratio: > 1 means ours is faster).
     The two lists are the per-round times of timed_interleaved, so rounds are resampled as pairs: a round where the
     whole machine was slow stays one round for both. Deterministic for a given seed."""
@@ -92,13 +94,18 @@ def _rss_mb() -> float:
     """This process's resident memory now (Linux /proc; elsewhere 0: not reported)."""
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return 0.0
 
 
-def bench_images(data: str | Path | None, batch: int, size: tuple[int, int], split: str = "val2017",
-                 log: Callable[[str], None] = print) -> list[torch.Tensor]:
+def bench_images(
+    data: str | Path | None,
+    batch: int,
+    size: tuple[int, int],
+    split: str = "val2017",
+    log: Callable[[str], None] = print,
+) -> list[torch.Tensor]:
     """`batch` uint8 images [3,H,W]: the first readable ones of a dataset split, or synthetic shapes of `size`."""
     if data is not None:
         from mrcnn.data.layout import open_split
@@ -124,10 +131,20 @@ def bench_images(data: str | Path | None, batch: int, size: tuple[int, int], spl
     return out
 
 
-def bench_artifacts(paths: list[str | Path], *, batch: int = 1, size: tuple[int, int] = (480, 640),
-                    data: str | Path | None = None, iters: int = 50, warmup: int = 5, device: str | None = None,
-                    threads: int = 0, paste: bool = True, json_out: str | Path | None = None,
-                    log: Callable[[str], None] = print) -> dict:
+def bench_artifacts(
+    paths: list[str | Path],
+    *,
+    batch: int = 1,
+    size: tuple[int, int] = (480, 640),
+    data: str | Path | None = None,
+    iters: int = 50,
+    warmup: int = 5,
+    device: str | None = None,
+    threads: int = 0,
+    paste: bool = True,
+    json_out: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Time each artifact's `predictor(images)` (module docstring); returns {"rows": [...], "batch", "images"},
     also written to `json_out` (checked writable before anything runs)."""
     from mrcnn.deploy import load_artifact
@@ -138,8 +155,12 @@ def bench_artifacts(paths: list[str | Path], *, batch: int = 1, size: tuple[int,
 
     if not paths:
         raise MrcnnError("give one or more artifacts (.pt, .onnx) to benchmark")
-    for name, v, low in (("--batch", batch, 1), ("--iters", iters, 2), ("--warmup", warmup, 0),
-                         ("--threads", threads, 0)):
+    for name, v, low in (
+        ("--batch", batch, 1),
+        ("--iters", iters, 2),
+        ("--warmup", warmup, 0),
+        ("--threads", threads, 0),
+    ):
         if v < low:
             raise MrcnnError(f"{name} must be >= {low}, got {v}")
     if size[0] < 1 or size[1] < 1:
@@ -175,7 +196,7 @@ def bench_artifacts(paths: list[str | Path], *, batch: int = 1, size: tuple[int,
             call()
         row = {"artifact": str(p), "runtime": pred.runtime, "detections_per_call": detections}
         if cuda and Path(p).suffix.lower() != ".onnx":
-            row["memory_mb"], row["memory"] = torch.cuda.max_memory_allocated() / 2 ** 20, "peak CUDA allocated"
+            row["memory_mb"], row["memory"] = torch.cuda.max_memory_allocated() / 2**20, "peak CUDA allocated"
         else:
             row["memory_mb"], row["memory"] = max(0.0, _rss_mb() - rss0), "resident memory added"
         names.append(name)
@@ -187,14 +208,26 @@ def bench_artifacts(paths: list[str | Path], *, batch: int = 1, size: tuple[int,
     for name in names:
         t = np.asarray(times[name]) * 1e3
         r = rows[name]
-        r.update(mean_ms=float(t.mean()), p50_ms=float(np.percentile(t, 50)), p90_ms=float(np.percentile(t, 90)),
-                 p99_ms=float(np.percentile(t, 99)), min_ms=float(t.min()), img_s=batch / (float(t.mean()) / 1e3),
-                 iters=iters)
+        r.update(
+            mean_ms=float(t.mean()),
+            p50_ms=float(np.percentile(t, 50)),
+            p90_ms=float(np.percentile(t, 90)),
+            p99_ms=float(np.percentile(t, 99)),
+            min_ms=float(t.min()),
+            img_s=batch / (float(t.mean()) / 1e3),
+            iters=iters,
+        )
         if name != first:
             r["speedup_vs_first"] = statistics.median(times[first]) / statistics.median(times[name])
             r["speedup_interval"] = list(ratio_interval(times[first], times[name]))
-    report = {"rows": [rows[n] for n in names], "batch": batch, "device": dev, "threads": torch.get_num_threads(),
-              "images": [list(im.shape[-2:]) for im in images], "paste": paste}
+    report = {
+        "rows": [rows[n] for n in names],
+        "batch": batch,
+        "device": dev,
+        "threads": torch.get_num_threads(),
+        "images": [list(im.shape[-2:]) for im in images],
+        "paste": paste,
+    }
     if json_out:
         write_json(json_out, report)
     return report
@@ -203,17 +236,28 @@ def bench_artifacts(paths: list[str | Path], *, batch: int = 1, size: tuple[int,
 def format_bench(report: dict) -> str:
     rows = report["rows"]
     width = max(8, *(len(Path(r["artifact"]).name) for r in rows))
-    lines = [f"batch {report['batch']} ({', '.join('x'.join(map(str, s)) for s in report['images'][:3])}"
-             f"{', ...' if len(report['images']) > 3 else ''}), {report['device']}, {report['threads']} torch threads",
-             f"{'artifact':<{width}}  {'runtime':<22}{'mean':>8}{'p50':>8}{'p90':>8}{'p99':>8} ms{'img/s':>9}"
-             f"{'MB':>8}  vs first (95% interval)"]
+    lines = [
+        f"batch {report['batch']} ({', '.join('x'.join(map(str, s)) for s in report['images'][:3])}"
+        f"{', ...' if len(report['images']) > 3 else ''}), {report['device']}, {report['threads']} torch threads",
+        f"{'artifact':<{width}}  {'runtime':<22}{'mean':>8}{'p50':>8}{'p90':>8}{'p99':>8} ms{'img/s':>9}"
+        f"{'MB':>8}  vs first (95% interval)",
+    ]
     for r in rows:
-        vs = (f"{r['speedup_vs_first']:.2f}x ({r['speedup_interval'][0]:.2f}-{r['speedup_interval'][1]:.2f})"
-              if "speedup_vs_first" in r else "-")
-        lines.append(f"{Path(r['artifact']).name:<{width}}  {r['runtime'][:21]:<22}{r['mean_ms']:8.1f}"
-                     f"{r['p50_ms']:8.1f}{r['p90_ms']:8.1f}{r['p99_ms']:8.1f}   {r['img_s']:9.1f}"
-                     f"{r['memory_mb']:8.0f}  {vs}")
+        vs = (
+            f"{r['speedup_vs_first']:.2f}x ({r['speedup_interval'][0]:.2f}-{r['speedup_interval'][1]:.2f})"
+            if "speedup_vs_first" in r
+            else "-"
+        )
+        lines.append(
+            f"{Path(r['artifact']).name:<{width}}  {r['runtime'][:21]:<22}{r['mean_ms']:8.1f}"
+            f"{r['p50_ms']:8.1f}{r['p90_ms']:8.1f}{r['p99_ms']:8.1f}   {r['img_s']:9.1f}"
+            f"{r['memory_mb']:8.0f}  {vs}"
+        )
     kinds = sorted({r["memory"] for r in rows})
-    lines.append("MB: " + "; ".join(f"{k} ({', '.join(Path(r['artifact']).name for r in rows if r['memory'] == k)})"
-                                    for k in kinds) if len(kinds) > 1 else f"MB: {kinds[0]}")
+    lines.append(
+        "MB: "
+        + "; ".join(f"{k} ({', '.join(Path(r['artifact']).name for r in rows if r['memory'] == k)})" for k in kinds)
+        if len(kinds) > 1
+        else f"MB: {kinds[0]}"
+    )
     return "\n".join(lines)

@@ -17,14 +17,15 @@ builds strongly typed: float16 networks, float32 ops between them, on both runti
 is full TensorRT's weakly typed FP16 flag (the builder may pick float16 per layer); TensorRT-RTX is strongly typed
 only, so there it is one error line that says to export with --fp16.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 from mrcnn.errors import MrcnnError, message_line
 
@@ -38,10 +39,10 @@ class BuildOptions:
     FILE (read when it exists, written after the build), --workspace MiB (the builder's workspace pool)."""
 
     fp16: bool = False
-    plugins: Optional[Path] = None
+    plugins: Path | None = None
     serialize_plugins: bool = False
-    timing_cache: Optional[Path] = None
-    workspace_mib: Optional[int] = None
+    timing_cache: Path | None = None
+    workspace_mib: int | None = None
 
 
 def import_runtime(runtime: str):
@@ -54,13 +55,14 @@ def import_runtime(runtime: str):
 
         return importlib.import_module(module)
     except ImportError as e:
-        raise MrcnnError(f"--runtime {runtime}: cannot import {module} ({message_line(e, 120)}); "
-                         f"pip install {package}") from None
+        raise MrcnnError(
+            f"--runtime {runtime}: cannot import {module} ({message_line(e, 120)}); pip install {package}"
+        ) from None
 
 
-def engine_runtime(target: str) -> str:
+def engine_runtime(flavour: str) -> str:
     """The runtime an export flavour's engine is built with: rtx -> tensorrt-rtx, trt / portable -> tensorrt."""
-    return "tensorrt-rtx" if target == "rtx" else "tensorrt"
+    return "tensorrt-rtx" if flavour == "rtx" else "tensorrt"
 
 
 def parse_shape(text: str, what: str) -> Shape:
@@ -83,13 +85,15 @@ def _onnx_interface(path: Path):
     meta = {p.key: p.value for p in model.metadata_props}
     inputs = {i.name: i for i in model.graph.input}
     if "images" not in inputs or "image_sizes" not in inputs or "mrcnn.flavour" not in meta:
-        raise MrcnnError(f"{path}: not an mrcnn export (no images / image_sizes inputs or mrcnn metadata); "
-                         f"make one with `mrcnn export`")
+        raise MrcnnError(
+            f"{path}: not an mrcnn export (no images / image_sizes inputs or mrcnn metadata); "
+            f"make one with `mrcnn export`"
+        )
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs["images"].type.tensor_type.shape.dim]
     return meta, dims
 
 
-def default_profile(meta: dict, dims: Sequence[Optional[int]], batch: int = 1) -> tuple[Shape, Shape, Shape]:
+def default_profile(meta: dict, dims: Sequence[int | None], batch: int = 1) -> tuple[Shape, Shape, Shape]:
     """The shape profile of `images` when none is given: static dims as they are; a dynamic batch 1..`batch`
     (optimised for `batch`); a dynamic size from the preprocessing: the padded size where the model pads every batch
     to one (`pad_to`), else min (size_divisible)², opt (min_size, max_size) and max max_size², rounded up to
@@ -106,7 +110,7 @@ def default_profile(meta: dict, dims: Sequence[Optional[int]], batch: int = 1) -
         up = lambda v: int(math.ceil(v / div) * div)  # noqa: E731
         lo, hi = up(pre.get("min_size", 800)), up(pre.get("max_size", 1333))
         sizes = [(div, div), (lo, hi), (hi, hi)]
-    return tuple((bb, *s) for bb, s in zip((bmin, bopt, bmax), sizes))  # type: ignore[return-value]
+    return tuple((bb, *s) for bb, s in zip((bmin, bopt, bmax), sizes, strict=True))  # type: ignore[return-value]
 
 
 class _Errors:
@@ -116,7 +120,7 @@ class _Errors:
         errors = self.errors = []
 
         class Logger(trt.ILogger):
-            def log(self, severity, msg):  # noqa: D102
+            def log(self, severity, msg):
                 if severity <= trt.ILogger.Severity.ERROR:
                     errors.append(str(msg))
 
@@ -126,8 +130,10 @@ class _Errors:
 
 def _hint(flavour: str, runtime: str) -> str:
     if runtime == "tensorrt-rtx" and flavour != "rtx":
-        return ("; TensorRT-RTX has no plugin layers, RoiAlign or NMS kernel, so it takes the rtx flavour: "
-                "mrcnn export CKPT --target rtx")
+        return (
+            "; TensorRT-RTX has no plugin layers, RoiAlign or NMS kernel, so it takes the rtx flavour: "
+            "mrcnn export CKPT --flavour rtx"
+        )
     return ""
 
 
@@ -135,9 +141,11 @@ def _check_flavour(path: Path, flavour: str, runtime: str) -> None:
     """Before parsing: TensorRT-RTX's parser would find our creators and then abort the process when it adds a
     plugin layer (it has none), so a trt-flavour graph never reaches it."""
     if runtime == "tensorrt-rtx" and flavour == "trt":
-        raise MrcnnError(f"{path}: the trt flavour's mrcnn nodes are TensorRT plugins and TensorRT-RTX has no plugin "
-                         "layers: export the rtx flavour (mrcnn export CKPT --target rtx) for TensorRT-RTX, or build "
-                         "this one with --runtime tensorrt")
+        raise MrcnnError(
+            f"{path}: the trt flavour's mrcnn nodes are TensorRT plugins and TensorRT-RTX has no plugin "
+            "layers: export the rtx flavour (mrcnn export CKPT --flavour rtx) for TensorRT-RTX, or build "
+            "this one with --runtime tensorrt"
+        )
 
 
 def _gpu(runtime: str) -> dict:
@@ -149,8 +157,10 @@ def _gpu(runtime: str) -> dict:
         major, minor = torch.cuda.get_device_capability(0)
         return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
     if runtime == "tensorrt":
-        raise MrcnnError("--runtime tensorrt builds on the GPU the engine will run on, and torch sees no CUDA GPU "
-                         "here (TensorRT-RTX builds without one: export --target rtx, build --runtime tensorrt-rtx)")
+        raise MrcnnError(
+            "--runtime tensorrt builds on the GPU the engine will run on, and torch sees no CUDA GPU "
+            "here (TensorRT-RTX builds without one: export --flavour rtx, build --runtime tensorrt-rtx)"
+        )
     return {"name": None, "compute_capability": None, "note": "built without a GPU, for RTX-class GPUs"}
 
 
@@ -161,18 +171,22 @@ def _precision(meta: dict, runtime: str, fp16: bool) -> str:
     if not fp16 or graph == "fp16":
         return graph
     if runtime == "tensorrt-rtx":
-        raise MrcnnError("--fp16: TensorRT-RTX builds the types the graph has (strongly typed) and this graph is "
-                         "float32; export it with `mrcnn export CKPT --target rtx --fp16` and build that")
+        raise MrcnnError(
+            "--fp16: TensorRT-RTX builds the types the graph has (strongly typed) and this graph is "
+            "float32; export it with `mrcnn export CKPT --flavour rtx --fp16` and build that"
+        )
     return "fp16-weak"
 
 
-def _configure(trt, config, runtime: str, precision: str, opts: BuildOptions, plugin_lib: Optional[Path]):
+def _configure(trt, config, runtime: str, precision: str, opts: BuildOptions, plugin_lib: Path | None):
     """The builder config's options: weak FP16, workspace, timing cache (returned, to save after the build), the
     plugin library serialized into the engine."""
     if precision == "fp16-weak":
         if not hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 11: strongly typed only
-            raise MrcnnError(f"--fp16: {runtime} {trt.__version__} builds the types the graph has (strongly typed); "
-                             "export with `mrcnn export CKPT --fp16` and build that")
+            raise MrcnnError(
+                f"--fp16: {runtime} {trt.__version__} builds the types the graph has (strongly typed); "
+                "export with `mrcnn export CKPT --fp16` and build that"
+            )
         config.set_flag(trt.BuilderFlag.FP16)
     if opts.workspace_mib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_mib) << 20)
@@ -186,17 +200,16 @@ def _configure(trt, config, runtime: str, precision: str, opts: BuildOptions, pl
     return cache
 
 
-def _profile(path: Path, meta: dict, dims: list, given: Sequence[Optional[Shape]], batch: int) -> list[Shape]:
+def _profile(path: Path, meta: dict, dims: list, given: Sequence[Shape | None], batch: int) -> list[Shape]:
     """The profile's (min, opt, max) shapes of `images`: given ones, the rest from default_profile; checked."""
-    shapes = [tuple(g) if g is not None else d for g, d in zip(given, default_profile(meta, dims, batch))]
+    shapes = [tuple(g) if g is not None else d for g, d in zip(given, default_profile(meta, dims, batch), strict=True)]
     lo, mid, hi = shapes
-    if not all(a <= b <= c for a, b, c in zip(lo, mid, hi)):
+    if not all(a <= b <= c for a, b, c in zip(lo, mid, hi, strict=True)):
         raise MrcnnError(f"shape profile must have min <= opt <= max in every dim, got {lo}, {mid}, {hi}")
-    for name, d in zip(("batch", "height", "width"), range(3)):
+    for name, d in zip(("batch", "height", "width"), range(3), strict=True):
         fixed = dims[0 if d == 0 else d + 1]
         if fixed and not lo[d] == mid[d] == hi[d] == fixed:
-            raise MrcnnError(f"{path}: the model's {name} is fixed at {fixed}; the profile asks for "
-                             f"{lo[d]}..{hi[d]}")
+            raise MrcnnError(f"{path}: the model's {name} is fixed at {fixed}; the profile asks for {lo[d]}..{hi[d]}")
     div = int(json.loads(meta.get("mrcnn.preprocess", "{}")).get("size_divisible", 32))
     bad = [s for s in shapes if s[1] % div or s[2] % div]
     if bad:
@@ -204,8 +217,9 @@ def _profile(path: Path, meta: dict, dims: list, given: Sequence[Optional[Shape]
     return shapes
 
 
-def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: int, log: Callable[[str], None],
-           opts: BuildOptions):
+def _build(
+    path: Path, runtime: str, given: Sequence[Shape | None], batch: int, log: Callable[[str], None], opts: BuildOptions
+):
     """(engine bytes, ONNX metadata, profile (min, opt, max), the sidecar's runtime fields, precision)."""
     if path.is_dir():
         raise MrcnnError(f"{path}: is a directory; `mrcnn build` takes an exported model (.onnx)")
@@ -243,16 +257,20 @@ def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: in
     parser = trt.OnnxParser(network, errors.logger)
     if not parser.parse_from_file(str(path)):
         first = str(parser.get_error(0)) if parser.num_errors else (errors.errors or ["unknown error"])[0]
-        raise MrcnnError(f"{runtime} cannot parse {path.name} ({flavour} flavour): "
-                         f"{' '.join(first.split())[:300]}{_hint(flavour, runtime)}")
+        raise MrcnnError(
+            f"{runtime} cannot parse {path.name} ({flavour} flavour): "
+            f"{' '.join(first.split())[:300]}{_hint(flavour, runtime)}"
+        )
     config = builder.create_builder_config()
     profile = builder.create_optimization_profile()
     profile.set_shape("images", *[(b, 3, h, w) for b, h, w in shapes])
     profile.set_shape("image_sizes", *[(b, 2) for b, _, _ in shapes])
     config.add_optimization_profile(profile)
     cache = _configure(trt, config, runtime, precision, opts, plugin_lib)
-    log(f"building a {runtime} {trt.__version__} {precision} engine from {path.name} ({flavour} flavour), images "
-        f"min {lo} opt {mid} max {hi} (B, H, W)")
+    log(
+        f"building a {runtime} {trt.__version__} {precision} engine from {path.name} ({flavour} flavour), images "
+        f"min {lo} opt {mid} max {hi} (B, H, W)"
+    )
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -268,24 +286,41 @@ def _build(path: Path, runtime: str, given: Sequence[Optional[Shape]], batch: in
     if plugin_lib is not None:
         from mrcnn.deploy import trt_plugins
 
-        info["plugins"] = {**trt_plugins.file_summary(plugin_lib), "serialized": bool(opts.serialize_plugins),
-                           "ops": sorted(trt_plugins.graph_ops(path))}
+        info["plugins"] = {
+            **trt_plugins.file_summary(plugin_lib),
+            "serialized": bool(opts.serialize_plugins),
+            "ops": sorted(trt_plugins.graph_ops(path)),
+        }
     return memoryview(plan), meta, shapes, info, precision  # the engine's buffer, not a copy of it
 
 
-def build_engine(onnx_path: str | Path, runtime: str = "tensorrt-rtx", min_shape: Optional[Shape] = None,
-                 opt_shape: Optional[Shape] = None, max_shape: Optional[Shape] = None, batch: int = 1,
-                 options: Optional[BuildOptions] = None, log: Callable[[str], None] = lambda m: None) -> memoryview:
+def build_engine(
+    onnx_path: str | Path,
+    runtime: str = "tensorrt-rtx",
+    min_shape: Shape | None = None,
+    opt_shape: Shape | None = None,
+    max_shape: Shape | None = None,
+    batch: int = 1,
+    options: BuildOptions | None = None,
+    log: Callable[[str], None] = lambda m: None,
+) -> memoryview:
     """The serialized engine of an mrcnn ONNX for `runtime`, with one optimisation profile (shapes of `images`;
     those not given come from default_profile). One MrcnnError line for every failure, with the builder's reason."""
-    return _build(Path(onnx_path), runtime, (min_shape, opt_shape, max_shape), batch, log,
-                  options or BuildOptions())[0]
+    return _build(Path(onnx_path), runtime, (min_shape, opt_shape, max_shape), batch, log, options or BuildOptions())[0]
 
 
-def build_artifact(onnx_path: str | Path, output: Optional[str | Path] = None, *, runtime: str = "tensorrt-rtx",
-                   min_shape: Optional[Shape] = None, opt_shape: Optional[Shape] = None,
-                   max_shape: Optional[Shape] = None, batch: int = 1, options: Optional[BuildOptions] = None,
-                   log: Callable[[str], None] = print) -> Path:
+def build_artifact(
+    onnx_path: str | Path,
+    output: str | Path | None = None,
+    *,
+    runtime: str = "tensorrt-rtx",
+    min_shape: Shape | None = None,
+    opt_shape: Shape | None = None,
+    max_shape: Shape | None = None,
+    batch: int = 1,
+    options: BuildOptions | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """`mrcnn build ONNX`: the engine at `output` (default: the ONNX with suffix .plan) and its description at
     `output`.json, both written atomically; nothing is written when the build fails."""
     from mrcnn.io import atomic_write
@@ -295,10 +330,16 @@ def build_artifact(onnx_path: str | Path, output: Optional[str | Path] = None, *
     from mrcnn.io import check_writable_file
 
     check_writable_file(out, "-o")
-    plan, meta, shapes, runtime_info, precision = _build(src, runtime, (min_shape, opt_shape, max_shape), batch, log,
-                                                         options or BuildOptions())
-    info = {**runtime_info, "precision": precision, "onnx": str(src.resolve()),
-            "profile": {"images": {k: list(s) for k, s in zip(("min", "opt", "max"), shapes)}}, "metadata": meta}
+    plan, meta, shapes, runtime_info, precision = _build(
+        src, runtime, (min_shape, opt_shape, max_shape), batch, log, options or BuildOptions()
+    )
+    info = {
+        **runtime_info,
+        "precision": precision,
+        "onnx": str(src.resolve()),
+        "profile": {"images": {k: list(s) for k, s in zip(("min", "opt", "max"), shapes, strict=True)}},
+        "metadata": meta,
+    }
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(plan))
     sidecar = out.with_name(out.name + ".json")
     atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1, sort_keys=True)))
@@ -306,5 +347,13 @@ def build_artifact(onnx_path: str | Path, output: Optional[str | Path] = None, *
     return out
 
 
-__all__ = ["RUNTIMES", "BuildOptions", "build_artifact", "build_engine", "default_profile", "engine_runtime",
-           "import_runtime", "parse_shape"]
+__all__ = [
+    "RUNTIMES",
+    "BuildOptions",
+    "build_artifact",
+    "build_engine",
+    "default_profile",
+    "engine_runtime",
+    "import_runtime",
+    "parse_shape",
+]

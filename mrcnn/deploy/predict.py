@@ -7,11 +7,12 @@ at 0.5, area, score). pycocotools' `COCO` reads it as it is, and labelling tools
 Every image is opened before any prediction runs, so an unreadable one is one error line and nothing is written;
 each output file is written atomically.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ def _check_readable(files: list[Path], skip_bad: bool = False) -> tuple[list[Pat
                     im.verify()  # header and structure, without decoding the pixels
             except MrcnnError:
                 raise
-            except Exception as e:  # noqa: BLE001 - PIL raises many kinds for bad files
+            except Exception as e:
                 raise unreadable(f, "image", e, "image") from None
         except MrcnnError as e:
             if not skip_bad:
@@ -122,7 +123,7 @@ def draw_detections(image: torch.Tensor, result: dict, class_names: Sequence[str
         sizes[k] = (tx1 - tx0 + 4, ty1 + 2)  # tag width and height: 2 px of margin, the glyphs' own top offset
     boxes = {k: tuple(float(v) for v in result["boxes"][k]) for k in keep}
     tags = label_positions([boxes[k] for k in reversed(keep)], [sizes[k] for k in reversed(keep)], out.size)
-    tags = dict(zip(reversed(keep), tags))
+    tags = dict(zip(reversed(keep), tags, strict=True))
     for k in keep:  # boxes first, then the tags, lowest score first: the best tag is drawn last
         draw.rectangle(boxes[k], outline=colours[int(result["labels"][k])], width=2)
     for k in keep:
@@ -132,8 +133,11 @@ def draw_detections(image: torch.Tensor, result: dict, class_names: Sequence[str
     return out
 
 
-def label_positions(boxes: Sequence[tuple[float, float, float, float]], sizes: Sequence[tuple[float, float]],
-                    image_size: tuple[int, int]) -> list[tuple[float, float]]:
+def label_positions(
+    boxes: Sequence[tuple[float, float, float, float]],
+    sizes: Sequence[tuple[float, float]],
+    image_size: tuple[int, int],
+) -> list[tuple[float, float]]:
     """Top-left corners of the label tags of boxes given best first (x0, y0, x1, y1) and tags (w, h): each tag sits
     above its box, else inside its top, else below it, else stacked further down or up, at the first place that
     overlaps no tag placed before and stays in the image; where none is free, above the box (the overlap is
@@ -141,12 +145,13 @@ def label_positions(boxes: Sequence[tuple[float, float, float, float]], sizes: S
     W, H = image_size
     placed: list[tuple[float, float, float, float]] = []
     out = []
-    for (x0, y0, x1, y1), (w, h) in zip(boxes, sizes):
+    for (x0, y0, _, y1), (w, h) in zip(boxes, sizes, strict=True):
         x = min(max(0.0, x0), max(0.0, W - w))
         tries = [y0 - h, y0, y1] + [y0 + j * h for j in range(1, 16)] + [y0 - j * h for j in range(2, 16)]
         fits = [y for y in tries if 0 <= y <= H - h]
-        free = [y for y in fits
-                if all(x + w <= a or a + aw <= x or y + h <= b or b + bh <= y for a, b, aw, bh in placed)]
+        free = [
+            y for y in fits if all(x + w <= a or a + aw <= x or y + h <= b or b + bh <= y for a, b, aw, bh in placed)
+        ]
         y = free[0] if free else (fits[0] if fits else max(0.0, min(y0 - h, H - h)))
         placed.append((x, y, w, h))
         out.append((x, y))
@@ -166,8 +171,9 @@ def kept_with_crops(result: dict, score: float, image_size: tuple[int, int]) -> 
     return kept
 
 
-def coco_annotations(kept: dict, image_size: tuple[int, int], image_id: int, first_id: int,
-                 n_classes: int) -> list[dict]:
+def coco_annotations(
+    kept: dict, image_size: tuple[int, int], image_id: int, first_id: int, n_classes: int
+) -> list[dict]:
     """COCO annotations of kept detections (kept_with_crops): each mask encoded as RLE from a one-image buffer."""
     import pycocotools.mask as mask_util
 
@@ -193,6 +199,7 @@ def overlay_names(files: list[Path]) -> list[str]:
     """One distinct overlay name per input: `stem.png`; where stems collide (`a.jpg`, `a.png`) `stem_ext.png`; where
     whole names collide (`x/a.jpg`, `y/a.jpg`) `folder_stem_ext.png`; a clash left after that is numbered `_1`, `_2`.
     predictions.json maps each image to its overlay."""
+
     def stem(f):
         return f.stem
 
@@ -227,14 +234,27 @@ def score_floor_note(predictor, score: float, artifact: Path) -> str | None:
     floor = float(predictor.cfg.model.box_score_thresh)
     if score >= floor:
         return None
-    return (f"note: --score {score:g} is below the score threshold built into {artifact.name} ({floor:g}): "
-            f"detections scoring under {floor:g} are not reported (export with --set model.box_score_thresh="
-            f"{score:g} to lower it)")
+    return (
+        f"note: --score {score:g} is below the score threshold built into {artifact.name} ({floor:g}): "
+        f"detections scoring under {floor:g} are not reported (export with --set model.box_score_thresh="
+        f"{score:g} to lower it)"
+    )
 
 
-def predict(artifact: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *, score: float = 0.5,
-            batch_size: int = 1, device: str | None = None, overlays: bool = True, skip_bad: bool = False,
-            precision: str = "fp32", log: Callable[[str], None] = print, progress: bool = True) -> dict:
+def predict(
+    artifact: str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    score: float = 0.5,
+    batch_size: int = 1,
+    device: str | None = None,
+    overlays: bool = True,
+    skip_bad: bool = False,
+    precision: str = "fp32",
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
     """Predict every image; write OUT/predictions.json and (with `overlays`) one PNG per image (overlay_names).
     `skip_bad`: images that cannot be read are skipped and listed (summary `skipped`: [(file, why)]) instead of
     stopping the run. A checkpoint's box score threshold is lowered to `score` where it is higher; an exported model's
@@ -256,8 +276,14 @@ def predict(artifact: str | Path, inputs: Sequence[str | Path], out_dir: str | P
         raise MrcnnError(f"none of the {len(skipped)} images is readable")
     out_dir = Path(out_dir)
     check_writable_dir(out_dir, "--out")
-    predictor = load_artifact(artifact, device, log=log, paste=False,  # masks pasted per kept detection below
-                              max_score_thresh=min(score, 0.999), precision=precision)
+    predictor = load_artifact(
+        artifact,
+        device,
+        log=log,
+        paste=False,  # masks pasted per kept detection below
+        max_score_thresh=min(score, 0.999),
+        precision=precision,
+    )
     note = score_floor_note(predictor, score, artifact)
     if note:
         log(note)
@@ -270,17 +296,19 @@ def predict(artifact: str | Path, inputs: Sequence[str | Path], out_dir: str | P
     try:
         with reporter(len(files), "predict", log=log, enabled=progress) as rep, torch.inference_mode():
             for start in range(0, len(files), batch_size):
-                chunk, images = _read_chunk(files, range(start, min(start + batch_size, len(files))), skip_bad,
-                                            skipped, log)
-                for i, image, result in zip(chunk, images, predictor(images) if images else []):
+                chunk, images = _read_chunk(
+                    files, range(start, min(start + batch_size, len(files))), skip_bad, skipped, log
+                )
+                for i, image, result in zip(chunk, images, predictor(images) if images else [], strict=True):
                     h, w = image.shape[1:]
                     kept = kept_with_crops({k: v.cpu() for k, v in result.items()}, score, (h, w))
                     entry = {"id": i + 1, "file_name": str(files[i]), "width": w, "height": h}
                     doc["annotations"] += coco_annotations(kept, (h, w), i + 1, len(doc["annotations"]) + 1, len(names))
                     if overlays:
                         picture = draw_detections(image, kept, names, score)
-                        written.append(atomic_write(out_dir / png_names[i],
-                                                    lambda tmp, p=picture: p.save(tmp, format="PNG")))
+                        written.append(
+                            atomic_write(out_dir / png_names[i], lambda tmp, p=picture: p.save(tmp, format="PNG"))
+                        )
                         entry["overlay"] = png_names[i]
                     doc["images"].append(entry)
                 rep.update(min(start + batch_size, len(files)))
@@ -294,8 +322,13 @@ def predict(artifact: str | Path, inputs: Sequence[str | Path], out_dir: str | P
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
-    return {"images": len(doc["images"]), "detections": len(doc["annotations"]), "out": out_dir,
-            "overlays": overlays, "skipped": skipped}
+    return {
+        "images": len(doc["images"]),
+        "detections": len(doc["annotations"]),
+        "out": out_dir,
+        "overlays": overlays,
+        "skipped": skipped,
+    }
 
 
 def _read_chunk(files: list[Path], indices, skip_bad: bool, skipped: list, log) -> tuple[list[int], list]:

@@ -7,6 +7,7 @@ trt flavour (AnchorGrid, PreNmsSelect, BoxNms) and BoxIou, namespace "mrcnn", ve
     creators(trt)             the mrcnn creators a registry holds: name, version, namespace, field names
     graph_ops(onnx_path)      the mrcnn node types of an export (what an engine of it needs)
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -18,7 +19,6 @@ from mrcnn.native.library import built_library
 
 PLUGIN_OPS = ("AnchorGrid", "BoxIou", "PreNmsSelect", "BoxNms")
 NAMESPACE, VERSION = "mrcnn", "1"
-LIBRARY = "libmrcnn_trt_plugins.so"
 
 
 def library_path() -> Path | None:
@@ -29,8 +29,10 @@ def require_library(path: str | Path | None = None) -> Path:
     """The library to load (`path`, else the installed one), or one MrcnnError saying why there is none."""
     p = Path(path) if path is not None else library_path()
     if p is None:
-        raise MrcnnError("the mrcnn TensorRT plugin library is not built here (it needs TensorRT headers and nvcc "
-                         "at `pip install` time, docs/deployment.md); give --plugins LIB")
+        raise MrcnnError(
+            "the mrcnn TensorRT plugin library is not built here (it needs TensorRT headers and nvcc "
+            "at `pip install` time, docs/deployment.md); give --plugins LIB"
+        )
     if not p.is_file():
         raise MrcnnError(f"{p}: no such TensorRT plugin library")
     return p
@@ -53,8 +55,14 @@ def creators(trt) -> list[dict]:
     for c in trt.get_plugin_registry().all_creators:
         if getattr(c, "plugin_namespace", "") == NAMESPACE:
             fields = c.field_names
-            out.append({"name": c.name, "version": c.plugin_version, "namespace": c.plugin_namespace,
-                        "fields": [f.name for f in fields] if fields is not None else []})
+            out.append(
+                {
+                    "name": c.name,
+                    "version": c.plugin_version,
+                    "namespace": c.plugin_namespace,
+                    "fields": [f.name for f in fields] if fields is not None else [],
+                }
+            )
     return out
 
 
@@ -73,8 +81,10 @@ def load(trt, path: str | Path | None = None, needed: tuple[str, ...] | set[str]
     have = {c["name"] for c in creators(trt) if c["version"] == VERSION}
     missing = sorted(set(needed) - have)
     if missing:
-        raise MrcnnError(f"{p} registers no {NAMESPACE}::{missing[0]} (version {VERSION}) creator; rebuild the plugin "
-                         "library from this mrcnn version")
+        raise MrcnnError(
+            f"{p} registers no {NAMESPACE}::{missing[0]} (version {VERSION}) creator; rebuild the plugin "
+            "library from this mrcnn version"
+        )
     return p
 
 

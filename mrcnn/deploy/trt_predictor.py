@@ -10,11 +10,12 @@ A call runs on torch's current CUDA stream with torch tensors as the engine's bu
 call within the engine's profile (a batch above its largest is split, smaller than its smallest filled; an image
 size outside it is one error line naming the profile).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -22,7 +23,6 @@ from torch import Tensor
 from mrcnn.deploy.exported import ExportedPredictor
 from mrcnn.errors import MrcnnError
 
-ENGINE_SUFFIXES = (".plan", ".engine")
 OUTPUTS = ("boxes", "scores", "labels", "masks", "num_detections")
 
 
@@ -30,8 +30,10 @@ def read_description(path: Path) -> dict:
     """The engine's .plan.json (what `mrcnn build` wrote beside it), or one error line."""
     sidecar = path.with_name(path.name + ".json")
     if not sidecar.is_file():
-        raise MrcnnError(f"{path}: no {sidecar.name} beside it (`mrcnn build` writes one: it says which runtime, GPU, "
-                         "plugins and profile the engine has); rebuild it with mrcnn build")
+        raise MrcnnError(
+            f"{path}: no {sidecar.name} beside it (`mrcnn build` writes one: it says which runtime, GPU, "
+            "plugins and profile the engine has); rebuild it with mrcnn build"
+        )
     try:
         info = json.loads(sidecar.read_text())
         _ = info["runtime"], info["runtime_version"], info["profile"]["images"], info["metadata"]
@@ -40,23 +42,27 @@ def read_description(path: Path) -> dict:
     return info
 
 
-def check_runtime(path: Path, info: dict, plugins: Optional[str | Path] = None):
+def check_runtime(path: Path, info: dict, plugins: str | Path | None = None):
     """The checks of the module docstring, in order; returns the runtime's module."""
     from mrcnn.deploy.build import import_runtime
 
     runtime = info["runtime"]
     trt = import_runtime(runtime)
     if trt.__version__ != info["runtime_version"]:
-        raise MrcnnError(f"{path} was built with {runtime} {info['runtime_version']} and this is {trt.__version__}: "
-                         "engines run on the version that built them; rebuild it with mrcnn build")
+        raise MrcnnError(
+            f"{path} was built with {runtime} {info['runtime_version']} and this is {trt.__version__}: "
+            "engines run on the version that built them; rebuild it with mrcnn build"
+        )
     if not torch.cuda.is_available():
         gpu = "an RTX-class GPU" if runtime == "tensorrt-rtx" else "a CUDA GPU"
         raise MrcnnError(f"{path}: running a {runtime} engine needs {gpu}, and torch sees none here")
     built_for = (info.get("gpu") or {}).get("compute_capability")
     here = "{}.{}".format(*torch.cuda.get_device_capability())
     if built_for and built_for != here:
-        raise MrcnnError(f"{path} was built for compute capability {built_for} ({info['gpu'].get('name')}); this GPU "
-                         f"is {here} ({torch.cuda.get_device_name()}): rebuild it here with mrcnn build")
+        raise MrcnnError(
+            f"{path} was built for compute capability {built_for} ({info['gpu'].get('name')}); this GPU "
+            f"is {here} ({torch.cuda.get_device_name()}): rebuild it here with mrcnn build"
+        )
     need = info.get("plugins")
     if need and not need.get("serialized"):
         from mrcnn.deploy import trt_plugins
@@ -69,21 +75,33 @@ def check_profile(path: Path, profile: tuple, batch: int, height: int, width: in
     """One error line naming the profile when a padded batch [batch, 3, height, width] is outside it."""
     (b0, h0, w0), (b1, h1, w1) = profile
     if not (b0 <= batch <= b1 and h0 <= height <= h1 and w0 <= width <= w1):
-        raise MrcnnError(f"{path}: input {batch}x{height}x{width} (BxHxW) is outside the engine's profile, min "
-                         f"{b0}x{h0}x{w0}, max {b1}x{h1}x{w1}; rebuild with mrcnn build --min-shape / --max-shape")
+        raise MrcnnError(
+            f"{path}: input {batch}x{height}x{width} (BxHxW) is outside the engine's profile, min "
+            f"{b0}x{h0}x{w0}, max {b1}x{h1}x{w1}; rebuild with mrcnn build --min-shape / --max-shape"
+        )
 
 
 def _torch_dtype(trt, dt) -> torch.dtype:
-    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32, trt.bool: torch.bool,
-             trt.int64: torch.int64}
+    table = {
+        trt.float32: torch.float32,
+        trt.float16: torch.float16,
+        trt.int32: torch.int32,
+        trt.bool: torch.bool,
+        trt.int64: torch.int64,
+    }
     return table[dt]
 
 
 class EnginePredictor(ExportedPredictor):
     """`EnginePredictor(path)(images)`: an engine on TensorRT / TensorRT-RTX (ExportedPredictor's interface)."""
 
-    def __init__(self, path: str | Path, paste: bool = True, plugins: Optional[str | Path] = None,
-                 log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        paste: bool = True,
+        plugins: str | Path | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
         path = Path(path)
         if not path.is_file():
             raise MrcnnError(f"{path}: no such engine file")
@@ -99,7 +117,7 @@ class EnginePredictor(ExportedPredictor):
         errors: list[str] = []
 
         class Logger(trt.ILogger):
-            def log(self, severity, msg):  # noqa: D102
+            def log(self, severity, msg):
                 if severity <= trt.ILogger.Severity.ERROR:
                     errors.append(str(msg))
 
@@ -119,16 +137,19 @@ class EnginePredictor(ExportedPredictor):
         B, _, H, W = images.shape
         check_profile(self.path, self.profile, B, H, W)
         trt, ctx = self.trt, self.context
-        inputs = {"images": images.to(self.device, torch.float32).contiguous(),
-                  "image_sizes": image_sizes.to(self.device, torch.int64).contiguous()}
+        inputs = {
+            "images": images.to(self.device, torch.float32).contiguous(),
+            "image_sizes": image_sizes.to(self.device, torch.int64).contiguous(),
+        }
         for name, t in inputs.items():
             ctx.set_input_shape(name, tuple(t.shape))
             ctx.set_tensor_address(name, t.data_ptr())
         outputs = {}
         for name in OUTPUTS:
             shape = tuple(ctx.get_tensor_shape(name))
-            outputs[name] = torch.empty(shape, dtype=_torch_dtype(trt, self.engine.get_tensor_dtype(name)),
-                                        device=self.device)
+            outputs[name] = torch.empty(
+                shape, dtype=_torch_dtype(trt, self.engine.get_tensor_dtype(name)), device=self.device
+            )
             ctx.set_tensor_address(name, outputs[name].data_ptr())
         stream = torch.cuda.current_stream(self.device)
         if not ctx.execute_async_v3(stream.cuda_stream):

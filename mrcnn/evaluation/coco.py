@@ -2,13 +2,14 @@
 
 A predictor is a callable `list[uint8 Tensor [3,H,W]] -> list[dict]` returning, per image, torchvision-format
 detections in original pixels: boxes [n,4] xyxy, scores [n], labels [n] (contiguous, 1..C), masks [n,1,H,W]
-probabilities. The PyTorch `Predictor`, and later the ONNX / TensorRT runtimes, all fit.
+probabilities. The PyTorch `Predictor` and every exported artifact's predictor (mrcnn.deploy.load_artifact) fit.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,8 +20,9 @@ from mrcnn.progress import reporter
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def detections_to_coco(result: dict, image_id: int, cat_ids: Sequence[int], mask_threshold: float = 0.5,
-                       rles: list | None = None) -> list[dict]:
+def detections_to_coco(
+    result: dict, image_id: int, cat_ids: Sequence[int], mask_threshold: float = 0.5, rles: list | None = None
+) -> list[dict]:
     """One image's detections -> COCO result entries (bbox xywh, RLE segmentation: of the pasted `masks` at
     `mask_threshold`, or `rles` already encoded, one per detection)."""
     import pycocotools.mask as mask_util
@@ -33,11 +35,15 @@ def detections_to_coco(result: dict, image_id: int, cat_ids: Sequence[int], mask
         rles = mask_util.encode(np.asfortranarray(m.transpose(1, 2, 0)))
     out = []
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist() if len(boxes) else []
-    for k, (b, s, lab) in enumerate(zip(xywh, scores, labels)):
+    for k, (b, s, lab) in enumerate(zip(xywh, scores, labels, strict=True)):
         if lab < 1 or lab > len(cat_ids):
             continue
-        entry = {"image_id": int(image_id), "category_id": int(cat_ids[lab - 1]),
-                 "bbox": [round(float(v), 3) for v in b], "score": round(float(s), 5)}
+        entry = {
+            "image_id": int(image_id),
+            "category_id": int(cat_ids[lab - 1]),
+            "bbox": [round(float(v), 3) for v in b],
+            "score": round(float(s), 5),
+        }
         if rles is not None:
             rle = rles[k]
             entry["segmentation"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
@@ -63,7 +69,7 @@ def coco_eval(coco_gt, results: list[dict], image_ids: Sequence[int], iou_types=
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        metrics[iou_type] = {k: float(v) for k, v in zip(STAT_NAMES, ev.stats[:6])}
+        metrics[iou_type] = {k: float(v) for k, v in zip(STAT_NAMES, ev.stats[:6], strict=True)}
         metrics.setdefault("per_class", {})[iou_type] = per_class_ap(ev, coco_gt)
     return metrics
 
@@ -90,12 +96,21 @@ def category_ids_for(class_names: Sequence[str], dataset, what: str = "the model
     where = getattr(dataset, "ann_file", "the dataset")
     missing, extra = [n for n in names if n not in data_names], [n for n in data_names if n not in names]
     if missing or extra or len(set(names)) != len(names) or len(set(data_names)) != len(data_names):
+
         def listed(xs: list[str]) -> str:
             return ", ".join(xs[:6]) + (", ..." if len(xs) > 6 else "")
 
-        detail = "; ".join(p for p in (f"only in {what}: {listed(missing)}" if missing else "",
-                                       f"only in the data: {listed(extra)}" if extra else "") if p) \
+        detail = (
+            "; ".join(
+                p
+                for p in (
+                    f"only in {what}: {listed(missing)}" if missing else "",
+                    f"only in the data: {listed(extra)}" if extra else "",
+                )
+                if p
+            )
             or "class names repeat"
+        )
         raise MrcnnError(f"{where}: its classes are not {what}'s ({detail})")
     return [dataset.cat_ids[data_names.index(n)] for n in names]
 
@@ -105,8 +120,10 @@ def match_classes(class_names: Sequence[str], dataset, what: str, log: Callable[
     before a training run or an evaluation starts)."""
     cat_ids = category_ids_for(class_names, dataset, what)
     if cat_ids != list(dataset.cat_ids):
-        log(f"classes matched by name: {getattr(dataset, 'ann_file', 'the dataset')} numbers its categories in "
-            f"another order than {what}")
+        log(
+            f"classes matched by name: {getattr(dataset, 'ann_file', 'the dataset')} numbers its categories in "
+            f"another order than {what}"
+        )
     return cat_ids
 
 
@@ -143,19 +160,18 @@ def evaluate(
     if batch_size > 1 and hasattr(dataset, "aspect_groups"):
         groups = dataset.aspect_groups()
         order.sort(key=lambda i: groups[i])
-    batches = [order[start:start + batch_size] for start in range(0, n, batch_size)][rank::world]
+    batches = [order[start : start + batch_size] for start in range(0, n, batch_size)][rank::world]
     results: list[dict] = []
     image_ids: list[int] = []
     total = sum(len(b) for b in batches)
     # plain lines (off a terminal) at quarters: an evaluation inside a training log is a few lines, not twenty
-    with reporter(total, "eval", log=log, enabled=progress, every=max(1, total // 4)) as rep, \
-            torch.inference_mode():
+    with reporter(total, "eval", log=log, enabled=progress, every=max(1, total // 4)) as rep, torch.inference_mode():
         done = 0
         for indices in batches:
             batch = [(dataset.ids[i], dataset.load_image(i)) for i in indices]
             batch = [(iid, img) for iid, img in batch if img is not None]  # unreadable: warned about, not evaluated
             preds = predictor([img for _, img in batch]) if batch else []
-            for (iid, _), pred in zip(batch, preds):
+            for (iid, _), pred in zip(batch, preds, strict=True):
                 image_ids.append(int(iid))
                 results.extend(detections_to_coco(pred, iid, cat_ids))
             done += len(indices)
@@ -163,8 +179,9 @@ def evaluate(
     if world > 1:
         parts = [None] * world if rank == 0 else None
         dist.gather_object((results, image_ids), parts, dst=0)
-        results, image_ids = ([r for p in parts for r in p[0]], [i for p in parts for i in p[1]]) if rank == 0 \
-            else ([], [])
+        results, image_ids = (
+            ([r for p in parts for r in p[0]], [i for p in parts for i in p[1]]) if rank == 0 else ([], [])
+        )
     if rank == 0 and len(set(image_ids)) < n:  # every rank's unreadable images, warned about where they were read
         log(f"evaluation left out {n - len(set(image_ids))} of {n} images (unreadable files)")
     metrics = coco_eval(dataset.coco, results, sorted(set(image_ids))) if rank == 0 else None
@@ -196,6 +213,5 @@ def format_per_class(metrics: dict) -> str:
     width = max(8, *(len(n) for n in names))
     lines = [f"{'class':<{width}}" + "".join(f"{t + ' AP':>10}" for t in types)]
     for n in names:
-        lines.append(f"{n:<{width}}" + "".join(f"{per[t][n]:10.4f}" if per[t][n] >= 0 else f"{'-':>10}"
-                                                 for t in types))
+        lines.append(f"{n:<{width}}" + "".join(f"{per[t][n]:10.4f}" if per[t][n] >= 0 else f"{'-':>10}" for t in types))
     return "\n".join(lines)

@@ -6,6 +6,7 @@ Format (a plain dict of tensors and builtins):
   (`solver.ema_decay`) "model" holds the average (what eval / export / predict use) and ema={decay, tau, updates,
   online} the weights the optimizer steps (what --resume continues).
 """
+
 from __future__ import annotations
 
 import re
@@ -56,7 +57,7 @@ def safe_load(path: str | Path, what: str = "checkpoint", map_location: str | to
         with warnings.catch_warnings():  # torch warns about odd pickle protocols of garbage files: the error says it
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - garbage bytes raise anything (UnpicklingError, IndexError, ...)
+    except Exception as e:
         kind = file_kind(path)
         if kind and kind != "empty" and "torch" not in kind:
             raise MrcnnError(f"{path}: not a {what}: the file is {kind}") from None
@@ -72,8 +73,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: list[str] | None = None,
-               max_score_thresh: float | None = None):
+def load_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    overrides: list[str] | None = None,
+    max_score_thresh: float | None = None,
+):
     """Checkpoint -> (model in eval mode, Config, class_names). `overrides` (section.key=value) adjust inference
     settings such as model.box_score_thresh; `max_score_thresh` lowers the checkpoint's box score threshold to it
     where it is higher (predict --score below it)."""
@@ -84,7 +89,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: 
     if max_score_thresh is not None and cfg.model.box_score_thresh > max_score_thresh:
         cfg = cfg.override([f"model.box_score_thresh={float(max_score_thresh)!r}"])
     model = build_model(cfg.model)
-    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=True)
     if missing or unexpected:
         raise MrcnnError(
             f"{path}: weights do not fit config {cfg.name!r} "

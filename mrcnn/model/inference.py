@@ -15,8 +15,10 @@
 The last two are eager-only (RoIHeads.native_roi_align, .masks_of_detections_only): exports, torch.export and
 torch.compile keep the fixed-size graph.
 """
+
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -48,14 +50,16 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     the norm becomes Identity. Inference only: a BatchNorm2d in training mode is left alone."""
     for parent in list(module.modules()):
         children = list(parent.named_children())
-        for (_, conv), (name, bn) in zip(children, children[1:]):
+        for (_, conv), (name, bn) in itertools.pairwise(children):
             if not (isinstance(conv, nn.Conv2d) and isinstance(bn, (FrozenBatchNorm2d, nn.BatchNorm2d))):
                 continue
             if isinstance(bn, nn.BatchNorm2d) and (bn.training or bn.running_mean is None):
                 continue
             # torch's own fusion, fed float64 (one rounding, to the conv's dtype, at the end)
-            f64 = [None if t is None else t.detach().double()
-                   for t in (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)]
+            f64 = [
+                None if t is None else t.detach().double()
+                for t in (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+            ]
             w, b = fuse_conv_bn_weights(f64[0], f64[1], f64[2], f64[3], bn.eps, f64[4], f64[5])
             dtype = conv.weight.dtype
             conv.weight = nn.Parameter(w.detach().to(dtype), requires_grad=conv.weight.requires_grad)
@@ -100,8 +104,10 @@ def check_precision(precision: str, device: torch.device) -> None:
     if precision not in PRECISIONS:
         raise MrcnnError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        raise MrcnnError("--precision bf16: this CPU has neither AVX512-BF16 nor AMX, where bfloat16 would be slower "
-                         "than float32; use fp32")
+        raise MrcnnError(
+            "--precision bf16: this CPU has neither AVX512-BF16 nor AMX, where bfloat16 would be slower "
+            "than float32; use fp32"
+        )
 
 
 def cpu_has_bf16() -> bool:
@@ -129,5 +135,11 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, precisi
     return model
 
 
-__all__ = ["Cast", "PRECISIONS", "check_precision", "fold_batch_norms", "low_precision_network",
-           "optimize_for_inference"]
+__all__ = [
+    "Cast",
+    "PRECISIONS",
+    "check_precision",
+    "fold_batch_norms",
+    "low_precision_network",
+    "optimize_for_inference",
+]

@@ -6,6 +6,7 @@ pasting live here and are shared by the data pipeline, the PyTorch predictor and
 
 Shapes: B images; K detection slots; M mask resolution (28); H, W image size.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,18 +53,22 @@ def min_batch_shape(input_cfg) -> tuple[int, int] | None:
     return (int(input_cfg.max_size), int(input_cfg.max_size)) if getattr(input_cfg, "pad_to_max", False) else None
 
 
-def padded_size(sizes: list[tuple[int, int]], size_divisible: int = 32,
-                min_shape: tuple[int, int] | None = None) -> tuple[int, int]:
+def padded_size(
+    sizes: list[tuple[int, int]], size_divisible: int = 32, min_shape: tuple[int, int] | None = None
+) -> tuple[int, int]:
     """(H, W) of a batch of images of sizes [(h_i, w_i)]: the largest side, at least `min_shape`, rounded up to a
     multiple of `size_divisible` (batch_images' padding, without the images)."""
     hs = [h for h, _ in sizes] + ([int(min_shape[0])] if min_shape else [])
     ws = [w for _, w in sizes] + ([int(min_shape[1])] if min_shape else [])
-    return (int(math.ceil(max(hs) / size_divisible) * size_divisible),
-            int(math.ceil(max(ws) / size_divisible) * size_divisible))
+    return (
+        int(math.ceil(max(hs) / size_divisible) * size_divisible),
+        int(math.ceil(max(ws) / size_divisible) * size_divisible),
+    )
 
 
-def batch_images(images: list[Tensor], size_divisible: int = 32,
-                 min_shape: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+def batch_images(
+    images: list[Tensor], size_divisible: int = 32, min_shape: tuple[int, int] | None = None
+) -> tuple[Tensor, Tensor]:
     """Pad [3,h_i,w_i] images into [B,3,H,W] (H, W multiples of `size_divisible`, at least `min_shape`), zero fill.
 
     Returns the batch and `image_sizes` [B,2] int64 (h, w) of the unpadded images.
@@ -87,6 +92,7 @@ def to_float_image(image: Tensor) -> Tensor:
 
 # -- mask pasting (torchvision paste_masks_in_image, padding 1) --------------------------------------------------
 
+
 def _expand_boxes(boxes: Tensor, scale: float) -> Tensor:
     w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
     h_half = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
@@ -106,7 +112,7 @@ def _paste_crop(mask: Tensor, box: Tensor, im_h: int, im_w: int) -> tuple[int, i
     y_0, y_1 = max(y0b, 0), min(y1b + 1, im_h)
     if x_1 <= x_0 or y_1 <= y_0:
         return 0, 0, 0, 0, m[:0, :0]
-    return y_0, y_1, x_0, x_1, m[(y_0 - y0b):(y_1 - y0b), (x_0 - x0b):(x_1 - x0b)]
+    return y_0, y_1, x_0, x_1, m[(y_0 - y0b) : (y_1 - y0b), (x_0 - x0b) : (x_1 - x0b)]
 
 
 def _paste_one(mask: Tensor, box: Tensor, im_h: int, im_w: int) -> Tensor:
@@ -128,12 +134,13 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], paddi
     if masks.shape[0] == 0:
         return masks.new_zeros((0, 1, im_h, im_w))
     padded, eboxes = _padded_masks(masks, boxes, padding)
-    res = [_paste_one(m, b, im_h, im_w) for m, b in zip(padded, eboxes)]
+    res = [_paste_one(m, b, im_h, im_w) for m, b in zip(padded, eboxes, strict=True)]
     return torch.stack(res, dim=0)[:, None]
 
 
-def paste_mask_crops(masks: Tensor, boxes: Tensor, image_size: tuple[int, int],
-                     padding: int = 1) -> list[tuple[int, int, int, int, Tensor]]:
+def paste_mask_crops(
+    masks: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1
+) -> list[tuple[int, int, int, int, Tensor]]:
     """paste_masks without the [K,1,H,W] tensor: per mask (y0, y1, x0, x1, values), the region of the image it
     covers and its pasted values there (paste_masks' result is 0 elsewhere). Memory per mask: its box, not the
     image (what `mrcnn predict` writes from, for images of any size)."""
@@ -141,7 +148,7 @@ def paste_mask_crops(masks: Tensor, boxes: Tensor, image_size: tuple[int, int],
     if masks.shape[0] == 0:
         return []
     padded, eboxes = _padded_masks(masks, boxes, padding)
-    return [_paste_crop(m, b, im_h, im_w) for m, b in zip(padded, eboxes)]
+    return [_paste_crop(m, b, im_h, im_w) for m, b in zip(padded, eboxes, strict=True)]
 
 
 def postprocess_detections(

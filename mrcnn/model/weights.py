@@ -13,11 +13,12 @@ background keeps background's, and any other class keeps its fresh initialisatio
 the file covers must be present with the same shape: a file of another architecture is an error naming the first
 tensor that does not fit, never a silent partial load.
 """
+
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -39,6 +40,7 @@ BODY = "backbone.body."
 @dataclass
 class InitReport:
     """What `load_initial_weights` did, for the log line and the checkpoint."""
+
     path: str
     kind: str  # "mask-rcnn" | "imagenet-resnet"
     loaded: int  # tensors copied whole
@@ -53,16 +55,20 @@ class InitReport:
             text += ", every class by name"
         else:
             kept = ", ".join(self.kept_classes) if self.kept_classes else "none"
-            text += (f"; classes kept by name: {kept}; new (fresh class-specific rows): "
-                     f"{', '.join(self.new_classes)}")
+            text += f"; classes kept by name: {kept}; new (fresh class-specific rows): {', '.join(self.new_classes)}"
         return text
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "kind": self.kind, "loaded": self.loaded, "kept_classes": list(self.kept_classes),
-                "new_classes": list(self.new_classes)}
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "loaded": self.loaded,
+            "kept_classes": list(self.kept_classes),
+            "new_classes": list(self.new_classes),
+        }
 
 
-def _state_dict_of(obj, path: Path) -> tuple[dict, Optional[list[str]]]:
+def _state_dict_of(obj, path: Path) -> tuple[dict, list[str] | None]:
     """(state dict, class names or None) of whatever the file holds; torchvision Mask R-CNN keys are converted."""
     from mrcnn.model.checkpoint import FORMAT
     from mrcnn.model.convert import unwrap_state_dict
@@ -85,12 +91,16 @@ def _is_imagenet_resnet(sd: dict) -> bool:
 def _check_fit(src: dict, dst: dict, keys, path: Path, what: str) -> None:
     missing = [k for k in keys if k not in src]
     if missing:
-        raise MrcnnError(f"{path}: {what} lacks {len(missing)} of the model's tensors, e.g. {missing[0]!r} "
-                         "(another architecture than --config?)")
+        raise MrcnnError(
+            f"{path}: {what} lacks {len(missing)} of the model's tensors, e.g. {missing[0]!r} "
+            "(another architecture than --config?)"
+        )
     for k in keys:
         if tuple(src[k].shape) != tuple(dst[k].shape):
-            raise MrcnnError(f"{path}: {k!r} has shape {tuple(src[k].shape)}, the model's is {tuple(dst[k].shape)} "
-                             "(another architecture than --config?)")
+            raise MrcnnError(
+                f"{path}: {k!r} has shape {tuple(src[k].shape)}, the model's is {tuple(dst[k].shape)} "
+                "(another architecture than --config?)"
+            )
 
 
 def load_initial_weights(model: nn.Module, path: str | Path, class_names: list[str]) -> InitReport:
@@ -102,17 +112,20 @@ def load_initial_weights(model: nn.Module, path: str | Path, class_names: list[s
     sd, file_names = _state_dict_of(safe_load(path, "weights file"), path)
     bad = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise MrcnnError(f"{path}: {len(bad)} tensors hold non-finite values (e.g. {bad[0]}): not weights to start "
-                         "from")
+        raise MrcnnError(
+            f"{path}: {len(bad)} tensors hold non-finite values (e.g. {bad[0]}): not weights to start from"
+        )
     target = model.state_dict()
 
     if _is_imagenet_resnet(sd):
         body = {k: v for k, v in sd.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-        keys = [k[len(BODY):] for k in target if k.startswith(BODY) and not k.endswith("num_batches_tracked")]
+        keys = [k[len(BODY) :] for k in target if k.startswith(BODY) and not k.endswith("num_batches_tracked")]
         extra = sorted(set(body) - set(keys))
         if extra:
-            raise MrcnnError(f"{path}: ImageNet weights hold {extra[0]!r}, which the backbone of this config has not "
-                             "(a BatchNorm ResNet into a GroupNorm config? another depth?)")
+            raise MrcnnError(
+                f"{path}: ImageNet weights hold {extra[0]!r}, which the backbone of this config has not "
+                "(a BatchNorm ResNet into a GroupNorm config? another depth?)"
+            )
         _check_fit(body, {k: target[BODY + k] for k in keys}, keys, path, "ImageNet ResNet weights")
         with torch.no_grad():
             for k in keys:
@@ -120,14 +133,14 @@ def load_initial_weights(model: nn.Module, path: str | Path, class_names: list[s
         return InitReport(str(path), "imagenet-resnet", len(keys))
 
     if not set(sd) <= set(target):
-        try:  # torchvision's key layout (its v1 and v2 names) -> ours
+        with contextlib.suppress(MrcnnError):  # torchvision's key layout (its v1 and v2 names) -> ours
             sd = convert_torchvision_state_dict(sd)
-        except MrcnnError:
-            pass
     unknown = sorted(set(sd) - set(target))
     if unknown:
-        raise MrcnnError(f"{path}: holds {unknown[0]!r}, which this model has not (another architecture than "
-                         "--config, or not Mask R-CNN weights)")
+        raise MrcnnError(
+            f"{path}: holds {unknown[0]!r}, which this model has not (another architecture than "
+            "--config, or not Mask R-CNN weights)"
+        )
     whole = [k for k in target if k not in CLASS_TENSORS]
     _check_fit(sd, target, whole, path, "the file")
     classy = [k for k in CLASS_TENSORS if k in target]
@@ -141,8 +154,11 @@ def load_initial_weights(model: nn.Module, path: str | Path, class_names: list[s
             raise MrcnnError(f"{path}: {k!r} has shape {tuple(sd[k].shape)}, expected {want}")
     # 1. which of the file's classes each new class takes its rows from (by name; background from background)
     new_fg = [str(n) for n in class_names]
-    file_fg = file_names if file_names is not None and len(file_names) == n_file - 1 else \
-        [f"class_{i}" for i in range(1, n_file)]  # unnamed: classes match by index only where the names do too
+    file_fg = (
+        file_names
+        if file_names is not None and len(file_names) == n_file - 1
+        else [f"class_{i}" for i in range(1, n_file)]
+    )  # unnamed: classes match by index only where the names do too
     src_row = {0: 0}
     for i, name in enumerate(new_fg, start=1):
         if name in file_fg:
@@ -154,7 +170,7 @@ def load_initial_weights(model: nn.Module, path: str | Path, class_names: list[s
         for k in classy:
             per = CLASS_TENSORS[k]
             for new_i, old_i in src_row.items():
-                target[k][new_i * per:(new_i + 1) * per].copy_(sd[k][old_i * per:(old_i + 1) * per])
+                target[k][new_i * per : (new_i + 1) * per].copy_(sd[k][old_i * per : (old_i + 1) * per])
     kept = [n for i, n in enumerate(new_fg, start=1) if i in src_row]
     new = [n for i, n in enumerate(new_fg, start=1) if i not in src_row]
     return InitReport(str(path), "mask-rcnn", len(whole), kept, new)
@@ -172,12 +188,15 @@ def initial_weights(model: nn.Module, cfg, weights, class_names: list[str], resu
         say(report.describe())
         return report.to_dict()
     m = cfg.model
-    frozen = (["its BatchNorm is frozen"] if m.norm == "frozen_bn" else []) + \
-        ([f"{5 - m.trainable_layers} of 5 backbone stages do not train"] if m.trainable_layers < 5 else [])
+    frozen = (["its BatchNorm is frozen"] if m.norm == "frozen_bn" else []) + (
+        [f"{5 - m.trainable_layers} of 5 backbone stages do not train"] if m.trainable_layers < 5 else []
+    )
     if frozen:
-        say(f"warning: {cfg.name} starts from random weights, yet {' and '.join(frozen)}; pass --weights (an "
+        say(
+            f"warning: {cfg.name} starts from random weights, yet {' and '.join(frozen)}; pass --weights (an "
             "ImageNet ResNet such as torchvision's resnet50-0676ba61.pth, or Mask R-CNN weights), or train "
-            "everything from scratch with --set model.norm=gn --set model.trainable_layers=5")
+            "everything from scratch with --set model.norm=gn --set model.trainable_layers=5"
+        )
     return {}
 
 
@@ -192,6 +211,8 @@ def check_weights_file(path: str | Path) -> Path:
     if kind == "empty":
         raise MrcnnError(f"--weights {path}: the file is empty")
     if kind is None or "torch" not in kind:
-        raise MrcnnError(f"--weights {path}: not a torch weights file (" +
-                         (f"the file is {kind})" if kind else "neither a zip archive nor a pickle)"))
+        raise MrcnnError(
+            f"--weights {path}: not a torch weights file ("
+            + (f"the file is {kind})" if kind else "neither a zip archive nor a pickle)")
+        )
     return path

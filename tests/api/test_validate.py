@@ -1,6 +1,7 @@
 """`mrcnn eval` of an artifact, and `mrcnn validate`: an exported model against the checkpoint it came from (named in
 its metadata), detection by detection, and the AP-drop gate, on a model trained here for 150 iterations (AP ~0.3 on
 its training images, so the AP numbers are not zeros that agree trivially)."""
+
 from __future__ import annotations
 
 import json
@@ -26,19 +27,32 @@ runner = CliRunner()
 SPLIT = "train2017"  # the images it trained on: 12 images, AP ~0.3
 
 
-
 def test_exported_model_validates_against_its_own_checkpoint(trained, synth_data, tmp_path):
     """No --reference: the checkpoint named in the ONNX metadata. Its AP equals `mrcnn eval` of the checkpoint (an
     independent COCOeval run), the drop is 0, and every detection pairs with its twin within the export tolerances."""
     report_path = tmp_path / "report.json"
-    r = runner.invoke(app, ["validate", str(trained["onnx"]), "--data", str(synth_data), "--split", SPLIT,
-                            "--max-ap-drop", "0", "--json", str(report_path)])
+    r = runner.invoke(
+        app,
+        [
+            "validate",
+            str(trained["onnx"]),
+            "--data",
+            str(synth_data),
+            "--split",
+            SPLIT,
+            "--max-ap-drop",
+            "0",
+            "--json",
+            str(report_path),
+        ],
+    )
     assert r.exit_code == 0, r.output[-2000:]
     print(r.stdout[-1200:])
     rep = json.loads(report_path.read_text())
     assert Path(rep["reference"]["path"]) == trained["ckpt"].resolve()
-    direct = evaluate_artifact(trained["ckpt"], synth_data, split=SPLIT, device="cpu", log=lambda m: None,
-                               progress=False)
+    direct = evaluate_artifact(
+        trained["ckpt"], synth_data, split=SPLIT, device="cpu", log=lambda m: None, progress=False
+    )
     for t in ("bbox", "segm"):
         assert rep["reference"]["metrics"][t]["AP"] == direct[t]["AP"]
         assert direct[t]["AP"] > 0.1, direct[t]  # a model that finds the shapes, not one that finds nothing
@@ -58,15 +72,29 @@ def test_gate_fails_on_a_worse_model_with_one_line(trained, synth_data, tmp_path
     worse = tmp_path / "worse.pt"
     save_checkpoint(worse, {k: v for k, v in ck.items() if k not in ("format", "version")})
     report_path = tmp_path / "report.json"
-    r = runner.invoke(app, ["validate", str(worse), "--data", str(synth_data), "--split", SPLIT,
-                            "--reference", str(trained["ckpt"]), "--max-ap-drop", "0.01", "--json", str(report_path)])
+    r = runner.invoke(
+        app,
+        [
+            "validate",
+            str(worse),
+            "--data",
+            str(synth_data),
+            "--split",
+            SPLIT,
+            "--reference",
+            str(trained["ckpt"]),
+            "--max-ap-drop",
+            "0.01",
+            "--json",
+            str(report_path),
+        ],
+    )
     err = one_error_line(r)
     rep = json.loads(report_path.read_text())
     print(err, rep["ap_drop"]["bbox"]["AP"], rep["ap_drop"]["segm"]["AP"], rep["detections"]["only_in_reference"])
     assert "AP dropped by" in err and "more than --max-ap-drop 0.01" in err, err
     a = evaluate_artifact(worse, synth_data, split=SPLIT, device="cpu", log=lambda m: None, progress=False)
-    b = evaluate_artifact(trained["ckpt"], synth_data, split=SPLIT, device="cpu", log=lambda m: None,
-                          progress=False)
+    b = evaluate_artifact(trained["ckpt"], synth_data, split=SPLIT, device="cpu", log=lambda m: None, progress=False)
     for t in ("bbox", "segm"):
         assert rep["ap_drop"][t]["AP"] == pytest.approx(b[t]["AP"] - a[t]["AP"], abs=1e-12)
     assert max(rep["ap_drop"][t]["AP"] for t in ("bbox", "segm")) > 0.01
@@ -83,8 +111,13 @@ def _with_source(src: Path, dst: Path, **change) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("change, needle", [({"sha256": "0" * 64}, "has changed since"),
-                                            ({"checkpoint": "/nonexistent/model_final.pt"}, "which is not there")])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"sha256": "0" * 64}, "has changed since"),
+        ({"checkpoint": "/nonexistent/model_final.pt"}, "which is not there"),
+    ],
+)
 def test_a_gone_or_changed_source_is_one_line(trained, synth_data, tmp_path, change, needle):
     """Comparing with another model than the one exported would prove nothing: --reference is asked for."""
     path = _with_source(trained["onnx"], tmp_path / "m.onnx", **change)
@@ -92,12 +125,15 @@ def test_a_gone_or_changed_source_is_one_line(trained, synth_data, tmp_path, cha
     assert needle in err and "--reference" in err, err
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--max-ap-drop", "0.01"], "names none; give --reference"),
-    (["--max-ap-drop", "-1"], "--max-ap-drop must be >= 0"),
-    (["--max-images", "-1"], "--max-images must be >= 0"),
-    (["--reference", "x.txt"], "unsupported artifact type"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--max-ap-drop", "0.01"], "names none; give --reference"),
+        (["--max-ap-drop", "-1"], "--max-ap-drop must be >= 0"),
+        (["--max-images", "-1"], "--max-images must be >= 0"),
+        (["--reference", "x.txt"], "unsupported artifact type"),
+    ],
+)
 def test_bad_validate_options_are_one_line(trained, synth_data, tmp_path, args, needle):
     err = one_error_line(runner.invoke(app, ["validate", str(trained["ckpt"]), "--data", str(synth_data), *args]))
     assert needle in err, err
@@ -108,8 +144,9 @@ def test_reference_with_other_classes_is_one_line(trained, synth_data, tmp_path)
     ck["class_names"] = list(reversed(ck["class_names"]))
     other = tmp_path / "other.pt"
     save_checkpoint(other, {k: v for k, v in ck.items() if k not in ("format", "version")})
-    err = one_error_line(runner.invoke(app, ["validate", str(trained["ckpt"]), "--data", str(synth_data),
-                                             "--reference", str(other)]))
+    err = one_error_line(
+        runner.invoke(app, ["validate", str(trained["ckpt"]), "--data", str(synth_data), "--reference", str(other)])
+    )
     assert "different classes" in err, err
 
 
@@ -123,13 +160,27 @@ def test_eval_accepts_onnx(tiny_onnx, synth_data):
 def test_eval_max_images(tiny, synth_data, tmp_path):
     """--max-images N evaluates the first N images: the json's metrics and results cover those only."""
     out = tmp_path / "m.json"
-    r = runner.invoke(app, ["eval", str(tiny["ckpt"]), "--data", str(synth_data), "--max-images", "2", "--json",
-                            str(out), "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            str(tiny["ckpt"]),
+            "--data",
+            str(synth_data),
+            "--max-images",
+            "2",
+            "--json",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.stdout + r.stderr
     doc = json.loads(out.read_text())
     assert doc["metrics"]["images"] == 2 and len({d["image_id"] for d in doc["results"]}) <= 2, doc["metrics"]
-    err = one_error_line(runner.invoke(app, ["eval", str(tiny["ckpt"]), "--data", str(synth_data),
-                                             "--max-images", "-1"]))
+    err = one_error_line(
+        runner.invoke(app, ["eval", str(tiny["ckpt"]), "--data", str(synth_data), "--max-images", "-1"])
+    )
     assert "--max-images must be >= 0" in err
 
 
@@ -139,15 +190,24 @@ def test_validate_applies_the_export_overrides_to_the_reference(tiny, synth_data
     per image; the metadata records the override."""
     from mrcnn.api.validate import validate_artifact
 
-    path = export_checkpoint(tiny["ckpt"], tmp_path / "ten.onnx", target="portable",
-                             overrides=["model.detections_per_img=10"], log=lambda m: None)
+    path = export_checkpoint(
+        tiny["ckpt"],
+        tmp_path / "ten.onnx",
+        flavour="portable",
+        overrides=["model.detections_per_img=10"],
+        log=lambda m: None,
+    )
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(meta["mrcnn.source"])["overrides"] == ["model.detections_per_img=10"]
-    same = validate_artifact(path, synth_data, device="cpu", max_images=2, log=lambda m: None,
-                             progress=False)["detections"]
-    saved = validate_artifact(path, synth_data, reference=tiny["ckpt"], device="cpu", max_images=2,
-                              log=lambda m: None, progress=False)["detections"]
-    print(f"default reference: {same['paired']} of {same['detections']} paired; the saved checkpoint keeps "
-          f"{saved['reference_detections']}")
+    same = validate_artifact(path, synth_data, device="cpu", max_images=2, log=lambda m: None, progress=False)[
+        "detections"
+    ]
+    saved = validate_artifact(
+        path, synth_data, reference=tiny["ckpt"], device="cpu", max_images=2, log=lambda m: None, progress=False
+    )["detections"]
+    print(
+        f"default reference: {same['paired']} of {same['detections']} paired; the saved checkpoint keeps "
+        f"{saved['reference_detections']}"
+    )
     assert same["detections"] == 20 and same["paired"] == same["reference_detections"] == 20
     assert saved["reference_detections"] > 20 and saved["paired"] == 20

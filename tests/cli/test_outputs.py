@@ -1,6 +1,7 @@
-"""Outputs and inputs at the edges (the hardening issue): an output that cannot be written is one line before the work
+"""Outputs and inputs at the edges: an output that cannot be written is one line before the work
 and nothing half-written; outputs get the mode a plain open() gives; non-finite numbers never pass silently; data
 check and train apply one rule; messages say what is wrong."""
+
 from __future__ import annotations
 
 import json
@@ -38,13 +39,15 @@ def _files(folder) -> set:
 def test_an_output_that_cannot_be_written_is_one_line_before_the_work(command, tiny, synth_data, tmp_path):
     bad = _unwritable(tmp_path)
     ck, data = str(tiny["ckpt"]), str(synth_data)
-    args = {"data synth": ["data", "synth", str(bad), "--train", "2", "--val", "1"],
-            "train": ["train", "--config", "shapes-tiny", "--data", data, "--out", str(bad), "--max-iter", "1"],
-            "export": ["export", ck, "-o", str(bad / "m.onnx")],
-            "eval": ["eval", ck, "--data", data, "--json", str(bad / "m.json")],
-            "validate": ["validate", ck, "--data", data, "--json", str(bad / "m.json")],
-            "bench": ["bench", ck, "--iters", "2", "--json", str(bad / "b.json")],
-            "predict": ["predict", ck, str(synth_data / "val2017"), "--out", str(bad)]}[command]
+    args = {
+        "data synth": ["data", "synth", str(bad), "--train", "2", "--val", "1"],
+        "train": ["train", "--config", "shapes-tiny", "--data", data, "--out", str(bad), "--max-iter", "1"],
+        "export": ["export", ck, "-o", str(bad / "m.onnx")],
+        "eval": ["eval", ck, "--data", data, "--json", str(bad / "m.json")],
+        "validate": ["validate", ck, "--data", data, "--json", str(bad / "m.json")],
+        "bench": ["bench", ck, "--iters", "2", "--json", str(bad / "b.json")],
+        "predict": ["predict", ck, str(synth_data / "val2017"), "--out", str(bad)],
+    }[command]
     before = _files(tmp_path)
     err = one_error_line(runner.invoke(app, args))
     print(command, "->", err)
@@ -92,20 +95,29 @@ def test_any_other_os_error_is_one_line(capsys):
 def _in_mount_namespace(script: str, cwd) -> subprocess.CompletedProcess:
     """`script` (sh) in a private mount namespace, where it may mount a small tmpfs; skips where this process may
     not make one (not root, or a sandbox without unshare)."""
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
-                           capture_output=True, text=True) if shutil.which("unshare") else None
+    probe = (
+        subprocess.run(
+            ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True, text=True
+        )
+        if shutil.which("unshare")
+        else None
+    )
     if probe is None or probe.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root and unshare): " + (probe.stderr.strip() if probe else
-                                                                             "no unshare"))
+        pytest.skip(
+            "cannot mount a tmpfs here (needs root and unshare): " + (probe.stderr.strip() if probe else "no unshare")
+        )
     return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
-@pytest.mark.parametrize("case, opts, needle", [
-    ("export", "size=256k", "No space left on device"),  # the export is ~1 MB: ENOSPC while writing it
-    ("export", "size=1m,ro", "cannot write there"),  # refused before the work
-    ("train", "size=64k", "No space left on device"),  # config and metrics fit, the first checkpoint does not
-    ("train", "size=4k", "No space left on device"),  # one page: config.json fits, metrics.jsonl's first row not
-])
+@pytest.mark.parametrize(
+    "case, opts, needle",
+    [
+        ("export", "size=256k", "No space left on device"),  # the export is ~1 MB: ENOSPC while writing it
+        ("export", "size=1m,ro", "cannot write there"),  # refused before the work
+        ("train", "size=64k", "No space left on device"),  # config and metrics fit, the first checkpoint does not
+        ("train", "size=4k", "No space left on device"),  # one page: config.json fits, metrics.jsonl's first row not
+    ],
+)
 def test_a_real_full_disk_or_read_only_mount_is_one_line(case, opts, needle, tiny, synth_data, tmp_path):
     """`mrcnn export` and `mrcnn train` onto a small or read-only tmpfs: one error line naming the file, exit 1, and
     nothing half-written on the mount (a run folder keeps its config and the metrics rows written before)."""
@@ -113,13 +125,30 @@ def test_a_real_full_disk_or_read_only_mount_is_one_line(case, opts, needle, tin
 
     target = tmp_path / "mnt"
     target.mkdir()
-    args = {"export": ["export", str(tiny["ckpt"]), "-o", str(target / "m.onnx"), "--target", "portable"],
-            "train": ["train", "--data", str(synth_data), "--out", str(target / "run"), "--config", "shapes-tiny",
-                      "--max-iter", "2", "--device", "cpu", "--workers", "0"]}[case]
+    args = {
+        "export": ["export", str(tiny["ckpt"]), "-o", str(target / "m.onnx"), "--flavour", "portable"],
+        "train": [
+            "train",
+            "--data",
+            str(synth_data),
+            "--out",
+            str(target / "run"),
+            "--config",
+            "shapes-tiny",
+            "--max-iter",
+            "2",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+    }[case]
     cli = shlex.join([sys.executable, "-c", "from mrcnn.cli.main import main; main()", *args])
-    r = _in_mount_namespace(f"mount -t tmpfs -o {opts} tmpfs {target} && {cli} >/dev/null; code=$?; "
-                            f"echo left: $(cd {target} && find . -type f | sort) >&2; exit $code",
-                            cwd=tmp_path)  # (not the checkout)
+    r = _in_mount_namespace(
+        f"mount -t tmpfs -o {opts} tmpfs {target} && {cli} >/dev/null; code=$?; "
+        f"echo left: $(cd {target} && find . -type f | sort) >&2; exit $code",
+        cwd=tmp_path,
+    )  # (not the checkout)
     err = [line for line in r.stderr.splitlines() if not line.startswith("left:")]
     left = [line for line in r.stderr.splitlines() if line.startswith("left:")]
     print(case, opts, r.returncode, err, left)
@@ -134,8 +163,9 @@ def test_outputs_get_the_mode_a_plain_open_gives(tiny, synth_data, tmp_path):
     old = os.umask(0o022)
     try:
         out = tmp_path / "pred"
-        r = runner.invoke(app, ["predict", str(tiny["ckpt"]), str(synth_data / "val2017"), "--out", str(out),
-                                "--device", "cpu"])
+        r = runner.invoke(
+            app, ["predict", str(tiny["ckpt"]), str(synth_data / "val2017"), "--out", str(out), "--device", "cpu"]
+        )
         assert r.exit_code == 0, r.stdout + r.stderr
         from mrcnn.io import write_json
 
@@ -147,18 +177,24 @@ def test_outputs_get_the_mode_a_plain_open_gives(tiny, synth_data, tmp_path):
         os.umask(old)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--lr", "inf"], "solver.base_lr must be a finite number; got inf"),
-    (["--set", "solver.momentum=nan"], "solver.momentum must be a finite number; got nan"),
-    (["--lr", "1e40"], "solver.base_lr must be within float32's range"),
-    (["--eval-period", "-1"], "solver.eval_period must be >= 0"),
-    (["--checkpoint-period", "-1"], "solver.checkpoint_period must be >= 0"),
-    (["--weights", "missing.pth"], "--weights missing.pth: no such file"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--lr", "inf"], "solver.base_lr must be a finite number; got inf"),
+        (["--set", "solver.momentum=nan"], "solver.momentum must be a finite number; got nan"),
+        (["--lr", "1e40"], "solver.base_lr must be within float32's range"),
+        (["--eval-period", "-1"], "solver.eval_period must be >= 0"),
+        (["--checkpoint-period", "-1"], "solver.checkpoint_period must be >= 0"),
+        (["--weights", "missing.pth"], "--weights missing.pth: no such file"),
+    ],
+)
 def test_bad_training_options_are_one_line_before_anything(args, needle, synth_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    err = one_error_line(runner.invoke(app, ["train", "--config", "shapes-tiny", "--data", str(synth_data),
-                                             "--out", "r", "--max-iter", "1", *args]))
+    err = one_error_line(
+        runner.invoke(
+            app, ["train", "--config", "shapes-tiny", "--data", str(synth_data), "--out", "r", "--max-iter", "1", *args]
+        )
+    )
     assert needle in err and not (tmp_path / "r").exists(), err
 
 
@@ -181,16 +217,25 @@ def test_non_finite_weights_end_the_run_as_an_error_and_metrics_stay_strict_json
 
     monkeypatch.setattr(Trainer, "optimizer_step", blow_up)
     with pytest.raises(MrcnnError, match="the weights are not finite after iteration 3"):
-        train(tiny_config(max_iter=3, max_bad_steps=100), synth_data, tmp_path / "run", log=lambda m: None,
-              progress=False, evaluate_at_end=False, device="cpu")
+        train(
+            tiny_config(max_iter=3, max_bad_steps=100),
+            synth_data,
+            tmp_path / "run",
+            log=lambda m: None,
+            progress=False,
+            evaluate_at_end=False,
+            device="cpu",
+        )
     monkeypatch.undo()
     assert not (tmp_path / "run" / "model_final.pt").exists()
 
     def no_constants(name):
         raise ValueError(f"{name} is not strict JSON")
 
-    rows = [json.loads(line, parse_constant=no_constants)
-            for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line, parse_constant=no_constants)
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     losses = [r["loss"] for r in rows if "loss" in r]
     print("losses", losses)
     assert len(losses) == 3 and losses[0] is not None and losses[-1] is None
@@ -202,8 +247,16 @@ def test_non_finite_weights_end_the_run_as_an_error_and_metrics_stay_strict_json
     sd[key] = torch.full_like(sd[key], float("nan"))
     save_checkpoint(tmp_path / "nan.pt", {"config": cfg.to_dict(), "class_names": ["a"] * 5, "model": sd})
     with pytest.raises(MrcnnError, match=r"nan\.pt: 1 tensors hold non-finite values"):
-        train(tiny_config(max_iter=1), synth_data, tmp_path / "run2", weights=tmp_path / "nan.pt",
-              log=lambda m: None, progress=False, evaluate_at_end=False, device="cpu")
+        train(
+            tiny_config(max_iter=1),
+            synth_data,
+            tmp_path / "run2",
+            weights=tmp_path / "nan.pt",
+            log=lambda m: None,
+            progress=False,
+            evaluate_at_end=False,
+            device="cpu",
+        )
 
 
 def _dataset_without(tmp_path, synth_data, what: str):
@@ -226,13 +279,18 @@ def _dataset_without(tmp_path, synth_data, what: str):
     return root, len(doc["annotations"])
 
 
-@pytest.mark.parametrize("what, needle", [("no-images", "no usable training images"),
-                                          ("degenerate", "no usable training instances")])
+@pytest.mark.parametrize(
+    "what, needle", [("no-images", "no usable training images"), ("degenerate", "no usable training instances")]
+)
 def test_data_check_refuses_what_train_refuses(what, needle, synth_data, tmp_path):
     root, n = _dataset_without(tmp_path, synth_data, what)
     check = one_error_line(runner.invoke(app, ["data", "check", str(root)]))
-    train = one_error_line(runner.invoke(app, ["train", "--config", "shapes-tiny", "--data", str(root), "--out",
-                                               str(tmp_path / "r"), "--max-iter", "1"]))
+    train = one_error_line(
+        runner.invoke(
+            app,
+            ["train", "--config", "shapes-tiny", "--data", str(root), "--out", str(tmp_path / "r"), "--max-iter", "1"],
+        )
+    )
     print(f"{what} ({n} annotations): check: {check}\ntrain: {train}")
     assert needle in check and needle in train
     assert check.removeprefix("error: ").startswith(train.removeprefix("error: "))
@@ -242,8 +300,22 @@ def test_a_class_without_training_instances_is_said_at_the_start(synth_data, tmp
     """The synthetic set without its stars: data check and train both name the class before anything runs."""
     root, _ = _dataset_without(tmp_path, synth_data, "no-star")
     check = runner.invoke(app, ["data", "check", str(root)])
-    train = runner.invoke(app, ["train", "--config", "shapes-tiny", "--data", str(root), "--out", str(tmp_path / "r"),
-                                "--max-iter", "1", "--device", "cpu"])
+    train = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            "shapes-tiny",
+            "--data",
+            str(root),
+            "--out",
+            str(tmp_path / "r"),
+            "--max-iter",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     print(check.output, train.output[:600], sep="\n")
     assert check.exit_code == 0 and train.exit_code == 0, (check.output[-800:], train.output[-800:])
     assert "classes without instances: star" in check.output
@@ -258,13 +330,16 @@ def test_messages_say_what_is_wrong(tiny, synth_data, tmp_path):
     (run / "model_final.pt").write_bytes(tiny["ckpt"].read_bytes())
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "empty.onnx").write_bytes(b"")
-    cases = [(["eval", str(run), "--data", str(synth_data)], "is a training run folder; give one of its "
-              f"checkpoints, e.g. {run / 'model_final.pt'}"),
-             (["eval", str(tmp_path / "empty.pt"), "--data", str(synth_data)], "the file is empty or cut short"),
-             (["eval", str(tmp_path / "empty.onnx"), "--data", str(synth_data)], "not an ONNX model (the "
-              "file is empty)"),
-             (["build", str(run)], "is a directory; `mrcnn build` takes an exported model (.onnx)"),
-             (["export", str(tmp_path / "empty.onnx")], "is an exported model; `mrcnn export` takes a checkpoint")]
+    cases = [
+        (
+            ["eval", str(run), "--data", str(synth_data)],
+            f"is a training run folder; give one of its checkpoints, e.g. {run / 'model_final.pt'}",
+        ),
+        (["eval", str(tmp_path / "empty.pt"), "--data", str(synth_data)], "the file is empty or cut short"),
+        (["eval", str(tmp_path / "empty.onnx"), "--data", str(synth_data)], "not an ONNX model (the file is empty)"),
+        (["build", str(run)], "is a directory; `mrcnn build` takes an exported model (.onnx)"),
+        (["export", str(tmp_path / "empty.onnx")], "is an exported model; `mrcnn export` takes a checkpoint"),
+    ]
     for args, needle in cases:
         err = one_error_line(runner.invoke(app, args))
         print(err)
@@ -290,8 +365,20 @@ def test_a_16_bit_photo_predicts_as_its_8_bit_view(tiny, tmp_path):
     docs = []
     for sub in ("a", "b"):
         out = tmp_path / f"out-{sub}"
-        r = runner.invoke(app, ["predict", str(tiny["ckpt"]), str(tmp_path / sub), "--out", str(out), "--score",
-                                "0.05", "--device", "cpu"])
+        r = runner.invoke(
+            app,
+            [
+                "predict",
+                str(tiny["ckpt"]),
+                str(tmp_path / sub),
+                "--out",
+                str(out),
+                "--score",
+                "0.05",
+                "--device",
+                "cpu",
+            ],
+        )
         assert r.exit_code == 0, r.stdout + r.stderr
         docs.append(json.loads((out / "predictions.json").read_text())["annotations"])
     print(f"16-bit: {len(docs[0])} detections, 8-bit: {len(docs[1])}")

@@ -1,4 +1,5 @@
 """mrcnn.data: synthetic dataset determinism and mask fidelity, COCO loader and bad data, transforms, sampler."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _coco(path: Path) -> COCO:
@@ -65,11 +69,13 @@ def _edit_json(root: Path, fn, split: str = "val2017") -> None:
 
 # -- synthetic dataset ------------------------------------------------------------------------------------------
 
+
 def test_synth_deterministic(data, tmp_path):
     again = tmp_path / "again"
     calls = []
-    generate_synthetic(again, n_train=N_TRAIN, n_val=N_VAL, size=SIZE, seed=SEED,
-                       progress=lambda d, t: calls.append((d, t)))
+    generate_synthetic(
+        again, n_train=N_TRAIN, n_val=N_VAL, size=SIZE, seed=SEED, progress=lambda d, t: calls.append((d, t))
+    )
     a, b = _hashes(data), _hashes(again)
     assert len(a) == N_TRAIN + N_VAL + 3, sorted(a)
     differing = [k for k in a if a[k] != b.get(k)]
@@ -101,8 +107,7 @@ def test_synth_out_folder_rules(data, tmp_path):
 @pytest.mark.parametrize("split,n", [("train2017", N_TRAIN), ("val2017", N_VAL)])
 def test_synth_masks_match_pycocotools(data, split, n):
     coco = _coco(data / "annotations" / f"instances_{split}.json")
-    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == [
-        "circle", "square", "triangle", "star", "ellipse"]
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["circle", "square", "triangle", "star", "ellipse"]
     ious, kinds = [], {"polygon": 0, "rle": 0, "crowd": 0}
     for i in range(n):
         image, insts = render_sample(SEED, split, i, SIZE)
@@ -110,7 +115,7 @@ def test_synth_masks_match_pycocotools(data, split, n):
         assert (info["height"], info["width"]) == image.shape[:2]
         anns = coco.loadAnns(sorted(coco.getAnnIds(imgIds=[i + 1])))
         assert len(anns) == len(insts), (i, len(anns), len(insts))
-        for ann, inst in zip(anns, insts):
+        for ann, inst in zip(anns, insts, strict=True):
             m = coco.annToMask(ann).astype(bool)
             d = inst["mask"]
             ious.append(float((m & d).sum() / max((m | d).sum(), 1)))
@@ -156,6 +161,7 @@ def test_trace_polygon_cases():
 
 
 # -- loader ---------------------------------------------------------------------------------------------------
+
 
 def test_loader_matches_annotations(data):
     ds = CocoDetection(data, "val2017", logger=lambda m: pytest.fail(m))
@@ -208,8 +214,9 @@ def test_coco_ground_truth_equals_pycocotools(data):
     ref = _coco(data / "annotations" / "instances_val2017.json")
     assert sorted(ds.coco.imgs) == sorted(ref.imgs) and sorted(ds.coco.cats) == sorted(ref.cats)
     for iid, im in ref.imgs.items():
-        assert {k: ds.coco.imgs[iid][k] for k in ("file_name", "height", "width")} == \
-            {k: im[k] for k in ("file_name", "height", "width")}
+        assert {k: ds.coco.imgs[iid][k] for k in ("file_name", "height", "width")} == {
+            k: im[k] for k in ("file_name", "height", "width")
+        }
     assert sorted(ds.coco.anns) == sorted(ref.anns)
     for aid, a in ref.anns.items():
         ours = ds.coco.anns[aid]
@@ -221,8 +228,14 @@ def test_coco_ground_truth_equals_pycocotools(data):
     results = []
     for k, a in enumerate(a for a in ref.anns.values() if not a["iscrowd"]):
         x, y, w, h = a["bbox"]
-        results.append({"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0 - k * 1e-3,
-                        "bbox": [x + rng.uniform(-3, 3), y + rng.uniform(-3, 3), w, h]})
+        results.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "score": 1.0 - k * 1e-3,
+                "bbox": [x + rng.uniform(-3, 3), y + rng.uniform(-3, 3), w, h],
+            }
+        )
     for iid in ref.imgs:
         results.append({"image_id": iid, "category_id": 1, "score": 0.5, "bbox": [5.0, 5.0, 30.0, 20.0]})
     ids = sorted(ref.imgs)
@@ -232,9 +245,8 @@ def test_coco_ground_truth_equals_pycocotools(data):
 
 
 def test_evaluation_leaves_out_unreadable_images(data, tmp_path):
-    """A corrupt image is not evaluated: an oracle predictor scores AP 1.0 on the rest, each image predicted once.
-    (Evaluation used to take the next image in its place: that image was predicted twice, its detections counted
-    twice.)"""
+    """A corrupt image is not evaluated: an oracle predictor scores AP 1.0 on the rest, each image predicted once
+    (not the next image in its place, predicted twice, its detections counted twice)."""
     from mrcnn.evaluation.coco import evaluate
 
     root = _copy(data, tmp_path)
@@ -253,8 +265,14 @@ def test_evaluation_leaves_out_unreadable_images(data, tmp_path):
         for im in images:
             t = truth[im.numpy().tobytes()]
             n = len(t["labels"])
-            out.append({"boxes": t["boxes"], "scores": torch.ones(n), "labels": t["labels"],
-                        "masks": t["masks"][:, None].float()})
+            out.append(
+                {
+                    "boxes": t["boxes"],
+                    "scores": torch.ones(n),
+                    "labels": t["labels"],
+                    "masks": t["masks"][:, None].float(),
+                }
+            )
         return out
 
     metrics, results = evaluate(oracle, ds, batch_size=2, log=lambda m: None, progress=False)
@@ -267,22 +285,32 @@ def test_evaluation_leaves_out_unreadable_images(data, tmp_path):
 BAD_CASES = {
     # name: (edit of the val json, expected reason in report, text the strict error names)
     "unknown image": (lambda d: d["annotations"][0].update(image_id=999), "unknown image", "annotation id 1"),
-    "unknown category": (lambda d: d["annotations"][0].update(category_id=77), "unknown category",
-                         "annotation id 1"),
+    "unknown category": (lambda d: d["annotations"][0].update(category_id=77), "unknown category", "annotation id 1"),
     "zero area": (lambda d: d["annotations"][0].update(bbox=[3, 4, 0, 0], area=0), "zero area", "annotation id 1"),
-    "degenerate box": (lambda d: d["annotations"][0].update(bbox=[3, 4, 0.5, 9]), "degenerate box",
-                       "annotation id 1"),
-    "broken polygon": (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4, 5]]), "broken polygon",
-                       "annotation id 1"),
+    "degenerate box": (lambda d: d["annotations"][0].update(bbox=[3, 4, 0.5, 9]), "degenerate box", "annotation id 1"),
+    "broken polygon": (
+        lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4, 5]]),
+        "broken polygon",
+        "annotation id 1",
+    ),
     "missing image": (None, "missing image", "000000000001.png"),
     # pycocotools' index needs annotation ids (a missing one was a KeyError traceback before)
     "annotation without id": (lambda d: d["annotations"][0].pop("id"), "bad annotation", "annotation #0"),
-    "duplicate annotation id": (lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]),
-                                "duplicate annotation", "annotation id 1"),
-    "polygon of strings": (lambda d: d["annotations"][0].update(segmentation=[["1", 2, 3, 4, 5, 6]]),
-                           "broken polygon", "annotation id 1"),
-    "infinite coordinate": (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4, 5, 1e999]]),
-                            "broken polygon", "annotation id 1"),
+    "duplicate annotation id": (
+        lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]),
+        "duplicate annotation",
+        "annotation id 1",
+    ),
+    "polygon of strings": (
+        lambda d: d["annotations"][0].update(segmentation=[["1", 2, 3, 4, 5, 6]]),
+        "broken polygon",
+        "annotation id 1",
+    ),
+    "infinite coordinate": (
+        lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4, 5, 1e999]]),
+        "broken polygon",
+        "annotation id 1",
+    ),
 }
 
 
@@ -327,9 +355,14 @@ def test_corrupt_image(data, tmp_path):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("text,where", [('{"images": [], "annotations": [\n  {"id": 1,,}]}', "line 2 column"),
-                                        ('{"images": [], "annotations": []}', "missing 'categories'"),
-                                        ("[1, 2]", "top level is list")])
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        ('{"images": [], "annotations": [\n  {"id": 1,,}]}', "line 2 column"),
+        ('{"images": [], "annotations": []}', "missing 'categories'"),
+        ("[1, 2]", "top level is list"),
+    ],
+)
 def test_malformed_json(data, tmp_path, text, where):
     root = _copy(data, tmp_path)
     (root / "annotations" / "instances_val2017.json").write_text(text)
@@ -353,8 +386,10 @@ def _dataset_file(data: Path, where: Path) -> Path:
 
     where.mkdir(parents=True)
     rel = lambda p: os.path.relpath(p, where)  # noqa: E731
-    spec = {s: {"annotations": rel(data / "annotations" / f"instances_{s}2017.json"), "images": rel(data / f"{s}2017")}
-            for s in ("train", "val")}
+    spec = {
+        s: {"annotations": rel(data / "annotations" / f"instances_{s}2017.json"), "images": rel(data / f"{s}2017")}
+        for s in ("train", "val")
+    }
     (where / "data.json").write_text(json.dumps(spec))
     return where / "data.json"
 
@@ -366,7 +401,7 @@ def _same_samples(a: CocoDetection, b: CocoDetection) -> None:
         assert a.image_path(i).read_bytes() == b.image_path(i).read_bytes()
         assert ta.keys() == tb.keys()
         for k in ta:
-            assert (torch.equal(ta[k], tb[k]) if torch.is_tensor(ta[k]) else ta[k] == tb[k]), (i, k)
+            assert torch.equal(ta[k], tb[k]) if torch.is_tensor(ta[k]) else ta[k] == tb[k], (i, k)
 
 
 @pytest.mark.parametrize("layout", ["roboflow", "dataset_file"])
@@ -381,14 +416,20 @@ def test_other_layouts_read_the_same_samples(data, tmp_path, layout):
     assert open_split(root, "test", required=False) is None
 
 
-@pytest.mark.parametrize("case,needle", [
-    ("empty_folder", "no 'train' split (looked for annotations/instances_train2017.json, train/_annotations.coco.json"),
-    ("no_such_path", "no such dataset folder or file"),
-    ("spec_without_split", "the dataset file has no 'train' split"),
-    ("spec_bad_entry", 'needs exactly "annotations" and "images" paths'),
-    ("spec_not_json", "not a readable dataset file (JSONDecodeError"),
-    ("spec_missing_file", "annotation file not found"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        (
+            "empty_folder",
+            "no 'train' split (looked for annotations/instances_train2017.json, train/_annotations.coco.json",
+        ),
+        ("no_such_path", "no such dataset folder or file"),
+        ("spec_without_split", "the dataset file has no 'train' split"),
+        ("spec_bad_entry", 'needs exactly "annotations" and "images" paths'),
+        ("spec_not_json", "not a readable dataset file (JSONDecodeError"),
+        ("spec_missing_file", "annotation file not found"),
+    ],
+)
 def test_dataset_layout_errors_are_one_line(tmp_path, case, needle):
     from mrcnn.data.layout import open_split
 
@@ -397,10 +438,14 @@ def test_dataset_layout_errors_are_one_line(tmp_path, case, needle):
         target.mkdir()
     elif case != "no_such_path":
         target = tmp_path / "data.json"
-        target.write_text({"spec_without_split": '{"val": {"annotations": "a.json", "images": "im"}}',
-                           "spec_bad_entry": '{"train": {"annotations": "a.json"}}',
-                           "spec_not_json": "{train: a.json",
-                           "spec_missing_file": '{"train": {"annotations": "a.json", "images": "im"}}'}[case])
+        target.write_text(
+            {
+                "spec_without_split": '{"val": {"annotations": "a.json", "images": "im"}}',
+                "spec_bad_entry": '{"train": {"annotations": "a.json"}}',
+                "spec_not_json": "{train: a.json",
+                "spec_missing_file": '{"train": {"annotations": "a.json", "images": "im"}}',
+            }[case]
+        )
     with pytest.raises(MrcnnError) as e:
         open_split(target, "train")
     assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
@@ -418,8 +463,9 @@ def test_data_check_counts_equal_pycocotools(data):
         inst = [a for a in anns if not a["iscrowd"]]
         assert (r["images"], r["instances"], r["crowd"]) == (len(coco.imgs), len(inst), len(anns) - len(inst))
         assert r["images_without_instances"] == sum(1 for i in coco.imgs if not any(a["image_id"] == i for a in inst))
-        assert r["per_class"] == {c["name"]: sum(1 for a in inst if a["category_id"] == c["id"])
-                                  for c in coco.dataset["categories"]}
+        assert r["per_class"] == {
+            c["name"]: sum(1 for a in inst if a["category_id"] == c["id"]) for c in coco.dataset["categories"]
+        }
         assert r["skipped"] == {}
     assert sum("nothing skipped" in line for line in lines) == 2
 
@@ -448,13 +494,14 @@ def test_data_check_lists_every_problem_and_fails(data, tmp_path):
 
 # -- transforms, dataset, sampler -------------------------------------------------------------------------------
 
+
 def test_transforms(data):
     ds = CocoDetection(data, "train2017")
     image, target = ds[3]
     g = torch.Generator().manual_seed(0)
     img, t = EvalTransform(100, 150)(image, target, g)
     H, W = image.shape[-2:]
-    assert img.dtype == torch.float32 and 0.0 <= float(img.min()) and float(img.max()) <= 1.0
+    assert img.dtype == torch.float32 and float(img.min()) >= 0.0 and float(img.max()) <= 1.0
     assert min(img.shape[-2:]) == 100 or max(img.shape[-2:]) == 150, img.shape
     assert t["masks"].shape[-2:] == img.shape[-2:], (t["masks"].shape, img.shape)
     assert t["orig_size"] == (H, W) and t["image_id"] == target["image_id"] and t["index"] == 3
@@ -535,8 +582,10 @@ def test_sampler_global_batches():
         assert one == ddp == g == mixed, (it, g, one, ddp, mixed)
     assert GlobalBatchSampler(10, 4, seed=3).batch_indices(3) == s.batch_indices(3)
     assert GlobalBatchSampler(10, 4, seed=4).batch_indices(0) != s.batch_indices(0)
-    assert list(s.micro_batches(0, 1, rank=1, world=2, accum=2, pairs=False)) == [[s.batch_indices(0)[1]],
-                                                                                 [s.batch_indices(0)[3]]]
+    assert list(s.micro_batches(0, 1, rank=1, world=2, accum=2, pairs=False)) == [
+        [s.batch_indices(0)[1]],
+        [s.batch_indices(0)[3]],
+    ]
     with pytest.raises(MrcnnError, match="divisible"):
         s.local(0, 0, 3, 0, 1)
 
@@ -565,8 +614,9 @@ def test_sampler_aspect_ratio_grouping(n, batch):
         ddp_accum = [i for m in range(2) for r in range(2) for i in s.local(it, r, 2, m, 2)]
         assert ddp_accum == g == GlobalBatchSampler(n, batch, seed=5, groups=groups).batch_indices(it), it
     # a single group (e.g. square synthetic images) changes nothing
-    assert [GlobalBatchSampler(n, batch, seed=5, groups=[1] * n).batch_indices(t) for t in range(iters)] == \
-        [plain.batch_indices(t) for t in range(iters)]
+    assert [GlobalBatchSampler(n, batch, seed=5, groups=[1] * n).batch_indices(t) for t in range(iters)] == [
+        plain.batch_indices(t) for t in range(iters)
+    ]
     with pytest.raises(MrcnnError, match="group ids"):
         GlobalBatchSampler(n, batch, groups=groups[:-1])
 
@@ -591,8 +641,10 @@ def test_aspect_ratio_grouping_cuts_padding():
     for name, g in (("grouped", groups), ("plain", None)):
         s = GlobalBatchSampler(n, batch, seed=0, groups=g)
         per_image[name] = sum(padded(s.batch_indices(t)) for t in range(n // batch)) / alone
-    print(f"padded pixels / each image padded alone: grouped {per_image['grouped']:.3f}, "
-          f"ungrouped {per_image['plain']:.3f}")
+    print(
+        f"padded pixels / each image padded alone: grouped {per_image['grouped']:.3f}, "
+        f"ungrouped {per_image['plain']:.3f}"
+    )
     assert per_image["grouped"] <= 1.03, per_image
     # what grouping saves here (expected ~1.28: 79% of random batches of 4 are mixed and pad to 1088 x 1088)
     assert per_image["plain"] >= 1.2, per_image
@@ -638,8 +690,15 @@ def test_evaluation_batches_one_aspect_group_at_a_time(data):
 
     def predictor(images):  # records each batch's orientations; predicts nothing
         seen.append([int(im.shape[-2] >= im.shape[-1]) for im in images])
-        return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
-                 "masks": torch.zeros(0, 1, *im.shape[-2:])} for im in images]
+        return [
+            {
+                "boxes": torch.zeros(0, 4),
+                "scores": torch.zeros(0),
+                "labels": torch.zeros(0, dtype=torch.int64),
+                "masks": torch.zeros(0, 1, *im.shape[-2:]),
+            }
+            for im in images
+        ]
 
     evaluate(predictor, ds, batch_size=2, log=lambda m: None, progress=False)
     flat = [g for b in seen for g in b]
@@ -661,6 +720,7 @@ def test_datasets_pickle_for_spawned_workers(data):
 
 
 # -- memory of forked DataLoader workers ------------------------------------------------------------------------
+
 
 def _private_mib() -> float:
     kb = 0
@@ -706,11 +766,19 @@ def test_forked_workers_share_annotations(tmp_path):
         (tmp_path / "train2017" / f"{i}.jpg").touch()  # never decoded here: only targets are read
         for _ in range(per_img):
             poly = (rng.uniform(4, hw - 4, coords)).round(2).tolist()
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1, "iscrowd": 0, "area": 100.0,
-                         "bbox": [4.0, 4.0, 50.0, 50.0], "segmentation": [poly]})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "area": 100.0,
+                    "bbox": [4.0, 4.0, 50.0, 50.0],
+                    "segmentation": [poly],
+                }
+            )
     path = tmp_path / "annotations" / "instances_train2017.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns,
-                                "categories": [{"id": 1, "name": "thing"}]}))
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}))
     ds = CocoDetection(tmp_path, "train2017", logger=lambda m: pytest.fail(m))
     peer = _coco(path)
 
@@ -724,8 +792,10 @@ def test_forked_workers_share_annotations(tmp_path):
                 peer.annToMask(a)
 
     g_ours, g_peer = _forked_growth(ours), _forked_growth(theirs)
-    print(f"private memory a forked worker gains reading all {len(anns)} annotations: ours {g_ours:.1f} MiB, "
-          f"pycocotools COCO {g_peer:.1f} MiB")
+    print(
+        f"private memory a forked worker gains reading all {len(anns)} annotations: ours {g_ours:.1f} MiB, "
+        f"pycocotools COCO {g_peer:.1f} MiB"
+    )
     assert g_peer >= 10, f"the peer copied only {g_peer:.1f} MiB: the measurement does not see copy-on-write"
     assert g_ours <= 0.25 * g_peer, (g_ours, g_peer)
 
@@ -746,10 +816,21 @@ def _exif_dataset(root: Path, json_size: tuple[int, int]) -> np.ndarray:
     stored.save(root / "val2017" / "phone.png", exif=exif)
     (root / "annotations").mkdir()
     w, h = json_size
-    doc = {"images": [{"id": 1, "file_name": "phone.png", "width": w, "height": h}],
-           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 10, 40, 20], "area": 800,
-                            "iscrowd": 0, "segmentation": [[20, 10, 60, 10, 60, 30, 20, 30]]}],
-           "categories": [{"id": 1, "name": "box"}]}
+    doc = {
+        "images": [{"id": 1, "file_name": "phone.png", "width": w, "height": h}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [20, 10, 40, 20],
+                "area": 800,
+                "iscrowd": 0,
+                "segmentation": [[20, 10, 60, 10, 60, 30, 20, 30]],
+            }
+        ],
+        "categories": [{"id": 1, "name": "box"}],
+    }
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(doc))
     return seen
 
@@ -778,5 +859,7 @@ def test_exif_orientation_is_applied_as_annotation_tools_show_the_image(tmp_path
     warnings: list[str] = []
     ds = CocoDetection(tmp_path / "e", "val2017", logger=warnings.append)
     assert ds.load_image(0) is None
-    assert len(warnings) == 1 and "image size 80x48 (after its EXIF orientation 6) differs from annotation 60x60" \
-        in warnings[0], warnings
+    assert (
+        len(warnings) == 1
+        and "image size 80x48 (after its EXIF orientation 6) differs from annotation 60x60" in warnings[0]
+    ), warnings

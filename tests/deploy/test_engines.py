@@ -7,6 +7,7 @@ The tests marked `tensorrt` need TensorRT and a GPU (they skip here with their r
 (our plugins) and of the portable flavour deserialize, run and equal ONNX Runtime within the whole-pipeline
 tolerances; `mrcnn bench` times a plan; the C++ example runs one image.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -51,21 +52,36 @@ def test_a_trt_flavour_graph_given_to_tensorrt_rtx_is_one_line(tiny_onnx, tmp_pa
     needs_rtx()
     err = one_error_line(runner.invoke(app, ["build", str(tiny_onnx["trt"]), "-o", str(tmp_path / "out.plan")]))
     print(err)
-    assert "TensorRT-RTX has no plugin layers" in err and "--target rtx" in err and _no_files(tmp_path), err
+    assert "TensorRT-RTX has no plugin layers" in err and "--flavour rtx" in err and _no_files(tmp_path), err
 
 
 def test_build_with_full_tensorrt_errors_before_anything_is_written(tiny_onnx, tmp_path):
     """A plugin library that is not there is named before the runtime is imported; where TensorRT is not
     installed, the line names the package; without a GPU, a full-TensorRT build says so."""
     out = str(tmp_path / "out.plan")
-    err = one_error_line(runner.invoke(app, ["build", str(tiny_onnx["trt"]), "-o", out, "--runtime", "tensorrt",
-                                             "--plugins", str(tmp_path / "libmissing.so")]))
+    err = one_error_line(
+        runner.invoke(
+            app,
+            [
+                "build",
+                str(tiny_onnx["trt"]),
+                "-o",
+                out,
+                "--runtime",
+                "tensorrt",
+                "--plugins",
+                str(tmp_path / "libmissing.so"),
+            ],
+        )
+    )
     assert "libmissing.so: no such TensorRT plugin library" in err, err
-    err = one_error_line(runner.invoke(app, ["build", str(tiny_onnx["portable"]), "-o", out, "--runtime",
-                                             "tensorrt", "--workspace", "0"]))
+    err = one_error_line(
+        runner.invoke(
+            app, ["build", str(tiny_onnx["portable"]), "-o", out, "--runtime", "tensorrt", "--workspace", "0"]
+        )
+    )
     assert "--workspace must be >= 1" in err, err
-    err = one_error_line(runner.invoke(app, ["build", str(tiny_onnx["portable"]), "-o", out, "--runtime",
-                                             "tensorrt"]))
+    err = one_error_line(runner.invoke(app, ["build", str(tiny_onnx["portable"]), "-o", out, "--runtime", "tensorrt"]))
     print(err)
     if importlib.util.find_spec("tensorrt") is None:
         assert "cannot import tensorrt" in err and "pip install tensorrt" in err, err
@@ -88,12 +104,15 @@ def _copy_plan(plan, folder, **change):
 def test_an_engine_is_checked_before_it_is_loaded(rtx_plan, synth_data, tmp_path, command):
     """An engine without its .plan.json, from another runtime version, or on a machine without a GPU: one line from
     every command that takes artifacts, nothing written."""
+
     def run(plan):
         out = tmp_path / "out"
-        args = {"eval": ["eval", str(plan), "--data", str(synth_data), "--json", str(out) + ".json"],
-                "validate": ["validate", str(plan), "--data", str(synth_data), "--json", str(out) + ".json"],
-                "bench": ["bench", str(plan), "--json", str(out) + ".json"],
-                "predict": ["predict", str(plan), str(synth_data / "val2017"), "--out", str(out)]}[command]
+        args = {
+            "eval": ["eval", str(plan), "--data", str(synth_data), "--json", str(out) + ".json"],
+            "validate": ["validate", str(plan), "--data", str(synth_data), "--json", str(out) + ".json"],
+            "bench": ["bench", str(plan), "--json", str(out) + ".json"],
+            "predict": ["predict", str(plan), str(synth_data / "val2017"), "--out", str(out)],
+        }[command]
         err = one_error_line(runner.invoke(app, args))
         assert _no_files(tmp_path, "out*"), list(tmp_path.iterdir())
         return err
@@ -118,8 +137,11 @@ def test_the_profile_check_names_the_profile(rtx_plan):
 
     profile = ((1, 256, 256), (2, 256, 256))
     check_profile(rtx_plan, profile, 2, 256, 256)
-    with pytest.raises(MrcnnError, match=r"input 1x320x256 \(BxHxW\) is outside the engine's profile, min 1x256x256, "
-                                         r"max 2x256x256"):
+    with pytest.raises(
+        MrcnnError,
+        match=r"input 1x320x256 \(BxHxW\) is outside the engine's profile, min 1x256x256, "
+        r"max 2x256x256",
+    ):
         check_profile(rtx_plan, profile, 1, 320, 256)
 
 
@@ -134,8 +156,22 @@ def trt_engines(tiny_onnx, tmp_path_factory):
     plans = {}
     for flavour, extra in (("trt", ["--serialize-plugins"]), ("portable", [])):
         plans[flavour] = out / f"tiny-{flavour}.plan"
-        r = runner.invoke(app, ["build", str(tiny_onnx[flavour]), "-o", str(plans[flavour]), "--runtime", "tensorrt",
-                                "--batch", "2", "--timing-cache", str(out / "timing.cache"), *extra])
+        r = runner.invoke(
+            app,
+            [
+                "build",
+                str(tiny_onnx[flavour]),
+                "-o",
+                str(plans[flavour]),
+                "--runtime",
+                "tensorrt",
+                "--batch",
+                "2",
+                "--timing-cache",
+                str(out / "timing.cache"),
+                *extra,
+            ],
+        )
         assert r.exit_code == 0, r.stdout + r.stderr
     return plans
 
@@ -151,15 +187,15 @@ def test_engine_equals_onnx_runtime(trt_engines, tiny_onnx, flavour):
     info = json.loads(trt_engines[flavour].with_name(trt_engines[flavour].name + ".json").read_text())
     assert info["runtime"] == "tensorrt" and info["gpu"]["compute_capability"]
     if flavour == "trt":
-        assert info["plugins"]["serialized"] and set(info["plugins"]["ops"]) == {"AnchorGrid", "PreNmsSelect",
-                                                                                 "BoxNms"}
+        assert info["plugins"]["serialized"] and set(info["plugins"]["ops"]) == {"AnchorGrid", "PreNmsSelect", "BoxNms"}
 
 
 @pytest.mark.tensorrt
 def test_bench_times_a_plan(trt_engines, tiny_onnx, tmp_path):
     out = tmp_path / "bench.json"
-    r = runner.invoke(app, ["bench", str(tiny_onnx["portable"]), str(trt_engines["trt"]), "--iters", "10", "--json",
-                            str(out)])
+    r = runner.invoke(
+        app, ["bench", str(tiny_onnx["portable"]), str(trt_engines["trt"]), "--iters", "10", "--json", str(out)]
+    )
     assert r.exit_code == 0, r.stdout + r.stderr
     rows = json.loads(out.read_text())["rows"]
     print(r.stdout)
@@ -188,9 +224,21 @@ def test_the_cpp_example_runs_one_image(trt_engines, tmp_path):
     batch, sizes = batch_images([resized], engine.size_divisible, engine.static_size)
     raw = tmp_path / "image.f32"
     batch[0].numpy().astype(np.float32).tofile(raw)
-    r = subprocess.run([str(build / "mrcnn_infer"), str(trt_plugin_library()), str(trt_engines["trt"]), str(raw),
-                        str(batch.shape[2]), str(batch.shape[3]), str(int(sizes[0, 0])), str(int(sizes[0, 1]))],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            str(build / "mrcnn_infer"),
+            str(trt_plugin_library()),
+            str(trt_engines["trt"]),
+            str(raw),
+            str(batch.shape[2]),
+            str(batch.shape[3]),
+            str(int(sizes[0, 0])),
+            str(int(sizes[0, 1])),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     print(r.stdout[-2000:], r.stderr[-2000:])
     assert r.returncode == 0
     want = int(engine.run(batch, sizes)["num_detections"][0])

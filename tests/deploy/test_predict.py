@@ -1,5 +1,6 @@
 """`mrcnn predict`: overlays and predictions.json, from a checkpoint or an ONNX file; bad input is one line and
 writes nothing."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,14 +50,26 @@ def test_predict_writes_what_the_predictor_returns(tiny, tiny_onnx, tmp_path):
     ref = load_artifact(tiny["ckpt"], "cpu")([read_image(p) for p in paths])
     score = round(float(torch.cat([r["scores"] for r in ref]).median()), 3)  # drops about half of them
     for artifact, out in ((tiny["ckpt"], tmp_path / "pt"), (tiny_onnx["portable"], tmp_path / "onnx")):
-        r = runner.invoke(app, ["predict", str(artifact), str(tmp_path / "in"), "--out", str(out), "--score",
-                                str(score), "--device", "cpu"])
+        r = runner.invoke(
+            app,
+            [
+                "predict",
+                str(artifact),
+                str(tmp_path / "in"),
+                "--out",
+                str(out),
+                "--score",
+                str(score),
+                "--device",
+                "cpu",
+            ],
+        )
         assert r.exit_code == 0, r.output[-2000:]
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(out / "predictions.json"))
         assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == tiny["names"]
         counts, worst = [], 0.0
-        for i, (p, want) in enumerate(zip(paths, ref)):
+        for i, (p, want) in enumerate(zip(paths, ref, strict=True)):
             img = coco.imgs[i + 1]
             assert img["file_name"] == str(p) and (img["height"], img["width"]) == tuple(read_image(p).shape[1:])
             anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=[i + 1])), key=lambda a: -a["score"])
@@ -71,8 +84,10 @@ def test_predict_writes_what_the_predictor_returns(tiny, tiny_onnx, tmp_path):
             assert all(a["score"] >= score and "counts" in a["segmentation"] for a in anns)
             with Image.open(out / f"img{i}.png") as im:
                 assert im.size == (img["width"], img["height"])
-        print(f"{artifact.suffix}: --score {score}: detections per image {counts} of "
-              f"{[len(w['scores']) for w in ref]}, max box diff {worst:.2e} px")
+        print(
+            f"{artifact.suffix}: --score {score}: detections per image {counts} of "
+            f"{[len(w['scores']) for w in ref]}, max box diff {worst:.2e} px"
+        )
         assert worst <= BOX_TOL
 
 
@@ -85,8 +100,12 @@ def test_overlay_blends_masks_and_leaves_other_pixels():
     image = torch.randint(0, 256, (3, 64, 80), generator=g, dtype=torch.uint8)
     masks = torch.zeros(1, 1, 64, 80)
     masks[..., 25:46, 15:36] = 0.9
-    result = {"boxes": torch.tensor([[10.0, 20.0, 40.0, 50.0]]), "scores": torch.tensor([0.9]),
-              "labels": torch.tensor([2]), "masks": masks}
+    result = {
+        "boxes": torch.tensor([[10.0, 20.0, 40.0, 50.0]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([2]),
+        "masks": masks,
+    }
     pic = np.array(draw_detections(image, result, ["a", "b"], score=0.5)).astype(np.float64)
     orig = image.permute(1, 2, 0).numpy().astype(np.float64)
     want = np.rint((1 - MASK_ALPHA) * orig[30:41, 20:31] + MASK_ALPHA * np.array(palette(3)[2]))
@@ -97,12 +116,15 @@ def test_overlay_blends_masks_and_leaves_other_pixels():
     assert np.array_equal(below, orig.astype(np.uint8))  # under the score threshold: nothing drawn
 
 
-@pytest.mark.parametrize("case,needle", [
-    ("missing", "no such image file or folder"),
-    ("corrupt", "not a readable image"),
-    ("empty_folder", "no image files"),
-    ("bad_score", "--score must be in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("missing", "no such image file or folder"),
+        ("corrupt", "not a readable image"),
+        ("empty_folder", "no image files"),
+        ("bad_score", "--score must be in [0, 1]"),
+    ],
+)
 def test_predict_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, case, needle):
     target = tmp_path / "x.png"
     extra = []
@@ -137,8 +159,10 @@ def test_inputs_with_one_stem_get_their_own_overlays_named_in_predictions(tiny, 
     Image.open(src[1]).save(tmp_path / "a" / "x.jpg")
     Image.open(src[2]).save(tmp_path / "b" / "x.png")
     out = tmp_path / "out"
-    r = runner.invoke(app, ["predict", str(tiny["ckpt"]), str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out),
-                            "--score", "0.0"])
+    r = runner.invoke(
+        app,
+        ["predict", str(tiny["ckpt"]), str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--score", "0.0"],
+    )
     assert r.exit_code == 0, r.output[-2000:]
     doc = _read_predictions(out)
     mapping = {Path(i["file_name"]).relative_to(tmp_path).as_posix(): i.get("overlay") for i in doc["images"]}
@@ -155,7 +179,7 @@ def test_overlay_names_separate_stems_extensions_and_folders():
 
     files = [Path("a/x.png"), Path("a/x.jpg"), Path("b/x.png"), Path("a/y.png"), Path("c/X.PNG")]
     names = overlay_names(files)
-    print(dict(zip(map(str, files), names)))
+    print(dict(zip(map(str, files), names, strict=True)))
     assert names[3] == "y.png"  # a unique stem keeps its plain name
     assert len({n.lower() for n in names}) == len(files)  # distinct, also on a case-insensitive file system
     assert names[1] == "x_jpg.png"
@@ -187,8 +211,9 @@ def test_score_below_an_exported_models_threshold_is_said(tiny, tmp_path):
     from mrcnn.export import export_checkpoint
 
     onnx_path = tmp_path / "m.onnx"
-    export_checkpoint(tiny["ckpt"], onnx_path, target="portable", overrides=["model.box_score_thresh=0.3"],
-                      log=lambda m: None)
+    export_checkpoint(
+        tiny["ckpt"], onnx_path, flavour="portable", overrides=["model.box_score_thresh=0.3"], log=lambda m: None
+    )
     image = _write_pngs(tmp_path / "in")[0]
     r = runner.invoke(app, ["predict", str(onnx_path), str(image), "--out", str(tmp_path / "out"), "--score", "0.1"])
     print(r.output)
@@ -208,13 +233,15 @@ def test_labels_of_overlapping_boxes_do_not_overprint():
 
     boxes = [(40.0, 40.0, 120.0, 120.0)] * 3 + [(45.0, 42.0, 125.0, 118.0)]
     sizes = [(60.0, 12.0)] * 4
-    tags = [(x, y, x + w, y + h) for (x, y), (w, h) in zip(label_positions(boxes, sizes, (200, 200)), sizes)]
+    tags = [
+        (x, y, x + w, y + h) for (x, y), (w, h) in zip(label_positions(boxes, sizes, (200, 200)), sizes, strict=True)
+    ]
     print(tags)
     for i in range(len(tags)):
         for j in range(i):
             a, b = tags[i], tags[j]
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (i, j, a, b)
-    assert all(0 <= t[0] and t[2] <= 200 and 0 <= t[1] and t[3] <= 200 for t in tags)
+    assert all(t[0] >= 0 and t[2] <= 200 and t[1] >= 0 and t[3] <= 200 for t in tags)
 
 
 def test_skip_bad_skips_and_lists_unreadable_images(tiny, tmp_path):

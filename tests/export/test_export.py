@@ -13,6 +13,7 @@ may order differently; every comparison prints its measured differences.
 
 Tolerances (docs/design.md §6): boxes 1e-2 px, scores 1e-4, labels equal, 28x28 and pasted masks 1e-3.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import (
+    FLAVOURS,
     MAX_SIZE,
     MIN_SIZE,
     SCORE_TOL,
-    TARGETS,
     compare_detections,
     float_elements,
     noise,
@@ -60,11 +61,6 @@ ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
-
-
-
-
-
 @pytest.fixture(scope="module")
 def predictors(tiny_onnx):
     return {t: load_artifact(p, "cpu", log=print) for t, p in tiny_onnx.items()}
@@ -72,12 +68,19 @@ def predictors(tiny_onnx):
 
 # -- comparison helpers -----------------------------------------------------------------------------------------------
 
+
 def _per_image(out: dict[str, torch.Tensor]) -> list[dict]:
     """Fixed-size graph outputs -> per-image dicts of the first num_detections slots."""
     res = []
     for i, n in enumerate(out["num_detections"].tolist()):
-        res.append({"boxes": out["boxes"][i, :n], "scores": out["scores"][i, :n], "labels": out["labels"][i, :n],
-                    "masks28": out["masks"][i, :n]})
+        res.append(
+            {
+                "boxes": out["boxes"][i, :n],
+                "scores": out["scores"][i, :n],
+                "labels": out["labels"][i, :n],
+                "masks28": out["masks"][i, :n],
+            }
+        )
     return res
 
 
@@ -93,12 +96,13 @@ def _eager(model, images: torch.Tensor, sizes: torch.Tensor) -> dict[str, torch.
 
 # -- 1. both flavours equal PyTorch, and each other -------------------------------------------------------------------
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_flavour_equals_pytorch(tiny, predictors, target):
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_flavour_equals_pytorch(tiny, predictors, flavour):
     images = sample_images()
     ref = Predictor(tiny["model"], tiny["cfg"].input)(images)
-    got = predictors[target](images)
-    compare_detections(ref, got, f"{target} vs pytorch")
+    got = predictors[flavour](images)
+    compare_detections(ref, got, f"{flavour} vs pytorch")
 
 
 def test_flavours_equal_each_other(predictors):
@@ -111,12 +115,14 @@ def test_flavours_equal_each_other(predictors):
 def test_fp16_export_holds_float16_weights(tiny_onnx, tiny_fp16):
     """`export --fp16`: the weights are float16 (what stays float32 is GroupNorm's, < 1%), the file about half the
     size, the graph's inputs and outputs the float32 export's, and the metadata says so."""
-    for target, path in tiny_fp16.items():
-        m16, m32 = onnx.load(str(path)), onnx.load(str(tiny_onnx[target]))
+    for flavour, path in tiny_fp16.items():
+        m16, m32 = onnx.load(str(path)), onnx.load(str(tiny_onnx[flavour]))
         e16, e32 = float_elements(m16), float_elements(m32)
-        ratio = path.stat().st_size / tiny_onnx[target].stat().st_size
-        print(f"{target}: float32 export {e32}, --fp16 {e16}; file {path.stat().st_size / 1e6:.2f} MB = "
-              f"{ratio:.2f} of float32")
+        ratio = path.stat().st_size / tiny_onnx[flavour].stat().st_size
+        print(
+            f"{flavour}: float32 export {e32}, --fp16 {e16}; file {path.stat().st_size / 1e6:.2f} MB = "
+            f"{ratio:.2f} of float32"
+        )
         assert e16.get("FLOAT16", 0) >= 0.99 * sum(e16.values())
         assert ratio <= 0.65  # the weights halve; the graph itself (rtx: the NMS loop, the gathers) stays
         io = lambda m: [(v.name, v.type.tensor_type.elem_type) for v in [*m.graph.input, *m.graph.output]]  # noqa
@@ -138,7 +144,7 @@ def test_fp16_graph_tracks_the_float32_model(tiny, tiny_fp16):
     got = runs["rtx"]
     twins = total = 0
     d_box, d_score = [], []
-    for r, o in zip(ref, got):
+    for r, o in zip(ref, got, strict=True):
         for i in range(len(r["boxes"])):
             same = o["labels"] == r["labels"][i]
             if not same.any():
@@ -151,26 +157,29 @@ def test_fp16_graph_tracks_the_float32_model(tiny, tiny_fp16):
                 d_box.append(float(db[j]))
                 d_score.append(ds)
         total += len(r["boxes"])
-    print(f"fp16 vs float32 PyTorch: {twins}/{total} detections with a twin; their box diff max "
-          f"{max(d_box, default=float('nan')):.3g} px, score diff max {max(d_score, default=float('nan')):.3g}")
+    print(
+        f"fp16 vs float32 PyTorch: {twins}/{total} detections with a twin; their box diff max "
+        f"{max(d_box, default=float('nan')):.3g} px, score diff max {max(d_score, default=float('nan')):.3g}"
+    )
     assert total >= MIN_DETECTIONS * len(images)
     assert twins >= 0.9 * total
 
 
 # -- 2. batch: each image's results equal its batch-1 results (same padded tensor) ----------------------------------
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_batch_independent(tiny, predictors, target):
-    images = [u8(noise(180, 240, 7)), u8(synthetic(256, 192, 8)), u8(synthetic(140, 250, 9)),
-              u8(noise(220, 160, 10))]
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_batch_independent(tiny, predictors, flavour):
+    images = [u8(noise(180, 240, 7)), u8(synthetic(256, 192, 8)), u8(synthetic(140, 250, 9)), u8(noise(220, 160, 10))]
     batch, sizes = _padded(images, tiny["cfg"])  # mixed sizes, zero-padded to the largest
-    p = predictors[target]
-    singles = [_per_image(p.run(batch[i:i + 1], sizes[i:i + 1]))[0] for i in range(4)]
+    p = predictors[flavour]
+    singles = [_per_image(p.run(batch[i : i + 1], sizes[i : i + 1]))[0] for i in range(4)]
     for B in (2, 4):
         got = _per_image(p.run(batch[:B], sizes[:B]))
-        compare_detections(singles[:B], got, f"{target} B={B} vs B=1")
-    compare_detections(_per_image(_eager(tiny["model"], batch, sizes)), _per_image(p.run(batch, sizes)),
-             f"{target} B=4 vs pytorch")
+        compare_detections(singles[:B], got, f"{flavour} B={B} vs B=1")
+    compare_detections(
+        _per_image(_eager(tiny["model"], batch, sizes)), _per_image(p.run(batch, sizes)), f"{flavour} B=4 vs pytorch"
+    )
 
 
 def test_pad_to_max_results_do_not_depend_on_batch_mates(tiny, predictors):
@@ -190,12 +199,31 @@ def test_pad_to_max_results_do_not_depend_on_batch_mates(tiny, predictors):
 
 # -- 3. no detection above the threshold: num_detections = 0, no error (static export through the CLI) -------------
 
-@pytest.mark.parametrize("target, opset", [("trt", 17), ("portable", 16), ("rtx", 16)])  # the oldest opsets too
-def test_zero_detections(tiny, tmp_path, target, opset):
-    out = tmp_path / f"none-{target}.onnx"
-    r = runner.invoke(app, ["export", str(tiny["ckpt"]), "-o", str(out), "--target", target, "--batch", "1",
-                            "--height", "256", "--width", "256", "--opset", str(opset),
-                            "--set", "model.box_score_thresh=1.0"])
+
+@pytest.mark.parametrize("flavour, opset", [("trt", 17), ("portable", 16), ("rtx", 16)])  # the oldest opsets too
+def test_zero_detections(tiny, tmp_path, flavour, opset):
+    out = tmp_path / f"none-{flavour}.onnx"
+    r = runner.invoke(
+        app,
+        [
+            "export",
+            str(tiny["ckpt"]),
+            "-o",
+            str(out),
+            "--flavour",
+            flavour,
+            "--batch",
+            "1",
+            "--height",
+            "256",
+            "--width",
+            "256",
+            "--opset",
+            str(opset),
+            "--set",
+            "model.box_score_thresh=1.0",
+        ],
+    )
     assert r.exit_code == 0, r.stdout + r.stderr
     model = onnx.load(str(out))
     assert ("", opset) in {(o.domain, o.version) for o in model.opset_import}
@@ -204,12 +232,12 @@ def test_zero_detections(tiny, tmp_path, target, opset):
     p = load_artifact(out, "cpu")
     images = sample_images()[:2]
     results = p(images)  # static batch 1: two runs
-    for im, res in zip(images, results):
+    for im, res in zip(images, results, strict=True):
         assert res["boxes"].shape == (0, 4) and res["scores"].shape == (0,) and res["labels"].shape == (0,)
         assert res["masks"].shape == (0, 1, *im.shape[-2:])
     batch, sizes = _padded(images[:1], tiny["cfg"])
     raw = p.run(torch.nn.functional.pad(batch, (0, 256 - batch.shape[-1], 0, 256 - batch.shape[-2])), sizes)
-    print(f"{target}: num_detections={raw['num_detections'].tolist()} max score={float(raw['scores'].max())}")
+    print(f"{flavour}: num_detections={raw['num_detections'].tolist()} max score={float(raw['scores'].max())}")
     assert raw["num_detections"].tolist() == [0]
     assert float(raw["scores"].abs().max()) == 0.0 and float(raw["masks"].abs().max()) == 0.0
 
@@ -219,23 +247,27 @@ def test_zero_detections(tiny, tmp_path, target, opset):
 _EAGER_CACHE: dict = {}
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_dynamic_size(tiny, predictors, target):
-    p = predictors[target]
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_dynamic_size(tiny, predictors, flavour):
+    p = predictors[flavour]
     for (H, W), (h, w) in (((320, 320), (300, 317)), ((800, 1216), (790, 1200)), ((640, 480), (629, 470))):
         img = torch.zeros(1, 3, H, W)
         img[0, :, :h, :w] = synthetic(h, w, H + W)
         sizes = torch.tensor([[h, w]])
         if (H, W) not in _EAGER_CACHE:
             _EAGER_CACHE[(H, W)] = _per_image(_eager(tiny["model"], img, sizes))
-        compare_detections(_EAGER_CACHE[(H, W)], _per_image(p.run(img, sizes)), f"{target} {H}x{W}")
+        compare_detections(_EAGER_CACHE[(H, W)], _per_image(p.run(img, sizes)), f"{flavour} {H}x{W}")
 
 
 # -- 5. graph contents: trt nodes vs plugins/README.md, portable standard-only, checker, metadata -------------------
 
 _T = onnx.TensorProto
-_README_TYPES = {"float32": {_T.FLOAT}, "int64": {_T.INT64}, "bool": {_T.BOOL},
-                 "float32, float16": {_T.FLOAT, _T.FLOAT16}}
+_README_TYPES = {
+    "float32": {_T.FLOAT},
+    "int64": {_T.INT64},
+    "bool": {_T.BOOL},
+    "float32, float16": {_T.FLOAT, _T.FLOAT16},
+}
 _README_ATTRS = {"float[]": "floats", "float": "float", "int": "int", "bool": "int"}
 
 
@@ -246,8 +278,12 @@ def _contract_types(dtype: str) -> set | None:
     names = TYPE_PARAMS.get(dtype, [dtype])
     if dtype == "T_any":
         return None
-    m = {"tensor(float)": onnx.TensorProto.FLOAT, "tensor(float16)": onnx.TensorProto.FLOAT16,
-         "tensor(int64)": onnx.TensorProto.INT64, "tensor(bool)": onnx.TensorProto.BOOL}
+    m = {
+        "tensor(float)": onnx.TensorProto.FLOAT,
+        "tensor(float16)": onnx.TensorProto.FLOAT16,
+        "tensor(int64)": onnx.TensorProto.INT64,
+        "tensor(bool)": onnx.TensorProto.BOOL,
+    }
     return {m[n] for n in names}
 
 
@@ -256,7 +292,7 @@ def _readme_types(rows: list, i: int) -> set | None:
     if dtype == "any":
         return None
     if dtype.startswith("same as "):
-        ref = dtype[len("same as "):]
+        ref = dtype[len("same as ") :]
         return _readme_types(rows, [n for n, _ in rows].index(ref))
     return _README_TYPES[dtype]
 
@@ -269,8 +305,9 @@ def _attr_value(a):
 def test_trt_nodes_match_plugin_table(tiny_onnx):
     register_schemas()
     model = onnx.shape_inference.infer_shapes(onnx.load(str(tiny_onnx["trt"])), strict_mode=True)
-    elem = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input,
-                                                           *model.graph.output]}
+    elem = {
+        v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]
+    }
     nodes = [n for n in model.graph.node if n.domain == DOMAIN]
     found = {n.op_type for n in nodes}
     assert found == {"AnchorGrid", "PreNmsSelect", "BoxNms"}, found
@@ -304,31 +341,36 @@ def test_contract_matches_plugin_table():
             assert [p.name for p in ports] == [name for name, _ in row[kind]], (op_type, kind)
             for i, p in enumerate(ports):
                 assert _contract_types(p.dtype) == _readme_types(row[kind], i), (op_type, kind, p.name)
-        assert [(a.name, a.kind) for a in d.attrs] == [(name, _README_ATTRS[t]) for name, t in row["attribute"]], \
+        assert [(a.name, a.kind) for a in d.attrs] == [(name, _README_ATTRS[t]) for name, t in row["attribute"]], (
             op_type
+        )
 
 
 def test_graphs_check_and_describe_themselves(tiny_onnx, tiny):
     register_schemas()
-    for target, path in tiny_onnx.items():
+    for flavour, path in tiny_onnx.items():
         onnx.checker.check_model(str(path), full_check=True)
         model = onnx.load(str(path))
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
         domains = {n.domain for n in model.graph.node}
         ops = {n.op_type for n in model.graph.node}
-        if target == "portable":
+        if flavour == "portable":
             assert domains <= {"", "ai.onnx"}, domains
             assert {"TopK", "NonMaxSuppression", "RoiAlign"} <= ops
-        elif target == "rtx":
+        elif flavour == "rtx":
             assert domains <= {"", "ai.onnx"}, domains
             assert not ops & set(NOT_IN_RTX), ops & set(NOT_IN_RTX)
             assert sum(n.op_type == "Loop" for n in model.graph.node) == 2  # the RPN's and the detections' NMS
         else:
             assert "NonMaxSuppression" not in ops and "TopK" not in ops
-        if target != "rtx":
+        if flavour != "rtx":
             roi = [n for n in model.graph.node if n.op_type == "RoiAlign"]
-            assert roi and all(_attr_value(a) == "output_half_pixel" for n in roi for a in n.attribute
-                               if a.name == "coordinate_transformation_mode"), "RoiAlign: aligned=False semantics"
+            assert roi and all(
+                _attr_value(a) == "output_half_pixel"
+                for n in roi
+                for a in n.attribute
+                if a.name == "coordinate_transformation_mode"
+            ), "RoiAlign: aligned=False semantics"
             assert all(any(a.name == "coordinate_transformation_mode" for a in n.attribute) for n in roi)
         outs = {o.name: o.type.tensor_type for o in inferred.graph.output}
         assert list(outs) == ["boxes", "scores", "labels", "masks", "num_detections"]
@@ -340,13 +382,16 @@ def test_graphs_check_and_describe_themselves(tiny_onnx, tiny):
         dims = ins[0].type.tensor_type.shape.dim  # [batch, 3, height, width]: dynamic except the channels
         assert dims[0].dim_param and dims[2].dim_param and dims[3].dim_param and dims[1].dim_value == 3, dims
         meta = {p.key: p.value for p in model.metadata_props}
-        assert meta["mrcnn.flavour"] == target
+        assert meta["mrcnn.flavour"] == flavour
         assert json.loads(meta["mrcnn.class_names"]) == tiny["names"]
         assert Config.from_dict(json.loads(meta["mrcnn.config"])).model.box_score_thresh == 0.0
         pre = json.loads(meta["mrcnn.preprocess"])
         inp = tiny["cfg"].input
-        assert (pre["min_size"], pre["max_size"], pre["size_divisible"]) == (inp.min_size, inp.max_size,
-                                                                              inp.size_divisible)
+        assert (pre["min_size"], pre["max_size"], pre["size_divisible"]) == (
+            inp.min_size,
+            inp.max_size,
+            inp.size_divisible,
+        )
         assert pre["image_mean"] == list(tiny["cfg"].model.image_mean)
         assert inp.pad_to_max and pre["pad_to"] == [inp.max_size, inp.max_size], pre  # shapes-tiny trains so
         import mrcnn
@@ -354,25 +399,32 @@ def test_graphs_check_and_describe_themselves(tiny_onnx, tiny):
         assert meta["mrcnn.version"] == mrcnn.__version__
 
 
-def _op_session(module: torch.nn.Module, args: tuple, dynamic_shapes, target: str):
-    """One op's graph in `target`'s translation, as an ORT session (inputs in `args` order) and its op types."""
+def _op_session(module: torch.nn.Module, args: tuple, dynamic_shapes, flavour: str):
+    """One op's graph in `flavour`'s translation, as an ORT session (inputs in `args` order) and its op types."""
     from mrcnn.deploy.ort_predictor import ort_session
     from mrcnn.export.translations import translation_table
 
     with torch.no_grad():
-        prog = torch.onnx.export(module.eval(), args, dynamo=True, custom_translation_table=translation_table(target),
-                                 dynamic_shapes=dynamic_shapes, opset_version=18, verbose=False)
+        prog = torch.onnx.export(
+            module.eval(),
+            args,
+            dynamo=True,
+            custom_translation_table=translation_table(flavour),
+            dynamic_shapes=dynamic_shapes,
+            opset_version=18,
+            verbose=False,
+        )
     sess = ort_session(prog.model_proto, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
 
     def run(*inputs):
-        return [torch.from_numpy(o) for o in sess.run(None, {n: x.numpy() for n, x in zip(names, inputs)})]
+        return [torch.from_numpy(o) for o in sess.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})]
 
     return run, {(x.domain, x.op_type) for x in prog.model_proto.graph.node}
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_box_iou_exports(target):
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_box_iou_exports(flavour):
     """BoxIou (a training op, absent from the inference graph) exports too: node or decomposition, on ORT."""
     from mrcnn import native as kernels
     from mrcnn.ops import box_iou
@@ -386,11 +438,11 @@ def test_box_iou_exports(target):
     a[..., 2:] += a[..., :2]
     b = torch.cat([a[:, :3], torch.zeros(2, 2, 4)], 1)  # duplicates and degenerate boxes
     n, m = torch.export.Dim("n", min=2), torch.export.Dim("m", min=2)
-    run, ops = _op_session(Iou(), (a, b), ({1: n}, {1: m}), target)
-    assert (("mrcnn", "BoxIou") in ops) == (target == "trt"), ops
+    run, ops = _op_session(Iou(), (a, b), ({1: n}, {1: m}), flavour)
+    assert (("mrcnn", "BoxIou") in ops) == (flavour == "trt"), ops
     got = run(a, b)[0]
     d = float((got - box_iou(a.double(), b.double())).abs().max())
-    print(f"BoxIou {target}: max |ORT - float64 reference| = {d:.3g}")
+    print(f"BoxIou {flavour}: max |ORT - float64 reference| = {d:.3g}")
     assert got.shape == (2, 7, 5) and d <= 1e-5
 
 
@@ -429,8 +481,10 @@ def _nms_dims():
 def _check_nms(got, ref, what: str) -> None:
     gb, gs, gc, gi, gn = got
     rb, rs, rc, ri, rn = ref
-    print(f"{what}: num {gn.tolist()} (reference {rn.tolist()}), max box diff "
-          f"{float((gb - rb.float()).abs().max()) if gb.numel() else 0.0:.3g}")
+    print(
+        f"{what}: num {gn.tolist()} (reference {rn.tolist()}), max box diff "
+        f"{float((gb - rb.float()).abs().max()) if gb.numel() else 0.0:.3g}"
+    )
     assert gn.tolist() == rn.tolist(), what
     assert torch.equal(gi, ri) and torch.equal(gc, rc), f"{what}: indices {gi.tolist()} vs {ri.tolist()}"
     assert torch.equal(gb, rb.float()) and torch.equal(gs, rs.float()), what  # gathered, not computed
@@ -450,10 +504,21 @@ def test_box_nms_rtx_equals_reference(score):
     assert ("", "Loop") in ops and ("", "NonMaxSuppression") not in ops, ops
     none = list(_nms_case(2, 30, 1))
     none[3] = torch.zeros_like(none[3])
-    for what, args in (("clusters", case), ("dense", _nms_case(2, 2000, 2, clusters=2, classes=1)),
-                       ("one box", (torch.tensor([[[1.0, 2.0, 30.0, 40.0]]]), torch.tensor([[0.9]]),
-                                    torch.tensor([[2]]), torch.tensor([[True]]))),
-                       ("no candidate", tuple(none)), ("fewer than K", _nms_case(2, 12, 3))):
+    for what, args in (
+        ("clusters", case),
+        ("dense", _nms_case(2, 2000, 2, clusters=2, classes=1)),
+        (
+            "one box",
+            (
+                torch.tensor([[[1.0, 2.0, 30.0, 40.0]]]),
+                torch.tensor([[0.9]]),
+                torch.tensor([[2]]),
+                torch.tensor([[True]]),
+            ),
+        ),
+        ("no candidate", tuple(none)),
+        ("fewer than K", _nms_case(2, 12, 3)),
+    ):
         ref = box_nms_reference(*args, 0.5, score, K)
         _check_nms(run(*args), ref, f"{what} (score > {score})")
     assert int(ref[4].min()) < K  # the last case pads
@@ -474,8 +539,11 @@ def test_box_nms_rtx_beyond_the_topk_limit():
     scores = torch.rand(1, N, generator=g)
     cls, valid = torch.ones(1, N, dtype=torch.int64), torch.ones(1, N, dtype=torch.bool)
     run, _ = _op_session(_Nms(0.5, 0.0, K), (boxes, scores, cls, valid), _nms_dims(), "rtx")
-    _check_nms(run(boxes, scores, cls, valid), box_nms_reference(boxes, scores, cls, valid, 0.5, 0.0, K),
-               "disjoint, 5000 candidates")
+    _check_nms(
+        run(boxes, scores, cls, valid),
+        box_nms_reference(boxes, scores, cls, valid, 0.5, 0.0, K),
+        "disjoint, 5000 candidates",
+    )
     same = boxes.clone()
     top = scores[0].argsort(descending=True)[:RTX_MAX_TOPK]
     same[0, top] = boxes[0, top[0]]  # the top 3840 are one box: 1 kept among them
@@ -492,14 +560,13 @@ def test_roi_align_rtx_equals_torchvision(size, aligned):
     sub-pixel, on the border, batch 2; and on no RoI at all."""
     from torchvision.ops import roi_align
 
-    from mrcnn import native as kernels
-    from mrcnn.ops import dispatch
+    from mrcnn import native
 
     scales = [0.25, 0.125, 0.0625]
 
     class Pyramid(torch.nn.Module):
         def forward(self, f0, f1, f2, rois, levels):
-            return kernels.multilevel_roi_align([f0, f1, f2], rois, levels, scales, size, 2, aligned)
+            return native.multilevel_roi_align([f0, f1, f2], rois, levels, scales, size, 2, aligned)
 
     g = torch.Generator().manual_seed(5)
     feats = [torch.rand(2, 3, 64 // d, 80 // d, generator=g) for d in (4, 8, 16)]
@@ -513,21 +580,27 @@ def test_roi_align_rtx_equals_torchvision(size, aligned):
     rois = torch.cat([torch.randint(0, 2, (40, 1), generator=g).float(), boxes], 1)
     levels = torch.randint(0, 3, (40,), generator=g)
     r = torch.export.Dim("r", min=2, max=100000)
-    with dispatch.pyramid_roi_align_export(True):
-        run, ops = _op_session(Pyramid(), (*feats, rois, levels), (None, None, None, {0: r}, {0: r}), "rtx")
+    run, ops = _op_session(Pyramid(), (*feats, rois, levels), (None, None, None, {0: r}, {0: r}), "rtx")
     assert not {o for _, o in ops} & set(NOT_IN_RTX), ops
     got = run(*feats, rois, levels)[0]
-    ref = torch.cat([roi_align(feats[int(lv)].double(), rois[i:i + 1].double(), size, scales[int(lv)], 2, aligned)
-                     for i, lv in enumerate(levels)])
+    ref = torch.cat(
+        [
+            roi_align(feats[int(lv)].double(), rois[i : i + 1].double(), size, scales[int(lv)], 2, aligned)
+            for i, lv in enumerate(levels)
+        ]
+    )
     d = float((got - ref).abs().max())
-    print(f"RoIAlign rtx {size}x{size} aligned={aligned}: max |ORT - torchvision float64| = {d:.3g} over "
-          f"{rois.shape[0]} RoIs; RoI 2 (outside) max {float(got[2].abs().max()):.3g}")
+    print(
+        f"RoIAlign rtx {size}x{size} aligned={aligned}: max |ORT - torchvision float64| = {d:.3g} over "
+        f"{rois.shape[0]} RoIs; RoI 2 (outside) max {float(got[2].abs().max()):.3g}"
+    )
     assert got.shape == ref.shape and d <= 1e-5
     empty = run(*feats, rois[:0], levels[:0])[0]
     assert empty.shape == (0, 3, size, size)
 
 
 # -- 6. an outside peer: torchvision's eager Mask R-CNN, through the converter ---------------------------------------
+
 
 @pytest.fixture(scope="module")
 def torchvision_pair(tmp_path_factory):
@@ -536,8 +609,9 @@ def torchvision_pair(tmp_path_factory):
     from mrcnn.model.convert import convert_torchvision
 
     torch.manual_seed(0)
-    tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=MIN_SIZE, max_size=MAX_SIZE,
-                               box_score_thresh=0.0)
+    tv = maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=MIN_SIZE, max_size=MAX_SIZE, box_score_thresh=0.0
+    )
     tame(tv)
     tv.eval()
     d = tmp_path_factory.mktemp("tv-onnx")
@@ -547,30 +621,37 @@ def torchvision_pair(tmp_path_factory):
     return images, run_torchvision(tv, images), d / "r50.pt"
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_onnx_equals_torchvision(torchvision_pair, target):
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_onnx_equals_torchvision(torchvision_pair, flavour):
     images, ref, ckpt = torchvision_pair
     t0 = time.perf_counter()
-    path = export_checkpoint(ckpt, ckpt.parent / f"r50-{target}.onnx", target=target, log=lambda m: None,
-                             overrides=["model.box_score_thresh=0.0", f"input.min_size={MIN_SIZE}",
-                                        f"input.max_size={MAX_SIZE}"])
-    print(f"export r50 {target}: {time.perf_counter() - t0:.1f} s")
+    path = export_checkpoint(
+        ckpt,
+        ckpt.parent / f"r50-{flavour}.onnx",
+        flavour=flavour,
+        log=lambda m: None,
+        overrides=["model.box_score_thresh=0.0", f"input.min_size={MIN_SIZE}", f"input.max_size={MAX_SIZE}"],
+    )
+    print(f"export r50 {flavour}: {time.perf_counter() - t0:.1f} s")
     got = load_artifact(path, "cpu")(images)
-    compare_detections(ref, got, f"{target} vs torchvision")
+    compare_detections(ref, got, f"{flavour} vs torchvision")
 
 
 # -- CLI: export errors are one line, exit 1, no file written; eval accepts .onnx ---------------------------------
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--target", "tensorrt"], "unknown export target"),
-    (["--opset", "15"], "opset 15 is too old"),
-    (["--opset", "99"], "opset 99 is newer than the installed onnx package knows"),  # was onnx's checker traceback
-    (["--batch", "2", "--dynamic-batch"], "exclude each other"),
-    (["--height", "320"], "--height and --width go together"),
-    (["--height", "300", "--width", "320"], "multiples of size_divisible"),
-    (["--set", "model.nope=1"], "nope"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--flavour", "tensorrt"], "unknown export flavour"),
+        (["--opset", "15"], "opset 15 is too old"),
+        (["--opset", "99"], "opset 99 is newer than the installed onnx package knows"),  # was onnx's checker traceback
+        (["--batch", "2", "--dynamic-batch"], "exclude each other"),
+        (["--height", "320"], "--height and --width go together"),
+        (["--height", "300", "--width", "320"], "multiples of size_divisible"),
+        (["--set", "model.nope=1"], "nope"),
+    ],
+)
 def test_export_bad_options(tiny, tmp_path, args, needle):
     out = tmp_path / "m.onnx"
     err = one_error_line(runner.invoke(app, ["export", str(tiny["ckpt"]), "-o", str(out), *args]))
@@ -592,5 +673,3 @@ def test_export_bad_paths(tiny, tmp_path):
     err = one_error_line(runner.invoke(app, ["export", str(tmp_path / "missing.pt")]))
     assert "missing.pt" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.onnx", "noconfig.pt"]
-
-

@@ -1,10 +1,11 @@
-"""The float16 network of `mrcnn export --fp16` (mrcnn/model/precision.py), in PyTorch.
+"""The float16 network of `mrcnn export --fp16` (export/precision.py), in PyTorch.
 
 Checks: folding BatchNorm into the convolutions leaves the float32 model's features and detections unchanged
 (random BN statistics, so the fold is not the identity); the float16 networks' FPN features stay within float16's
 tolerance of float32 (docs/design.md §6: fp16 ~4e-3) with GroupNorm (shapes-tiny) and frozen BN (R-50); what is float16
 and what stays float32.
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,13 +52,17 @@ def test_folded_batch_norm_equals_the_unfolded_model():
     fold_batch_norms(folded.backbone)
     left = sum(isinstance(mod, FrozenBatchNorm2d) for mod in folded.modules())
     x, sizes = _inputs(160)
-    rel = [float((a - b).abs().max() / a.abs().max())
-           for a, b in zip(_features(m, x, sizes), _features(folded, x, sizes))]
+    rel = [
+        float((a - b).abs().max() / a.abs().max())
+        for a, b in zip(_features(m, x, sizes), _features(folded, x, sizes), strict=True)
+    ]
     with torch.no_grad():
         ref, got = m(x, sizes), folded(x, sizes)
     d_box = float((ref["boxes"] - got["boxes"]).abs().max())
-    print(f"R-50: {n_bn} frozen BN folded ({left} left); FPN features max rel diff {max(rel):.3g}; "
-          f"detections {ref['num_detections'].tolist()} vs {got['num_detections'].tolist()}, box {d_box:.3g} px")
+    print(
+        f"R-50: {n_bn} frozen BN folded ({left} left); FPN features max rel diff {max(rel):.3g}; "
+        f"detections {ref['num_detections'].tolist()} vs {got['num_detections'].tolist()}, box {d_box:.3g} px"
+    )
     assert n_bn == 53 and left == 0  # stem + 16 bottlenecks x 3 + 4 downsamples: every one sits after its conv
     assert max(rel) <= 1e-5
     assert torch.equal(ref["num_detections"], got["num_detections"]) and ref["num_detections"].min() >= 20
@@ -72,7 +77,7 @@ def test_half_network_features_within_fp16_tolerance(name, size):
     half = half_network(copy.deepcopy(m))
     x, sizes = _inputs(size)
     ref, got = _features(m, x, sizes), _features(half, x, sizes)
-    rel = [float((a - b).abs().max() / a.abs().max()) for a, b in zip(ref, got)]
+    rel = [float((a - b).abs().max() / a.abs().max()) for a, b in zip(ref, got, strict=True)]
     print(f"{name}: FPN features P2..P6 max rel diff float16 vs float32 " + " ".join(f"{r:.3g}" for r in rel))
     assert all(g.dtype == torch.float32 for g in got)  # the ops after the network get float32
     assert max(rel) <= FP16_FEATURE_TOL

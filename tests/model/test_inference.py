@@ -2,6 +2,7 @@
 the predictor's results within the design tolerances: detection for detection against the same model without them,
 on an R-50 with frozen BatchNorm (torchvision's architecture) and on shapes-tiny, with batches, mixed sizes and
 images without detections; and the trained model's COCO AP moves by at most 0.0005."""
+
 from __future__ import annotations
 
 import copy
@@ -18,16 +19,18 @@ from mrcnn.model.predictor import Predictor
 def _compare(plain: list[dict], fast: list[dict]) -> list[str]:
     """Assert detection-for-detection equality within the tolerances; one report line per image."""
     lines = []
-    for i, (r, o) in enumerate(zip(plain, fast)):
+    for i, (r, o) in enumerate(zip(plain, fast, strict=True)):
         assert len(o["scores"]) == len(r["scores"]), (i, len(o["scores"]), len(r["scores"]))
         if not len(r["scores"]):
             lines.append(f"image {i}: 0 detections on both")
             continue
         k = match(r, o)
-        d = {"box": float((o["boxes"][k] - r["boxes"]).abs().max()),
-             "score": float((o["scores"][k] - r["scores"]).abs().max()),
-             "mask28": float((o["masks28"][k] - r["masks28"]).abs().max()),
-             "pasted": float((o["masks"][k] - r["masks"]).abs().max())}
+        d = {
+            "box": float((o["boxes"][k] - r["boxes"]).abs().max()),
+            "score": float((o["scores"][k] - r["scores"]).abs().max()),
+            "mask28": float((o["masks28"][k] - r["masks28"]).abs().max()),
+            "pasted": float((o["masks"][k] - r["masks"]).abs().max()),
+        }
         lines.append(f"image {i}: {len(k)} detections, " + ", ".join(f"{n} {v:.3g}" for n, v in d.items()))
         assert d["box"] <= BOX_TOL and d["score"] <= SCORE_TOL, lines[-1]
         assert d["mask28"] <= MASK_TOL and d["pasted"] <= MASK_TOL, lines[-1]
@@ -86,6 +89,7 @@ def test_exports_keep_the_fixed_size_graph():
             def forward(self, x):
                 seen[name] = _tracing()
                 return x * 2
+
         return Probe()
 
     torch.export.export(record("torch.export"), (torch.ones(2),))
@@ -103,12 +107,11 @@ def test_trained_model_ap_moves_at_most_half_a_thousandth(trained, synth_data):
     aps = {}
     for optimize in (False, True):
         model, cfg, _ = load_model(trained["ckpt"], "cpu")
-        metrics, _ = evaluate(Predictor(model, cfg.input, optimize=optimize), ds, log=lambda m: None,
-                              progress=False)
+        metrics, _ = evaluate(Predictor(model, cfg.input, optimize=optimize), ds, log=lambda m: None, progress=False)
         aps[optimize] = (metrics["bbox"]["AP"], metrics["segm"]["AP"])
     print(f"AP without the levers {aps[False]}, with them {aps[True]}")
     assert aps[False][0] > 0.01  # a model that detects something
-    assert all(abs(a - b) <= 5e-4 for a, b in zip(aps[False], aps[True])), aps
+    assert all(abs(a - b) <= 5e-4 for a, b in zip(aps[False], aps[True], strict=True)), aps
 
 
 def test_bf16_tracks_fp32_and_is_refused_where_the_cpu_lacks_it(trained, synth_data, monkeypatch):
@@ -125,17 +128,36 @@ def test_bf16_tracks_fp32_and_is_refused_where_the_cpu_lacks_it(trained, synth_d
     from mrcnn.model import inference
 
     runner = CliRunner()
-    args = ["validate", str(trained["ckpt"]), "--reference", str(trained["ckpt"]), "--data", str(synth_data),
-            "--precision", "bf16", "--device", "cpu"]
+    args = [
+        "validate",
+        str(trained["ckpt"]),
+        "--reference",
+        str(trained["ckpt"]),
+        "--data",
+        str(synth_data),
+        "--precision",
+        "bf16",
+        "--device",
+        "cpu",
+    ]
     if inference.cpu_has_bf16():
         from mrcnn.api.validate import validate_artifact
 
-        report = validate_artifact(trained["ckpt"], synth_data, reference=trained["ckpt"], precision="bf16",
-                                   device="cpu", log=lambda m: None, progress=False)
+        report = validate_artifact(
+            trained["ckpt"],
+            synth_data,
+            reference=trained["ckpt"],
+            precision="bf16",
+            device="cpu",
+            log=lambda m: None,
+            progress=False,
+        )
         pairs = report["detections"]
-        print(f"AP drops bbox {report['ap_drop']['bbox']['AP']:+.4f} segm {report['ap_drop']['segm']['AP']:+.4f}; "
-              f"{pairs['paired']} of {pairs['reference_detections']} paired; score {pairs['score_abs_diff']}; "
-              f"mask IoU {pairs['mask_iou']}")
+        print(
+            f"AP drops bbox {report['ap_drop']['bbox']['AP']:+.4f} segm {report['ap_drop']['segm']['AP']:+.4f}; "
+            f"{pairs['paired']} of {pairs['reference_detections']} paired; score {pairs['score_abs_diff']}; "
+            f"mask IoU {pairs['mask_iou']}"
+        )
         n = pairs["reference_detections"]
         assert n >= 50 and pairs["paired"] >= min(0.99 * n, n - 2), pairs
         # typical detections move by bfloat16's rounding; a few pair across a changed NMS choice (scores far apart)

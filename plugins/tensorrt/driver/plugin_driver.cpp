@@ -98,21 +98,22 @@ using Shape = std::vector<int64_t>;
 struct Case {
   std::string plugin;
   std::vector<Field> fields;
-  std::vector<Shape> inputs;  // the input shapes a GPU run uses (one entry per size in `sizes`)
 };
 
-Field floats(std::string n, std::vector<float> v) { return {std::move(n), PluginFieldType::kFLOAT32, std::move(v), {}}; }
+Field floats(std::string n, std::vector<float> v) {
+  return {std::move(n), PluginFieldType::kFLOAT32, std::move(v), {}};
+}
 Field integer(std::string n, int32_t v) { return {std::move(n), PluginFieldType::kINT32, {}, {v}}; }
 
 std::vector<Case> cases() {
   float const clip = std::log(1000.0F / 16);
   return {
-      {"AnchorGrid", {floats("sizes", {32}), floats("aspect_ratios", {0.5F, 1.0F, 2.0F}), integer("stride", 0)}, {}},
-      {"BoxIou", {}, {}},
-      {"PreNmsSelect", {integer("top_k", 1000), floats("min_size", {0.0F}), floats("weights", {1, 1, 1, 1}),
-                        floats("clip", {clip})}, {}},
-      {"BoxNms", {floats("iou_threshold", {0.7F}), floats("score_threshold", {-INFINITY}), integer("max_output", 1000)},
-       {}},
+      {"AnchorGrid", {floats("sizes", {32}), floats("aspect_ratios", {0.5F, 1.0F, 2.0F}), integer("stride", 0)}},
+      {"BoxIou", {}},
+      {"PreNmsSelect",
+       {integer("top_k", 1000), floats("min_size", {0.0F}), floats("weights", {1, 1, 1, 1}), floats("clip", {clip})}},
+      {"BoxNms",
+       {floats("iou_threshold", {0.7F}), floats("score_threshold", {-INFINITY}), integer("max_output", 1000)}},
   };
 }
 
@@ -137,10 +138,14 @@ std::map<std::string, std::vector<double>> values(PluginFieldCollection const* f
     auto const& f = fc->fields[i];
     std::vector<double> v;
     for (int32_t k = 0; k < f.length; ++k) {
-      if (f.type == PluginFieldType::kFLOAT32) v.push_back(static_cast<float const*>(f.data)[k]);
-      else if (f.type == PluginFieldType::kINT32) v.push_back(static_cast<int32_t const*>(f.data)[k]);
-      else if (f.type == PluginFieldType::kINT64) v.push_back(static_cast<double>(static_cast<int64_t const*>(f.data)[k]));
-      else if (f.type == PluginFieldType::kFLOAT64) v.push_back(static_cast<double const*>(f.data)[k]);
+      if (f.type == PluginFieldType::kFLOAT32)
+        v.push_back(static_cast<float const*>(f.data)[k]);
+      else if (f.type == PluginFieldType::kINT32)
+        v.push_back(static_cast<int32_t const*>(f.data)[k]);
+      else if (f.type == PluginFieldType::kINT64)
+        v.push_back(static_cast<double>(static_cast<int64_t const*>(f.data)[k]));
+      else if (f.type == PluginFieldType::kFLOAT64)
+        v.push_back(static_cast<double const*>(f.data)[k]);
     }
     out[f.name] = v;
   }
@@ -148,8 +153,8 @@ std::map<std::string, std::vector<double>> values(PluginFieldCollection const* f
 }
 
 char const* typeName(DataType t) {
-  static char const* names[] = {"float32", "float16", "int8", "int32", "bool", "uint8", "fp8", "bfloat16", "int64",
-                                "int4"};
+  static char const* names[] = {"float32", "float16", "int8",     "int32", "bool",
+                                "uint8",   "fp8",     "bfloat16", "int64", "int4"};
   auto const i = static_cast<int32_t>(t);
   return i >= 0 && i < 10 ? names[i] : "?";
 }
@@ -159,7 +164,10 @@ std::string quoted(std::string const& s) {
   std::string out = "\"";
   for (char c : s) {
     if (c == '"' || c == '\\') out += '\\';
-    if (c == '\n') { out += "\\n"; continue; }
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
     out += c;
   }
   return out + "\"";
@@ -228,7 +236,9 @@ size_t elementSize(DataType t) {
   switch (t) {
     case DataType::kHALF: return 2;
     case DataType::kINT64: return 8;
-    case DataType::kBOOL: case DataType::kINT8: case DataType::kUINT8: return 1;
+    case DataType::kBOOL:
+    case DataType::kINT8:
+    case DataType::kUINT8: return 1;
     default: return 4;
   }
 }
@@ -249,10 +259,14 @@ std::vector<HostTensor> randomInputs(std::string const& p, std::vector<Shape> co
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u01(0.0F, 1.0F);
   std::vector<DataType> types;
-  if (p == "AnchorGrid") types = {DataType::kFLOAT, DataType::kFLOAT};
-  else if (p == "BoxIou") types = {DataType::kFLOAT, DataType::kFLOAT};
-  else if (p == "PreNmsSelect") types = {DataType::kFLOAT, DataType::kFLOAT, DataType::kFLOAT, DataType::kINT64};
-  else types = {DataType::kFLOAT, DataType::kFLOAT, DataType::kINT64, DataType::kBOOL};
+  if (p == "AnchorGrid")
+    types = {DataType::kFLOAT, DataType::kFLOAT};
+  else if (p == "BoxIou")
+    types = {DataType::kFLOAT, DataType::kFLOAT};
+  else if (p == "PreNmsSelect")
+    types = {DataType::kFLOAT, DataType::kFLOAT, DataType::kFLOAT, DataType::kINT64};
+  else
+    types = {DataType::kFLOAT, DataType::kFLOAT, DataType::kINT64, DataType::kBOOL};
   std::vector<HostTensor> out;
   for (size_t i = 0; i < shapes.size(); ++i) {
     HostTensor t{types[i], shapes[i], {}};
@@ -260,12 +274,15 @@ std::vector<HostTensor> randomInputs(std::string const& p, std::vector<Shape> co
     bool const boxes = (p == "BoxIou") || (p == "BoxNms" && i == 0) || (p == "PreNmsSelect" && i == 0);
     if (t.type == DataType::kFLOAT) {
       auto* f = reinterpret_cast<float*>(t.bytes.data());
-      for (int64_t k = 0; k < t.numel(); ++k) f[k] = (p == "PreNmsSelect" && i == 2) ? (u01(rng) - 0.5F) * 0.4F
-                                                  : boxes ? 0.0F : (u01(rng) - 0.5F) * 8.0F;
+      for (int64_t k = 0; k < t.numel(); ++k)
+        f[k] = (p == "PreNmsSelect" && i == 2) ? (u01(rng) - 0.5F) * 0.4F : boxes ? 0.0F : (u01(rng) - 0.5F) * 8.0F;
       if (boxes) {
         for (int64_t k = 0; k + 3 < t.numel(); k += 4) {
           float const x = u01(rng) * 600, y = u01(rng) * 600, w = 2 + u01(rng) * 120, h = 2 + u01(rng) * 120;
-          f[k] = x; f[k + 1] = y; f[k + 2] = x + w; f[k + 3] = y + h;
+          f[k] = x;
+          f[k + 1] = y;
+          f[k + 2] = x + w;
+          f[k + 3] = y + h;
         }
       }
       if (p == "BoxNms" && i == 1)
@@ -285,7 +302,8 @@ std::vector<HostTensor> randomInputs(std::string const& p, std::vector<Shape> co
 std::vector<HostTensor> cpuReference(std::string const& p, std::vector<Field> const& fields,
                                      std::vector<HostTensor> const& in, std::vector<HostTensor> out, int& status) {
   auto f = [&](char const* n) -> Field const& {
-    for (auto const& x : fields) if (x.name == n) return x;
+    for (auto const& x : fields)
+      if (x.name == n) return x;
     return fields.front();
   };
   auto F = [](HostTensor const& t) { return reinterpret_cast<float const*>(t.bytes.data()); };
@@ -294,23 +312,22 @@ std::vector<HostTensor> cpuReference(std::string const& p, std::vector<Field> co
   if (p == "AnchorGrid") {
     Shape const& a = in[0].shape;
     Shape const& b = in[1].shape;
-    status = mrcnn_anchor_grid_cpu(a[2], a[3], b[2], b[3], f("sizes").floats.data(),
-                                   static_cast<int64_t>(f("sizes").floats.size()), f("aspect_ratios").floats.data(),
-                                   static_cast<int64_t>(f("aspect_ratios").floats.size()), f("stride").ints[0],
-                                   Fo(out[0]));
+    status =
+        mrcnn_anchor_grid_cpu(a[2], a[3], b[2], b[3], f("sizes").floats.data(),
+                              static_cast<int64_t>(f("sizes").floats.size()), f("aspect_ratios").floats.data(),
+                              static_cast<int64_t>(f("aspect_ratios").floats.size()), f("stride").ints[0], Fo(out[0]));
   } else if (p == "BoxIou") {
     status = mrcnn_box_iou_f32_cpu(F(in[0]), F(in[1]), in[0].shape[0], in[0].shape[1], in[1].shape[1], Fo(out[0]));
   } else if (p == "PreNmsSelect") {
-    status = mrcnn_pre_nms_select_cpu(F(in[0]), F(in[1]), F(in[2]),
-                                      reinterpret_cast<int64_t const*>(in[3].bytes.data()), in[1].shape[0],
-                                      in[1].shape[1], f("top_k").ints[0], f("min_size").floats[0],
-                                      f("weights").floats.data(), f("clip").floats[0], Fo(out[0]), Fo(out[1]),
-                                      out[2].bytes.data());
+    status = mrcnn_pre_nms_select_cpu(
+        F(in[0]), F(in[1]), F(in[2]), reinterpret_cast<int64_t const*>(in[3].bytes.data()), in[1].shape[0],
+        in[1].shape[1], f("top_k").ints[0], f("min_size").floats[0], f("weights").floats.data(), f("clip").floats[0],
+        Fo(out[0]), Fo(out[1]), out[2].bytes.data());
   } else {
-    status = mrcnn_box_nms_cpu(F(in[0]), F(in[1]), reinterpret_cast<int64_t const*>(in[2].bytes.data()),
-                               in[3].bytes.data(), in[0].shape[0], in[0].shape[1], f("iou_threshold").floats[0],
-                               f("score_threshold").floats[0], f("max_output").ints[0], Fo(out[0]), Fo(out[1]),
-                               L(out[2]), L(out[3]), L(out[4]));
+    status =
+        mrcnn_box_nms_cpu(F(in[0]), F(in[1]), reinterpret_cast<int64_t const*>(in[2].bytes.data()), in[3].bytes.data(),
+                          in[0].shape[0], in[0].shape[1], f("iou_threshold").floats[0], f("score_threshold").floats[0],
+                          f("max_output").ints[0], Fo(out[0]), Fo(out[1]), L(out[2]), L(out[3]), L(out[4]));
   }
   return out;
 }
@@ -358,7 +375,10 @@ std::string gpuRun(IPluginV3* plugin, Case const& c, std::vector<Shape> const& s
   auto* build = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
   auto* own = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
   std::unique_ptr<IPluginV3> runtimePlugin(own->attachToContext(nullptr));
-  if (!runtimePlugin) { ok = false; return "\"attachToContext gave nullptr\""; }
+  if (!runtimePlugin) {
+    ok = false;
+    return "\"attachToContext gave nullptr\"";
+  }
   auto* run = static_cast<IPluginV3OneRuntime*>(runtimePlugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
   int32_t const nbIn = static_cast<int32_t>(shapes.size()), nbOut = build->getNbOutputs();
   std::vector<HostTensor> in = randomInputs(c.plugin, shapes, seed);
@@ -509,14 +529,16 @@ int main(int argc, char** argv) {
     // 1. fields round trip
     auto const given = values(&fc);
     auto const serialized = values(run->getFieldsToSerialize());
-    std::unique_ptr<IPluginV3> again(creator->createPlugin(c.plugin.c_str(), run->getFieldsToSerialize(),
-                                                           TensorRTPhase::kRUNTIME));
-    bool const roundTrip = again != nullptr && given == serialized &&
+    std::unique_ptr<IPluginV3> again(
+        creator->createPlugin(c.plugin.c_str(), run->getFieldsToSerialize(), TensorRTPhase::kRUNTIME));
+    bool const roundTrip =
+        again != nullptr && given == serialized &&
         values(static_cast<IPluginV3OneRuntime*>(again->getCapabilityInterface(PluginCapabilityType::kRUNTIME))
                    ->getFieldsToSerialize()) == given;
     all = all && roundTrip;
-    json << ", \"version\": " << quoted(core->getPluginVersion()) << ", \"namespace\": "
-         << quoted(core->getPluginNamespace()) << ", \"fields_round_trip\": " << (roundTrip ? "true" : "false");
+    json << ", \"version\": " << quoted(core->getPluginVersion())
+         << ", \"namespace\": " << quoted(core->getPluginNamespace())
+         << ", \"fields_round_trip\": " << (roundTrip ? "true" : "false");
     // 2. output types, shapes and the format table
     int32_t const nbOut = build->getNbOutputs();
     std::vector<Shape> shapes = shapesFor(c.plugin, 3, 20);
