@@ -6,9 +6,9 @@
 #
 #   bash benchmarks/gpu_session.sh [build] [roi] [train] [tests] [kernels] [profile] [diag] [data] [infer]
 #
-# No argument: `build roi train profile`, the one call that measures the open goal (issue 2, item 10: AMP +
-# channels-last training >= 1.3x torchvision) and, with the time the eager settings leave, profiles a bf16 step (what
-# to cut next if the goal is missed), sized for a lease of 15 device minutes in all (a machine's start takes 1-2):
+# No argument: `build roi train profile`, the one call that measures the training goal (AMP + channels-last training
+# against torchvision, docs/benchmarks.md) and, with the time the eager settings leave, profiles a bf16 step (what to
+# cut next if the goal is missed), sized for a lease of 15 device minutes in all (a machine's start takes 1-2):
 #   call 1  MRCNN_COMMIT=<sha> bash benchmarks/gpu_session.sh                 (timeout_s 600; at most 9 min)
 #   call 2  MRCNN_COMMIT=<sha> bash benchmarks/gpu_session.sh build tests kernels   (only if time is left; carry .whl)
 # Every stage and every training setting first checks the time left of GPU_SESSION_BUDGET_S (default 540 s from
@@ -27,11 +27,19 @@
 #            `--compile both` (compiling takes the warm-up steps; ~4 min allowed), then fp32 800x800
 #   tests    every `cuda`-marked test (needs pycocotools: carry its wheel, below), the plugin driver's enqueue among
 #            them (tests/deploy/test_trt_plugins.py)
-#   kernels  benchmarks/kernels.py --device cuda (MatchProposals vs torch; the NHWC RoIAlign backward vs the NCHW one:
-#            issue 24, goal 5)
+#   kernels  benchmarks/kernels.py --device cuda (MatchProposals vs torch; the NHWC RoIAlign backward vs the NCHW
+#            one)
 #   infer    benchmarks/infer_throughput.py --device cuda: batch 1 and 8 x autocast bf16 and fp16, ours (plain,
-#            the inference levers, the network as a CUDA graph) vs torchvision eager (~60 s each; issue 24, goal 4):
+#            the inference levers, the network as a CUDA graph) vs torchvision eager (~60 s each):
 #            `MRCNN_COMMIT=<sha> bash benchmarks/gpu_session.sh build infer` (timeout_s 600)
+#   serve    `mrcnn serve` on CUDA and the concurrency sweep against offline (benchmarks/serve_throughput.py --device
+#            cuda; ~90 s): needs the `serve` extra, whose wheels (nvidia-pytriton 55 MB, tritonclient, numpy<2, ...)
+#            fill a call's carry: carry .whl-serve alone, in its own call (`build serve`), made here with
+#              python3 -m pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_35_x86_64 \
+#                --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl-serve \
+#                nvidia-pytriton "tritonclient[http,grpc]" "numpy<2" pycocotools
+#            they go into a venv over the image's packages (build/serve-venv, kept by a warm machine), whose numpy 1.x
+#            Triton's Python backend needs
 #   profile  op tables of a bf16 800x1344 step (in the default call, last, when >= 90 s are left)
 #   diag, data   optional: cudaMalloc counts under two allocator settings; the
 #            trainer's data loader with 0 and 4 workers on the host's cores
@@ -67,12 +75,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     || exit 1
   export PYTHONPATH=/tmp/site
 fi
-# The package as its wheel lays it out (export/ and cli/ inside mrcnn/), on PYTHONPATH: the device image has no
-# registry for `pip install`. The native library is the one `build` makes (MRCNN_KERNELS_LIB).
-STAGE=/tmp/mrcnn-stage
-rm -rf "$STAGE" && mkdir -p "$STAGE" && cp -r mrcnn "$STAGE/" && cp -r export "$STAGE/mrcnn/export" \
-  && cp -r cli "$STAGE/mrcnn/cli"
-export PYTHONPATH=$STAGE${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+# The checkout imports as the package (mrcnn/export and mrcnn/cli are symlinks), on PYTHONPATH: the device image has
+# no registry for `pip install`. The native library is the one `build` makes (MRCNN_KERNELS_LIB).
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export MRCNN_KERNELS_LIB=${MRCNN_KERNELS_LIB:-$PWD/build/gpu/plugins/kernels/libmrcnn_kernels.so}
 export MRCNN_COMMIT=${MRCNN_COMMIT:-unknown}
 echo "stages: $stages | budget $BUDGET s | commit $MRCNN_COMMIT"
@@ -97,7 +102,7 @@ python3 -m mrcnn info
 # which a warm device machine keeps between calls ($OUT starts empty):
 #   the native multi-level RoIAlign (test_cuda_roi_align_equals_cpu): then `train`, `tests`, `kernels` and `profile`
 #     use it too;
-#   its NHWC kernels (test_cuda_roi_align_nhwc_equals_cpu; MRCNN_CUDA_ROI_ALIGN_NHWC=1, issue 24 goal 5): then
+#   its NHWC kernels (test_cuda_roi_align_nhwc_equals_cpu; MRCNN_CUDA_ROI_ALIGN_NHWC=1): then
 #     `train`, `tests` and `profile` run with them on.
 ROI_OK=build/gpu/cuda_roi_align.passed
 NHWC_OK=build/gpu/cuda_roi_align_nhwc.passed
@@ -153,7 +158,7 @@ if has tests && fits 240 "tests"; then  # -s: the tests print what they measured
   summary "$OUT/pytest_cuda.log" 60
 fi
 
-if has infer; then  # issue 24, goal 4: inference at 800x1333 vs torchvision eager, batch 1 and 8, AMP, a CUDA graph
+if has infer; then  # inference at 800x1333 vs torchvision eager, batch 1 and 8, AMP, a CUDA graph
   for spec in "1 bf16" "1 fp16" "8 bf16" "8 fp16"; do
     set -- $spec
     fits 75 "infer batch $1 $2" || continue
@@ -165,6 +170,30 @@ fi
 if has kernels && fits 120 "kernels"; then
   MRCNN_CUDA_ROI_ALIGN=$(native_roi_ok && echo 1 || echo 0) \
     bounded python3 benchmarks/kernels.py --device cuda --iters 50 --json "$OUT/kernels-cuda.json"
+fi
+
+if has serve && fits 90 "serve"; then  # the server on the GPU, the sweep against offline (acceptance of docs/serving.md)
+  if ls .whl-serve/*.whl >/dev/null 2>&1; then
+    python3 -m venv --system-site-packages build/serve-venv \
+      && build/serve-venv/bin/python -m pip install -q --no-index --find-links .whl-serve nvidia-pytriton \
+        "tritonclient[http,grpc]" "numpy<2" pycocotools || exit 1
+  fi
+  if [[ -x build/serve-venv/bin/python ]]; then
+    python3 -m mrcnn data synth /tmp/serve-data --train 4 --val 16 >/dev/null
+    python3 - <<'PY'  # a shapes-tiny checkpoint with random weights: the serving path, not the model, is measured
+import torch
+from mrcnn.config import get_config
+from mrcnn.model import build_model
+from mrcnn.model.checkpoint import save_checkpoint
+cfg = get_config("shapes-tiny"); torch.manual_seed(0)
+save_checkpoint("/tmp/serve.pt", {"config": cfg.to_dict(), "class_names": ["circle", "square", "triangle", "star",
+                "ellipse"], "model": build_model(cfg.model).state_dict()})
+PY
+    bounded build/serve-venv/bin/python benchmarks/serve_throughput.py --device cuda --artifact /tmp/serve.pt \
+      --data /tmp/serve-data --json "$OUT/serve_throughput-cuda.json"
+  else
+    echo "SKIPPED: serve needs the serve extra's wheels (carry .whl-serve, header above)"
+  fi
 fi
 
 if has profile && fits 90 "profile"; then

@@ -447,8 +447,8 @@ def build(
 @app.command()
 @handled
 def bench(
-    artifacts: list[Path] = typer.Argument(
-        ..., help="checkpoints (.pt) and exported models (.onnx), compared side by side"
+    artifacts: list[Path] | None = typer.Argument(
+        None, help="checkpoints (.pt) and exported models (.onnx), compared side by side"
     ),
     batch: int = typer.Option(1, "--batch", help="images per call"),
     size: str = typer.Option("480x640", "--size", help="HxW of the synthetic images (without --data)"),
@@ -459,16 +459,49 @@ def bench(
     paste: bool = typer.Option(True, "--paste/--no-paste", help="paste masks into the image (as predict does)"),
     device: str | None = typer.Option(None, "--device"),
     json_out: Path | None = typer.Option(None, "--json", help="write the measurements"),
+    server: str | None = typer.Option(
+        None, "--server", help="a running server's HTTP address (mrcnn serve): load it instead of timing artifacts"
+    ),
+    grpc_url: str | None = typer.Option(None, "--grpc-url", help="--server: its gRPC address (default: HTTP port + 1)"),
+    model_name: str = typer.Option("mrcnn", "--model-name", help="--server: the model's name"),
+    clients: str = typer.Option("1,2,4,8", "--clients", help="--server: the concurrencies to sweep"),
+    requests: int = typer.Option(20, "--requests", help="--server: requests per client"),
+    protocol: str = typer.Option("both", "--protocol", help="--server: http, grpc or both"),
 ) -> None:
-    """Latency (mean, p50, p90, p99), images/s and memory of artifacts, timed taking turns on the same images."""
+    """Latency (mean, p50, p90, p99), images/s and memory of artifacts, timed taking turns on the same images; or,
+    with --server, of a running server under 1, 2, 4, 8 concurrent clients (HTTP and gRPC)."""
     from mrcnn.deploy.bench import bench_artifacts, format_bench
 
     try:
         h, w = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise MrcnnError(f"--size must be HxW (e.g. 480x640), got {size!r}") from None
+    if server is not None:
+        from mrcnn.deploy.load import bench_server
+
+        if artifacts:
+            raise MrcnnError("--server loads a running server: give it no artifacts")
+        try:
+            sweep = [int(c) for c in clients.split(",")]
+        except ValueError:
+            raise MrcnnError(f"--clients must be numbers separated by commas, got {clients!r}") from None
+        bench_server(
+            server,
+            grpc=grpc_url,
+            model=model_name,
+            protocols=("http", "grpc") if protocol == "both" else (protocol,),
+            clients=sweep,
+            requests=requests,
+            data=data,
+            size=(h, w),
+            images=max(batch, 8),
+            warmup=warmup,
+            json_out=json_out,
+            log=_log,
+        )
+        return
     report = bench_artifacts(
-        artifacts,
+        artifacts or [],
         batch=batch,
         size=(h, w),
         data=data,
@@ -526,6 +559,80 @@ def predict(
     )
     skipped = f" ({len(res['skipped'])} skipped)" if res["skipped"] else ""
     print(f"{res['detections']} detections on {res['images']} images{skipped} -> {res['out']}")
+
+
+@app.command()
+@handled
+def serve(
+    artifact: Path = typer.Argument(..., help="checkpoint (.pt), export (.onnx) or engine (.plan)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+    http_port: int = typer.Option(8000, "--http-port", help="HTTP/REST port (0: any free one)"),
+    grpc_port: int = typer.Option(8001, "--grpc-port", help="gRPC port (0: any free one)"),
+    metrics_port: int = typer.Option(8002, "--metrics-port", help="Prometheus metrics port (0: any free one)"),
+    model_name: str = typer.Option("mrcnn", "--model-name", help="the model's name in Triton's URLs"),
+    max_batch: int = typer.Option(4, "--max-batch", help="most requests Triton batches into one predictor call"),
+    max_queue_delay_us: int = typer.Option(
+        2000, "--max-queue-delay-us", help="how long a request may wait for others to batch with (microseconds)"
+    ),
+    instances: int = typer.Option(1, "--instances", help="model instances (processes) serving in parallel"),
+    score: float = typer.Option(0.5, "--score", help="score threshold of a request that names none"),
+    threads: int = typer.Option(0, "--threads", help="CPU threads per instance (0: torch's default)"),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda when available)"),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", help="largest image accepted (default 64 MP)"),
+    exit_timeout: int = typer.Option(30, "--exit-timeout", help="seconds a stop waits for requests in flight"),
+    verbose: bool = typer.Option(False, "--verbose", help="print Triton's own log"),
+) -> None:
+    """Serve an artifact on Triton Inference Server: HTTP + gRPC, dynamic batching, Prometheus metrics."""
+    from mrcnn.deploy.server import ServerOptions, serve
+
+    opts = ServerOptions(
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        model_name=model_name,
+        max_batch=max_batch,
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        score=score,
+        threads=threads,
+        device=device,
+        max_pixels=max_pixels,
+        exit_timeout_s=exit_timeout,
+        verbose=verbose,
+    )
+    code = serve(artifact, opts, log=_log)
+    if code:
+        raise MrcnnError(f"Triton Inference Server exited with status {code}")
+
+
+@app.command("triton-repo")
+@handled
+def triton_repo(
+    engine: Path = typer.Argument(..., help="an engine (.plan) with its .plan.json (mrcnn build)"),
+    output: Path = typer.Option(..., "-o", "--output", help="the repository folder to write (new or empty)"),
+    model_name: str = typer.Option("mrcnn", "--model-name", help="the ensemble's name (the model clients call)"),
+    score: float = typer.Option(0.5, "--score", help="score threshold of a request that names none"),
+    instances: int = typer.Option(1, "--instances", help="instances of each model"),
+    max_queue_delay_us: int = typer.Option(2000, "--max-queue-delay-us", help="the engine's batching delay"),
+    plugins: Path | None = typer.Option(
+        None, "--plugins", help="where the server will find libmrcnn_trt_plugins.so (for the README's command)"
+    ),
+) -> None:
+    """A Triton model repository for GPU servers: the engine, pre- and post-processing, and an ensemble with the
+    request / response schema of `mrcnn serve`."""
+    from mrcnn.deploy.triton_repo import gpu_repository
+
+    out = gpu_repository(
+        engine,
+        output,
+        name=model_name,
+        score=score,
+        instances=instances,
+        delay_us=max_queue_delay_us,
+        plugins=plugins,
+    )
+    _log(f"wrote {out} (start it as its README.md says)")
 
 
 @convert_app.command("torchvision")

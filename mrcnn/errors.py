@@ -1,4 +1,5 @@
 """The one project error type (the CLI prints it as one line and exits 1), and how a line about a bad file reads."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,10 +37,16 @@ def require_file(path: str | Path, missing: str, expected: str, label: str = "")
     return path
 
 
-_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
-          (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"BM", "a BMP image"),
-          (b"PK\x03\x04", "a zip archive (torch's checkpoint format)"),
-          (b"\x80", "a pickle (torch's legacy checkpoint format)"))
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"BM", "a BMP image"),
+    (b"PK\x03\x04", "a zip archive (torch's checkpoint format)"),
+    (b"\x80", "a pickle (torch's legacy checkpoint format)"),
+)
 
 
 def file_kind(path: str | Path) -> str | None:
@@ -50,6 +57,11 @@ def file_kind(path: str | Path) -> str | None:
             head = f.read(64)
     except OSError:
         return None
+    return bytes_kind(head)
+
+
+def bytes_kind(head: bytes) -> str | None:
+    """What data's first bytes say it is (file_kind's words), for data that is not a file (a request's body)."""
     if not head:
         return "empty"
     for magic, kind in _MAGIC:
@@ -62,10 +74,13 @@ def file_kind(path: str | Path) -> str | None:
     return None
 
 
-def unreadable(path: str | Path, what: str, error: BaseException, expected: str) -> MrcnnError:
+def unreadable(
+    path: str | Path, what: str, error: BaseException, expected: str, head: bytes | None = None
+) -> MrcnnError:
     """The one error line for a file that failed to read as a `what`: empty, of another kind than `expected` (a word
-    of file_kind's answer: "image", "JSON", "torch", "ONNX"), or the reader's own reason."""
-    kind = file_kind(path)
+    of file_kind's answer: "image", "JSON", "torch", "ONNX"), or the reader's own reason. `head`: the data's first
+    bytes where `path` only names data that is not a file."""
+    kind = file_kind(path) if head is None else bytes_kind(head[:64])
     if kind == "empty":
         return MrcnnError(f"{path}: not a readable {what} (the file is empty)")
     if kind and expected not in kind:

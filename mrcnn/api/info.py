@@ -50,8 +50,22 @@ def runtime_info() -> list[tuple[str, str]]:
     ):
         v = _version(mod)
         rows.append((name, v if v else "not installed"))
+    rows.append(serve_row())
     rows += plugin_rows()
     return rows
+
+
+def serve_row() -> tuple[str, str]:
+    """Whether `mrcnn serve` can start a server here: the tritonserver of nvidia-pytriton, and tritonclient."""
+    from mrcnn.deploy.server import triton_dist
+    from mrcnn.errors import MrcnnError
+
+    try:
+        where = triton_dist() / "bin" / "tritonserver"
+    except MrcnnError:
+        return ("Triton Inference Server", "not installed (pip install 'mrcnn[serve]')")
+    client = _version("tritonclient")
+    return ("Triton Inference Server", f"{where}; tritonclient {client or 'not installed'}")
 
 
 def plugin_rows() -> list[tuple[str, str]]:

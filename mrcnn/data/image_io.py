@@ -21,8 +21,10 @@ Any other mode is one MrcnnError naming the file and the mode.
 Size: an image above `max_pixels()` (default DEFAULT_MAX_PIXELS = 64 MP; MRCNN_MAX_PIXELS or set_max_pixels raise
 it) is refused from its header, before its pixels are decoded; PIL's own decompression-bomb check is left to ours.
 """
+
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -40,8 +42,9 @@ SUPPORTED_MODES = ("1", "L", "P", "RGB", "CMYK", "YCbCr", "I", "F") + _ALPHA_MOD
 def check_mode(path: str | Path, mode: str) -> None:
     """One error line for an image mode the readers cannot show as a viewer does."""
     if mode not in SUPPORTED_MODES and not mode.startswith("I;16"):
-        raise MrcnnError(f"{path}: image mode {mode} is not supported ({', '.join(SUPPORTED_MODES)} and I;16 are): "
-                         "convert it to RGB")
+        raise MrcnnError(
+            f"{path}: image mode {mode} is not supported ({', '.join(SUPPORTED_MODES)} and I;16 are): convert it to RGB"
+        )
 
 
 def max_pixels() -> int:
@@ -76,16 +79,19 @@ def _pil():
 def check_size(path: str | Path, width: int, height: int) -> None:
     limit = max_pixels()
     if width * height > limit:
-        raise MrcnnError(f"{path}: {width}x{height} = {width * height / 1e6:.1f} MP is above the limit of "
-                         f"{limit / 1e6:g} MP (raise it with --max-pixels or MRCNN_MAX_PIXELS)")
+        raise MrcnnError(
+            f"{path}: {width}x{height} = {width * height / 1e6:.1f} MP is above the limit of "
+            f"{limit / 1e6:g} MP (raise it with --max-pixels or MRCNN_MAX_PIXELS)"
+        )
 
 
-def open_checked(path: str | Path):
-    """The image opened (not decoded), its size checked against max_pixels; use as a context manager."""
+def open_checked(path: str | Path | io.BytesIO, name: str | Path | None = None):
+    """The image opened (not decoded), its size checked against max_pixels; use as a context manager. `name`: what
+    messages call it (default `path`)."""
     Image = _pil()
     im = Image.open(path)
     try:
-        check_size(path, *im.size)
+        check_size(path if name is None else name, *im.size)
     except MrcnnError:
         im.close()
         raise
@@ -105,8 +111,9 @@ def _gray(path, a: np.ndarray, mode: str) -> np.ndarray:
         scale = 1 / 257
     else:  # "I"
         if low < 0 or top > 65535:
-            raise MrcnnError(f"{path}: 32-bit integer image (mode I) with values outside [0, 65535]: convert it to "
-                             "8-bit RGB")
+            raise MrcnnError(
+                f"{path}: 32-bit integer image (mode I) with values outside [0, 65535]: convert it to 8-bit RGB"
+            )
         scale = 1.0 if top <= 255 else 1 / 257
     return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
 
@@ -132,18 +139,23 @@ def to_rgb(im, path: str | Path = "image") -> np.ndarray:
     raise MrcnnError(f"{path}: image mode {mode} is not readable here")  # (check_mode lists every mode above)
 
 
-def read_rgb(path: str | Path) -> tuple[np.ndarray, int]:
-    """(H x W x 3 uint8 pixels with the file's EXIF orientation applied, that orientation tag: 1 when none)."""
+def read_rgb(path: str | Path | bytes, name: str | None = None) -> tuple[np.ndarray, int]:
+    """(H x W x 3 uint8 pixels with the file's EXIF orientation applied, that orientation tag: 1 when none). `path`:
+    an image file, or an image file's bytes (a request's; `name` is what messages call them)."""
     from PIL import ImageOps
 
+    data = bytes(path) if isinstance(path, (bytes, bytearray, memoryview)) else None
+    label = path if data is None else (name or "image data")
     try:
-        with open_checked(path) as im:
-            check_mode(path, im.mode)
+        with open_checked(path if data is None else io.BytesIO(data), label) as im:
+            check_mode(label, im.mode)
             orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
             if orientation != 1:
                 im = ImageOps.exif_transpose(im)
-            return to_rgb(im, path), orientation
+            return to_rgb(im, label), orientation
     except MrcnnError:
         raise
     except (OSError, SyntaxError, ValueError) as e:  # PIL's kinds for a file that is not (or no longer) an image
-        raise UnreadableImage(str(unreadable(path, "image", e, "image"))) from None
+        if data is not None and type(e).__name__ == "UnidentifiedImageError":  # (its message names a BytesIO)
+            e = ValueError("no image format PIL reads")
+        raise UnreadableImage(str(unreadable(label, "image", e, "image", head=data))) from None
