@@ -23,7 +23,10 @@ from mrcnn.deploy.bench import bench_artifacts
 from mrcnn.deploy.load import bench_server
 
 
-def start_server(artifact: Path, batch: int, delay_us: int, threads: int, device: str) -> tuple[subprocess.Popen, str]:
+def start_server(
+    artifact: Path, batch: int, delay_us: int, threads: int, device: str
+) -> tuple[subprocess.Popen, str, str]:
+    """`mrcnn serve` on free ports; (the process, its HTTP URL, its gRPC address) from its startup line."""
     cmd = [
         sys.executable,
         "-m",
@@ -46,15 +49,15 @@ def start_server(artifact: Path, batch: int, delay_us: int, threads: int, device
         device,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url: list[str] = []
+    url: list[tuple[str, str]] = []
     seen: list[str] = []
 
     def read() -> None:
         for line in proc.stdout:
             seen.append(line.rstrip())
-            m = re.search(r"HTTP (http://\S+),", line)
+            m = re.search(r"HTTP (http://\S+), gRPC (\S+),", line)
             if m:
-                url.append(m.group(1))
+                url.append((m.group(1), m.group(2)))
 
     threading.Thread(target=read, daemon=True).start()
     for _ in range(1200):
@@ -64,7 +67,7 @@ def start_server(artifact: Path, batch: int, delay_us: int, threads: int, device
     if not url:
         proc.kill()
         raise SystemExit("the server did not start:\n" + "\n".join(seen[-20:]))
-    return proc, url[0]
+    return proc, *url[0]
 
 
 def main() -> None:
@@ -96,9 +99,11 @@ def main() -> None:
         return r["rows"][0]
 
     first = offline()
-    proc, url = start_server(a.artifact, a.batch, a.delay_us, a.threads, a.device)
+    proc, url, grpc = start_server(a.artifact, a.batch, a.delay_us, a.threads, a.device)
     try:
-        served = bench_server(url, clients=(1, 2, 4, 8), requests=a.requests, data=a.data, images=8, log=print)
+        served = bench_server(
+            url, grpc=grpc, clients=(1, 2, 4, 8), requests=a.requests, data=a.data, images=8, log=print
+        )
     finally:
         proc.terminate()
         proc.wait(60)

@@ -468,8 +468,9 @@ def bench(
     requests: int = typer.Option(20, "--requests", help="--server: requests per client"),
     protocol: str = typer.Option("both", "--protocol", help="--server: http, grpc or both"),
 ) -> None:
-    """Latency (mean, p50, p90, p99), images/s and memory of artifacts, timed taking turns on the same images; or,
-    with --server, of a running server under 1, 2, 4, 8 concurrent clients (HTTP and gRPC)."""
+    """Latency (mean, p50, p90, p99), images/s and memory of artifacts, timed taking turns on the same images.
+
+    With --server: a running server under 1, 2, 4, 8 concurrent clients (HTTP and gRPC), and the batches it formed."""
     from mrcnn.deploy.bench import bench_artifacts, format_bench
 
     try:
@@ -619,8 +620,9 @@ def triton_repo(
         None, "--plugins", help="where the server will find libmrcnn_trt_plugins.so (for the README's command)"
     ),
 ) -> None:
-    """A Triton model repository for GPU servers: the engine, pre- and post-processing, and an ensemble with the
-    request / response schema of `mrcnn serve`."""
+    """A Triton model repository of an engine for GPU servers, with the request / response schema of `mrcnn serve`.
+
+    The engine (tensorrt_plan), Python-backend pre- and post-processing and an ensemble, with a README."""
     from mrcnn.deploy.triton_repo import gpu_repository
 
     out = gpu_repository(

@@ -17,6 +17,17 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
+# fixtures that train or export a model (a minute or more on 2 cores): a test that uses one is `slow`, off the fast
+# path of CONTRIBUTING.md (pytest -m "not slow"), as are the tests marked so themselves (R-50 models, compiling, DDP)
+SLOW_FIXTURES = {"trained", "tiny_onnx", "tiny_fp16"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def shared(tmp_path_factory, worker_id):
     """`shared(name, build)`: the folder `name`, filled once by `build(folder)` for all workers of this run."""

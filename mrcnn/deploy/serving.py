@@ -87,6 +87,18 @@ def encode_detections(result: dict, threshold: float, image_size: tuple[int, int
     return {k: v[None] for k, v in out.items()}
 
 
+def request_threshold(requested: float | None, default: float, floor: float, artifact: str) -> float:
+    """A request's score threshold: its own, else `default`; one error when outside [floor, 1] (the artifact reports
+    no detection under its own threshold `floor`)."""
+    t = default if requested is None else float(requested)
+    if not floor <= t <= 1.0:  # (NaN fails both)
+        raise MrcnnError(
+            f"score_threshold {t:g}: must be in [{floor:g}, 1] ({artifact} reports no detection scoring under "
+            f"{floor:g})"
+        )
+    return t
+
+
 @dataclass
 class Request:
     image: bytes | None
@@ -128,21 +140,13 @@ class ServedModel:
         self.runtime = self.predictor.runtime
         self.floor = float(self.predictor.cfg.model.box_score_thresh)
 
-    def threshold(self, requested: float | None) -> float:
-        t = self.score if requested is None else float(requested)
-        if not self.floor <= t <= 1.0:  # (NaN fails both)
-            raise MrcnnError(
-                f"score_threshold {t:g}: must be in [{self.floor:g}, 1] ({self.artifact.name} reports no detection "
-                f"scoring under {self.floor:g})"
-            )
-        return t
-
     def infer(self, requests: list[Request]) -> list[dict | MrcnnError]:
         out: list[dict | MrcnnError | None] = [None] * len(requests)
         ready: list[tuple[int, torch.Tensor, float]] = []
         for i, r in enumerate(requests):
             try:
-                ready.append((i, decode_image(r.image), self.threshold(r.score_threshold)))
+                t = request_threshold(r.score_threshold, self.score, self.floor, self.artifact.name)
+                ready.append((i, decode_image(r.image), t))
             except MrcnnError as e:
                 out[i] = e
         if ready:

@@ -22,7 +22,7 @@ import torch
 
 from mrcnn.config import Config
 from mrcnn.data.image_io import set_max_pixels
-from mrcnn.deploy.serving import Request, ServedModel, decode_image, encode_detections
+from mrcnn.deploy.serving import Request, ServedModel, decode_image, encode_detections, request_threshold
 from mrcnn.errors import MrcnnError, message_line
 from mrcnn.model.preprocess import postprocess_detections, resize_image, to_float_image
 
@@ -142,18 +142,12 @@ class PostprocessModel(BaseModel):
         self.score = float(p.get("score", "0.5"))
         self.floor = float(Config.from_dict(json.loads(p["config"])).model.box_score_thresh)
 
-    def threshold(self, requested) -> float:
-        t = self.score if requested is None else float(requested)
-        if not self.floor <= t <= 1.0:
-            raise MrcnnError(f"score_threshold {t:g}: must be in [{self.floor:g}, 1]")
-        return t
-
     def respond(self, requests: list) -> list:
         pb = self.pb
         out = []
         for r in requests:
             try:
-                t = self.threshold(first(pb, r, "score_threshold"))
+                t = request_threshold(first(pb, r, "score_threshold"), self.score, self.floor, "the engine")
                 outputs = {
                     k: torch.from_numpy(pb.get_input_tensor_by_name(r, k).as_numpy())
                     for k in ("boxes", "scores", "labels", "masks", "num_detections")

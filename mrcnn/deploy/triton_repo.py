@@ -217,7 +217,7 @@ def gpu_repository(
     cfg = json.loads(meta["mrcnn.config"])
     pre = json.loads(meta.get("mrcnn.preprocess", "{}"))
     max_batch = int(profile["max"][0])
-    canvas = (int(profile["max"][2]), int(profile["max"][3]))
+    canvas = (int(profile["max"][-2]), int(profile["max"][-1]))  # (the profile of `images`: [B, H, W])
     div = int(pre.get("size_divisible", 32))
     need = -(-int(pre.get("max_size", 1333)) // div) * div
     if min(canvas) < need and not pre.get("pad_to"):

@@ -184,6 +184,7 @@ def test_eval_max_images(tiny, synth_data, tmp_path):
     assert "--max-images must be >= 0" in err
 
 
+@pytest.mark.slow
 def test_validate_applies_the_export_overrides_to_the_reference(tiny, synth_data, tmp_path):
     """An ONNX exported with `--set model.detections_per_img=10`: validate's default reference, the checkpoint named
     in the metadata, runs with the same setting (every detection pairs), whereas the checkpoint as saved keeps 50

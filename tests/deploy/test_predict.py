@@ -207,6 +207,7 @@ def test_score_below_the_checkpoints_threshold_lowers_it(tiny, tmp_path):
     assert len(scores) == n_want > n_above and min(scores) < 0.6
 
 
+@pytest.mark.slow
 def test_score_below_an_exported_models_threshold_is_said(tiny, tmp_path):
     from mrcnn.export import export_checkpoint
 

@@ -38,6 +38,7 @@ from helpers import (
     tame,
     u8,
 )
+from references import box_nms_reference
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -200,6 +201,7 @@ def test_pad_to_max_results_do_not_depend_on_batch_mates(tiny, predictors):
 # -- 3. no detection above the threshold: num_detections = 0, no error (static export through the CLI) -------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flavour, opset", [("trt", 17), ("portable", 16), ("rtx", 16)])  # the oldest opsets too
 def test_zero_detections(tiny, tmp_path, flavour, opset):
     out = tmp_path / f"none-{flavour}.onnx"
@@ -496,7 +498,6 @@ def test_box_nms_rtx_equals_reference(score):
     loop exactly (same kept indices in the same order) on clustered boxes with suppression chains, score ties,
     invalid and degenerate boxes, batch 2; on one box, on no candidate at all, and with fewer candidates than
     slots (padding)."""
-    from mrcnn.ops.nms import box_nms_reference
 
     K = 40
     case = _nms_case(2, 300, 0)
@@ -530,7 +531,6 @@ def test_box_nms_rtx_beyond_the_topk_limit():
     fewer are kept it returns those, where the reference goes on into the lower-scored rest (the documented
     limit: a conversion gap `mrcnn validate` shows)."""
     from mrcnn.export.translations import RTX_MAX_TOPK
-    from mrcnn.ops.nms import box_nms_reference
 
     N, K = 5000, 100
     g = torch.Generator().manual_seed(4)
@@ -621,6 +621,7 @@ def torchvision_pair(tmp_path_factory):
     return images, run_torchvision(tv, images), d / "r50.pt"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_onnx_equals_torchvision(torchvision_pair, flavour):
     images, ref, ckpt = torchvision_pair
@@ -643,7 +644,7 @@ def test_onnx_equals_torchvision(torchvision_pair, flavour):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--flavour", "tensorrt"], "unknown export flavour"),
+        (["--flavour", "tensorrt"], "unknown ONNX flavour"),
         (["--opset", "15"], "opset 15 is too old"),
         (["--opset", "99"], "opset 99 is newer than the installed onnx package knows"),  # was onnx's checker traceback
         (["--batch", "2", "--dynamic-batch"], "exclude each other"),

@@ -45,6 +45,7 @@ def _features(model, x, sizes):
         return model.backbone(model.normalize(x, sizes))
 
 
+@pytest.mark.slow
 def test_folded_batch_norm_equals_the_unfolded_model():
     m = _model("torchvision-r50-fpn")
     n_bn = sum(isinstance(mod, FrozenBatchNorm2d) for mod in m.modules())
@@ -69,7 +70,9 @@ def test_folded_batch_norm_equals_the_unfolded_model():
     assert d_box <= 1e-2 and torch.equal(ref["labels"], got["labels"])
 
 
-@pytest.mark.parametrize("name, size", [("shapes-tiny", 256), ("torchvision-r50-fpn", 160)])
+@pytest.mark.parametrize(
+    "name, size", [("shapes-tiny", 256), pytest.param("torchvision-r50-fpn", 160, marks=pytest.mark.slow)]
+)
 def test_half_network_features_within_fp16_tolerance(name, size):
     # few proposals and detections: the features do not depend on them, and float16 box and mask heads on a CPU
     # without float16 vector units take minutes for R-50's default 1000 proposals per image

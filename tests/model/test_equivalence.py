@@ -87,6 +87,7 @@ def cuda_models(models):
     return copy.deepcopy(tv).cuda(), copy.deepcopy(ours).cuda()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", on_devices("cpu", "cuda"))
 @pytest.mark.parametrize("backend", ["reference", "native"])
 @pytest.mark.parametrize("case", list(CASES))
@@ -129,6 +130,7 @@ def test_equals_torchvision(request, case, backend, device):
         assert (o["masks"][k] - r["masks"]).abs().max() <= MASK_TOL, line
 
 
+@pytest.mark.slow
 def test_converter_rejects_unknown_and_missing_keys(models, tmp_path):
     tv, _ = models
     sd = dict(tv.state_dict())
@@ -301,6 +303,7 @@ def test_backbone_variants(backbone, norm, trainable):
     assert out["boxes"].shape == (1, cfg.detections_per_img, 4)
 
 
+@pytest.mark.slow
 def test_converter_accepts_legacy_key_layout(models):
     tv, ours = models
     sd = dict(tv.state_dict())
@@ -366,6 +369,7 @@ def _boxes_target(h: int, w: int, boxes: list, labels: list) -> dict:
     return {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels), "masks": masks}
 
 
+@pytest.mark.slow
 def test_train_losses_equal_torchvision_when_every_candidate_is_sampled(models):
     """The training losses against torchvision's, same weights and inputs. The samplers are random (different
     random draws), so both take every candidate here (sample size above the candidate count): then matching,

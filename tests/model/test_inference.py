@@ -37,7 +37,7 @@ def _compare(plain: list[dict], fast: list[dict]) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("config", ["r50-fpn", "shapes-tiny"])
+@pytest.mark.parametrize("config", [pytest.param("r50-fpn", marks=pytest.mark.slow), "shapes-tiny"])
 def test_levers_keep_the_results(config):
     torch.manual_seed(0)
     cfg = get_config(config).override(["model.box_score_thresh=0.0"])

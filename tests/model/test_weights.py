@@ -41,7 +41,9 @@ def _randomize_bn(net: torch.nn.Module, seed: int) -> None:
             m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
 
 
-@pytest.mark.parametrize("depth,config", [("resnet18", "r18-fpn"), ("resnet50", "r50-fpn")])
+@pytest.mark.parametrize(
+    "depth,config", [("resnet18", "r18-fpn"), pytest.param("resnet50", "r50-fpn", marks=pytest.mark.slow)]
+)
 def test_imagenet_resnet_backbone_computes_torchvision_features(tmp_path, depth, config):
     """A torchvision ImageNet classifier's weights (BN statistics included) become our backbone body: its C5 equals
     the classifier's layer4 output; every tensor outside the body keeps its fresh initialisation."""

@@ -52,6 +52,7 @@ def test_accumulation_equals_big_batch(synth_data, tmp_path):
     assert moved > 1e-4, f"training did not change the weights (rel {moved:.2e})"
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_equal_single_process(synth_data, tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     if not Path(torchrun).exists():
@@ -263,6 +264,7 @@ def test_training_checks_val_and_resume_classes_by_name(synth_data, tmp_path):
         _train(tiny_config(max_iter=2), other, tmp_path / "r2", resume=True)
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_equals_one_process(synth_data, tmp_path):
     """DDP evaluation: 2 ranks predict alternate batches (12 images in batches of 5: 2 batches vs 1), rank 0 gathers
     and runs COCOeval; every rank's metrics equal one process's evaluation of all images."""
@@ -306,6 +308,7 @@ def test_channels_last_same_loss(synth_data, tmp_path, device):
     assert abs(a - b) <= 1e-3 * abs(a)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(synth_data, tmp_path):
     args = [
         "train",
@@ -413,6 +416,7 @@ def _signal_when_rows(proc: subprocess.Popen, run: Path, rows: int, send) -> Non
     [(signal.SIGTERM, 0, False), (signal.SIGINT, 2, True)],
     ids=["sigterm", "ctrl-c-with-workers"],
 )
+@pytest.mark.slow
 def test_signal_stops_after_the_iteration_and_resume_equals_uninterrupted(
     synth_data, tmp_path, uninterrupted, sig, workers, to_group
 ):
@@ -465,6 +469,7 @@ def test_signal_stops_after_the_iteration_and_resume_equals_uninterrupted(
     assert [r["iter"] for r in _rows(run) if "loss" in r] == list(range(1, 11))
 
 
+@pytest.mark.slow
 def test_ddp_ranks_stop_together_on_sigterm_to_torchrun(synth_data, tmp_path):
     """SIGTERM to torchrun (what `scancel` or a preemption sends): torchrun passes it to both ranks, they agree on
     the same last iteration, rank 0 writes last.pt there, and a resumed DDP run ends with the weights of an
@@ -543,6 +548,7 @@ def test_ddp_ranks_stop_together_on_sigterm_to_torchrun(synth_data, tmp_path):
     assert rel <= 1e-6, f"rel {rel:.3e} at {key}"
 
 
+@pytest.mark.slow
 def test_ddp_ranks_end_together_within_a_time_budget(synth_data, tmp_path):
     """--max-minutes under torchrun: each rank's clock differs, rank 0's decision holds for both, so the run ends
     with both ranks at the same iteration and equal parameters (no rank waits forever in a collective)."""
@@ -814,6 +820,7 @@ def test_metrics_rows_time_the_loader_apart(synth_data, tmp_path, monkeypatch):
     assert sum(r["data_time"] for r in fast if "loss" in r) < sum(r["data_time"] for r in slow if "loss" in r)
 
 
+@pytest.mark.slow
 def test_time_budget_shortens_the_run_and_moves_its_lr_steps(synth_data, tmp_path, monkeypatch):
     """--max-minutes: a 400-iteration run given 4 s ends early, near its budget, with both LR drops inside the
     shortened run (they move with its end); a budget the run fits in changes nothing (weights equal, rel 0.0).
@@ -914,6 +921,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-300))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", on_devices("cpu", "cuda"))
 def test_compiled_backbone_computes_the_eager_function(device):
     """`--compile` (MaskRCNN.compile_backbone): backbone + FPN features and the trainable parameters' gradients, NHWC
@@ -981,6 +989,7 @@ def test_compiled_backbone_computes_the_eager_function(device):
     assert max(e_comp[nf:]) <= min(1e-2, 10 * max(e_eager[nf:]) + 1e-6), (max(e_eager[nf:]), max(e_comp[nf:]))
 
 
+@pytest.mark.slow
 def test_train_with_compile_runs_and_saves_plain_checkpoints(synth_data, tmp_path):
     """`mrcnn train --compile` end to end (shapes-tiny): the first step's loss equals the eager run's, and the
     checkpoint loads into an uncompiled model."""
@@ -996,6 +1005,7 @@ def test_train_with_compile_runs_and_saves_plain_checkpoints(synth_data, tmp_pat
     build_model(Config.from_dict(ck["config"]).model).load_state_dict(ck["model"])  # strict: same keys
 
 
+@pytest.mark.slow
 def test_compile_failure_is_one_error_line(synth_data, tmp_path):
     """`--compile` where inductor cannot build (no working C++ compiler): exit 1 with one `error:` line naming
     --compile, no traceback, no checkpoint. A fresh inductor cache dir: no earlier compiled code can be reused."""
