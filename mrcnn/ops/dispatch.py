@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
+from types import MappingProxyType
 
 import torch
 from torch import Tensor
@@ -30,13 +31,15 @@ from mrcnn import native
 from mrcnn.errors import MrcnnError
 from mrcnn.ops import anchors, boxes, matcher, nms, proposals
 
-REFERENCE = {
-    "anchor_grid": anchors.anchor_grid,
-    "box_iou": boxes.box_iou,
-    "pre_nms_select": proposals.pre_nms_select,
-    "box_nms": nms.box_nms,
-    "match_proposals": matcher.match_proposals,
-}
+REFERENCE = MappingProxyType(
+    {
+        "anchor_grid": anchors.anchor_grid,
+        "box_iou": boxes.box_iou,
+        "pre_nms_select": proposals.pre_nms_select,
+        "box_nms": nms.box_nms,
+        "match_proposals": matcher.match_proposals,
+    }
+)  # read-only: the table is a constant
 OPS = tuple(REFERENCE)
 BACKENDS = ("reference", "native", "auto")
 
