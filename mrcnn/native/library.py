@@ -8,6 +8,7 @@ call(name, *args)                  one C function; a non-zero status is one Mrcn
 from __future__ import annotations
 
 import ctypes
+import importlib.resources
 import os
 from pathlib import Path
 
@@ -59,15 +60,17 @@ _LIB_ERROR: str | None = None
 
 
 def built_library(env: str, name: str, tree: str) -> Path | None:
-    """Where a library of this project is: $`env` if set, else the package's lib/`name`* (a wheel), else the most
-    recently built CMake tree's (a source checkout: build/dev, build/<wheel tag>, ...; `tree` under build/*/)."""
+    """Where a library of this project is: $`env` if set, else the package's lib/`name`* (a wheel, or what
+    `pip install -e .` installed beside the checkout), else the most recently built CMake tree's (a source checkout:
+    build/dev, build/<wheel tag>, ...; `tree` under build/*/)."""
     if os.environ.get(env):
         return Path(os.environ[env])
-    here = Path(__file__).resolve().parent.parent  # the mrcnn package
-    found = sorted((here / "lib").glob(f"{name}*")) if (here / "lib").is_dir() else []
+    lib = Path(str(importlib.resources.files("mrcnn") / "lib"))  # an editable install's package spans two folders
+    found = sorted(lib.glob(f"{name}*")) if lib.is_dir() else []
     if found:
         return found[0]
-    builds = sorted(here.parent.glob(f"build/*/{tree}/{name}*"), key=lambda p: p.stat().st_mtime)
+    checkout = Path(__file__).resolve().parents[2]
+    builds = sorted(checkout.glob(f"build/*/{tree}/{name}*"), key=lambda p: p.stat().st_mtime)
     return builds[-1] if builds else None
 
 
