@@ -93,7 +93,6 @@ def test_build_bad_input_is_one_line_and_writes_nothing(tiny_onnx, tmp_path, cas
     assert not list(tmp_path.glob("out.plan*"))
 
 
-@pytest.mark.slow
 def test_export_engine_builds_the_plan_too(tiny, tiny_fp16, tmp_path):
     """`mrcnn export --flavour rtx --engine`: the ONNX and its TensorRT-RTX engine in one command (the default
     profile: shapes-tiny pads every batch to 256x256); the --fp16 export's engine (`mrcnn build`, the same default

@@ -353,7 +353,6 @@ def test_endpoints_are_tritons(server, trained):
     assert ok and float(ok[0].rsplit(" ", 1)[1]) > 0
 
 
-@pytest.mark.slow
 def test_memory_after_1000_requests_within_10_percent_of_after_100(server, val_files):
     bodies = [f.read_bytes() for f in val_files]
 

@@ -498,7 +498,6 @@ def test_box_nms_rtx_equals_reference(score):
     loop exactly (same kept indices in the same order) on clustered boxes with suppression chains, score ties,
     invalid and degenerate boxes, batch 2; on one box, on no candidate at all, and with fewer candidates than
     slots (padding)."""
-
     K = 40
     case = _nms_case(2, 300, 0)
     run, ops = _op_session(_Nms(0.5, score, K), case, _nms_dims(), "rtx")

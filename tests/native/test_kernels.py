@@ -869,33 +869,6 @@ def test_two_models_choose_their_ops_independently():
     assert b.roi_heads.ops.pyramid_roi_align_export and not a.roi_heads.ops.pyramid_roi_align_export
 
 
-def test_mrcnn_ops_holds_no_mutable_module_state():
-    """Every module-level value of mrcnn.ops and its modules is immutable (constants, functions, the frozen Ops and
-    the read-only REFERENCE table): there is nothing a caller could switch for everyone."""
-    import __future__
-
-    import dataclasses
-    import importlib
-    import pkgutil
-    import types
-
-    import mrcnn.ops
-
-    immutable = (int, float, str, bytes, bool, type(None), tuple, frozenset, types.MappingProxyType, torch.dtype)
-    immutable += (__future__._Feature,)  # `from __future__ import annotations`
-    found = []
-    for info in [None, *pkgutil.iter_modules(mrcnn.ops.__path__)]:
-        module = mrcnn.ops if info is None else importlib.import_module(f"mrcnn.ops.{info.name}")
-        for name, value in vars(module).items():
-            if name.startswith("__") or callable(value) or isinstance(value, (types.ModuleType, *immutable)):
-                continue
-            if dataclasses.is_dataclass(value) and type(value).__dataclass_params__.frozen:
-                continue
-            found.append(f"{module.__name__}.{name}: {type(value).__name__}")
-    print(found)
-    assert not found, found
-
-
 # ---- CUDA vs CPU kernels (GPU machines) ---------------------------------------------------------------------------
 @pytest.mark.cuda
 @needs_gpu

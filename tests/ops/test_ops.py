@@ -4,8 +4,13 @@ Tolerances: anchors exact; fp32 op vs float64 loop 1e-5; NMS / top-k indices com
 """
 
 from __future__ import annotations
+import __future__
 
+import dataclasses
+import importlib
 import math
+import pkgutil
+import types
 
 import pytest
 import torch
@@ -24,6 +29,8 @@ from torchvision.models.detection import _utils as det_utils  # noqa: PLC2701 - 
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
+
+import mrcnn.ops
 
 
 def random_boxes(n: int, size: float = 100.0, generator=None, degenerate: int = 0) -> torch.Tensor:
@@ -367,3 +374,24 @@ def test_match_proposals_equals_torchvision(allow_low, G, P):
 def test_match_proposals_no_ground_truth():
     m = match_proposals(torch.zeros(0, 6), 0.5, 0.5, True)
     assert m.tolist() == [-1] * 6
+
+
+# -- module state ----------------------------------------------------------------------------------------------
+
+
+def test_mrcnn_ops_holds_no_mutable_module_state():
+    """Every module-level value of mrcnn.ops and its modules is immutable (constants, functions, the frozen Ops and
+    the read-only REFERENCE table): there is nothing a caller could switch for everyone."""
+    immutable = (int, float, str, bytes, bool, type(None), tuple, frozenset, types.MappingProxyType, torch.dtype)
+    immutable += (type(__future__.annotations),)  # the name `from __future__ import annotations` binds
+    found = []
+    for info in [None, *pkgutil.iter_modules(mrcnn.ops.__path__)]:
+        module = mrcnn.ops if info is None else importlib.import_module(f"mrcnn.ops.{info.name}")
+        for name, value in vars(module).items():
+            if name.startswith("__") or callable(value) or isinstance(value, (types.ModuleType, *immutable)):
+                continue
+            if dataclasses.is_dataclass(value) and type(value).__dataclass_params__.frozen:
+                continue
+            found.append(f"{module.__name__}.{name}: {type(value).__name__}")
+    print(found)
+    assert not found, found
