@@ -20,6 +20,8 @@ import contextlib
 import copy
 import json
 import logging
+import os
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 
 from mrcnn.errors import MrcnnError
+from mrcnn.export import quantize
 
 FLAVOURS = ("trt", "portable", "rtx")
 MIN_OPSET = 16  # RoiAlign-16: coordinate_transformation_mode (output_half_pixel == torchvision aligned=False)
@@ -294,14 +297,18 @@ def export_checkpoint(
     dynamic_size: bool = False,
     fp16: bool = False,
     overrides: list[str] | None = None,
+    int8: quantize.Int8Options | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """`mrcnn export CKPT`: default output CKPT with suffix .onnx (next to the checkpoint).
-    `overrides` (section.key=value) adjust inference settings such as model.box_score_thresh."""
+    `overrides` (section.key=value) adjust inference settings such as model.box_score_thresh. `int8`: the float32
+    export is quantized (Q/DQ, NVIDIA ModelOpt; mrcnn.export.quantize) on calibration images of `int8.data`."""
     from mrcnn.io import check_writable_file, file_sha256
     from mrcnn.model.checkpoint import load_model
 
     check_options(flavour, opset, output, batch, dynamic_batch, height, width, dynamic_size)
+    if int8 is not None:
+        quantize.check_int8(int8, flavour, fp16)
     ckpt_path = Path(checkpoint)
     if ckpt_path.suffix.lower() in (".onnx", ".plan", ".engine"):
         raise MrcnnError(
@@ -313,19 +320,37 @@ def export_checkpoint(
     source = {"checkpoint": str(ckpt_path.resolve()), "sha256": file_sha256(ckpt_path)}
     if overrides:  # other inference settings than the checkpoint's: validate compares with the same overrides
         source["overrides"] = list(overrides)
-    export_model(
-        model,
-        cfg,
-        names,
-        out,
-        flavour=flavour,
-        opset=opset,
-        batch=batch,
-        height=height,
-        width=width,
-        fp16=fp16,
-        log=log,
-        source=source,
-    )
+    fp32_out = out if int8 is None else _scratch_path(out)
+    try:
+        export_model(
+            model,
+            cfg,
+            names,
+            fp32_out,
+            flavour=flavour,
+            opset=opset,
+            batch=batch,
+            height=height,
+            width=width,
+            fp16=fp16,
+            log=log,
+            source=source,
+        )
+        if int8 is not None:
+            quantize.quantize_export(fp32_out, out, int8, log=log)
+    finally:
+        if fp32_out != out:
+            fp32_out.unlink(missing_ok=True)
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return out
+
+
+def _scratch_path(out: Path) -> Path:
+    """A hidden file beside `out` for an intermediate ONNX (removed by the caller)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".fp32.onnx", dir=out.parent)
+    except OSError as e:
+        raise MrcnnError(f"{out}: cannot write there ({e.strerror or e})") from None
+    os.close(fd)
+    return Path(tmp)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install mrcnn with its test, ONNX, TensorRT-RTX and serve extras (MRCNN_EXTRAS chooses
-# others). Idempotent, and quick when nothing changed: the install is skipped while the sources, the extras and the
-# TensorRT headers are those of the last install (.venv/.mrcnn-installed). Used by both README commands.
+# Create .venv (if missing) and install mrcnn with its test, ONNX, TensorRT-RTX, serve, OpenVINO and INT8 extras
+# (MRCNN_EXTRAS chooses others). Idempotent, and quick when nothing changed: the install is skipped while the sources,
+# the extras and the TensorRT headers are those of the last install (.venv/.mrcnn-installed). Used by both README
+# commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -12,7 +13,7 @@ fi
 # torch/torchvision from PyPI (CUDA builds; they run on CPU too). The build backend (scikit-build-core) runs CMake.
 # (pipefail: a failed install stops here; the filter only drops this machine's pip-config noise)
 # MRCNN_EXTRAS: the extras to install (tensorrt-rtx, ~260 MB: its builder makes engines on a CPU-only machine)
-extras=${MRCNN_EXTRAS:-test,onnx,tensorrt-rtx,serve}
+extras=${MRCNN_EXTRAS:-test,onnx,tensorrt-rtx,serve,openvino,int8}
 TensorRT_INCLUDE_DIR=$(bash scripts/tensorrt-headers.sh)
 stamp=$( { echo "$extras $TensorRT_INCLUDE_DIR"; git ls-files -co --exclude-standard -z -- pyproject.toml \
   CMakeLists.txt mrcnn export cli plugins | xargs -0 sha256sum 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)

@@ -47,6 +47,8 @@ def runtime_info() -> list[tuple[str, str]]:
         ("onnxruntime-extensions", "onnxruntime_extensions"),
         ("TensorRT", "tensorrt"),
         ("TensorRT-RTX", "tensorrt_rtx"),
+        ("OpenVINO", "openvino"),
+        ("NVIDIA ModelOpt (--int8)", "modelopt"),
     ):
         v = _version(mod)
         rows.append((name, v if v else "not installed"))

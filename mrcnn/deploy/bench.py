@@ -147,14 +147,14 @@ def bench_artifacts(
 ) -> dict:
     """Time each artifact's `predictor(images)` (module docstring); returns {"rows": [...], "batch", "images"},
     also written to `json_out` (checked writable before anything runs)."""
-    from mrcnn.deploy import load_artifact
+    from mrcnn.deploy import THREADED_SUFFIXES, load_artifact
     from mrcnn.io import check_writable_file, write_json
 
     if json_out:
         check_writable_file(json_out, "--json")
 
     if not paths:
-        raise MrcnnError("give one or more artifacts (.pt, .onnx) to benchmark")
+        raise MrcnnError("give one or more artifacts (.pt, .onnx, .plan, .xml) to benchmark")
     for name, v, low in (
         ("--batch", batch, 1),
         ("--iters", iters, 2),
@@ -181,11 +181,11 @@ def bench_artifacts(
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         kwargs = {"paste": paste}
-        if Path(p).suffix.lower() == ".onnx":
+        if Path(p).suffix.lower() in THREADED_SUFFIXES:
             kwargs.update(threads=threads, spin=False)  # idle ORT threads sleep: they would steal torch's cores
         pred = load_artifact(p, dev, log=log, **kwargs)
         name = str(p) if str(p) not in calls else f"{p} #{len(names) + 1}"
-        inputs = images if Path(p).suffix.lower() == ".onnx" else images_on
+        inputs = images if Path(p).suffix.lower() in THREADED_SUFFIXES else images_on  # (CPU runtimes)
 
         def call(pred=pred, inputs=inputs):
             with torch.inference_mode():
@@ -195,7 +195,7 @@ def bench_artifacts(
         for _ in range(warmup):
             call()
         row = {"artifact": str(p), "runtime": pred.runtime, "detections_per_call": detections}
-        if cuda and Path(p).suffix.lower() != ".onnx":
+        if cuda and Path(p).suffix.lower() not in THREADED_SUFFIXES:
             row["memory_mb"], row["memory"] = torch.cuda.max_memory_allocated() / 2**20, "peak CUDA allocated"
         else:
             row["memory_mb"], row["memory"] = max(0.0, _rss_mb() - rss0), "resident memory added"

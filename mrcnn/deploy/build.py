@@ -12,8 +12,11 @@ is loaded into its registry, `BuildOptions.plugins` or the installed one, and `s
 engine). Running an engine needs a GPU with that runtime. The `.plan.json` sidecar keeps the ONNX's description,
 the profile, the runtime and its version, the GPU the engine was built for and the plugin library (name, SHA-256).
 
+`--runtime openvino` writes an OpenVINO IR (.xml + .bin) instead of an engine: mrcnn.deploy.openvino_runtime.
+
 Precision: an engine computes in the types of its graph. An `export --fp16` graph (metadata mrcnn.precision fp16)
-builds strongly typed: float16 networks, float32 ops between them, on both runtimes. `--fp16` on a float32 graph
+builds strongly typed: float16 networks, float32 ops between them, on both runtimes; so does an `export --int8`
+graph (int8: its Q/DQ nodes, explicit quantization, with the float parts in float32). `--fp16` on a float32 graph
 is full TensorRT's weakly typed FP16 flag (the builder may pick float16 per layer); TensorRT-RTX is strongly typed
 only, so there it is one error line that says to export with --fp16.
 """
@@ -27,9 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mrcnn.deploy.exported import onnx_interface
 from mrcnn.errors import MrcnnError, message_line
 
 RUNTIMES = {"tensorrt-rtx": ("tensorrt_rtx", "tensorrt-rtx-cu13"), "tensorrt": ("tensorrt", "tensorrt")}
+BUILD_RUNTIMES = (*RUNTIMES, "openvino")  # `mrcnn build --runtime`: the engines' runtimes, and OpenVINO's IR
 Shape = tuple[int, int, int]  # (batch, height, width) of the `images` input
 
 
@@ -48,7 +53,7 @@ class BuildOptions:
 def import_runtime(runtime: str):
     """The runtime's Python module, or one MrcnnError with the package to install."""
     if runtime not in RUNTIMES:
-        raise MrcnnError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+        raise MrcnnError(f"unknown runtime {runtime!r}; choose one of: {', '.join(BUILD_RUNTIMES)}")
     module, package = RUNTIMES[runtime]
     try:
         import importlib
@@ -75,22 +80,6 @@ def parse_shape(text: str, what: str) -> Shape:
     if len(dims) != 3 or min(dims) < 1:
         raise MrcnnError(f"{what} {text!r}: expected BxHxW with positive integers, e.g. 1x800x1344")
     return dims  # type: ignore[return-value]
-
-
-def _onnx_interface(path: Path):
-    """(metadata dict, images input dims with None for dynamic ones) of an ONNX file, without its weights."""
-    from mrcnn.deploy.exported import load_onnx
-
-    model = load_onnx(path, load_external_data=False)
-    meta = {p.key: p.value for p in model.metadata_props}
-    inputs = {i.name: i for i in model.graph.input}
-    if "images" not in inputs or "image_sizes" not in inputs or "mrcnn.flavour" not in meta:
-        raise MrcnnError(
-            f"{path}: not an mrcnn export (no images / image_sizes inputs or mrcnn metadata); "
-            f"make one with `mrcnn export`"
-        )
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs["images"].type.tensor_type.shape.dim]
-    return meta, dims
 
 
 def default_profile(meta: dict, dims: Sequence[int | None], batch: int = 1) -> tuple[Shape, Shape, Shape]:
@@ -168,7 +157,12 @@ def _precision(meta: dict, runtime: str, fp16: bool) -> str:
     """The engine's precision: the graph's (`fp32` / `fp16`), or `fp16-weak` for --fp16 on a float32 graph
     (tensorrt only)."""
     graph = meta.get("mrcnn.precision", "fp32")
-    if not fp16 or graph == "fp16":
+    if fp16 and graph == "int8":
+        raise MrcnnError(
+            "--fp16: an INT8 (Q/DQ) graph builds strongly typed, in the types its Q/DQ nodes and float parts have; "
+            "drop --fp16"
+        )
+    if not fp16 or graph != "fp32":
         return graph
     if runtime == "tensorrt-rtx":
         raise MrcnnError(
@@ -231,7 +225,7 @@ def _build(
         raise MrcnnError(f"--workspace must be >= 1 (MiB), got {opts.workspace_mib}")
     if opts.timing_cache is not None and opts.timing_cache.is_dir():
         raise MrcnnError(f"--timing-cache {opts.timing_cache}: is a directory, expected a file")
-    meta, dims = _onnx_interface(path)
+    meta, dims = onnx_interface(path)
     flavour = meta["mrcnn.flavour"]
     _check_flavour(path, flavour, runtime)
     precision = _precision(meta, runtime, opts.fp16)
@@ -251,7 +245,7 @@ def _build(
     errors = _Errors(trt)
     builder = trt.Builder(errors.logger)
     flags = 0  # TensorRT-RTX: strongly typed always
-    if runtime == "tensorrt" and precision == "fp16":
+    if runtime == "tensorrt" and precision in ("fp16", "int8"):  # int8: explicit quantization (Q/DQ)
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, errors.logger)
@@ -319,12 +313,41 @@ def build_artifact(
     max_shape: Shape | None = None,
     batch: int = 1,
     options: BuildOptions | None = None,
+    precision: str | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """`mrcnn build ONNX`: the engine at `output` (default: the ONNX with suffix .plan) and its description at
-    `output`.json, both written atomically; nothing is written when the build fails."""
+    `output`.json, both written atomically; nothing is written when the build fails. `runtime="openvino"`: an
+    OpenVINO IR instead (mrcnn.deploy.openvino_runtime.build_ir; `precision` f32 or bf16, its inference hint)."""
     from mrcnn.io import atomic_write
 
+    if runtime == "openvino":
+        opts = options or BuildOptions()
+        engine_only = {
+            "--min-shape": min_shape,
+            "--opt-shape": opt_shape,
+            "--max-shape": max_shape,
+            "--batch": batch if batch != 1 else None,
+            "--fp16": opts.fp16 or None,
+            "--plugins": opts.plugins,
+            "--serialize-plugins": opts.serialize_plugins or None,
+            "--timing-cache": opts.timing_cache,
+            "--workspace": opts.workspace_mib,
+        }
+        given = [flag for flag, v in engine_only.items() if v is not None]
+        if given:
+            raise MrcnnError(
+                f"{', '.join(given)}: TensorRT build options; an OpenVINO IR takes any batch and image size "
+                "(its precision: --precision f32|bf16)"
+            )
+        from mrcnn.deploy.openvino_runtime import build_ir
+
+        return build_ir(onnx_path, output, precision=precision or "f32", log=log)
+    if precision is not None:
+        raise MrcnnError(
+            f"--precision applies to --runtime openvino; a {runtime} engine computes in its graph's types "
+            "(mrcnn export --fp16 / --int8)"
+        )
     src = Path(onnx_path)
     out = Path(output) if output is not None else src.with_suffix(".plan")
     from mrcnn.io import check_writable_file
@@ -348,6 +371,7 @@ def build_artifact(
 
 
 __all__ = [
+    "BUILD_RUNTIMES",
     "RUNTIMES",
     "BuildOptions",
     "build_artifact",

@@ -40,6 +40,20 @@ def load_onnx(path: str | Path, load_external_data: bool = True, what: str = "ON
     return model
 
 
+def onnx_interface(path: Path):
+    """(metadata dict, images input dims with None for dynamic ones) of an ONNX file, without its weights."""
+    model = load_onnx(path, load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    inputs = {i.name: i for i in model.graph.input}
+    if "images" not in inputs or "image_sizes" not in inputs or "mrcnn.flavour" not in meta:
+        raise MrcnnError(
+            f"{path}: not an mrcnn export (no images / image_sizes inputs or mrcnn metadata); "
+            f"make one with `mrcnn export`"
+        )
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs["images"].type.tensor_type.shape.dim]
+    return meta, dims
+
+
 class ExportedPredictor:
     """`predictor(images)`: images [3,H,W] uint8 (0..255) or float (0..1) -> one dict per image with boxes [n,4],
     scores [n], labels [n], masks [n,1,H,W] pasted probabilities, masks28 [n,M,M] (original pixels). Subclasses set

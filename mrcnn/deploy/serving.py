@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from mrcnn.data.image_io import read_rgb, set_max_pixels
-from mrcnn.deploy.artifacts import load_artifact
+from mrcnn.deploy.artifacts import THREADED_SUFFIXES, load_artifact
 from mrcnn.deploy.predict import coco_annotations, kept_with_crops
 from mrcnn.errors import MrcnnError
 
@@ -130,7 +130,7 @@ class ServedModel:
         kwargs = {}
         if threads:
             torch.set_num_threads(threads)
-            if Path(artifact).suffix.lower() == ".onnx":
+            if Path(artifact).suffix.lower() in THREADED_SUFFIXES:
                 kwargs["threads"] = threads
         self.predictor = load_artifact(
             artifact, device, log=log, paste=False, max_score_thresh=min(score, 0.999), **kwargs
