@@ -64,19 +64,27 @@ def network_flops(model, h: int, w: int) -> float:
     return float(counter.get_total_flops())
 
 
-def _photo(name: str) -> torch.Tensor:
+def photo_path(name: str) -> Path | None:
+    """The file of a scikit-image photograph, or None without scikit-image (the GPU image)."""
+    try:
+        import skimage.data
+    except ImportError:
+        return None
+    return Path(skimage.data.__file__).parent / name
+
+
+def photo(name: str) -> torch.Tensor:
     """A scikit-image photograph as [3,H,W] uint8; without scikit-image (the GPU image) a synthetic shapes image of
     the same size as motorcycle_left.png (500 x 741)."""
     from mrcnn.deploy.predict import read_image
 
-    try:
-        import skimage.data
-    except ImportError:
+    path = photo_path(name)
+    if path is None:
         from helpers import synthetic, u8
 
         print("scikit-image is not installed: a synthetic 500x741 image instead of the photograph")
         return u8(synthetic(500, 741, 3))
-    return read_image(Path(skimage.data.__file__).parent / name)
+    return read_image(path)
 
 
 def _cuda_graph_runner(pred, images: list[torch.Tensor], amp):
@@ -144,7 +152,7 @@ def main() -> None:
     tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
     tame(tv)
     tv.eval().to(args.device)
-    image = _photo(args.photo)
+    image = photo(args.photo)
     images = [image] * args.batch
     images_dev = [im.to(args.device) for im in images]
     scratch = tempfile.TemporaryDirectory(prefix="mrcnn-infer-")  # two 170 MB checkpoints: removed when main ends

@@ -1,14 +1,16 @@
 """`mrcnn demo`: the whole pipeline on the embedded synthetic dataset, as one library call.
 
     [1] synthetic dataset   [2] training (shapes-tiny, CPU)   [3] COCO evaluation of the checkpoint
-    [4] ONNX exports (DEMO_FLAVOURS)   [5] their validation on ONNX Runtime against the checkpoint
-    [6] TensorRT-RTX engines of the rtx exports   [7] `mrcnn bench` of the checkpoint and the exports on the same image
+    [4] ONNX exports (DEMO_FLAVOURS; the INT8 ones quantized by ModelOpt, calibrated on training images) and OpenVINO
+        IRs of the portable ones (DEMO_OPENVINO)   [5] their validation (ONNX Runtime, OpenVINO) against the checkpoint
+    [6] TensorRT-RTX engines of the rtx exports   [7] `mrcnn bench` of the checkpoint and every artifact on one image
     [8] `mrcnn predict` overlays of a few val images
 then `format_summary`: one row per artifact (runtime, size, AP, AP drop, p50 latency), and `written_paths`.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,14 +18,26 @@ from pathlib import Path
 from mrcnn.api.validate import score_predictor, validate_artifact
 from mrcnn.errors import MrcnnError
 
-# the demo's exports: file name model-NAME.onnx -> (flavour, --fp16)
+# the demo's exports: file name model-NAME.onnx -> (flavour, precision); an int8 one is the float32 export of its
+# flavour quantized (`mrcnn export --int8`'s second step), calibrated on DEMO_CALIB_IMAGES training images
 DEMO_FLAVOURS = {
-    "trt": ("trt", False),
-    "portable": ("portable", False),
-    "rtx": ("rtx", False),
-    "rtx-fp16": ("rtx", True),
+    "trt": ("trt", "fp32"),
+    "portable": ("portable", "fp32"),
+    "rtx": ("rtx", "fp32"),
+    "rtx-fp16": ("rtx", "fp16"),
+    "portable-int8": ("portable", "int8"),
+    "rtx-int8": ("rtx", "int8"),
 }
-DEMO_MAX_AP_DROP = 0.005  # the demo's gate on its ONNX models (measured drop: 0, rtx-fp16 segm 0.0013; all paired)
+# the demo's OpenVINO IRs (`mrcnn build --runtime openvino`): model-NAME.xml -> (the export, --precision); bf16 only
+# where the CPU has bfloat16
+DEMO_OPENVINO = {
+    "portable": ("portable", "f32"),
+    "portable-bf16": ("portable", "bf16"),
+    "portable-int8": ("portable-int8", "f32"),
+}
+DEMO_CALIB_IMAGES = 32
+DEMO_MAX_AP_DROP = 0.005  # the demo's gate on its float models (measured drop: 0, rtx-fp16 segm 0.0013; all paired)
+DEMO_MAX_INT8_AP_DROP = 0.01  # and on its INT8 ones (the goal of issue 29)
 DEMO_OVERLAYS = 4  # val images drawn by `mrcnn predict` at the end
 DEMO_BENCH_ITERS = 30
 
@@ -76,12 +90,11 @@ def demo(
         "metrics": reference[0],
     }
     if export:
-        report["onnx"] = demo_exports(result.checkpoint, data, out, reference, step, log, progress)
+        report["onnx"], report["openvino"] = demo_exports(result.checkpoint, data, out, reference, step, log, progress)
         rtx = [Path(r["path"]) for name, r in report["onnx"].items() if DEMO_FLAVOURS[name][0] == "rtx"]
         report["engines"] = demo_engines(rtx, step, log)
-        report["bench"] = demo_bench(
-            [result.checkpoint, *(Path(r["path"]) for r in report["onnx"].values())], data, step, log
-        )
+        validated = [*report["onnx"].values(), *report["openvino"].values()]
+        report["bench"] = demo_bench([result.checkpoint, *(Path(r["path"]) for r in validated)], data, step, log)
         report["predictions"] = demo_overlays(result.checkpoint, val, out / "predictions", step, log)
     return report
 
@@ -99,25 +112,77 @@ class _Steps:
 
 def demo_exports(
     checkpoint: Path, data: Path, out: Path, reference: tuple, step: _Steps, log: Callable[[str], None], progress: bool
-) -> dict:
-    """Steps 4 and 5: every DEMO_FLAVOURS export, then each validated against the checkpoint's evaluation."""
+) -> tuple[dict, dict]:
+    """Steps 4 and 5: every DEMO_FLAVOURS export and DEMO_OPENVINO IR (where its runtime is installed and, for bf16,
+    the CPU has it), then each validated against the checkpoint's evaluation. Returns ({name: export}, {name: IR})."""
+    from mrcnn.deploy.build import build_artifact
     from mrcnn.export import export_checkpoint
+    from mrcnn.export.quantize import Int8Options, quantize_export
 
     step("ONNX exports")
     paths = {}
-    for name, (flavour, fp16) in DEMO_FLAVOURS.items():
+    for name, (flavour, precision) in DEMO_FLAVOURS.items():
         paths[name] = out / f"model-{name}.onnx"
+        if precision == "int8":
+            why = _missing("modelopt.onnx.quantization", "nvidia-modelopt: pip install 'mrcnn[int8]'")
+            if why:
+                step(f"INT8 export {paths[name].name} skipped: {why}", same=True)
+                del paths[name]
+                continue
+            src = paths[name.removesuffix("-int8")]
+            step(
+                f"export {flavour} flavour --int8 (ModelOpt, {DEMO_CALIB_IMAGES} training images) -> {paths[name]}",
+                same=True,
+            )
+            quantize_export(src, paths[name], Int8Options(data, images=DEMO_CALIB_IMAGES), log=log)
+            continue
+        fp16 = precision == "fp16"
         step(f"export {flavour} flavour{' --fp16' if fp16 else ''} -> {paths[name]}", same=True)
         export_checkpoint(checkpoint, paths[name], flavour=flavour, fp16=fp16, log=log)
-    step("validation of the exports (ONNX Runtime) against the checkpoint (`mrcnn validate`)")
-    onnx = {}
-    for name, path in paths.items():
-        step(f"validation of {path}", same=True)
-        v = validate_artifact(
-            path, data, max_ap_drop=DEMO_MAX_AP_DROP, log=log, progress=progress, reference_eval=reference
+    irs = {}
+    why = _missing("openvino", "openvino: pip install 'mrcnn[openvino]'")
+    for name, (export_name, precision) in DEMO_OPENVINO.items():
+        if why or export_name not in paths or (precision == "bf16" and not _cpu_bf16()):
+            reason = why or ("the CPU has no bfloat16" if export_name in paths else f"no {export_name} export")
+            step(f"OpenVINO IR model-{name}.xml skipped: {reason}", same=True)
+            continue
+        step(f"OpenVINO IR ({precision}) of {paths[export_name].name} -> model-{name}.xml", same=True)
+        irs[name] = build_artifact(
+            paths[export_name], out / f"model-{name}.xml", runtime="openvino", precision=precision, log=log
         )
-        onnx[name] = {"path": str(path), "metrics": v["artifact"]["metrics"], "validation": v}
-    return onnx
+    step("validation of the exports (ONNX Runtime) and IRs (OpenVINO) against the checkpoint (`mrcnn validate`)")
+    validated: tuple[dict, dict] = ({}, {})
+    for kind, items in ((0, paths), (1, irs)):
+        for name, path in items.items():
+            int8 = "int8" in name
+            step(f"validation of {path}", same=True)
+            v = validate_artifact(
+                path,
+                data,
+                max_ap_drop=DEMO_MAX_INT8_AP_DROP if int8 else DEMO_MAX_AP_DROP,
+                log=log,
+                progress=progress,
+                reference_eval=reference,
+            )
+            validated[kind][name] = {"path": str(path), "metrics": v["artifact"]["metrics"], "validation": v}
+    return validated
+
+
+def _missing(module: str, package: str) -> str | None:
+    """None where `module` imports, else what to install."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return f"not installed ({package})"
+    return None
+
+
+def _cpu_bf16() -> bool:
+    import openvino
+
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def demo_engines(onnx_paths: list[Path], step: _Steps, log: Callable[[str], None]) -> list[dict]:
@@ -141,6 +206,7 @@ def demo_engines(onnx_paths: list[Path], step: _Steps, log: Callable[[str], None
                 "onnx": str(onnx_path),
                 "mb": plan.stat().st_size / 1e6,
                 "seconds": time.perf_counter() - t0,
+                "precision": json.loads(plan.with_name(plan.name + ".json").read_text())["precision"],
             }
         )
     return engines
@@ -164,7 +230,10 @@ def demo_overlays(checkpoint: Path, val, out: Path, step: _Steps, log: Callable[
 
 
 def _mb(path: str | Path) -> float:
-    return Path(path).stat().st_size / 1e6
+    """MB of an artifact's files (an OpenVINO IR: its .xml and .bin)."""
+    path = Path(path)
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    return sum(f.stat().st_size for f in files) / 1e6
 
 
 def summary_rows(report: dict) -> list[dict]:
@@ -182,7 +251,7 @@ def summary_rows(report: dict) -> list[dict]:
             "p50": p50.get(ck.name),
         }
     ]
-    for r in report.get("onnx", {}).values():
+    for r in [*report.get("onnx", {}).values(), *report.get("openvino", {}).values()]:
         v = r["validation"]
         rows.append(
             {
@@ -201,7 +270,7 @@ def summary_rows(report: dict) -> list[dict]:
                 {
                     "name": Path(e["path"]).name,
                     "path": e["path"],
-                    "runtime": "TensorRT-RTX engine",
+                    "runtime": "TensorRT-RTX engine" + (f", {e['precision']}" if e["precision"] != "fp32" else ""),
                     "mb": e["mb"],
                     "metrics": None,
                     "drop": None,
@@ -216,14 +285,14 @@ def format_summary(report: dict) -> str:
     (bbox / segm) and p50 latency from `mrcnn bench` on the same image."""
     rows = summary_rows(report)
     w = max(len(r["name"]) for r in rows)
-    lines = [f"{'artifact':<{w}}  {'runtime':<24}{'MB':>7}{'bbox AP':>9}{'segm AP':>9}  {'AP drop':<19}{'p50 ms':>7}"]
+    lines = [f"{'artifact':<{w}}  {'runtime':<34}{'MB':>7}{'bbox AP':>9}{'segm AP':>9}  {'AP drop':<19}{'p50 ms':>7}"]
     for r in rows:
         m, d = r["metrics"], r["drop"]
         ap = f"{m['bbox']['AP']:9.4f}{m['segm']['AP']:9.4f}" if m else f"{'-':>9}{'-':>9}"
         drop = f"{d['bbox']['AP']:+.4f} / {d['segm']['AP']:+.4f}" if d else "-"
         p50 = f"{r['p50']:7.1f}" if r["p50"] is not None else f"{'-':>7}"
-        lines.append(f"{r['name']:<{w}}  {r['runtime'][:23]:<24}{r['mb']:7.1f}{ap}  {drop:<19}{p50}")
-    if any(r["runtime"] == "TensorRT-RTX engine" for r in rows):
+        lines.append(f"{r['name']:<{w}}  {r['runtime'][:33]:<34}{r['mb']:7.1f}{ap}  {drop:<19}{p50}")
+    if any(r["runtime"].startswith("TensorRT-RTX engine") for r in rows):
         lines.append("(engines are built here; they run where TensorRT-RTX and an RTX-class GPU are)")
     return "\n".join(lines)
 
@@ -233,6 +302,8 @@ def written_paths(report: dict) -> list[str]:
     paths = [report["data"], report["run"]]
     for r in report.get("onnx", {}).values():
         paths.append(r["path"])
+    for r in report.get("openvino", {}).values():
+        paths += [r["path"], str(Path(r["path"]).with_suffix(".bin"))]
     for e in report.get("engines", []):
         if "path" in e:
             paths += [e["path"], e["path"] + ".json"]
@@ -251,10 +322,10 @@ def format_report(report: dict) -> str:
     from mrcnn.evaluation.comparison import format_pairs
 
     lines = [f"PyTorch checkpoint {report['checkpoint']}", format_table(report["metrics"])]
-    for flavour, r in report.get("onnx", {}).items():
+    for name, r in [*report.get("onnx", {}).items(), *report.get("openvino", {}).items()]:
         v = r["validation"]
         lines += [
-            f"ONNX Runtime, {flavour} flavour: {r['path']}",
+            f"{v['artifact']['runtime']}, {name}: {r['path']}",
             format_table(r["metrics"]),
             format_ap_drop(v),
             format_pairs(v["detections"]),
