@@ -137,12 +137,12 @@ def test_int8_stays_within_its_tolerance_of_the_checkpoint(cpu_artifacts, synth_
 def test_xml_goes_where_an_artifact_goes(cpu_artifacts, synth_data, tmp_path):
     """`predict`, `eval` and `bench` take the .xml (the CLI, in-process), and what `mrcnn serve` runs per request
     (ServedModel) answers with predict's detections of the same file."""
-    img = sorted((synth_data / "val2017").iterdir())[0]
+    img = sorted((synth_data / SPLIT).iterdir())[0]  # (an image the model finds shapes on)
     r = runner.invoke(
         app, ["predict", str(cpu_artifacts["xml"]), str(img), "--out", str(tmp_path / "p"), "--score", "0.3"]
     )
     assert r.exit_code == 0, r.output[-1500:]
-    predicted = sorted(a["score"] for a in json.loads((tmp_path / "p" / "predictions.json").read_text()))
+    predicted = sorted(a["score"] for a in json.loads((tmp_path / "p" / "predictions.json").read_text())["annotations"])
     served = ServedModel(cpu_artifacts["xml"], device="cpu", score=0.3, threads=1, log=print)
     response = served.infer([Request(img.read_bytes())])[0]
     assert not isinstance(response, Exception), response
