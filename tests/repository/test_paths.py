@@ -18,8 +18,13 @@ MADE = ("mrcnn/lib", "benchmarks/results/gpu")
 PATH = re.compile(r"(?<![\w./-])((?:mrcnn|export|cli|plugins|tests|benchmarks|docs|scripts|examples|\.ci)/[\w./-]*\w)")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 DOTTED = re.compile(r"(?<![\w./-])(mrcnn(?:\.\w+)+)")
-# an export's metadata keys (docs/design.md §4; the exporter writes them, and the source checkpoint's), not names
-METADATA_KEYS = {*re.findall(r'"(mrcnn\.\w+)":', (ROOT / "export" / "exporter.py").read_text()), "mrcnn.source"}
+# an export's metadata keys (docs/design.md §4; the exporter and the INT8 quantizer write them, and the source
+# checkpoint's), not names
+METADATA_KEYS = {
+    *re.findall(r'"(mrcnn\.\w+)":', (ROOT / "export" / "exporter.py").read_text()),
+    *re.findall(r'meta\["(mrcnn\.\w+)"\] =', (ROOT / "export" / "quantize.py").read_text()),  # --int8's own keys
+    "mrcnn.source",
+}
 
 
 def tracked() -> list[Path]:
