@@ -102,7 +102,7 @@ def main() -> None:
 
     from mrcnn.deploy import load_artifact
     from mrcnn.deploy.exported import ExportedPredictor
-    from mrcnn.deploy.openvino_runtime import build_ir
+    from mrcnn.deploy.openvino_runtime import build_ir, cpu_bf16
     from mrcnn.export import export_checkpoint
     from mrcnn.export.quantize import quantize_onnx
     from mrcnn.model.convert import convert_torchvision
@@ -127,7 +127,7 @@ def main() -> None:
     t2 = time.perf_counter()
     print(f"export {t1 - t0:.1f} s, INT8 quantization ({len(calib)} photographs) {t2 - t1:.1f} s")
     core = ov.Core()
-    bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    bf16 = cpu_bf16(core)
     build_ir(tmp / "ours.onnx", tmp / "f32.xml", precision="f32", log=quiet)
     build_ir(tmp / "ours-int8.onnx", tmp / "int8.xml", precision="f32", log=quiet)
     if bf16:

@@ -136,8 +136,8 @@ def calibration_images(data: str | Path, count: int, seed: int = 0, split: str =
 
 
 class _Feeds:
-    """ONNX Runtime's CalibrationDataReader protocol over a list of feeds; it starts over after the last one (ModelOpt
-    reads the data more than once)."""
+    """ONNX Runtime's CalibrationDataReader protocol (get_next, and ModelOpt's get_first / rewind) over a list of
+    feeds; it starts over after the last one (ModelOpt reads the data more than once)."""
 
     def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
         self.feeds, self.i = feeds, 0
@@ -154,15 +154,6 @@ class _Feeds:
 
     def rewind(self) -> None:
         self.i = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        feed = self.get_next()
-        if feed is None:
-            raise StopIteration
-        return feed
 
 
 @contextlib.contextmanager

@@ -116,6 +116,7 @@ def demo_exports(
     """Steps 4 and 5: every DEMO_FLAVOURS export and DEMO_OPENVINO IR (where its runtime is installed and, for bf16,
     the CPU has it), then each validated against the checkpoint's evaluation. Returns ({name: export}, {name: IR})."""
     from mrcnn.deploy.build import build_artifact
+    from mrcnn.deploy.openvino_runtime import cpu_bf16
     from mrcnn.export import export_checkpoint
     from mrcnn.export.quantize import Int8Options, quantize_export
 
@@ -142,7 +143,7 @@ def demo_exports(
     irs = {}
     why = _missing("openvino", "openvino: pip install 'mrcnn[openvino]'")
     for name, (export_name, precision) in DEMO_OPENVINO.items():
-        if why or export_name not in paths or (precision == "bf16" and not _cpu_bf16()):
+        if why or export_name not in paths or (precision == "bf16" and not cpu_bf16()):
             reason = why or ("the CPU has no bfloat16" if export_name in paths else f"no {export_name} export")
             step(f"OpenVINO IR model-{name}.xml skipped: {reason}", same=True)
             continue
@@ -177,12 +178,6 @@ def _missing(module: str, package: str) -> str | None:
     except ImportError:
         return f"not installed ({package})"
     return None
-
-
-def _cpu_bf16() -> bool:
-    import openvino
-
-    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def demo_engines(onnx_paths: list[Path], step: _Steps, log: Callable[[str], None]) -> list[dict]:

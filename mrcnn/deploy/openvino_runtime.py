@@ -53,6 +53,12 @@ def import_openvino():
     return openvino
 
 
+def cpu_bf16(core=None) -> bool:
+    """Whether OpenVINO computes bfloat16 on this CPU (AVX512-BF16 or AMX)."""
+    core = core or import_openvino().Core()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def check_precision(core, precision: str, graph_precision: str, what: str) -> None:
     """`precision` (the inference hint) for a graph of `graph_precision` on this CPU, or one MrcnnError."""
     if precision not in PRECISIONS:
@@ -64,8 +70,8 @@ def check_precision(core, precision: str, graph_precision: str, what: str) -> No
             f"{what}: an INT8 (Q/DQ) graph runs its float parts in f32 (with the bf16 hint it ran 0.57x as fast); "
             "build it with --precision f32"
         )
-    caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    if "BF16" not in caps:
+    if not cpu_bf16(core):
+        caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         name = core.get_property("CPU", "FULL_DEVICE_NAME")
         raise MrcnnError(
             f"{what}: --precision bf16 needs a CPU with bfloat16 support (AVX512-BF16 or AMX); this one "
