@@ -116,16 +116,16 @@ def demo_exports(
     """Steps 4 and 5: every DEMO_FLAVOURS export and DEMO_OPENVINO IR (where its runtime is installed and, for bf16,
     the CPU has it), then each validated against the checkpoint's evaluation. Returns ({name: export}, {name: IR})."""
     from mrcnn.deploy.build import build_artifact
-    from mrcnn.deploy.openvino_runtime import cpu_bf16
+    from mrcnn.deploy.openvino_runtime import cpu_bf16, import_openvino
     from mrcnn.export import export_checkpoint
-    from mrcnn.export.quantize import Int8Options, quantize_export
+    from mrcnn.export.quantize import Int8Options, import_modelopt_quantize, quantize_export
 
     step("ONNX exports")
     paths = {}
     for name, (flavour, precision) in DEMO_FLAVOURS.items():
         paths[name] = out / f"model-{name}.onnx"
         if precision == "int8":
-            why = _missing("modelopt.onnx.quantization", "nvidia-modelopt: pip install 'mrcnn[int8]'")
+            why = _unavailable(import_modelopt_quantize)
             if why:
                 step(f"INT8 export {paths[name].name} skipped: {why}", same=True)
                 del paths[name]
@@ -141,7 +141,7 @@ def demo_exports(
         step(f"export {flavour} flavour{' --fp16' if fp16 else ''} -> {paths[name]}", same=True)
         export_checkpoint(checkpoint, paths[name], flavour=flavour, fp16=fp16, log=log)
     irs = {}
-    why = _missing("openvino", "openvino: pip install 'mrcnn[openvino]'")
+    why = _unavailable(import_openvino)
     for name, (export_name, precision) in DEMO_OPENVINO.items():
         if why or export_name not in paths or (precision == "bf16" and not cpu_bf16()):
             reason = why or ("the CPU has no bfloat16" if export_name in paths else f"no {export_name} export")
@@ -169,14 +169,12 @@ def demo_exports(
     return validated
 
 
-def _missing(module: str, package: str) -> str | None:
-    """None where `module` imports, else what to install."""
-    import importlib
-
+def _unavailable(importer) -> str | None:
+    """None where the runtime's importer succeeds, else its one line (what to install)."""
     try:
-        importlib.import_module(module)
-    except ImportError:
-        return f"not installed ({package})"
+        importer()
+    except MrcnnError as e:
+        return str(e)
     return None
 
 
