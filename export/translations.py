@@ -192,58 +192,34 @@ def pre_nms_select_portable(
 
 
 def box_nms_portable(boxes, scores, classes, valid, iou_threshold: float, score_threshold: float, max_output: int):
-    K = int(max_output)
-    # 1. candidates (valid and score > threshold); the others get score -inf and fall under NMS's score threshold
-    cand = valid
-    if score_threshold != float("-inf"):
-        cand = op.And(cand, op.Greater(scores, _c(float(score_threshold), np.float32)))
-    masked = op.Where(cand, scores, _c(float("-inf"), np.float32))
-    # 2. class-aware in one NonMaxSuppression class: shift each class into its own range (torchvision's
-    #    batched_nms coordinate trick, per image): x - min + class * (max - min + 1)
-    #    (per-image min / max via ArgMin / ArgMax: ReduceMin-18's axes input does not convert down to opset 16/17)
-    flat = op.Reshape(boxes, _c([0, -1]))  # [B,N*4]
-    lo = op.Unsqueeze(op.GatherElements(flat, op.ArgMin(flat, axis=1, keepdims=1), axis=1), _c([2]))  # [B,1,1]
-    hi = op.Unsqueeze(op.GatherElements(flat, op.ArgMax(flat, axis=1, keepdims=1), axis=1), _c([2]))
-    span = op.Add(op.Sub(hi, lo), _c(1.0, np.float32))
-    offset = op.Mul(op.Unsqueeze(op.Cast(classes, to=_FLOAT), _c([-1])), span)  # [B,N,1]
-    shifted = op.Add(op.Sub(boxes, lo), offset)
+    """BoxNms as NonMaxSuppression with one score row per class ([B,C,T]): each class decided on its boxes' own
+    coordinates, as the reference and the kernels do (not torchvision's class-offset shortcut, whose float32
+    rounding flips an IoU within ~1e-4 of the threshold). T is the most candidates any image has: the candidates
+    come first in score order (_ranked), so the [B,C,T] rows stay as small as the scores allow."""
+    cand = _nms_candidates(scores, valid, score_threshold)
+    # 1. each image's candidates in rank order (score descending, ties: lower index first)
+    T = op.ReduceMax(op.ReduceSum(op.Cast(cand, to=_INT64), _c([1]), keepdims=1), keepdims=0)  # []
+    T = op.Reshape(T, _c([1]))
+    idx, ok, top_boxes, top_scores, top_classes = _ranked(boxes, scores, classes, cand, T)
+    # 2. candidate t's score in its class's row, -inf in the others (below NonMaxSuppression's score threshold)
+    C = op.Add(op.ReduceMax(op.Concat(op.Reshape(classes, _c([-1])), _c([0]), axis=0), keepdims=0), _c(1))
+    rows = op.Unsqueeze(op.Range(_c(0), C, _c(1)), _c([0, 2]))  # [1,C,1]
+    mine = op.And(op.Equal(op.Unsqueeze(top_classes, _c([1])), rows), op.Unsqueeze(ok, _c([1])))  # [B,C,T]
+    per_class = op.Where(mine, op.Unsqueeze(top_scores, _c([1])), _c(float("-inf"), np.float32))
     sel = op.NonMaxSuppression(
-        shifted,
-        op.Unsqueeze(masked, _c([1])),
-        _c([K]),
+        top_boxes,
+        per_class,
+        _c([int(max_output)]),
         _c([float(iou_threshold)], np.float32),
         _c([_FLT_LOWEST], np.float32),
-    )  # [S,3] (batch, 0, box), batch-major, by score
-    # 3. rank of each selected box within its image -> slot b*K + rank in the [B*K] outputs
-    b = op.Squeeze(op.Slice(sel, _c([0]), _c([1]), _c([1])), _c([1]))  # [S]
-    n = op.Squeeze(op.Slice(sel, _c([2]), _c([3]), _c([1])), _c([1]))
-    Bt = _dim(op.Shape(boxes), 0)
-    one_hot = op.Cast(
-        op.Equal(op.Unsqueeze(b, _c([1])), op.Unsqueeze(op.Range(_c(0), op.Squeeze(Bt, _c([0])), _c(1)), _c([0]))),
-        to=_INT64,
-    )  # [S,B]
-    counts = op.ReduceSum(one_hot, _c([0]), keepdims=0)  # [B]
-    starts = op.CumSum(counts, _c(0), exclusive=1)
-    S = op.Shape(b)
-    rank = op.Sub(op.Range(_c(0), op.Squeeze(S, _c([0])), _c(1)), op.Gather(starts, b, axis=0))
-    slot = op.Unsqueeze(op.Add(op.Mul(b, _c(K)), rank), _c([-1]))  # [S,1]
-    bn = op.Concat(op.Unsqueeze(b, _c([-1])), op.Unsqueeze(n, _c([-1])), axis=1)  # [S,2]
-    BK = op.Mul(Bt, _c([K]))
-    # 4. scatter the selected rows into zero-filled slots (indices -1)
-    out_boxes = op.ScatterND(
-        op.Expand(_c(0.0, np.float32), op.Concat(BK, _c([4]), axis=0)), slot, op.GatherND(boxes, bn)
+    )  # [S,3] (image, class, rank)
+    # 3. the kept mask [B,T] from the selected (image, rank) pairs
+    at = op.Gather(sel, _c([0, 2]), axis=1)  # [S,2]
+    marks = op.ScatterND(
+        op.Expand(_c(0.0, np.float32), op.Shape(ok)), at, op.Expand(_c(1.0, np.float32), op.Shape(sel, end=1))
     )
-    out_scores = op.ScatterND(op.Expand(_c(0.0, np.float32), BK), slot, op.GatherND(scores, bn))
-    out_classes = op.ScatterND(op.Expand(_c(0), BK), slot, op.GatherND(classes, bn))
-    out_indices = op.ScatterND(op.Expand(_c(-1), BK), slot, n)
-    shape_bk = op.Concat(Bt, _c([K]), axis=0)
-    return (
-        op.Reshape(out_boxes, op.Concat(shape_bk, _c([4]), axis=0)),
-        op.Reshape(out_scores, shape_bk),
-        op.Reshape(out_classes, shape_bk),
-        op.Reshape(out_indices, shape_bk),
-        counts,
-    )
+    keep = op.Greater(marks, _c(0.5, np.float32))
+    return _pack_kept(keep, idx, top_boxes, top_scores, top_classes, T, int(max_output))
 
 
 def box_iou_portable(a, b):
@@ -374,33 +350,33 @@ def _greedy_keep(ok: onnxscript.BOOL[...], suppresses: onnxscript.FLOAT[...]) ->
     return keep
 
 
-def box_nms_rtx(boxes, scores, classes, valid, iou_threshold: float, score_threshold: float, max_output: int):
-    """BoxNms without NonMaxSuppression: the T = min(N, 3840) highest-scored candidates (TensorRT's TopK limit),
-    their pairwise suppression matrix (earlier rank, same class, IoU > threshold) and the greedy keep mask as a
-    fixed point (_greedy_keep, an ONNX Loop). Equal to BoxNms whenever the candidates fit in T, or when at least
-    max_output of the first T are kept: greedy NMS decides each box from the higher-scored ones only."""
-    K = int(max_output)
-    # 1. the top T candidates by score; the others get -inf and rank last
-    cand = valid
-    if score_threshold != float("-inf"):
-        cand = op.And(cand, op.Greater(scores, _c(float(score_threshold), np.float32)))
+def _nms_candidates(scores, valid, score_threshold: float):
+    """mrcnn.ops.nms.nms_candidates: valid, with a score above the threshold (strict; -inf: every valid one)."""
+    if score_threshold == float("-inf"):
+        return valid
+    return op.And(valid, op.Greater(scores, _c(float(score_threshold), np.float32)))
+
+
+def _ranked(boxes, scores, classes, cand, T):
+    """The T highest-scored candidates of each image in rank order (score descending, ties: lower index first,
+    as TopK orders them): their indices [B,T], candidate flags (false where an image has fewer than T), boxes,
+    scores and classes."""
     masked = op.Where(cand, scores, _c(float("-inf"), np.float32))
-    T = op.Min(_dim(op.Shape(scores), 1), _c([RTX_MAX_TOPK]))
-    _, idx = op.TopK(masked, T, axis=1, largest=1, sorted=1)  # [B,T] by score, ties: lower index first
+    _, idx = op.TopK(masked, T, axis=1, largest=1, sorted=1)  # [B,T]
     ok = op.Greater(op.GatherElements(op.Cast(cand, to=_FLOAT), idx, axis=1), _c(0.5, np.float32))
     idx4 = op.Expand(op.Unsqueeze(idx, _c([-1])), op.Concat(op.Shape(idx), _c([4]), axis=0))
     top_boxes = op.GatherElements(boxes, idx4, axis=1)  # [B,T,4]
     top_scores = op.GatherElements(scores, idx, axis=1)
     top_classes = op.GatherElements(classes, idx, axis=1)
-    # 2. suppression matrix [B,T,T]: i ranked before j, same class, IoU > threshold
+    return idx, ok, top_boxes, top_scores, top_classes
+
+
+def _pack_kept(keep, idx, top_boxes, top_scores, top_classes, T, K: int):
+    """BoxNms's K output slots from the kept mask [B,T] over the ranked candidates (mrcnn.ops.nms.pack_kept): the
+    first K kept in rank order (TopK of -rank over the kept), then padding (boxes 0, scores 0, classes 0,
+    indices -1), and each image's count."""
     rank = op.Range(_c(0), op.Squeeze(T, _c([0])), _c(1))  # [T]
-    before = op.Less(op.Unsqueeze(rank, _c([1])), op.Unsqueeze(rank, _c([0])))
-    same = op.Equal(op.Unsqueeze(top_classes, _c([2])), op.Unsqueeze(top_classes, _c([1])))
-    over = op.Greater(box_iou_portable(top_boxes, top_boxes), _c(float(iou_threshold), np.float32))
-    suppresses = op.Cast(op.And(op.And(over, same), before), to=_FLOAT)
-    keep = _greedy_keep(ok, suppresses)  # [B,T]
-    # 3. the first K kept, in rank order (TopK of -rank over the kept), then padded to K slots
-    key = op.Where(keep, op.Neg(op.Cast(rank, to=_FLOAT)), _c(-float(RTX_MAX_TOPK + 1), np.float32))
+    key = op.Where(keep, op.Neg(op.Cast(rank, to=_FLOAT)), _c(float("-inf"), np.float32))
     k = op.Min(T, _c([K]))
     _, pos = op.TopK(key, k, axis=1, largest=1, sorted=1)  # [B,k]
     num = op.Min(op.ReduceSum(op.Cast(keep, to=_INT64), _c([1]), keepdims=0), _c([K]))  # [B]
@@ -413,14 +389,34 @@ def box_nms_rtx(boxes, scores, classes, valid, iou_threshold: float, score_thres
     out_scores = op.Where(filled, op.GatherElements(top_scores, pos, axis=1), _c(0.0, np.float32))
     out_classes = op.Where(filled, op.GatherElements(top_classes, pos, axis=1), _c(0))
     out_indices = op.Where(filled, op.GatherElements(idx, pos, axis=1), _c(-1))
-    # fewer than K candidates in all (T < K): pad the slots
-    B = _dim(op.Shape(scores), 0)
+    # fewer than K ranked candidates (T < K): pad the slots
+    B = _dim(op.Shape(keep), 0)
     pad = op.Concat(B, op.Sub(_c([K]), k), axis=0)
     out_boxes = op.Concat(out_boxes, op.Expand(_c(0.0, np.float32), op.Concat(pad, _c([4]), axis=0)), axis=1)
     out_scores = op.Concat(out_scores, op.Expand(_c(0.0, np.float32), pad), axis=1)
     out_classes = op.Concat(out_classes, op.Expand(_c(0), pad), axis=1)
     out_indices = op.Concat(out_indices, op.Expand(_c(-1), pad), axis=1)
     return out_boxes, out_scores, out_classes, out_indices, num
+
+
+def box_nms_rtx(boxes, scores, classes, valid, iou_threshold: float, score_threshold: float, max_output: int):
+    """BoxNms without NonMaxSuppression: the T = min(N, 3840) highest-scored candidates (TensorRT's TopK limit),
+    their pairwise suppression matrix (earlier rank, same class, IoU > threshold) and the greedy keep mask as a
+    fixed point (_greedy_keep, an ONNX Loop). Equal to BoxNms whenever the candidates fit in T, or when at least
+    max_output of the first T are kept: greedy NMS decides each box from the higher-scored ones only."""
+    cand = _nms_candidates(scores, valid, score_threshold)
+    # 1. the top T candidates by score; the others get -inf and rank last
+    T = op.Min(_dim(op.Shape(scores), 1), _c([RTX_MAX_TOPK]))
+    idx, ok, top_boxes, top_scores, top_classes = _ranked(boxes, scores, classes, cand, T)
+    # 2. suppression matrix [B,T,T]: i ranked before j, same class, IoU > threshold
+    rank = op.Range(_c(0), op.Squeeze(T, _c([0])), _c(1))  # [T]
+    before = op.Less(op.Unsqueeze(rank, _c([1])), op.Unsqueeze(rank, _c([0])))
+    same = op.Equal(op.Unsqueeze(top_classes, _c([2])), op.Unsqueeze(top_classes, _c([1])))
+    over = op.Greater(box_iou_portable(top_boxes, top_boxes), _c(float(iou_threshold), np.float32))
+    suppresses = op.Cast(op.And(op.And(over, same), before), to=_FLOAT)
+    keep = _greedy_keep(ok, suppresses)  # [B,T]
+    # 3. the first K kept, in rank order
+    return _pack_kept(keep, idx, top_boxes, top_scores, top_classes, T, int(max_output))
 
 
 # -- tables ---------------------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ by class x (largest coordinate + 1) and runs one nms on the shifted boxes. In fl
 coordinate to the grid of the shifted value (1/128 px at 100,000), so an IoU within about 1e-4 of the threshold can
 land on the other side of it: torchvision keeps a box that the IoU of its true coordinates suppresses, or the
 reverse. tests/ops/test_ops.py builds such a pair (float64 IoU 0.500001 > 0.5: torchvision's batched_nms keeps
-both, nms on the class alone, the kernels and the reference suppress one); the portable ONNX flavour
-(NonMaxSuppression on shifted boxes) shares torchvision's rounding; docs/design.md says more.
+both, nms on the class alone, the kernels and the reference suppress one); the ONNX flavours decide on the
+boxes' own coordinates too (portable: NonMaxSuppression with one score row per class); docs/design.md says more.
 """
 
 from __future__ import annotations
