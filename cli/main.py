@@ -300,6 +300,13 @@ def validate(
     precision: str = typer.Option(
         "fp32", "--precision", help="a checkpoint's networks in fp32 or bf16 (CPUs with AVX512-BF16 or AMX, GPUs)"
     ),
+    bundle: Path | None = typer.Option(
+        None,
+        "--bundle",
+        help="also write a polygraphy bundle to this new folder: inputs, ONNX Runtime's outputs and the command "
+        "that checks a TensorRT engine against them on a GPU machine",
+    ),
+    bundle_images: int = typer.Option(4, "--bundle-images", help="images of the split in the bundle"),
 ) -> None:
     """COCO AP of a model and of its reference on the same images, detections paired up, and an AP-drop gate."""
     from mrcnn.api.validate import format_validation, validate_artifact
@@ -317,6 +324,8 @@ def validate(
         log=_log,
         max_images=max_images,
         precision=precision,
+        bundle=bundle,
+        bundle_images=bundle_images,
     )
     print(format_validation(report))
     if report["failed"]:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mrcnn.data.layout import draw_images
 from mrcnn.errors import MrcnnError, message_line
 from mrcnn.model.preprocess import batch_images, resize_image, to_float_image
 
@@ -117,19 +118,9 @@ def network_nodes(model) -> list[str]:
 
 def calibration_images(data: str | Path, count: int, seed: int = 0, split: str = "train2017", log=print):
     """`count` images ([3,H,W] uint8) drawn at random (`seed`) from a dataset split, unreadable ones skipped."""
-    from mrcnn.data.layout import open_split
-
     if count < 1:
         raise MrcnnError(f"--calib-images must be >= 1, got {count}")
-    ds = open_split(data, split, logger=log)
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
-    images = []
-    for i in order:
-        im = ds.load_image(i)
-        if im is not None:
-            images.append(im)
-        if len(images) == count:
-            break
+    images = draw_images(data, split, count, seed, logger=log)
     if not images:
         raise MrcnnError(f"{data}: no readable image in the {split} split to calibrate with")
     return images

@@ -22,14 +22,18 @@ from pathlib import Path
 from mrcnn.errors import MrcnnError
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _new_file_mode(path: Path) -> int:
     """The mode a plain open() would give `path`: an existing file's own, else 0o666 less the umask."""
     try:
         return stat.S_IMODE(path.stat().st_mode)
     except OSError:
-        mask = os.umask(0)
-        os.umask(mask)
-        return 0o666 & ~mask
+        return 0o666 & ~current_umask()
 
 
 def atomic_write(path: str | Path, write_fn) -> Path:

@@ -25,6 +25,18 @@ def check_inputs(artifact: Path, batch_size: int, max_images: int = 0, json_out:
     check_artifact_type(artifact)
 
 
+def check_bundle(artifact: Path, bundle: str | Path, images: int) -> None:
+    """`--bundle` before anything is loaded: an exported model, a new (or empty) folder, polygraphy installed."""
+    from mrcnn.deploy.bundle import check_folder, import_polygraphy
+
+    if artifact.suffix.lower() != ".onnx":
+        raise MrcnnError(f"--bundle: {artifact} is not an exported model (.onnx); a bundle compares an engine with it")
+    if images < 1:
+        raise MrcnnError(f"--bundle-images must be >= 1, got {images}")
+    check_folder(Path(bundle))
+    import_polygraphy()
+
+
 def score_predictor(
     predictor, name: str, ds, batch_size: int, log, progress: bool, max_images: int
 ) -> tuple[dict, list]:
@@ -106,11 +118,15 @@ def validate_artifact(
     max_images: int = 0,
     reference_eval: tuple[dict, list] | None = None,
     precision: str = "fp32",
+    bundle: str | Path | None = None,
+    bundle_images: int = 4,
 ) -> dict:
     """`mrcnn validate`: COCO AP of `artifact` and of its reference (`reference`, or the checkpoint an exported model
     names) on the same images, their AP drops, the detections paired up (mrcnn.evaluation.comparison), and the gate:
     report["failed"] lists the AP drops above `max_ap_drop` (the CLI exits 1 when it is not empty).
-    `reference_eval`: the reference's (metrics, results) on the same images when already computed (the demo)."""
+    `reference_eval`: the reference's (metrics, results) on the same images when already computed (the demo).
+    `bundle`: also write a polygraphy bundle there (mrcnn.deploy.bundle) of an exported model on `bundle_images`
+    images of the split: the proof that a TensorRT engine built from it equals ONNX Runtime, run on a GPU machine."""
     from mrcnn.data.layout import open_split
     from mrcnn.deploy import load_artifact
     from mrcnn.evaluation.comparison import ap_drops, gate, pair_detections
@@ -120,6 +136,8 @@ def validate_artifact(
     check_inputs(artifact, batch_size, max_images, json_out)
     if max_ap_drop is not None and not max_ap_drop >= 0:
         raise MrcnnError(f"--max-ap-drop must be >= 0 (AP points as fractions: 0.01 = 1 point), got {max_ap_drop}")
+    if bundle is not None:
+        check_bundle(artifact, bundle, bundle_images)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = load_artifact(artifact, dev, log=log, precision=precision)
     overrides = None
@@ -139,6 +157,11 @@ def validate_artifact(
                 f"{artifact} and its reference {reference} have different classes "
                 f"({', '.join(predictor.class_names[:6])} vs {', '.join(ref_pred.class_names[:6])})"
             )
+    if bundle is not None:
+        from mrcnn.data.layout import draw_images
+        from mrcnn.deploy.bundle import write_bundle
+
+        write_bundle(artifact, draw_images(data_dir, split, bundle_images, logger=log), bundle, log=log)
     ds = open_split(data_dir, split, strict=strict, logger=log)
     metrics, results = score_predictor(predictor, str(artifact), ds, batch_size, log, progress, max_images)
     report: dict = {
@@ -147,6 +170,7 @@ def validate_artifact(
         "images": metrics["images"],
         "max_ap_drop": max_ap_drop,
         "failed": [],
+        "bundle": None if bundle is None else str(bundle),
     }
     if ref_pred is not None:
         ref_metrics, ref_results = reference_eval or score_predictor(

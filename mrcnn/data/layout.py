@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from mrcnn.errors import MrcnnError, unreadable
 
 ROLE_OF = {"train2017": "train", "val2017": "val", "valid": "val"}  # aliases -> role
@@ -98,3 +100,18 @@ def open_split(data: str | Path, split: str, *, required: bool = True, strict: b
     if found is None:
         return None
     return CocoDetection(data, split, ann_file=found.annotations, img_dir=found.images, strict=strict, logger=logger)
+
+
+def draw_images(data: str | Path, split: str, count: int, seed: int = 0, logger=None) -> list[torch.Tensor]:
+    """Up to `count` images ([3,H,W] uint8) drawn at random (`seed`) from a split of `data`, unreadable ones
+    skipped (calibration images, bundle inputs)."""
+    ds = open_split(data, split, logger=logger)
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
+    images = []
+    for i in order:
+        im = ds.load_image(i)
+        if im is not None:
+            images.append(im)
+        if len(images) == count:
+            break
+    return images

@@ -106,20 +106,26 @@ class ExportedPredictor:
                 )
         return batch_images(chunk, self.size_divisible, min_shape=(H, W))
 
-    @torch.no_grad()
-    def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        from mrcnn.model.preprocess import postprocess_detections, resize_image, to_float_image
+    def inputs(self, images: list[Tensor]):
+        """The padded batches `run` is fed for `images`, as __call__ makes them: (images [B,3,H,W] float 0..1,
+        image_sizes [B,2], how many of the B are real images)."""
+        from mrcnn.model.preprocess import resize_image, to_float_image
 
-        if not images:
-            return []
         p = self.preprocess
         min_size = int(p.get("min_size", self.cfg.input.min_size))
         max_size = int(p.get("max_size", self.cfg.input.max_size))
+        return self._batches([resize_image(to_float_image(im.cpu()), min_size, max_size) for im in images])
+
+    @torch.no_grad()
+    def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        from mrcnn.model.preprocess import postprocess_detections
+
+        if not images:
+            return []
         originals = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        resized = [resize_image(to_float_image(im.cpu()), min_size, max_size) for im in images]
         results: list[dict[str, Tensor]] = []
         done = 0
-        for batch, sizes, real in self._batches(resized):
+        for batch, sizes, real in self.inputs(images):
             outputs = self.run(batch, sizes)
             outputs = {k: v[:real] for k, v in outputs.items()}
             results += postprocess_detections(outputs, sizes[:real], originals[done : done + real], paste=self.paste)
