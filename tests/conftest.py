@@ -19,7 +19,7 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 # fixtures that train or export a model (a minute or more on 2 cores): a test that uses one is `slow`, off the fast
 # path of CONTRIBUTING.md (pytest -m "not slow"), as are the tests marked so themselves (R-50 models, compiling, DDP)
-SLOW_FIXTURES = {"trained", "tiny_onnx", "tiny_fp16"}
+SLOW_FIXTURES = {"trained", "tiny_onnx", "tiny_fp16", "r50_photo"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -148,3 +148,23 @@ def trained(shared, synth_data):
 
     out = shared("trained", build)
     return {"ckpt": out / "run" / "model_final.pt", "onnx": out / "model-trt.onnx", "dir": out}
+
+
+@pytest.fixture(scope="session")
+def r50_photo(shared) -> Path:
+    """torchvision's maskrcnn_resnet50_fpn at its defaults (800/1333, score 0.05, 100 detections), tamed random
+    weights (seed 1: about 100 detections on most photographs), converted by `mrcnn convert torchvision`: the
+    checkpoint of the real-photograph tests."""
+    from helpers import tame
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    from mrcnn.model.convert import convert_torchvision
+
+    def build(folder: Path) -> None:
+        torch.manual_seed(1)
+        tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+        tame(tv)
+        torch.save({"model": tv.state_dict()}, folder / "tv.pth")
+        convert_torchvision(str(folder / "tv.pth"), str(folder / "r50.pt"))
+
+    return shared("r50-photo", build) / "r50.pt"

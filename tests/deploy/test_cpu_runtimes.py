@@ -3,6 +3,7 @@
 export, and a Q/DQ export built into a TensorRT-RTX engine here. Every new error is one line with nothing written.
 
 Model: the shapes-tiny model trained 150 iterations here (conftest `trained`, AP ~0.3 on its 12 training images).
+A converted R-50 on real photographs (IR and INT8 against the checkpoint): tests/deploy/test_photographs.py.
 """
 
 from __future__ import annotations
@@ -245,73 +246,3 @@ def test_int8_rtx_export_builds_a_tensorrt_rtx_engine(tiny_onnx, synth_data, tmp
     print(plan.stat().st_size, info["precision"])
     assert info["precision"] == "int8" and info["metadata"]["mrcnn.precision"] == "int8"
     assert plan.stat().st_size > 1e6
-
-
-# -- a converted R-50 on real photographs ------------------------------------------------------------------------------
-
-PHOTOS = ["astronaut.png", "coffee.png"]  # scikit-image's own; "chelsea.png" calibrates the INT8 export
-INT8_PHOTO_MIN_PAIRED = 0.8  # of ONNX Runtime fp32's 20 best detections per photograph (measured 0.95, 0.90)
-
-
-@pytest.fixture(scope="module")
-def r50_photos(tmp_path_factory):
-    """torchvision's maskrcnn_resnet50_fpn (tamed random weights, seed 0) converted and exported (portable, the test
-    sizes MIN_SIZE / MAX_SIZE, score threshold 0), and scikit-image's photographs."""
-    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (a test dependency) ships the photos")
-    import torch
-    from helpers import MAX_SIZE, MIN_SIZE, tame
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
-
-    from mrcnn.deploy.predict import read_image
-    from mrcnn.model.convert import convert_torchvision
-
-    torch.manual_seed(0)
-    tv = maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, min_size=MIN_SIZE, max_size=MAX_SIZE, box_score_thresh=0.0
-    )
-    tame(tv)
-    d = tmp_path_factory.mktemp("r50-cpu")
-    torch.save({"model": tv.state_dict()}, d / "tv.pth")
-    convert_torchvision(str(d / "tv.pth"), str(d / "r50.pt"))
-    export_checkpoint(
-        d / "r50.pt",
-        d / "r50.onnx",
-        flavour="portable",
-        overrides=["model.box_score_thresh=0.0", f"input.min_size={MIN_SIZE}", f"input.max_size={MAX_SIZE}"],
-        log=print,
-    )
-    folder = Path(skimage_data.__file__).parent
-    return {
-        "onnx": d / "r50.onnx",
-        "dir": d,
-        "photos": [read_image(folder / p) for p in PHOTOS],
-        "calib": [read_image(folder / "chelsea.png")],
-    }
-
-
-def _paired_share_of_best(ref: dict, got: dict, best: int = 20) -> float:
-    """The share of `ref`'s `best` highest-scoring detections with a same-label detection in `got` at box IoU >= 0.5."""
-    from torchvision.ops import box_iou
-
-    keep = ref["scores"].argsort(descending=True)[:best]
-    iou = box_iou(ref["boxes"][keep], got["boxes"])
-    same = ref["labels"][keep][:, None] == got["labels"][None, :]
-    return float(((iou >= 0.5) & same).any(dim=1).float().mean())
-
-
-def test_openvino_and_int8_on_real_photographs(r50_photos):
-    """The f32 IR gives ONNX Runtime's detections on the same export within the design tolerances (>= 20 per photo);
-    the INT8 export as an IR pairs at least INT8_PHOTO_MIN_PAIRED of ONNX Runtime fp32's best 20 per photograph."""
-    from mrcnn.export.quantize import quantize_onnx
-
-    d = r50_photos["dir"]
-    ref = load_artifact(r50_photos["onnx"], "cpu", log=print)(r50_photos["photos"])
-    ir = load_artifact(build_ir(r50_photos["onnx"], d / "r50.xml", log=print), "cpu", log=print)
-    compare_detections(ref, ir(r50_photos["photos"]), "OpenVINO vs ONNX Runtime on photographs")
-    if not _has_modelopt():
-        pytest.skip("NVIDIA ModelOpt not installed (pip install 'mrcnn[int8]')")
-    quantize_onnx(r50_photos["onnx"], d / "r50-int8.onnx", r50_photos["calib"], log=print)
-    int8 = load_artifact(build_ir(d / "r50-int8.onnx", d / "r50-int8.xml", log=print), "cpu", log=print)
-    shares = [_paired_share_of_best(r, g) for r, g in zip(ref, int8(r50_photos["photos"]), strict=True)]
-    print("INT8 IR: paired share of ONNX Runtime fp32's best 20 per photograph:", shares)
-    assert min(shares) >= INT8_PHOTO_MIN_PAIRED, shares

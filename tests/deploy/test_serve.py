@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from helpers import one_error_line
 from PIL import Image
 from typer.testing import CliRunner
@@ -439,25 +438,15 @@ def test_a_busy_port_or_a_missing_artifact_is_one_error_line(trained, tmp_path):
 
 # ---- a converted R-50 on real photographs ---------------------------------------------------------------------------
 @pytest.mark.slow
-def test_r50_on_real_photographs_equals_predict(tmp_path):
-    """torchvision's architecture (tamed random weights) converted, served, on scikit-image's photographs at
-    800/1333: each response equals predict's."""
+def test_r50_on_real_photographs_equals_predict(r50_photo, tmp_path):
+    """torchvision's architecture (tamed random weights) converted (conftest `r50_photo`), served, on scikit-image's
+    photographs at 800/1333: each response equals predict's."""
     needs_server()
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (a test dependency) ships the photos")
-    from helpers import tame
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
-
-    from mrcnn.model.convert import convert_torchvision
-
-    torch.manual_seed(1)
-    tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
-    tame(tv)
-    torch.save({"model": tv.state_dict()}, tmp_path / "tv.pth")
-    convert_torchvision(str(tmp_path / "tv.pth"), str(tmp_path / "r50.pt"))
     root = Path(skimage_data.__file__).parent
     files = [root / n for n in ("astronaut.png", "coffee.png")]  # 512 x 512 and 600 x 400 px
-    want = predicted(tmp_path / "r50.pt", files, tmp_path / "p", 0.05)  # (torchvision's threshold: ~100 each)
-    s = Server(tmp_path / "r50.pt", "--device", "cpu", "--score", "0.05")
+    want = predicted(r50_photo, files, tmp_path / "p", 0.05)  # (torchvision's threshold: ~100 each)
+    s = Server(r50_photo, "--device", "cpu", "--score", "0.05")
     try:
         for f in files:
             detections_equal(infer(s.http, f.read_bytes()), want[str(f)], f.name)
