@@ -3,12 +3,15 @@ paired up (the CLI only parses and prints)."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from mrcnn.errors import MrcnnError
+from mrcnn.io import file_sha256
 
 
 def check_inputs(artifact: Path, batch_size: int, max_images: int = 0, json_out: str | Path | None = None) -> None:
@@ -79,27 +82,47 @@ def evaluate_artifact(
     return metrics
 
 
+MAX_REFERENCE_BYTES = 4 << 30  # a source checkpoint larger than this is not one (R-50: 170 MB)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def reference_of(predictor, artifact: Path) -> tuple[Path | None, list[str] | None]:
     """The checkpoint an exported model names as its source (metadata `mrcnn.source`) and the inference overrides
-    it was exported with; (None, None) for a model that names none. A source that is gone or has changed since the
-    export is one error line: comparing with another model would prove nothing."""
-    import json
-
-    from mrcnn.io import file_sha256
-
+    it was exported with; (None, None) for a model that names none. An artifact does not vouch for itself: the
+    source must be a regular checkpoint file (.pt / .pth, at most MAX_REFERENCE_BYTES) whose SHA-256 the metadata
+    records and that still matches; anything else (gone, changed, no or a malformed record, the artifact itself, a
+    device or FIFO) is one error line asking for --reference: comparing with another model would prove nothing."""
     text = (getattr(predictor, "metadata", None) or {}).get("mrcnn.source")
     if not text:
         return None, None
-    src = json.loads(text)
+    ask = "give --reference CHECKPOINT"
+    try:
+        src = json.loads(text)
+    except ValueError:
+        src = None
+    if not isinstance(src, dict) or not isinstance(src.get("checkpoint"), str) or not src["checkpoint"]:
+        raise MrcnnError(f"{artifact}: its mrcnn.source metadata names no checkpoint file: {ask}")
     path = Path(src["checkpoint"])
+    sha = src.get("sha256")
+    overrides = src.get("overrides")
     if not path.exists():
-        raise MrcnnError(f"{artifact} was exported from {path}, which is not there: give --reference CHECKPOINT")
-    if src.get("sha256") and file_sha256(path) != src["sha256"]:
+        raise MrcnnError(f"{artifact} was exported from {path}, which is not there: {ask}")
+    if not path.is_file() or path.suffix.lower() not in (".pt", ".pth"):
+        raise MrcnnError(f"{artifact} names {path} as its source, which is not a checkpoint file (.pt): {ask}")
+    if path.resolve() == artifact.resolve():
+        raise MrcnnError(f"{artifact} names itself as its source: {ask}")
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        raise MrcnnError(f"{artifact}: its mrcnn.source records no SHA-256 of {path}, so it cannot be checked: {ask}")
+    if path.stat().st_size > MAX_REFERENCE_BYTES:
         raise MrcnnError(
-            f"{artifact} was exported from {path}, which has changed since (its sha256 differs): "
-            "give --reference CHECKPOINT"
+            f"{artifact} names {path} as its source, {path.stat().st_size / 2**30:.1f} GiB: larger than a checkpoint "
+            f"({MAX_REFERENCE_BYTES >> 30} GiB): {ask}"
         )
-    return path, src.get("overrides")
+    if file_sha256(path) != sha:
+        raise MrcnnError(f"{artifact} was exported from {path}, which has changed since (its sha256 differs): {ask}")
+    if overrides is not None and not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+        raise MrcnnError(f"{artifact}: its mrcnn.source overrides are not a list of section.key=value strings: {ask}")
+    return path, overrides
 
 
 def validate_artifact(

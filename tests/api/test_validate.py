@@ -5,12 +5,14 @@ its training images, so the AP numbers are not zeros that agree trivially)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from helpers import one_error_line
 
 from mrcnn.api.validate import evaluate_artifact
+from mrcnn.io import file_sha256
 from mrcnn.model.checkpoint import load_checkpoint, save_checkpoint
 
 onnx = pytest.importorskip("onnx")
@@ -122,6 +124,60 @@ def test_a_gone_or_changed_source_is_one_line(trained, synth_data, tmp_path, cha
     """Comparing with another model than the one exported would prove nothing: --reference is asked for."""
     path = _with_source(trained["onnx"], tmp_path / "m.onnx", **change)
     err = one_error_line(runner.invoke(app, ["validate", str(path), "--data", str(synth_data)]))
+    assert needle in err and "--reference" in err, err
+
+
+def _with_source_text(src: Path, dst: Path, text: str) -> Path:
+    m = onnx.load(str(src))
+    for p in m.metadata_props:
+        if p.key == "mrcnn.source":
+            p.value = text
+    onnx.save(m, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("itself, no sha256", "not a checkpoint file"),  # passed --max-ap-drop 0 against itself
+        ("itself, a sha256", "not a checkpoint file"),
+        ("/dev/zero", "not a checkpoint file"),  # hung hashing it
+        ("a FIFO", "not a checkpoint file"),
+        ("a directory", "not a checkpoint file"),
+        ("no sha256", "records no SHA-256"),
+        ("a malformed sha256", "records no SHA-256"),
+        ("5 GiB (sparse)", "larger than a checkpoint"),
+        ("not JSON", "names no checkpoint file"),
+        ("a JSON list", "names no checkpoint file"),
+        ("overrides not a list", "overrides are not a list"),
+    ],
+)
+def test_an_artifact_does_not_vouch_for_itself(trained, synth_data, tmp_path, case, needle):
+    """validate's default reference is a regular checkpoint file of bounded size whose SHA-256 the export's metadata
+    records and that matches; anything else is one line asking for --reference, before anything is read from it."""
+    ckpt, out = str(trained["ckpt"]), tmp_path / "m.onnx"
+    good = json.dumps({"checkpoint": ckpt, "sha256": file_sha256(ckpt)})
+    big = tmp_path / "big.pt"
+    if case == "5 GiB (sparse)":
+        with open(big, "wb") as f:
+            f.truncate(5 << 30)
+    if case == "a FIFO":
+        os.mkfifo(tmp_path / "fifo.pt")
+    text = {
+        "itself, no sha256": json.dumps({"checkpoint": str(out)}),
+        "itself, a sha256": json.dumps({"checkpoint": str(out), "sha256": "0" * 64}),
+        "/dev/zero": json.dumps({"checkpoint": "/dev/zero", "sha256": "0" * 64}),
+        "a FIFO": json.dumps({"checkpoint": str(tmp_path / "fifo.pt"), "sha256": "0" * 64}),
+        "a directory": json.dumps({"checkpoint": str(tmp_path), "sha256": "0" * 64}),
+        "no sha256": json.dumps({"checkpoint": ckpt}),
+        "a malformed sha256": json.dumps({"checkpoint": ckpt, "sha256": ["x"]}),
+        "5 GiB (sparse)": json.dumps({"checkpoint": str(big), "sha256": "0" * 64}),
+        "not JSON": "{checkpoint: model.pt",
+        "a JSON list": json.dumps([ckpt]),
+        "overrides not a list": json.dumps({**json.loads(good), "overrides": {"a": 1}}),
+    }[case]
+    path = _with_source_text(trained["onnx"], out, text)
+    err = one_error_line(runner.invoke(app, ["validate", str(path), "--data", str(synth_data), "--max-ap-drop", "0"]))
     assert needle in err and "--reference" in err, err
 
 
