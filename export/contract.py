@@ -20,16 +20,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mrcnn.errors import MrcnnError
+
 DOMAIN = "mrcnn"
 DOMAIN_VERSION = 1
 PLUGIN_VERSION = "1"
 
 
+INF = float("inf")
+INT32_MAX = 2**31 - 1
+ANCHOR_MAX_PARAMS = 32  # MRCNN_ANCHOR_MAX_PARAMS of plugins/kernels/include/mrcnn/kernels.h
+
+
 @dataclass(frozen=True)
 class Attr:
+    """A plugin field. Its bounds are the TensorRT plugin creator's FieldSpec ({name, kind, min_count, max_count,
+    lo, hi} in plugins/tensorrt/*/*_plugin.cpp; tests/export/test_export.py checks the two agree): every value in
+    [lo, hi] (never NaN; an int a whole number), min_count..max_count values (1 for scalars)."""
+
     name: str
-    kind: str  # "int" | "float" | "floats" | "string"
+    kind: str  # "int" | "float" | "floats"
     doc: str
+    lo: float = -INF
+    hi: float = INF
+    min_count: int = 1
+    max_count: int = 1
 
 
 @dataclass(frozen=True)
@@ -78,9 +93,17 @@ OPS: dict[str, OpDef] = {
             (Port("feature", "T_any", "[B,C,H,W]"), Port("image", "T_any", "[B,3,Hi,Wi]")),
             (Port("anchors", F32, "[H*W*A,4]"),),
             (
-                Attr("sizes", "floats", "anchor sizes (A = len(sizes) * len(aspect_ratios))"),
-                Attr("aspect_ratios", "floats", "h/w ratios"),
-                Attr("stride", "int", "0: Hi // H and Wi // W per axis; > 0 forces both"),
+                Attr(
+                    "sizes",
+                    "floats",
+                    "anchor sizes (A = len(sizes) * len(aspect_ratios))",
+                    0.0,
+                    1e9,
+                    1,
+                    ANCHOR_MAX_PARAMS,
+                ),
+                Attr("aspect_ratios", "floats", "h/w ratios", 1e-9, 1e9, 1, ANCHOR_MAX_PARAMS),
+                Attr("stride", "int", "0: Hi // H and Wi // W per axis; > 0 forces both", 0, 1 << 30),
             ),
             "anchors of one FPN level from the runtime shapes of its feature map and the padded image",
         ),
@@ -95,9 +118,9 @@ OPS: dict[str, OpDef] = {
             ),
             (Port("boxes", F32, "[B,K,4]"), Port("scores", F32, "[B,K]"), Port("valid", BOOL, "[B,K]")),
             (
-                Attr("top_k", "int", "K = min(top_k, A)"),
-                Attr("min_size", "float", "boxes with a side < min_size are invalid"),
-                Attr("weights", "floats", "box coder weights (wx, wy, ww, wh)"),
+                Attr("top_k", "int", "K = min(top_k, A)", 0, INT32_MAX),
+                Attr("min_size", "float", "boxes with a side < min_size are invalid", 0.0, INF),
+                Attr("weights", "floats", "box coder weights (wx, wy, ww, wh)", 1e-12, INF, 4, 4),
                 Attr("clip", "float", "upper clamp of dw, dh"),
             ),
             "top-k by objectness, decode on anchors, clip to the image, mark small boxes invalid",
@@ -121,7 +144,7 @@ OPS: dict[str, OpDef] = {
             (
                 Attr("iou_threshold", "float", "suppress IoU > iou_threshold within a class"),
                 Attr("score_threshold", "float", "candidates: valid and score > score_threshold (-inf: no test)"),
-                Attr("max_output", "int", "K output slots"),
+                Attr("max_output", "int", "K output slots", 0, INT32_MAX),
             ),
             "batched class-aware greedy NMS, fixed-size outputs (padding: 0, index -1) and valid counts",
         ),
@@ -135,6 +158,35 @@ OPS: dict[str, OpDef] = {
         ),
     )
 }
+
+
+def check_fields(op: OpDef, values: dict, where: str) -> None:
+    """The fields of one `op` node (name -> value, as onnx.helper.get_attribute_value gives them) checked against the
+    table above, as the TensorRT plugin creator checks its PluginFields: a MrcnnError naming `where`, the node's op
+    and the field (missing, unknown, wrong type or count, NaN or out of range)."""
+    def bad(msg: str) -> MrcnnError:
+        return MrcnnError(f"{where}: {op.op_type} {msg}")
+
+    known = {a.name for a in op.attrs}
+    for name in values:
+        if name not in known and name != "plugin_version":
+            raise bad(f"has an unknown field {name!r}")
+    for a in op.attrs:
+        if a.name not in values:
+            raise bad(f"misses its field {a.name!r}")
+        v = values[a.name]
+        seq = list(v) if isinstance(v, (list, tuple)) else [v]
+        if (a.kind == "floats") != isinstance(v, (list, tuple)) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in seq
+        ):
+            raise bad(f"field {a.name!r} must be {'a list of floats' if a.kind == 'floats' else 'a ' + a.kind}")
+        if not a.min_count <= len(seq) <= a.max_count:
+            span = f"{a.min_count}" if a.min_count == a.max_count else f"{a.min_count} to {a.max_count}"
+            raise bad(f"field {a.name!r} needs {span} value(s), got {len(seq)}")
+        for x in seq:
+            if x != x or not a.lo <= x <= a.hi or (a.kind == "int" and float(x) != int(x)):
+                lo, hi = (f"{b:.0f}" if a.kind == "int" else f"{b:g}" for b in (a.lo, a.hi))
+                raise bad(f"field {a.name!r} = {x} is out of range [{lo}, {hi}]")
 
 
 # -- shape inference ------------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ import torch
 from onnxruntime_extensions import PyOp, get_library_path, onnx_op
 
 from mrcnn import native
-from mrcnn.export.contract import DOMAIN, OPS
+from mrcnn.errors import MrcnnError
+from mrcnn.export.contract import DOMAIN, OPS, check_fields
 from mrcnn.ops import AUTO
 
 ATTRS_KEY = "mrcnn_attrs"
@@ -107,11 +108,15 @@ def register(log: Callable[[str], None] | None = None) -> str:
 
 
 def adapt_model(model) -> int:
-    """Add the JSON attribute `mrcnn_attrs` to every mrcnn node of `model` (in place). Returns the node count."""
+    """Add the JSON attribute `mrcnn_attrs` to every mrcnn node of `model` (in place), after checking the node's
+    fields as the TensorRT plugin creator does (contract.check_fields: one MrcnnError naming the node and the field,
+    before ONNX Runtime runs anything). Returns the node count."""
     n = 0
     for node in model.graph.node:
         if node.domain != DOMAIN:
             continue
+        if node.op_type not in OPS:
+            raise MrcnnError(f"node {node.name!r}: {DOMAIN}::{node.op_type} is not an mrcnn op ({', '.join(OPS)})")
         attrs = {}
         for a in node.attribute:
             if a.name == ATTRS_KEY:
@@ -122,6 +127,7 @@ def adapt_model(model) -> int:
             elif isinstance(v, (list, tuple)):
                 v = [x.decode() if isinstance(x, bytes) else x for x in v]
             attrs[a.name] = v
+        check_fields(OPS[node.op_type], attrs, f"node {node.name!r}")
         for i, a in enumerate(node.attribute):
             if a.name == ATTRS_KEY:
                 del node.attribute[i]

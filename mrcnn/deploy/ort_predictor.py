@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from mrcnn.deploy.exported import ExportedPredictor, load_onnx
+from mrcnn.errors import MrcnnError
 from mrcnn.export.contract import DOMAIN
 
 
@@ -75,7 +76,10 @@ class OnnxPredictor(ExportedPredictor):
         model = load_onnx(path)
         super().__init__(path, read_metadata(model), paste)
         self.providers = providers or default_providers()
-        self.session = ort_session(model, self.providers, threads, log, spin=spin)
+        try:
+            self.session = ort_session(model, self.providers, threads, log, spin=spin)
+        except MrcnnError as e:  # a custom node's fields (ort_ops.adapt_model)
+            raise MrcnnError(f"{path}: {e}") from None
         if has_custom_ops(model):
             from mrcnn.deploy import ort_ops
 

@@ -18,8 +18,13 @@ Tolerances (docs/design.md §6): boxes 1e-2 px, scores 1e-4, labels equal, 28x28
 from __future__ import annotations
 
 import json
+import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import (
@@ -34,6 +39,7 @@ from helpers import (
     synthetic,
     u8,
 )
+from PIL import Image
 from references import box_nms_reference
 
 onnx = pytest.importorskip("onnx")
@@ -341,6 +347,78 @@ def test_contract_matches_plugin_table():
         assert [(a.name, a.kind) for a in d.attrs] == [(name, _README_ATTRS[t]) for name, t in row["attribute"]], (
             op_type
         )
+
+
+_CPP_SPEC = re.compile(r'\{"(\w+)", FieldKind::k(FLOATS|FLOAT|INT), ([^,]+), ([^,]+), ([^,]+), ([^}]+)\}')
+_CPP_VALUES = {
+    "kINF": math.inf,
+    "-kINF": -math.inf,
+    "std::numeric_limits<int32_t>::max()": 2**31 - 1,
+    "MRCNN_ANCHOR_MAX_PARAMS": 32,
+    "1 << 30": 1 << 30,
+}
+
+
+def test_ort_field_checks_are_the_plugin_creators():
+    """One table for both runtimes: every FieldSpec of the TensorRT plugin creators (plugins/tensorrt/*/*_plugin.cpp)
+    has the kind, value count and range of export/contract.py's Attr, which ONNX Runtime's custom ops check."""
+    from mrcnn.export.contract import ANCHOR_MAX_PARAMS
+
+    root = Path(__file__).resolve().parents[2] / "plugins" / "tensorrt"
+    kernels_h = (root.parent / "kernels" / "include" / "mrcnn" / "kernels.h").read_text()
+    assert f"#define MRCNN_ANCHOR_MAX_PARAMS {ANCHOR_MAX_PARAMS}" in kernels_h
+    cpp = {}
+    for f in sorted(root.glob("*/*_plugin.cpp")):
+        op = re.search(r'static char const\* name\(\) \{ return "(\w+)"; \}', f.read_text()).group(1)
+        cpp[op] = [
+            (m[0], m[1].lower(), *(_CPP_VALUES.get(x.strip()) or float(x) for x in m[2:]))
+            for m in _CPP_SPEC.findall(f.read_text())
+        ]
+    ours = {op: [(a.name, a.kind, a.min_count, a.max_count, a.lo, a.hi) for a in d.attrs] for op, d in OPS.items()}
+    print(cpp)
+    assert cpp == ours, (cpp, ours)
+
+
+@pytest.mark.parametrize(
+    "op_type, field, value, needle",
+    [
+        ("BoxNms", "max_output", 2**40, "field 'max_output' = 1099511627776 is out of range"),  # SIGABRT before
+        ("BoxNms", "iou_threshold", math.nan, "field 'iou_threshold' = nan is out of range"),  # NMS silently off
+        ("PreNmsSelect", "top_k", -5, "field 'top_k' = -5 is out of range"),  # SIGABRT before
+        ("AnchorGrid", "stride", -8, "field 'stride' = -8 is out of range"),  # SIGABRT before
+        ("PreNmsSelect", "weights", [1.0, 1.0], "field 'weights' needs 4 value(s), got 2"),
+    ],
+)
+def test_bad_custom_op_fields_are_one_line_before_onnx_runtime_runs(tiny_onnx, tmp_path, op_type, field, value, needle):
+    """A trt-flavour export whose mrcnn node carries a field the plugin creator refuses: `mrcnn predict` (its own
+    process: the failure used to abort it) says so in one line naming the node and the field, exit 1, no output."""
+    m = onnx.load(str(tiny_onnx["trt"]))
+    node = next(n for n in m.graph.node if n.domain == DOMAIN and n.op_type == op_type)
+    attr = next(a for a in node.attribute if a.name == field)
+    node.attribute.remove(attr)
+    node.attribute.append(onnx.helper.make_attribute(field, value))
+    onnx.save(m, str(tmp_path / "bad.onnx"))
+    Image.fromarray(np.zeros((64, 80, 3), np.uint8)).save(tmp_path / "a.png")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mrcnn",
+            "predict",
+            str(tmp_path / "bad.onnx"),
+            str(tmp_path / "a.png"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    err = r.stderr.strip().splitlines()
+    print(r.returncode, err[-3:])
+    assert r.returncode == 1 and len(err) == 1 and err[0].startswith("error: "), (r.returncode, r.stderr[-2000:])
+    assert needle in err[0] and op_type in err[0] and "bad.onnx" in err[0], err[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_graphs_check_and_describe_themselves(tiny_onnx, tiny):
