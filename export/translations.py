@@ -191,6 +191,13 @@ def pre_nms_select_portable(
     return boxes, op.Sigmoid(logits), valid
 
 
+def _max_int(x):
+    """The largest element of a non-empty 1-D int64 tensor, as [1] (TopK on its float32 copy, exact below 2^24:
+    counts and class ids; ReduceMax-18 does not convert down to opset 16 / 17)."""
+    top, _ = op.TopK(op.Cast(x, to=_FLOAT), _c([1]), axis=0, largest=1, sorted=1)
+    return op.Cast(top, to=_INT64)
+
+
 def box_nms_portable(boxes, scores, classes, valid, iou_threshold: float, score_threshold: float, max_output: int):
     """BoxNms as NonMaxSuppression with one score row per class ([B,C,T]): each class decided on its boxes' own
     coordinates, as the reference and the kernels do (not torchvision's class-offset shortcut, whose float32
@@ -198,12 +205,11 @@ def box_nms_portable(boxes, scores, classes, valid, iou_threshold: float, score_
     come first in score order (_ranked), so the [B,C,T] rows stay as small as the scores allow."""
     cand = _nms_candidates(scores, valid, score_threshold)
     # 1. each image's candidates in rank order (score descending, ties: lower index first)
-    T = op.ReduceMax(op.ReduceSum(op.Cast(cand, to=_INT64), _c([1]), keepdims=1), keepdims=0)  # []
-    T = op.Reshape(T, _c([1]))
+    T = _max_int(op.ReduceSum(op.Cast(cand, to=_INT64), _c([1]), keepdims=0))  # [1]
     idx, ok, top_boxes, top_scores, top_classes = _ranked(boxes, scores, classes, cand, T)
     # 2. candidate t's score in its class's row, -inf in the others (below NonMaxSuppression's score threshold)
-    C = op.Add(op.ReduceMax(op.Concat(op.Reshape(classes, _c([-1])), _c([0]), axis=0), keepdims=0), _c(1))
-    rows = op.Unsqueeze(op.Range(_c(0), C, _c(1)), _c([0, 2]))  # [1,C,1]
+    C = op.Add(_max_int(op.Concat(op.Reshape(classes, _c([-1])), _c([0]), axis=0)), _c([1]))  # [1]
+    rows = op.Unsqueeze(op.Range(_c(0), op.Squeeze(C, _c([0])), _c(1)), _c([0, 2]))  # [1,C,1]
     mine = op.And(op.Equal(op.Unsqueeze(top_classes, _c([1])), rows), op.Unsqueeze(ok, _c([1])))  # [B,C,T]
     per_class = op.Where(mine, op.Unsqueeze(top_scores, _c([1])), _c(float("-inf"), np.float32))
     sel = op.NonMaxSuppression(

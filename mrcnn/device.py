@@ -1,4 +1,4 @@
-"""`--device` as every command takes it."""
+"""`--device` and `--threads` as every command takes them."""
 
 from __future__ import annotations
 
@@ -22,3 +22,13 @@ def parse_device(device: str) -> torch.device:
     elif dev.type != "cpu":
         raise MrcnnError(f"--device {device!r}: expected cpu, cuda or cuda:N")
     return dev
+
+
+MAX_THREADS = 1024  # more CPU threads than any host has cores; 100,000 used to exhaust the address space
+
+
+def check_threads(threads: int) -> int:
+    """`--threads` of bench / serve: 0 (the runtime's default) .. MAX_THREADS, or one MrcnnError."""
+    if not 0 <= threads <= MAX_THREADS:
+        raise MrcnnError(f"--threads must be in 0..{MAX_THREADS} (0: the runtime's default), got {threads}")
+    return threads

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mrcnn.device import check_threads
 from mrcnn.errors import MrcnnError
 
 
@@ -159,10 +160,10 @@ def bench_artifacts(
         ("--batch", batch, 1),
         ("--iters", iters, 2),
         ("--warmup", warmup, 0),
-        ("--threads", threads, 0),
     ):
         if v < low:
             raise MrcnnError(f"{name} must be >= {low}, got {v}")
+    check_threads(threads)
     if size[0] < 1 or size[1] < 1:
         raise MrcnnError(f"--size must be HxW with positive sides, got {size[0]}x{size[1]}")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -40,6 +40,7 @@ from pathlib import Path
 from mrcnn.deploy.artifacts import check_artifact_type
 from mrcnn.deploy.serving import ServedModel
 from mrcnn.deploy.triton_repo import python_version_tag, serve_repository
+from mrcnn.device import check_threads
 from mrcnn.errors import MrcnnError, require_file
 
 SHM = Path("/dev/shm")
@@ -93,8 +94,7 @@ class ServerOptions:
             raise MrcnnError(f"--instances must be in 1..64, got {self.instances}")
         if not 0.0 <= self.score <= 1.0:
             raise MrcnnError(f"--score must be in [0, 1], got {self.score}")
-        if not 0 <= self.threads <= 1024:
-            raise MrcnnError(f"--threads must be in 0..1024 (0: torch's default), got {self.threads}")
+        check_threads(self.threads)
         if self.max_pixels is not None and self.max_pixels < 1:
             raise MrcnnError(f"--max-pixels must be >= 1, got {self.max_pixels}")
         if not 0 <= self.exit_timeout_s <= 3600:

@@ -35,6 +35,7 @@ import torch
 from mrcnn.data.image_io import read_rgb, set_max_pixels
 from mrcnn.deploy.artifacts import THREADED_SUFFIXES, load_artifact
 from mrcnn.deploy.predict import coco_annotations, kept_with_crops
+from mrcnn.device import check_threads
 from mrcnn.errors import MrcnnError
 
 
@@ -123,8 +124,7 @@ class ServedModel:
     ) -> None:
         if not 0.0 <= score <= 1.0:
             raise MrcnnError(f"--score must be in [0, 1], got {score}")
-        if threads < 0:
-            raise MrcnnError(f"--threads must be >= 0, got {threads}")
+        check_threads(threads)
         if max_pixels is not None:
             set_max_pixels(max_pixels)
         kwargs = {}

@@ -76,6 +76,8 @@ def test_bench_times_each_artifact_on_the_same_images(trained, synth_data, tmp_p
         (["--iters", "1"], "--iters must be >= 2"),
         (["--batch", "0"], "--batch must be >= 1"),
         (["--size", "0x10"], "positive sides"),
+        (["--threads", "100000"], "--threads must be in 0..1024"),  # exhausted the address space
+        (["--threads", "-1"], "--threads must be in 0..1024"),
     ],
 )
 def test_bad_bench_options_are_one_line(trained, args, needle):
