@@ -164,6 +164,7 @@ def check_fields(op: OpDef, values: dict, where: str) -> None:
     """The fields of one `op` node (name -> value, as onnx.helper.get_attribute_value gives them) checked against the
     table above, as the TensorRT plugin creator checks its PluginFields: a MrcnnError naming `where`, the node's op
     and the field (missing, unknown, wrong type or count, NaN or out of range)."""
+
     def bad(msg: str) -> MrcnnError:
         return MrcnnError(f"{where}: {op.op_type} {msg}")
 
