@@ -183,8 +183,11 @@ def validate_artifact(
     if bundle is not None:
         from mrcnn.data.layout import draw_images
         from mrcnn.deploy.bundle import write_bundle
+        from mrcnn.deploy.ort_predictor import OnnxPredictor
 
-        write_bundle(artifact, draw_images(data_dir, split, bundle_images, logger=log), bundle, log=log)
+        images = draw_images(data_dir, split, bundle_images, logger=log)
+        session = predictor if isinstance(predictor, OnnxPredictor) else None  # not a second session of the file
+        write_bundle(artifact, images, bundle, log=log, predictor=session)
     ds = open_split(data_dir, split, strict=strict, logger=log)
     metrics, results = score_predictor(predictor, str(artifact), ds, batch_size, log, progress, max_images)
     report: dict = {

@@ -157,6 +157,7 @@ def write_bundle(
     images: Sequence[Tensor],
     folder: str | Path,
     log: Callable[[str], None] = print,
+    predictor: OnnxPredictor | None = None,
 ) -> Path:
     """The polygraphy bundle of export `onnx` on `images` ([3,H,W] uint8, one feed each), written to `folder`
     (new or empty) as a whole: the files appear together or not at all."""
@@ -165,7 +166,8 @@ def write_bundle(
     check_folder(folder)
     if not images:
         raise MrcnnError("--bundle: no image to feed")
-    predictor = OnnxPredictor(onnx, providers=["CPUExecutionProvider"], log=log)
+    if predictor is None:  # validate passes the session it already has
+        predictor = OnnxPredictor(onnx, providers=["CPUExecutionProvider"], log=log)
     flavour = predictor.flavour
     precision = predictor.metadata.get("mrcnn.precision", "fp32")
     tol = tolerances(precision, onnx)
